@@ -1,0 +1,305 @@
+//! The plugin runtime: one engine, compiled components cached by content
+//! hash, a fresh instance per call under a deadline and a memory cap.
+//!
+//! Every call gets a new instance from an `InstancePre`, so no state leaks
+//! between calls or survives a swap; the store is the truth.
+
+pub mod bindings;
+mod cache;
+mod call;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::ir;
+use crate::store::{Object, ObjectKey, Store};
+use bindings::{Translator, TranslatorPre};
+pub use call::Reads;
+use call::CallState;
+
+/// The contract this host speaks.
+pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
+pub const CONTRACT_VERSION: &str = "0.1.0";
+const TRANSLATION_EXPORT: &str = "isobar:plugin/translation@0.1.0";
+
+/// Granularity of deadlines: the engine's epoch advances this often.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Per-call resource limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Wall-clock budget of one call, enforced by epoch interruption.
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// Log lines one call may emit; the rest are counted and dropped.
+    pub max_log_lines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { deadline: Duration::from_millis(100), memory_bytes: 64 << 20, max_log_lines: 100 }
+    }
+}
+
+/// What can go wrong with a plugin. Callers branch on these: a load error
+/// keeps the old plugin, a call error keeps the root's last good fragment.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PluginError {
+    #[error("reading plugin {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("plugin was built against contract {found}; this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}")]
+    ContractMismatch { found: String },
+    #[error("plugin needs imports this host does not grant: {0}")]
+    Link(String),
+    #[error("plugin exceeded its deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("plugin exceeded its memory limit of {0} bytes")]
+    MemoryLimit(usize),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin rejected the object ({reason}): {message}")]
+    Rejected { reason: String, message: String },
+}
+
+impl PluginError {
+    /// The CamelCase reason used in diagnostics and metrics.
+    pub fn reason(&self) -> &str {
+        match self {
+            PluginError::Io { .. } => "PluginUnreadable",
+            PluginError::Invalid(_) => "PluginInvalid",
+            PluginError::ContractMismatch { .. } => "ContractMismatch",
+            PluginError::Link(_) => "PluginLinkError",
+            PluginError::Timeout(_) => "PluginTimeout",
+            PluginError::MemoryLimit(_) => "PluginMemoryLimit",
+            PluginError::Trap(_) => "PluginTrap",
+            PluginError::Rejected { reason, .. } => reason,
+        }
+    }
+}
+
+struct EngineShared {
+    engine: Engine,
+    linker: Linker<CallState>,
+    limits: Limits,
+    cache: cache::ComponentCache,
+    stop_ticker: AtomicBool,
+}
+
+/// The host's single Wasm engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<EngineShared>,
+}
+
+impl Runtime {
+    /// An engine with the pooling allocator and epoch interruption. Compiled
+    /// components are cached in memory and, when given, in `cache_dir`.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        // Calls are short and few run at once (one per core); keep the
+        // reservation modest.
+        pool.total_component_instances(64)
+            .total_core_instances(256)
+            .total_memories(128)
+            .total_tables(128)
+            .total_stacks(64)
+            .max_memories_per_component(8)
+            .max_memory_size(limits.memory_bytes.max(1 << 20));
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // WASI is linked so std-based guests instantiate, but the context
+        // grants nothing: no preopens, no environment, no network.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(&mut linker, |s| s)?;
+        let shared = Arc::new(EngineShared {
+            cache: cache::ComponentCache::new(cache_dir),
+            engine,
+            linker,
+            limits,
+            stop_ticker: AtomicBool::new(false),
+        });
+        spawn_ticker(Arc::downgrade(&shared));
+        Ok(Runtime { shared })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// Reads, compiles (or fetches from the cache), checks the contract and
+    /// asks the plugin to describe itself.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| PluginError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        self.load(&bytes, &path.display().to_string())
+    }
+
+    pub fn load(&self, bytes: &[u8], source: &str) -> Result<Plugin, PluginError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self.shared.cache.get_or_compile(&self.shared.engine, &digest, bytes)?;
+        check_contract(&self.shared.engine, &component)?;
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let pre = TranslatorPre::new(pre).map_err(|e| PluginError::ContractMismatch { found: format!("{e:#}") })?;
+        let mut plugin = Plugin {
+            shared: self.shared.clone(),
+            pre,
+            info: ir::PluginInfo { name: String::new(), version: String::new(), watches: vec![], roots: vec![] },
+            digest,
+            source: source.to_string(),
+        };
+        plugin.info = plugin.describe()?;
+        Ok(plugin)
+    }
+}
+
+impl Drop for EngineShared {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Advances the epoch so deadlines fire; exits when the engine is dropped.
+fn spawn_ticker(shared: Weak<EngineShared>) {
+    std::thread::Builder::new()
+        .name("isobar-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match shared.upgrade() {
+                    Some(s) if !s.stop_ticker.load(Ordering::Relaxed) => s.engine.increment_epoch(),
+                    _ => return,
+                }
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Names the contract a component was built against, so a user learns
+/// "built for isobar:plugin@0.0.9", not "missing export".
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if exports.iter().any(|e| e == TRANSLATION_EXPORT) {
+        return Ok(());
+    }
+    let found = exports
+        .iter()
+        .find_map(|e| {
+            let (pkg_iface, version) = e.split_once('@')?;
+            let (pkg, _iface) = pkg_iface.split_once('/')?;
+            (pkg == CONTRACT_PACKAGE).then(|| format!("{pkg}@{version}"))
+        })
+        .unwrap_or_else(|| {
+            if exports.is_empty() {
+                "no contract (it exports no interfaces)".to_string()
+            } else {
+                format!("no {CONTRACT_PACKAGE} contract (it exports {})", exports.join(", "))
+            }
+        });
+    Err(PluginError::ContractMismatch { found })
+}
+
+/// A loaded translator plugin, ready to be called. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    shared: Arc<EngineShared>,
+    pre: TranslatorPre<CallState>,
+    pub info: ir::PluginInfo,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    /// Where it was loaded from, for people.
+    pub source: String,
+}
+
+/// The result of one `translate` call and what it read.
+#[derive(Debug)]
+pub struct CallOutcome {
+    pub result: Result<ir::Fragment, PluginError>,
+    pub reads: Reads,
+    /// Log lines dropped because the call exceeded its log budget.
+    pub dropped_logs: usize,
+    /// Wall time of the call, instantiation included (for metrics).
+    pub elapsed: std::time::Duration,
+}
+
+impl Plugin {
+    /// Asks a fresh instance to describe itself: the cheapest whole call.
+    pub fn describe(&self) -> Result<ir::PluginInfo, PluginError> {
+        let mut store = call::new_store(&self.shared, None, &self.info.name);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i| i.isobar_plugin_translation().call_describe(&mut store));
+        result.map_err(|e| call::classify(e, &store, &self.shared.limits))
+    }
+
+    /// Translates one root against `store`, recording every read.
+    pub fn translate(&self, store: &Arc<Store>, root: &Object) -> CallOutcome {
+        let started = std::time::Instant::now();
+        let mut wstore = call::new_store(&self.shared, Some(store.clone()), &self.info.name);
+        let root_wit = call::to_wit(root);
+        let result = self
+            .pre
+            .instantiate(&mut wstore)
+            .and_then(|i| i.isobar_plugin_translation().call_translate(&mut wstore, &root_wit));
+        let result = match result {
+            Ok(Ok(fragment)) => Ok(fragment),
+            Ok(Err(e)) => Err(PluginError::Rejected { reason: e.reason, message: e.message }),
+            Err(e) => Err(call::classify(e, &wstore, &self.shared.limits)),
+        };
+        let state = wstore.into_data();
+        CallOutcome { result, dropped_logs: state.dropped_logs, reads: state.reads, elapsed: started.elapsed() }
+    }
+
+    /// The root kinds, as store keys.
+    pub fn root_kinds(&self) -> Vec<crate::store::KindKey> {
+        self.info.roots.iter().map(|k| crate::store::KindKey::new(&k.api_version, &k.kind)).collect()
+    }
+
+    pub fn watched_kinds(&self) -> Vec<crate::store::KindKey> {
+        self.info.watches.iter().map(|k| crate::store::KindKey::new(&k.api_version, &k.kind)).collect()
+    }
+
+    /// Whether `key` is a root of this plugin.
+    pub fn is_root(&self, key: &ObjectKey) -> bool {
+        self.info.roots.iter().any(|k| crate::store::KindKey::new(&k.api_version, &k.kind) == key.kind)
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.info.name)
+            .field("version", &self.info.version)
+            .field("digest", &self.digest)
+            .field("source", &self.source)
+            .finish()
+    }
+}

@@ -1,0 +1,376 @@
+//! `isobar serve`: the running controller over a manifest directory.
+//!
+//! ```text
+//!  notify ─► controller thread ─────────────► watch<Arc<Snapshot>> ─► xDS streams (tokio)
+//!  (files,   debounced batches, store,                              │
+//!   plugin)  pipeline, hot swap                                     └─► admin: /debug/config_dump
+//!                   │                                xDS events ─► metrics, NACK diagnostics
+//!                   └─► Status (plugins, errors, diagnostics) ─► admin: /readyz, /debug/*, /metrics
+//! ```
+//!
+//! [`Server::start`] binds both ports (ephemeral ones work: read the bound
+//! addresses back), loads the plugin, and returns while the controller
+//! builds the first snapshot; `/readyz` turns 200 once it is served.
+
+mod controller;
+mod events;
+pub mod manifests;
+pub mod status;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use controller::Debounce;
+pub use status::Status;
+
+use crate::plugin::{Limits, Runtime};
+use crate::xds::{self, Snapshot, TlsConfig, XdsServer};
+use watch::{Input, Watched};
+
+/// Everything `isobar serve` is told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The directory of manifests to serve (watched recursively).
+    pub manifests: PathBuf,
+    /// The translator plugin (watched: a new file is hot-swapped in).
+    pub plugin: PathBuf,
+    pub xds_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub xds_tls: Option<TlsConfig>,
+    pub limits: Limits,
+    /// Where compiled components are cached (None: in memory only).
+    pub cache_dir: Option<PathBuf>,
+    pub debounce: Debounce,
+    /// When set, the first snapshot is not built until the gate opens: the
+    /// ports answer (`/readyz` says 503) meanwhile. For tests and start-up
+    /// sequencing; shutting down opens it.
+    pub first_build_gate: Option<Gate>,
+}
+
+/// A one-way gate: closed until `open` is called.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>);
+
+impl Gate {
+    pub fn closed() -> Self {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        *self.0.0.lock() = true;
+        self.0.1.notify_all();
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.0.0.lock()
+    }
+
+    /// Blocks the calling thread until the gate opens.
+    pub(crate) fn wait(&self) {
+        let mut open = self.0.0.lock();
+        while !*open {
+            self.0.1.wait(&mut open);
+        }
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Gate").field(&if self.is_open() { "open" } else { "closed" }).finish()
+    }
+}
+
+pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+impl Config {
+    /// The defaults: xDS on 127.0.0.1:18000, admin on 127.0.0.1:9901.
+    pub fn new(manifests: impl Into<PathBuf>, plugin: impl Into<PathBuf>) -> Self {
+        Config {
+            manifests: manifests.into(),
+            plugin: plugin.into(),
+            xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+            xds_tls: None,
+            limits: Limits::default(),
+            cache_dir: crate::app::default_cache_dir(),
+            debounce: Debounce::default(),
+            first_build_gate: None,
+        }
+    }
+}
+
+/// A running `isobar serve`.
+pub struct Server {
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    status: Arc<Status>,
+    xds: XdsServer,
+    stop: tokio_watch::Sender<bool>,
+    inputs: std::sync::mpsc::Sender<Input>,
+    watcher: Option<notify::RecommendedWatcher>,
+    gate: Option<Gate>,
+    controller: Option<std::thread::JoinHandle<()>>,
+    xds_task: Option<JoinHandle<Result<(), xds::ServeError>>>,
+    admin_task: Option<JoinHandle<std::io::Result<()>>>,
+    events_task: JoinHandle<()>,
+}
+
+/// The path as the kernel will report it in events: absolute, with
+/// symlinks in its directory resolved (the file itself may not exist yet).
+fn canonical_file(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let name = abs.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    let dir = abs.parent().unwrap_or(Path::new("/"));
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(dir.join(name))
+}
+
+impl Server {
+    /// Loads the plugin, binds the xDS and admin ports, starts watching, and
+    /// starts building the first snapshot. Fails if the plugin cannot be
+    /// loaded, the manifest directory does not exist, or a port is taken.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let manifests = config
+            .manifests
+            .canonicalize()
+            .with_context(|| format!("manifest directory {}", config.manifests.display()))?;
+        if !manifests.is_dir() {
+            bail!("{} is not a directory", config.manifests.display());
+        }
+        let plugin_path = canonical_file(&config.plugin)?;
+
+        // Compiling is CPU-bound: not on the runtime's workers.
+        let (limits, cache_dir, path) = (config.limits.clone(), config.cache_dir.clone(), plugin_path.clone());
+        let (runtime, plugin) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
+            let plugin = runtime
+                .load_file(&path)
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("loading plugin {}", path.display()))?;
+            Ok((runtime, plugin))
+        })
+        .await??;
+        info!(plugin = %plugin.info.name, version = %plugin.info.version, digest = %plugin.digest, "plugin loaded");
+
+        let xds_listener =
+            TcpListener::bind(config.xds_listen).await.with_context(|| format!("binding xDS on {}", config.xds_listen))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin on {}", config.admin_listen))?;
+        let xds_addr = xds_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (snapshots_tx, snapshots_rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
+        let status = Arc::new(Status::new(snapshots_rx.clone()));
+        let (stop, _) = tokio_watch::channel(false);
+        let stopped = |stop: &tokio_watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+
+        let (xds_server, xds_events) = XdsServer::new(snapshots_rx);
+        let xds_task = tokio::spawn(xds::serve(xds_listener, xds_server.clone(), stopped(&stop), config.xds_tls.clone()));
+        let events_task = tokio::spawn(events::consume(xds_events, status.clone(), xds_server.clone()));
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, status.clone(), stopped(&stop)));
+        info!(xds = %xds_addr, admin = %admin_addr, "serving");
+
+        // Watch before the first read, so nothing written meanwhile is lost.
+        let watched = Watched { manifests, plugin: plugin_path };
+        let (inputs, inputs_rx) = std::sync::mpsc::channel();
+        let watcher = watch::start(&watched, inputs.clone()).context("watching the manifest directory and plugin")?;
+        let controller =
+            controller::Controller::new(runtime, plugin, watched, snapshots_tx, status.clone(), config.debounce);
+        let gate = config.first_build_gate.clone();
+        let wait = gate.clone();
+        let controller = std::thread::Builder::new()
+            .name("isobar-controller".into())
+            .spawn(move || {
+                if let Some(gate) = wait {
+                    gate.wait();
+                }
+                controller::run_guarded(controller, inputs_rx)
+            })
+            .context("starting the controller thread")?;
+
+        Ok(Server {
+            xds_addr,
+            admin_addr,
+            status,
+            xds: xds_server,
+            stop,
+            inputs,
+            watcher: Some(watcher),
+            gate,
+            controller: Some(controller),
+            xds_task: Some(xds_task),
+            admin_task: Some(admin_task),
+            events_task,
+        })
+    }
+
+    /// The address xDS is served on (the bound one, when port 0 was asked).
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Streams being served right now.
+    pub fn active_streams(&self) -> usize {
+        self.xds.active_streams()
+    }
+
+    /// Waits (at most `limit`) for the first complete snapshot.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        self.status.wait_until(limit, |s| s.is_ready()).await
+    }
+
+    /// Runs until `shutdown` completes or a serving task fails, then stops.
+    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let (Some(mut xds_task), Some(mut admin_task)) = (self.xds_task.take(), self.admin_task.take()) else {
+            bail!("already stopped");
+        };
+        let outcome = tokio::select! {
+            _ = shutdown => {
+                self.xds_task = Some(xds_task);
+                self.admin_task = Some(admin_task);
+                Ok(())
+            }
+            r = &mut xds_task => {
+                self.admin_task = Some(admin_task);
+                Err(match r {
+                    Ok(Ok(())) => anyhow::anyhow!("the xDS server stopped"),
+                    Ok(Err(e)) => anyhow::anyhow!(e),
+                    Err(e) => anyhow::anyhow!("the xDS server task failed: {e}"),
+                })
+            }
+            r = &mut admin_task => {
+                self.xds_task = Some(xds_task);
+                Err(match r {
+                    Ok(Ok(())) => anyhow::anyhow!("the admin server stopped"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("admin server"),
+                    Err(e) => anyhow::anyhow!("the admin server task failed: {e}"),
+                })
+            }
+        };
+        let stopped = self.shutdown_inner().await;
+        outcome.and(stopped)
+    }
+
+    /// Stops watching, ends every xDS stream (UNAVAILABLE: clients
+    /// reconnect elsewhere), stops the admin server and the controller.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown_inner().await
+    }
+
+    async fn shutdown_inner(&mut self) -> anyhow::Result<()> {
+        const LIMIT: Duration = Duration::from_secs(10);
+        self.watcher.take();
+        let _ = self.inputs.send(Input::Stop);
+        if let Some(gate) = &self.gate {
+            gate.open();
+        }
+        self.stop.send_replace(true);
+        let mut problems = Vec::new();
+        if let Some(mut task) = self.xds_task.take() {
+            match tokio::time::timeout(LIMIT, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => problems.push(format!("xDS server: {e}")),
+                Ok(Err(e)) => problems.push(format!("xDS task: {e}")),
+                Err(_) => {
+                    task.abort();
+                    problems.push("xDS server did not stop in time".to_string());
+                }
+            }
+        }
+        if let Some(mut task) = self.admin_task.take() {
+            match tokio::time::timeout(LIMIT, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => problems.push(format!("admin server: {e}")),
+                Ok(Err(e)) => problems.push(format!("admin task: {e}")),
+                Err(_) => {
+                    task.abort();
+                    problems.push("admin server did not stop in time".to_string());
+                }
+            }
+        }
+        self.events_task.abort();
+        if let Some(controller) = self.controller.take() {
+            // The controller may be in the middle of a round: wait off the runtime.
+            let joined = tokio::task::spawn_blocking(move || controller.join());
+            match tokio::time::timeout(LIMIT, joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => problems.push("controller thread failed".to_string()),
+                Err(_) => warn!("controller thread still busy; leaving it"),
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { bail!(problems.join("; ")) }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without `shutdown` still stops serving.
+    fn drop(&mut self) {
+        self.watcher.take();
+        let _ = self.inputs.send(Input::Stop);
+        if let Some(gate) = &self.gate {
+            gate.open();
+        }
+        self.stop.send_replace(true);
+    }
+}
+
+/// `isobar serve`: serves until `shutdown` completes (main passes Ctrl-C
+/// and SIGTERM).
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    server.run_until(shutdown).await
+}
+
+/// Reads PEM files for TLS (and, with a CA, mTLS) on the xDS port.
+pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsConfig> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(TlsConfig { cert_pem: read(cert)?, key_pem: read(key)?, client_ca_pem: client_ca.map(read).transpose()? })
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what Kubernetes sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("interrupted; shutting down"),
+        _ = term => info!("terminated; shutting down"),
+    }
+}

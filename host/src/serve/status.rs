@@ -1,0 +1,457 @@
+//! What the running host knows about itself, shared by the controller
+//! thread (which writes it), the xDS event task, and the admin endpoint
+//! (which reads it): readiness, the loaded plugin and why the last swap
+//! failed, manifest errors, diagnostics, NACKs, live streams, metrics.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::admin::metrics::Metrics;
+use crate::ir;
+use crate::plugin::Plugin;
+use crate::source::files::ManifestError;
+use crate::store::ObjectKey;
+use crate::xds::{Protocol, Snapshot};
+
+/// Published snapshots whose timing is remembered (for push/ACK latency).
+const TIMED_VERSIONS: usize = 256;
+/// Plugin load attempts remembered for /debug/plugins.
+const HISTORY: usize = 32;
+
+/// The loaded plugin, as /debug/plugins shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    /// Where it was loaded from.
+    pub source: String,
+    /// When it started serving (RFC 3339, UTC).
+    pub loaded_at: String,
+    pub contract: String,
+    pub watches: Vec<String>,
+    pub roots: Vec<String>,
+    /// Why the latest attempt to replace it failed; None when the latest
+    /// attempt succeeded (or there was none).
+    pub last_error: Option<PluginFailure>,
+}
+
+/// A plugin that was not swapped in, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PluginFailure {
+    pub at: String,
+    pub source: String,
+    /// `sha256:<hex>` of the rejected bytes, when they could be read.
+    pub digest: Option<String>,
+    /// CamelCase cause: PluginInvalid, ContractMismatch, TranslationFailed, ...
+    pub reason: String,
+    pub message: String,
+}
+
+/// One attempt to load a plugin.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadAttempt {
+    pub at: String,
+    pub digest: Option<String>,
+    /// "loaded" or "rejected".
+    pub result: &'static str,
+    pub message: String,
+}
+
+/// A manifest problem; the file keeps serving its last good objects.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ManifestProblem {
+    /// `file:line`, what an editor jumps to.
+    pub location: String,
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl From<&ManifestError> for ManifestProblem {
+    fn from(e: &ManifestError) -> Self {
+        ManifestProblem {
+            location: format!("{}:{}", e.file.display(), e.line),
+            file: e.file.display().to_string(),
+            line: e.line,
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A response an xDS client rejected, until that client acknowledges a
+/// later version of the type (or goes away).
+#[derive(Clone, Debug, Serialize)]
+pub struct NackRecord {
+    pub stream: u64,
+    pub node: String,
+    pub protocol: &'static str,
+    pub type_url: String,
+    /// The snapshot version that was rejected.
+    pub version: String,
+    pub message: String,
+    pub resources: Vec<String>,
+    /// The Kubernetes objects behind the rejected resources.
+    pub objects: Vec<ObjectKey>,
+    pub at: String,
+}
+
+/// One live xDS stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamStatus {
+    pub stream: u64,
+    pub node: String,
+    pub protocol: &'static str,
+    pub opened_at: String,
+    /// Type URL -> the latest snapshot version the client acknowledged.
+    pub acked: BTreeMap<String, String>,
+    /// Type URL -> the latest snapshot version pushed.
+    pub pushed: BTreeMap<String, String>,
+}
+
+/// When a snapshot version was published, and when the change that led to
+/// it was first seen.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub version: u64,
+    pub at: Instant,
+    pub change_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    plugin: Option<PluginStatus>,
+    history: VecDeque<LoadAttempt>,
+    manifest_errors: Vec<ManifestProblem>,
+    diagnostics: Vec<ir::Diagnostic>,
+    nacks: BTreeMap<(u64, String), NackRecord>,
+    streams: BTreeMap<u64, StreamStatus>,
+    failed: Option<String>,
+}
+
+/// Shared state of a running `isobar serve`.
+pub struct Status {
+    pub metrics: Metrics,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    ready: watch::Sender<bool>,
+    /// Bumped on every change, so waiters re-check their condition.
+    generation: watch::Sender<u64>,
+    inner: RwLock<Inner>,
+    published: Mutex<VecDeque<Published>>,
+}
+
+impl Status {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Status {
+            metrics: Metrics::new(),
+            snapshots,
+            ready: watch::channel(false).0,
+            generation: watch::channel(0).0,
+            inner: RwLock::new(Inner::default()),
+            published: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// True once the first complete snapshot has been published.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        if !self.is_ready() {
+            self.ready.send_replace(true);
+            self.metrics.ready.set(1);
+            self.changed();
+        }
+    }
+
+    /// Why the host cannot work any more (the controller died), if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.read().failed.clone()
+    }
+
+    pub(crate) fn set_failed(&self, why: String) {
+        self.inner.write().failed = Some(why);
+        self.changed();
+    }
+
+    /// Waits until `cond` holds, re-checking on every status change and
+    /// every new snapshot; false if `limit` passes first.
+    pub async fn wait_until(&self, limit: Duration, cond: impl Fn(&Status) -> bool) -> bool {
+        let mut generation = self.generation.subscribe();
+        let mut snapshots = self.snapshots.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            generation.borrow_and_update();
+            snapshots.borrow_and_update();
+            if cond(self) {
+                return true;
+            }
+            tokio::select! {
+                _ = generation.changed() => {}
+                r = snapshots.changed() => if r.is_err() { return cond(self) },
+                _ = tokio::time::sleep_until(deadline) => return cond(self),
+            }
+        }
+    }
+
+    // ---- plugins ----------------------------------------------------------
+
+    pub fn plugin(&self) -> Option<PluginStatus> {
+        self.inner.read().plugin.clone()
+    }
+
+    pub fn plugin_history(&self) -> Vec<LoadAttempt> {
+        self.inner.read().history.iter().cloned().collect()
+    }
+
+    pub(crate) fn plugin_loaded(&self, plugin: &Plugin) {
+        let at = rfc3339(SystemTime::now());
+        let kinds = |ks: &[ir::KindRef]| ks.iter().map(|k| format!("{}/{}", k.api_version, k.kind)).collect();
+        let status = PluginStatus {
+            name: plugin.info.name.clone(),
+            version: plugin.info.version.clone(),
+            digest: format!("sha256:{}", plugin.digest),
+            source: plugin.source.clone(),
+            loaded_at: at.clone(),
+            contract: format!("{}@{}", crate::plugin::CONTRACT_PACKAGE, crate::plugin::CONTRACT_VERSION),
+            watches: kinds(&plugin.info.watches),
+            roots: kinds(&plugin.info.roots),
+            last_error: None,
+        };
+        let mut inner = self.inner.write();
+        push_bounded(
+            &mut inner.history,
+            LoadAttempt {
+                at,
+                digest: Some(status.digest.clone()),
+                result: "loaded",
+                message: format!("{} {} serving", status.name, status.version),
+            },
+        );
+        inner.plugin = Some(status);
+        drop(inner);
+        self.changed();
+    }
+
+    pub(crate) fn plugin_rejected(&self, failure: PluginFailure) {
+        let mut inner = self.inner.write();
+        push_bounded(
+            &mut inner.history,
+            LoadAttempt {
+                at: failure.at.clone(),
+                digest: failure.digest.clone(),
+                result: "rejected",
+                message: format!("{}: {}", failure.reason, failure.message),
+            },
+        );
+        if let Some(p) = inner.plugin.as_mut() {
+            p.last_error = Some(failure);
+        }
+        drop(inner);
+        self.changed();
+    }
+
+    // ---- manifests and diagnostics ------------------------------------------
+
+    pub fn manifest_errors(&self) -> Vec<ManifestProblem> {
+        self.inner.read().manifest_errors.clone()
+    }
+
+    pub(crate) fn set_manifest_errors(&self, errors: Vec<ManifestProblem>) {
+        self.metrics.manifest_errors.set(errors.len() as i64);
+        let mut inner = self.inner.write();
+        if inner.manifest_errors != errors {
+            inner.manifest_errors = errors;
+            drop(inner);
+            self.changed();
+        }
+    }
+
+    /// The pipeline's diagnostics (plugin output, failed calls, conflicts,
+    /// validation), as of the latest round.
+    pub fn diagnostics(&self) -> Vec<ir::Diagnostic> {
+        self.inner.read().diagnostics.clone()
+    }
+
+    pub(crate) fn set_diagnostics(&self, diagnostics: Vec<ir::Diagnostic>) {
+        let mut by_severity: BTreeMap<&'static str, i64> =
+            [("error", 0), ("warning", 0), ("info", 0)].into_iter().collect();
+        for d in &diagnostics {
+            *by_severity.entry(severity_name(d.severity)).or_default() += 1;
+        }
+        for (severity, n) in by_severity {
+            self.metrics.diagnostics.get_or_create(&[("severity", severity.to_string())]).set(n);
+        }
+        let mut inner = self.inner.write();
+        if inner.diagnostics != diagnostics {
+            inner.diagnostics = diagnostics;
+            drop(inner);
+            self.changed();
+        }
+    }
+
+    // ---- xDS ------------------------------------------------------------------
+
+    /// Outstanding NACKs: responses a client rejected and has not replaced
+    /// with an acknowledged version since.
+    pub fn nacks(&self) -> Vec<NackRecord> {
+        self.inner.read().nacks.values().cloned().collect()
+    }
+
+    /// NACKs as diagnostics on the objects behind the rejected resources.
+    pub fn nack_diagnostics(&self) -> Vec<ir::Diagnostic> {
+        let mut out: Vec<ir::Diagnostic> = Vec::new();
+        for n in self.inner.read().nacks.values() {
+            for object in &n.objects {
+                out.push(ir::Diagnostic {
+                    object: crate::translate::merge::object_ref(object),
+                    severity: ir::Severity::Error,
+                    reason: "RejectedByDataPlane".into(),
+                    message: format!(
+                        "{} ({} xDS) rejected {} {} of version {}: {}",
+                        n.node,
+                        n.protocol,
+                        crate::admin::metrics::short_type(&n.type_url),
+                        n.resources.join(", "),
+                        n.version,
+                        n.message
+                    ),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.object.namespace, &a.object.name, &a.message).cmp(&(&b.object.namespace, &b.object.name, &b.message)));
+        out.dedup();
+        out
+    }
+
+    pub fn streams(&self) -> Vec<StreamStatus> {
+        self.inner.read().streams.values().cloned().collect()
+    }
+
+    pub(crate) fn stream_opened(&self, stream: u64, node: &str, protocol: Protocol) {
+        self.inner.write().streams.insert(
+            stream,
+            StreamStatus {
+                stream,
+                node: node.to_string(),
+                protocol: protocol.as_str(),
+                opened_at: rfc3339(SystemTime::now()),
+                acked: BTreeMap::new(),
+                pushed: BTreeMap::new(),
+            },
+        );
+        self.changed();
+    }
+
+    pub(crate) fn stream_closed(&self, stream: u64) {
+        let mut inner = self.inner.write();
+        inner.streams.remove(&stream);
+        inner.nacks.retain(|(s, _), _| *s != stream);
+        drop(inner);
+        self.changed();
+    }
+
+    pub(crate) fn stream_pushed(&self, stream: u64, type_url: &str, version: &str) {
+        if let Some(s) = self.inner.write().streams.get_mut(&stream) {
+            s.pushed.insert(type_url.to_string(), version.to_string());
+        }
+    }
+
+    pub(crate) fn stream_acked(&self, stream: u64, type_url: &str, version: &str) {
+        let mut inner = self.inner.write();
+        if let Some(s) = inner.streams.get_mut(&stream) {
+            s.acked.insert(type_url.to_string(), version.to_string());
+        }
+        inner.nacks.remove(&(stream, type_url.to_string()));
+        drop(inner);
+        self.changed();
+    }
+
+    pub(crate) fn record_nack(&self, nack: NackRecord) {
+        self.inner.write().nacks.insert((nack.stream, nack.type_url.clone()), nack);
+        self.changed();
+    }
+
+    // ---- timing -----------------------------------------------------------------
+
+    pub(crate) fn record_published(&self, p: Published) {
+        let mut published = self.published.lock();
+        if published.len() == TIMED_VERSIONS {
+            published.pop_front();
+        }
+        published.push_back(p);
+    }
+
+    /// When `version` was published, if it is recent enough to remember.
+    pub fn published(&self, version: u64) -> Option<Published> {
+        self.published.lock().iter().rev().find(|p| p.version == version).copied()
+    }
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
+    if q.len() == HISTORY {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
+pub fn severity_name(s: ir::Severity) -> &'static str {
+    match s {
+        ir::Severity::Error => "error",
+        ir::Severity::Warning => "warning",
+        ir::Severity::Info => "info",
+    }
+}
+
+/// RFC 3339 in UTC with millisecond precision, for people reading /debug.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_767_225_599), "2025-12-31T23:59:59.000Z");
+    }
+}

@@ -1,0 +1,79 @@
+//! Filesystem events (notify) turned into controller input: which manifest
+//! paths changed, whether the plugin file did, or "rescan everything" when
+//! the kernel's queue overflowed.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tracing::{debug, warn};
+
+/// What the controller thread is told.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// Paths changed on disk, first seen at `at`.
+    Paths { paths: Vec<PathBuf>, at: Instant },
+    /// Events may have been lost: read everything again.
+    Rescan { at: Instant },
+    /// Shut down.
+    Stop,
+}
+
+/// Where the watched things are, as the kernel reports them (canonical).
+#[derive(Clone, Debug)]
+pub(crate) struct Watched {
+    pub manifests: PathBuf,
+    pub plugin: PathBuf,
+}
+
+impl Watched {
+    pub fn is_plugin(&self, p: &Path) -> bool {
+        p == self.plugin
+    }
+}
+
+fn relevant(kind: &EventKind) -> bool {
+    match kind {
+        // Reads, and opens or closes without writing, change nothing.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Watches the manifest directory (recursively) and the plugin file's
+/// directory (the file itself is usually replaced by a rename, which a
+/// watch on the file would not survive).
+pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<RecommendedWatcher> {
+    let w = watched.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let at = Instant::now();
+        let input = match res {
+            Ok(event) if event.need_rescan() => Input::Rescan { at },
+            Ok(event) if relevant(&event.kind) => {
+                let paths: Vec<PathBuf> =
+                    event.paths.into_iter().filter(|p| p.starts_with(&w.manifests) || w.is_plugin(p)).collect();
+                if paths.is_empty() {
+                    return;
+                }
+                debug!(kind = ?event.kind, ?paths, "file event");
+                Input::Paths { paths, at }
+            }
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "file watch error; reading everything again");
+                Input::Rescan { at }
+            }
+        };
+        // The controller is gone when we are shutting down.
+        let _ = tx.send(input);
+    })?;
+    watcher.watch(&watched.manifests, RecursiveMode::Recursive)?;
+    let plugin_dir = watched.plugin.parent().unwrap_or(Path::new("/"));
+    if !plugin_dir.starts_with(&watched.manifests) {
+        watcher.watch(plugin_dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}

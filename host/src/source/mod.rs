@@ -1,0 +1,4 @@
+//! Where objects come from. Every source speaks `store::Event`, so tests
+//! drive the pipeline the same way a watcher does.
+
+pub mod files;

@@ -1,0 +1,388 @@
+//! The indexed cache every stage reads: objects by kind, namespace/name and
+//! uid. One writer (the pipeline) applies events; readers borrow it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A kind by API group (not version): `networking.k8s.io/v1` and
+/// `networking.k8s.io/v1beta1` Ingresses are the same objects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct KindKey {
+    pub group: String,
+    pub kind: String,
+}
+
+impl KindKey {
+    pub fn new(api_version: &str, kind: &str) -> Self {
+        let group = match api_version.rsplit_once('/') {
+            Some((group, _version)) => group.to_string(),
+            None => String::new(),
+        };
+        KindKey { group, kind: kind.to_string() }
+    }
+
+    pub fn of<K: k8s_openapi::Resource>() -> Self {
+        KindKey { group: K::GROUP.to_string(), kind: K::KIND.to_string() }
+    }
+}
+
+impl std::fmt::Display for KindKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}.{}", self.kind, self.group)
+        }
+    }
+}
+
+/// Identity of an object in the store; namespace is empty when cluster-scoped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub kind: KindKey,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+/// A Kubernetes object as the store keeps it: the index fields parsed once,
+/// the body kept as the JSON that crosses into plugins unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// RFC 3339, as the API server writes it; orders by age lexically.
+    pub creation_timestamp: String,
+    pub labels: BTreeMap<String, String>,
+    pub json: Arc<str>,
+}
+
+impl Object {
+    /// Builds an object from its JSON value. Objects from manifests have no
+    /// uid: one is derived from the key so the index stays total.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ObjectError> {
+        let str_at = |v: &serde_json::Value, path: &[&str]| -> String {
+            let mut cur = v;
+            for p in path {
+                match cur.get(p) {
+                    Some(next) => cur = next,
+                    None => return String::new(),
+                }
+            }
+            cur.as_str().unwrap_or_default().to_string()
+        };
+        let api_version = str_at(&value, &["apiVersion"]);
+        let kind = str_at(&value, &["kind"]);
+        let name = str_at(&value, &["metadata", "name"]);
+        if api_version.is_empty() {
+            return Err(ObjectError::Missing("apiVersion"));
+        }
+        if kind.is_empty() {
+            return Err(ObjectError::Missing("kind"));
+        }
+        if name.is_empty() {
+            return Err(ObjectError::Missing("metadata.name"));
+        }
+        let namespace = str_at(&value, &["metadata", "namespace"]);
+        let mut uid = str_at(&value, &["metadata", "uid"]);
+        if uid.is_empty() {
+            uid = format!("{}/{}/{}/{}", api_version, kind, namespace, name);
+        }
+        let labels = value
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Object {
+            resource_version: str_at(&value, &["metadata", "resourceVersion"]),
+            creation_timestamp: str_at(&value, &["metadata", "creationTimestamp"]),
+            json: Arc::from(serde_json::to_string(&value)?),
+            api_version,
+            kind,
+            namespace,
+            name,
+            uid,
+            labels,
+        })
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, ObjectError> {
+        Self::from_value(serde_json::from_str(json)?)
+    }
+
+    /// Builds an object from a typed k8s-openapi value.
+    pub fn from_typed<K: k8s_openapi::Resource + Serialize>(obj: &K) -> Result<Self, ObjectError> {
+        let mut value = serde_json::to_value(obj)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("apiVersion".into(), K::API_VERSION.into());
+            map.insert("kind".into(), K::KIND.into());
+        }
+        Self::from_value(value)
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: KindKey::new(&self.api_version, &self.kind),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    pub fn kind_key(&self) -> KindKey {
+        KindKey::new(&self.api_version, &self.kind)
+    }
+
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
+/// What the store was told; sources (kube watchers, the manifest directory,
+/// tests) all speak this.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Apply(Arc<Object>),
+    Delete(ObjectKey),
+}
+
+/// Result of applying one event: which object changed, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added(ObjectKey),
+    Updated(ObjectKey),
+    Deleted(ObjectKey),
+}
+
+impl Change {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Change::Added(k) | Change::Updated(k) | Change::Deleted(k) => k,
+        }
+    }
+}
+
+type NsName = (String, String);
+
+#[derive(Default, Debug, Clone)]
+pub struct Store {
+    by_kind: HashMap<KindKey, BTreeMap<NsName, Arc<Object>>>,
+    by_uid: HashMap<String, ObjectKey>,
+    /// (namespace, service) -> EndpointSlice names.
+    slices_by_service: HashMap<NsName, BTreeMap<String, Arc<Object>>>,
+}
+
+fn is_endpoint_slice(kind: &KindKey) -> bool {
+    kind.group == "discovery.k8s.io" && kind.kind == "EndpointSlice"
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies an event; returns None when it changed nothing (same
+    /// resourceVersion and body), so no-op updates cost nothing downstream.
+    pub fn apply(&mut self, event: Event) -> Option<Change> {
+        match event {
+            Event::Apply(obj) => self.upsert(obj),
+            Event::Delete(key) => self.remove(&key).map(|_| Change::Deleted(key)),
+        }
+    }
+
+    fn upsert(&mut self, obj: Arc<Object>) -> Option<Change> {
+        let key = obj.key();
+        let slot = self.by_kind.entry(key.kind.clone()).or_default();
+        let nsname = (key.namespace.clone(), key.name.clone());
+        let previous = slot.insert(nsname.clone(), obj.clone());
+        if let Some(prev) = &previous {
+            if prev.json == obj.json {
+                return None;
+            }
+            if prev.uid != obj.uid {
+                self.by_uid.remove(&prev.uid);
+            }
+            if is_endpoint_slice(&key.kind) {
+                self.unindex_slice(prev);
+            }
+        }
+        self.by_uid.insert(obj.uid.clone(), key.clone());
+        if is_endpoint_slice(&key.kind) {
+            if let Some(service) = obj.labels.get(SERVICE_NAME_LABEL) {
+                self.slices_by_service
+                    .entry((obj.namespace.clone(), service.clone()))
+                    .or_default()
+                    .insert(obj.name.clone(), obj.clone());
+            }
+        }
+        Some(if previous.is_some() { Change::Updated(key) } else { Change::Added(key) })
+    }
+
+    fn unindex_slice(&mut self, obj: &Object) {
+        if let Some(service) = obj.labels.get(SERVICE_NAME_LABEL) {
+            let nsname = (obj.namespace.clone(), service.clone());
+            if let Some(set) = self.slices_by_service.get_mut(&nsname) {
+                set.remove(&obj.name);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&nsname);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> Option<Arc<Object>> {
+        let slot = self.by_kind.get_mut(&key.kind)?;
+        let removed = slot.remove(&(key.namespace.clone(), key.name.clone()))?;
+        if slot.is_empty() {
+            self.by_kind.remove(&key.kind);
+        }
+        self.by_uid.remove(&removed.uid);
+        if is_endpoint_slice(&key.kind) {
+            self.unindex_slice(&removed);
+        }
+        Some(removed)
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
+        self.by_kind
+            .get(&key.kind)?
+            .get(&(key.namespace.clone(), key.name.clone()))
+    }
+
+    pub fn get_by_uid(&self, uid: &str) -> Option<&Arc<Object>> {
+        self.get(self.by_uid.get(uid)?)
+    }
+
+    /// Objects of a kind, ordered by namespace/name; all namespaces when
+    /// `namespace` is None.
+    pub fn list<'a>(
+        &'a self,
+        kind: &KindKey,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Object>> + 'a {
+        let map = self.by_kind.get(kind);
+        let iter: Box<dyn Iterator<Item = &'a Arc<Object>> + 'a> = match (map, namespace) {
+            (None, _) => Box::new(std::iter::empty()),
+            (Some(m), None) => Box::new(m.values()),
+            (Some(m), Some(ns)) => Box::new(
+                m.range((ns.to_string(), String::new())..)
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, v)| v),
+            ),
+        };
+        iter
+    }
+
+    /// The EndpointSlices labelled for a Service.
+    pub fn endpoint_slices(&self, namespace: &str, service: &str) -> impl Iterator<Item = &Arc<Object>> {
+        self.slices_by_service
+            .get(&(namespace.to_string(), service.to_string()))
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Every object, in no particular order.
+    pub fn list_all(&self) -> impl Iterator<Item = &Arc<Object>> {
+        self.by_kind.values().flat_map(|m| m.values())
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &KindKey> {
+        self.by_kind.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kind.values().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_kind.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: serde_json::Value) -> Arc<Object> {
+        Arc::new(Object::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn apply_update_delete_report_changes() {
+        let mut store = Store::new();
+        let svc = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns"}}));
+        let key = svc.key();
+        assert_eq!(store.apply(Event::Apply(svc.clone())), Some(Change::Added(key.clone())));
+        assert_eq!(store.apply(Event::Apply(svc.clone())), None, "identical body is no change");
+        let svc2 = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}));
+        assert_eq!(store.apply(Event::Apply(svc2)), Some(Change::Updated(key.clone())));
+        assert!(store.get_by_uid(&svc.uid).is_some());
+        assert_eq!(store.apply(Event::Delete(key.clone())), Some(Change::Deleted(key.clone())));
+        assert_eq!(store.apply(Event::Delete(key)), None, "deleting twice is no change");
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn list_by_namespace_and_slice_index() {
+        let mut store = Store::new();
+        for (ns, name) in [("a", "x"), ("b", "y"), ("b", "z"), ("c", "w")] {
+            store.apply(Event::Apply(obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name,"namespace":ns}}))));
+        }
+        let kind = KindKey::new("v1", "Service");
+        let names: Vec<_> = store.list(&kind, Some("b")).map(|o| o.name.clone()).collect();
+        assert_eq!(names, ["y", "z"]);
+        assert_eq!(store.list(&kind, None).count(), 4);
+        assert_eq!(store.list(&kind, Some("nope")).count(), 0);
+
+        let slice = obj(json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"x"}},"addressType":"IPv4","endpoints":[]}));
+        store.apply(Event::Apply(slice.clone()));
+        assert_eq!(store.endpoint_slices("a", "x").count(), 1);
+        // relabelled to another service: the index follows
+        let moved = obj(json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"other"}},"addressType":"IPv4","endpoints":[]}));
+        store.apply(Event::Apply(moved));
+        assert_eq!(store.endpoint_slices("a", "x").count(), 0);
+        assert_eq!(store.endpoint_slices("a", "other").count(), 1);
+        store.apply(Event::Delete(slice.key()));
+        assert_eq!(store.endpoint_slices("a", "other").count(), 0);
+    }
+
+    #[test]
+    fn rejects_objects_without_identity() {
+        assert!(matches!(Object::from_value(json!({"kind":"Service"})), Err(ObjectError::Missing("apiVersion"))));
+        assert!(matches!(Object::from_value(json!({"apiVersion":"v1","kind":"Service","metadata":{}})), Err(ObjectError::Missing("metadata.name"))));
+    }
+}

@@ -1,0 +1,417 @@
+//! Merging root fragments: routes within a virtual host are ordered most
+//! specific first; a conflicting claim goes to the oldest root (then
+//! namespace/name) and the loser gets a diagnostic.
+//!
+//! Merging is per unit (a virtual host, a listener, a raw resource) so that
+//! a change to one root re-merges only the units it touches.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::{OutputChange, RootOrder, RootOutput};
+use crate::ir;
+use crate::store::ObjectKey;
+
+/// (listener, domain)
+pub type VhostKey = (String, String);
+/// (type URL, name)
+pub type RawKey = (String, String);
+
+type Contributors = BTreeSet<(RootOrder, ObjectKey)>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedRoute {
+    pub route: ir::Route,
+    pub root: ObjectKey,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedVhost {
+    pub listener: String,
+    pub domain: String,
+    pub tls: Option<ir::SecretRef>,
+    /// Most specific first.
+    pub routes: Vec<MergedRoute>,
+    /// Roots that contributed, oldest first.
+    pub roots: Vec<ObjectKey>,
+    /// Lost conflicts, on the losing roots.
+    pub diagnostics: Vec<ir::Diagnostic>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedListener {
+    pub listener: ir::Listener,
+    pub roots: Vec<ObjectKey>,
+    pub diagnostics: Vec<ir::Diagnostic>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedRaw {
+    pub raw: ir::RawResource,
+    pub root: ObjectKey,
+    pub diagnostics: Vec<ir::Diagnostic>,
+}
+
+/// Units whose merge must be recomputed.
+#[derive(Clone, Debug, Default)]
+pub struct Dirty {
+    pub vhosts: BTreeSet<VhostKey>,
+    pub listeners: BTreeSet<String>,
+    pub raw: BTreeSet<RawKey>,
+}
+
+/// Who contributes to which unit.
+#[derive(Default)]
+pub struct Merger {
+    vhosts: HashMap<VhostKey, Contributors>,
+    listeners: HashMap<String, Contributors>,
+    raw: HashMap<RawKey, Contributors>,
+}
+
+fn units(f: &ir::Fragment) -> (HashSet<VhostKey>, HashSet<String>, HashSet<RawKey>) {
+    (
+        f.virtual_hosts.iter().map(|v| (v.listener.clone(), v.domain.clone())).collect(),
+        f.listeners.iter().map(|l| l.name.clone()).collect(),
+        f.raw.iter().map(|r| (r.type_url.clone(), r.name.clone())).collect(),
+    )
+}
+
+impl Merger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Updates who contributes where; returns the units to merge again.
+    pub fn apply(&mut self, changes: &[OutputChange]) -> Dirty {
+        let mut dirty = Dirty::default();
+        for change in changes {
+            if let Some(old) = &change.old {
+                let id = (old.order.clone(), change.root.clone());
+                let (v, l, r) = units(&old.fragment);
+                for k in v {
+                    remove(&mut self.vhosts, &k, &id);
+                    dirty.vhosts.insert(k);
+                }
+                for k in l {
+                    remove(&mut self.listeners, &k, &id);
+                    dirty.listeners.insert(k);
+                }
+                for k in r {
+                    remove(&mut self.raw, &k, &id);
+                    dirty.raw.insert(k);
+                }
+            }
+            if let Some(new) = &change.new {
+                let id = (new.order.clone(), change.root.clone());
+                let (v, l, r) = units(&new.fragment);
+                for k in v {
+                    self.vhosts.entry(k.clone()).or_default().insert(id.clone());
+                    dirty.vhosts.insert(k);
+                }
+                for k in l {
+                    self.listeners.entry(k.clone()).or_default().insert(id.clone());
+                    dirty.listeners.insert(k);
+                }
+                for k in r {
+                    self.raw.entry(k.clone()).or_default().insert(id.clone());
+                    dirty.raw.insert(k);
+                }
+            }
+        }
+        dirty
+    }
+
+    /// Contributors of a virtual host, oldest first.
+    pub fn vhost_roots(&self, key: &VhostKey) -> impl Iterator<Item = &ObjectKey> {
+        self.vhosts.get(key).into_iter().flatten().map(|(_, k)| k)
+    }
+
+    pub fn listener_roots(&self, name: &str) -> impl Iterator<Item = &ObjectKey> {
+        self.listeners.get(name).into_iter().flatten().map(|(_, k)| k)
+    }
+
+    pub fn raw_roots(&self, key: &RawKey) -> impl Iterator<Item = &ObjectKey> {
+        self.raw.get(key).into_iter().flatten().map(|(_, k)| k)
+    }
+
+    pub fn all_vhosts(&self) -> impl Iterator<Item = &VhostKey> {
+        self.vhosts.keys()
+    }
+}
+
+fn remove<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Contributors>, key: &K, id: &(RootOrder, ObjectKey)) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+pub fn object_ref(key: &ObjectKey) -> ir::ObjectRef {
+    ir::ObjectRef { kind: key.kind.kind.clone(), namespace: key.namespace.clone(), name: key.name.clone() }
+}
+
+fn describe(key: &ObjectKey) -> String {
+    if key.namespace.is_empty() {
+        format!("{} {}", key.kind.kind, key.name)
+    } else {
+        format!("{} {}/{}", key.kind.kind, key.namespace, key.name)
+    }
+}
+
+fn conflict(loser: &ObjectKey, winner: &ObjectKey, reason: &str, what: String) -> ir::Diagnostic {
+    ir::Diagnostic {
+        object: object_ref(loser),
+        severity: ir::Severity::Warning,
+        reason: reason.to_string(),
+        message: format!("{what} is already claimed by {} (older, or first by namespace/name)", describe(winner)),
+    }
+}
+
+fn normalize_prefix(p: &str) -> &str {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() { "/" } else { t }
+}
+
+/// Two routes conflict when they match the same requests.
+fn match_key(m: &ir::RouteMatch) -> ir::RouteMatch {
+    let mut k = m.clone();
+    if let ir::PathMatch::Prefix(p) = &k.path {
+        k.path = ir::PathMatch::Prefix(normalize_prefix(p).to_string());
+    }
+    k.headers.sort_by(|a, b| a.name.cmp(&b.name));
+    k.query.sort_by(|a, b| a.name.cmp(&b.name));
+    k
+}
+
+fn path_text(m: &ir::PathMatch) -> String {
+    match m {
+        ir::PathMatch::Exact(p) => format!("exact path {p}"),
+        ir::PathMatch::Prefix(p) => format!("prefix {p}"),
+        ir::PathMatch::Regex(p) => format!("regex {p}"),
+    }
+}
+
+/// Most specific first: exact, then regex, then prefix; longer paths
+/// first; then a method, more headers and more query matches first. Ties
+/// keep root order (the sort is stable).
+type Specificity = (u8, Reverse<usize>, Reverse<bool>, Reverse<usize>, Reverse<usize>);
+
+fn specificity(r: &ir::Route) -> Specificity {
+    let m = &r.matches;
+    let (class, len) = match &m.path {
+        ir::PathMatch::Exact(p) => (0u8, p.len()),
+        ir::PathMatch::Regex(p) => (1, p.len()),
+        ir::PathMatch::Prefix(p) => (2, normalize_prefix(p).len()),
+    };
+    (class, Reverse(len), Reverse(m.method.is_some()), Reverse(m.headers.len()), Reverse(m.query.len()))
+}
+
+/// Merges one virtual host from its contributors, given oldest first.
+pub fn merge_vhost<'a>(key: &VhostKey, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> MergedVhost {
+    let mut merged = MergedVhost {
+        listener: key.0.clone(),
+        domain: key.1.clone(),
+        tls: None,
+        routes: vec![],
+        roots: vec![],
+        diagnostics: vec![],
+    };
+    let mut tls_owner: Option<ObjectKey> = None;
+    let mut claimed: HashMap<ir::RouteMatch, ObjectKey> = HashMap::new();
+    for (root, output) in contributors {
+        merged.roots.push(root.clone());
+        for vh in output.fragment.virtual_hosts.iter().filter(|v| v.listener == key.0 && v.domain == key.1) {
+            if let Some(tls) = &vh.tls {
+                match (&merged.tls, &tls_owner) {
+                    (None, _) => {
+                        merged.tls = Some(tls.clone());
+                        tls_owner = Some(root.clone());
+                    }
+                    (Some(existing), Some(owner)) if existing != tls && owner != root => merged.diagnostics.push(
+                        conflict(root, owner, "TLSConflict", format!("TLS for {} on {}", key.1, key.0)),
+                    ),
+                    _ => {}
+                }
+            }
+            for route in &vh.routes {
+                let mk = match_key(&route.matches);
+                match claimed.get(&mk) {
+                    None => {
+                        claimed.insert(mk, root.clone());
+                        merged.routes.push(MergedRoute { route: route.clone(), root: root.clone() });
+                    }
+                    Some(owner) if owner != root => merged.diagnostics.push(conflict(
+                        root,
+                        owner,
+                        "RouteConflict",
+                        format!("{} on {} ({})", path_text(&route.matches.path), key.1, key.0),
+                    )),
+                    // A root repeating its own match: the first one wins,
+                    // as it would in Envoy.
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    merged.routes.sort_by_key(|r| specificity(&r.route));
+    merged
+}
+
+/// Merges one listener: the oldest definition wins.
+pub fn merge_listener<'a>(name: &str, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> Option<MergedListener> {
+    let mut merged: Option<(MergedListener, ObjectKey)> = None;
+    for (root, output) in contributors {
+        for l in output.fragment.listeners.iter().filter(|l| l.name == name) {
+            match &mut merged {
+                None => {
+                    merged = Some((
+                        MergedListener { listener: l.clone(), roots: vec![root.clone()], diagnostics: vec![] },
+                        root.clone(),
+                    ))
+                }
+                Some((m, owner)) => {
+                    if !m.roots.contains(root) {
+                        m.roots.push(root.clone());
+                    }
+                    if &m.listener != l {
+                        m.diagnostics.push(conflict(
+                            root,
+                            owner,
+                            "ListenerConflict",
+                            format!("listener {name} (port {}, {:?})", l.port, l.protocol),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    merged.map(|(m, _)| m)
+}
+
+/// Merges one raw resource: the oldest root's wins.
+pub fn merge_raw<'a>(key: &RawKey, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> Option<MergedRaw> {
+    let mut merged: Option<MergedRaw> = None;
+    for (root, output) in contributors {
+        for r in output.fragment.raw.iter().filter(|r| r.type_url == key.0 && r.name == key.1) {
+            match &mut merged {
+                None => merged = Some(MergedRaw { raw: r.clone(), root: root.clone(), diagnostics: vec![] }),
+                Some(m) if &m.root != root => m.diagnostics.push(conflict(
+                    root,
+                    &m.root,
+                    "RawResourceConflict",
+                    format!("raw resource {} {}", key.0, key.1),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KindKey;
+    use std::sync::Arc;
+
+    fn root(name: &str, created: &str, vhosts: Vec<ir::VirtualHost>) -> (ObjectKey, RootOutput) {
+        let key = ObjectKey { kind: KindKey::new("networking.k8s.io/v1", "Ingress"), namespace: "ns".into(), name: name.into() };
+        let out = RootOutput {
+            order: RootOrder { created: created.into(), namespace: "ns".into(), name: name.into(), kind: key.kind.clone() },
+            fragment: Arc::new(ir::Fragment { listeners: vec![], virtual_hosts: vhosts, raw: vec![], diagnostics: vec![] }),
+            error: None,
+        };
+        (key, out)
+    }
+
+    fn route(path: ir::PathMatch, status: u16) -> ir::Route {
+        ir::Route {
+            matches: ir::RouteMatch { path, headers: vec![], query: vec![], method: None },
+            action: ir::RouteAction::DirectResponse(ir::DirectResponse { status, body: None }),
+            prefix_rewrite: None,
+            host_rewrite: None,
+            timeout_ms: None,
+            retry: None,
+            request_headers: None,
+            response_headers: None,
+        }
+    }
+
+    fn vh(routes: Vec<ir::Route>, tls: Option<&str>) -> ir::VirtualHost {
+        ir::VirtualHost {
+            listener: "http".into(),
+            domain: "a.com".into(),
+            tls: tls.map(|n| ir::SecretRef { namespace: "ns".into(), name: n.into() }),
+            routes,
+        }
+    }
+
+    fn key() -> VhostKey {
+        ("http".into(), "a.com".into())
+    }
+
+    fn sorted<'a>(roots: &'a [(ObjectKey, RootOutput)]) -> Vec<(&'a ObjectKey, &'a RootOutput)> {
+        let mut v: Vec<_> = roots.iter().map(|(k, o)| (k, o)).collect();
+        v.sort_by(|a, b| (&a.1.order, a.0).cmp(&(&b.1.order, b.0)));
+        v
+    }
+
+    #[test]
+    fn routes_are_ordered_most_specific_first() {
+        use ir::PathMatch::*;
+        let r = root("a", "", vec![vh(vec![
+            route(Prefix("/".into()), 1),
+            route(Prefix("/foo".into()), 2),
+            route(Regex("/x.*".into()), 3),
+            route(Exact("/foo".into()), 4),
+            route(Prefix("/foo/bar".into()), 5),
+            route(Exact("/foo/bar".into()), 6),
+        ], None)]);
+        let m = merge_vhost(&key(), sorted(&[r]));
+        let order: Vec<u16> = m
+            .routes
+            .iter()
+            .map(|r| match &r.route.action { ir::RouteAction::DirectResponse(d) => d.status, _ => 0 })
+            .collect();
+        assert_eq!(order, [6, 4, 3, 5, 2, 1]);
+        assert!(m.diagnostics.is_empty());
+    }
+
+    #[test]
+    fn oldest_root_wins_a_conflict_and_the_loser_is_told() {
+        use ir::PathMatch::*;
+        let old = root("zz-old", "2020-01-01T00:00:00Z", vec![vh(vec![route(Prefix("/foo/".into()), 1)], Some("old-cert"))]);
+        let young = root("aa-young", "2024-01-01T00:00:00Z", vec![vh(vec![route(Prefix("/foo".into()), 2), route(Exact("/x".into()), 3)], Some("young-cert"))]);
+        let m = merge_vhost(&key(), sorted(&[young.clone(), old.clone()]));
+        assert_eq!(m.routes.len(), 2);
+        assert_eq!(m.routes.iter().find(|r| matches!(r.route.matches.path, Prefix(_))).unwrap().root.name, "zz-old");
+        assert_eq!(m.tls.as_ref().unwrap().name, "old-cert");
+        let reasons: Vec<_> = m.diagnostics.iter().map(|d| (d.object.name.as_str(), d.reason.as_str())).collect();
+        assert_eq!(reasons, [("aa-young", "TLSConflict"), ("aa-young", "RouteConflict")]);
+        assert_eq!(m.roots[0].name, "zz-old");
+    }
+
+    #[test]
+    fn same_age_falls_back_to_namespace_and_name() {
+        let a = root("a", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)]);
+        let b = root("b", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 2)], None)]);
+        let m = merge_vhost(&key(), sorted(&[b, a]));
+        assert_eq!(m.routes[0].root.name, "a");
+        assert_eq!(m.diagnostics[0].object.name, "b");
+    }
+
+    #[test]
+    fn merger_tracks_contributors_and_dirty_units() {
+        let (k1, o1) = root("a", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)]);
+        let mut merger = Merger::new();
+        let dirty = merger.apply(&[OutputChange { root: k1.clone(), old: None, new: Some(o1.clone()) }]);
+        assert_eq!(dirty.vhosts.into_iter().collect::<Vec<_>>(), [key()]);
+        assert_eq!(merger.vhost_roots(&key()).count(), 1);
+        let dirty = merger.apply(&[OutputChange { root: k1, old: Some(o1), new: None }]);
+        assert_eq!(dirty.vhosts.len(), 1);
+        assert_eq!(merger.vhost_roots(&key()).count(), 0);
+        assert_eq!(merger.all_vhosts().count(), 0);
+    }
+}

@@ -1,0 +1,260 @@
+//! Per-root translation with dependency tracking.
+//!
+//! A translator is called once per root object. The host records every
+//! store read the call made; when an object changes, only the roots that
+//! read it (and the object itself, if it is a root) are translated again.
+
+pub mod merge;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::ir;
+use crate::plugin::{Plugin, PluginError, Reads};
+use crate::store::{Change, KindKey, Object, ObjectKey, Store};
+
+/// Orders roots for conflict resolution: the oldest wins, then
+/// namespace/name. Manifests without creationTimestamp sort first, by name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RootOrder {
+    pub created: String,
+    pub namespace: String,
+    pub name: String,
+    pub kind: KindKey,
+}
+
+impl RootOrder {
+    pub fn of(obj: &Object) -> Self {
+        RootOrder {
+            created: obj.creation_timestamp.clone(),
+            namespace: obj.namespace.clone(),
+            name: obj.name.clone(),
+            kind: obj.kind_key(),
+        }
+    }
+}
+
+/// What a root currently contributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RootOutput {
+    pub order: RootOrder,
+    /// The last good fragment (empty if the root never translated).
+    pub fragment: Arc<ir::Fragment>,
+    /// Why the latest call failed, if it did.
+    pub error: Option<PluginError>,
+}
+
+/// A root whose output changed: what it was and what it is now.
+#[derive(Clone, Debug)]
+pub struct OutputChange {
+    pub root: ObjectKey,
+    pub old: Option<RootOutput>,
+    pub new: Option<RootOutput>,
+}
+
+struct RootState {
+    output: RootOutput,
+    reads: Reads,
+}
+
+/// Counters for one round, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    pub calls: usize,
+    pub failures: usize,
+    pub dropped_logs: usize,
+    /// Failed calls by reason (`PluginError::reason`), for metrics.
+    pub failure_reasons: BTreeMap<String, usize>,
+    /// The duration of every call, for metrics.
+    pub call_durations: Vec<std::time::Duration>,
+}
+
+/// The translation state of one plugin over one store.
+pub struct Translations {
+    plugin: Plugin,
+    root_kinds: Vec<KindKey>,
+    roots: HashMap<ObjectKey, RootState>,
+    by_get: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    by_list: HashMap<(KindKey, Option<String>), HashSet<ObjectKey>>,
+}
+
+impl Translations {
+    pub fn new(plugin: Plugin) -> Self {
+        let root_kinds = plugin.root_kinds();
+        Translations { plugin, root_kinds, roots: HashMap::new(), by_get: HashMap::new(), by_list: HashMap::new() }
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = (&ObjectKey, &RootOutput)> {
+        self.roots.iter().map(|(k, s)| (k, &s.output))
+    }
+
+    pub fn output(&self, root: &ObjectKey) -> Option<&RootOutput> {
+        self.roots.get(root).map(|s| &s.output)
+    }
+
+    pub fn len(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// Translates every root in the store.
+    pub fn translate_all(&mut self, store: &Arc<Store>) -> (Vec<OutputChange>, RoundStats) {
+        let mut dirty: Vec<ObjectKey> = self
+            .root_kinds
+            .iter()
+            .flat_map(|k| store.list(k, None).map(|o| o.key()))
+            .collect();
+        // Roots that vanished from the store while we were not looking.
+        dirty.extend(self.roots.keys().filter(|k| store.get(k).is_none()).cloned());
+        self.retranslate(store, dirty)
+    }
+
+    /// Translates what the changes make stale.
+    pub fn apply_changes(&mut self, store: &Arc<Store>, changes: &[Change]) -> (Vec<OutputChange>, RoundStats) {
+        let mut dirty = HashSet::new();
+        for change in changes {
+            let key = change.key();
+            if self.root_kinds.contains(&key.kind) {
+                dirty.insert(key.clone());
+            }
+            if let Some(roots) = self.by_get.get(key) {
+                dirty.extend(roots.iter().cloned());
+            }
+            for ns in [Some(key.namespace.clone()), None] {
+                if let Some(roots) = self.by_list.get(&(key.kind.clone(), ns)) {
+                    dirty.extend(roots.iter().cloned());
+                }
+            }
+        }
+        self.retranslate(store, dirty.into_iter().collect())
+    }
+
+    /// Which roots `changes` would translate again; for tests and tracing.
+    pub fn dependents(&self, key: &ObjectKey) -> Vec<ObjectKey> {
+        let mut out: Vec<ObjectKey> = self.by_get.get(key).into_iter().flatten().cloned().collect();
+        for ns in [Some(key.namespace.clone()), None] {
+            out.extend(self.by_list.get(&(key.kind.clone(), ns)).into_iter().flatten().cloned());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn retranslate(&mut self, store: &Arc<Store>, mut dirty: Vec<ObjectKey>) -> (Vec<OutputChange>, RoundStats) {
+        dirty.sort();
+        dirty.dedup();
+        let mut stats = RoundStats::default();
+        let mut changes = Vec::new();
+        let (present, gone): (Vec<_>, Vec<_>) = dirty.into_iter().partition(|k| store.get(k).is_some());
+        for key in gone {
+            if let Some(state) = self.roots.remove(&key) {
+                self.unindex(&key, &state.reads);
+                changes.push(OutputChange { root: key, old: Some(state.output), new: None });
+            }
+        }
+        let jobs: Vec<Arc<Object>> = present.iter().filter_map(|k| store.get(k).cloned()).collect();
+        let outcomes = call_all(&self.plugin, store, &jobs);
+        for (obj, outcome) in jobs.iter().zip(outcomes) {
+            let key = obj.key();
+            stats.calls += 1;
+            stats.dropped_logs += outcome.dropped_logs;
+            stats.call_durations.push(outcome.elapsed);
+            let previous = self.roots.remove(&key);
+            if let Some(prev) = &previous {
+                self.unindex(&key, &prev.reads);
+            }
+            let (output, reads) = match outcome.result {
+                Ok(fragment) => (
+                    RootOutput { order: RootOrder::of(obj), fragment: Arc::new(fragment), error: None },
+                    outcome.reads,
+                ),
+                Err(error) => {
+                    stats.failures += 1;
+                    *stats.failure_reasons.entry(error.reason().to_string()).or_default() += 1;
+                    tracing::warn!(root = %key, plugin = %self.plugin.info.name, reason = error.reason(), %error,
+                        "translation failed; keeping the last good fragment");
+                    // Keep depending on what the good call read, plus what
+                    // this one got to before failing.
+                    let mut reads = outcome.reads;
+                    let fragment = match &previous {
+                        Some(prev) => {
+                            reads.gets.extend(prev.reads.gets.iter().cloned());
+                            reads.lists.extend(prev.reads.lists.iter().cloned());
+                            prev.output.fragment.clone()
+                        }
+                        None => Arc::new(empty_fragment()),
+                    };
+                    (RootOutput { order: RootOrder::of(obj), fragment, error: Some(error) }, reads)
+                }
+            };
+            self.index(&key, &reads);
+            let old = previous.map(|p| p.output);
+            if old.as_ref() != Some(&output) {
+                changes.push(OutputChange { root: key.clone(), old, new: Some(output.clone()) });
+            }
+            self.roots.insert(key, RootState { output, reads });
+        }
+        (changes, stats)
+    }
+
+    fn index(&mut self, root: &ObjectKey, reads: &Reads) {
+        for k in &reads.gets {
+            self.by_get.entry(k.clone()).or_default().insert(root.clone());
+        }
+        for k in &reads.lists {
+            self.by_list.entry(k.clone()).or_default().insert(root.clone());
+        }
+    }
+
+    fn unindex(&mut self, root: &ObjectKey, reads: &Reads) {
+        for k in &reads.gets {
+            if let Some(set) = self.by_get.get_mut(k) {
+                set.remove(root);
+                if set.is_empty() {
+                    self.by_get.remove(k);
+                }
+            }
+        }
+        for k in &reads.lists {
+            if let Some(set) = self.by_list.get_mut(k) {
+                set.remove(root);
+                if set.is_empty() {
+                    self.by_list.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Every root's outputs in root order, for a full merge.
+    pub fn ordered_outputs(&self) -> BTreeMap<(RootOrder, ObjectKey), &RootOutput> {
+        self.roots.iter().map(|(k, s)| ((s.output.order.clone(), k.clone()), &s.output)).collect()
+    }
+}
+
+pub fn empty_fragment() -> ir::Fragment {
+    ir::Fragment { listeners: vec![], virtual_hosts: vec![], raw: vec![], diagnostics: vec![] }
+}
+
+/// Calls the plugin for every job, spread over the machine's cores. Calls
+/// are independent (a fresh instance each), so order does not matter.
+fn call_all(plugin: &Plugin, store: &Arc<Store>, jobs: &[Arc<Object>]) -> Vec<crate::plugin::CallOutcome> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len() / 64 + 1);
+    if threads <= 1 {
+        return jobs.iter().map(|o| plugin.translate(store, o)).collect();
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|o| plugin.translate(store, o)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("translation worker panicked")).collect()
+    })
+}

@@ -1,0 +1,335 @@
+//! Incremental ADS (`DeltaAggregatedResources`):
+//!
+//! - Per type, the stream tracks what the client has (name -> version),
+//!   seeded from `initial_resource_versions` on the type's first request so
+//!   a reconnecting client is not sent what it already holds.
+//! - A response carries only resources whose version (the content hash in
+//!   `Resource::version`) differs from what the client has, and names in
+//!   `removed_resources` what the client has but should no longer: deleted
+//!   from the snapshot, unsubscribed, or no longer covered by a wildcard.
+//! - Subscriptions: `*` (or, for Listener and Cluster, a first request that
+//!   names nothing: the legacy wildcard) and explicit names;
+//!   `resource_names_subscribe` of a name the client supposedly has forces
+//!   a resend, as the spec requires. Subscription changes are deltas, so
+//!   they are applied whatever nonce the request carries.
+//! - ACK/NACK: `response_nonce` names the response; `error_detail` makes it
+//!   a NACK. The versions recorded as sent are kept, so the rejected content
+//!   is not resent in a loop; a later snapshot that changes it sends it.
+//! - The first request of a type is always answered (possibly empty) so the
+//!   client can finish initialising.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use tracing::{debug, warn};
+
+use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
+use super::snapshot::Resource;
+use super::stream::{
+    Handler, MAX_PENDING, Prepared, StreamCtx, legacy_wildcard, nack_subjects, push_rank,
+};
+use super::wire::DeltaResponse;
+
+#[derive(Default)]
+pub(crate) struct Delta {
+    types: BTreeMap<String, TypeState>,
+}
+
+struct TypeState {
+    type_url: Arc<str>,
+    wildcard: bool,
+    /// The client has subscribed by name at least once: the legacy wildcard
+    /// no longer applies.
+    explicit: bool,
+    names: BTreeSet<String>,
+    /// What the client has, as far as this stream knows: name -> version.
+    known: HashMap<String, String>,
+    /// Bumped on every subscription change.
+    generation: u64,
+    /// (type digest, generation) at the last diff: equal means nothing to do.
+    synced: Option<([u8; 16], u64)>,
+    /// Responses not yet ACKed or NACKed, oldest first.
+    pending: VecDeque<Pending>,
+    responded: bool,
+}
+
+struct Pending {
+    nonce: String,
+    version: Arc<str>,
+    resources: Vec<Arc<Resource>>,
+}
+
+impl Handler for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        ctx: &mut StreamCtx,
+        current: Option<&Arc<Prepared>>,
+        request: DeltaDiscoveryRequest,
+    ) -> Vec<DeltaResponse> {
+        let DeltaDiscoveryRequest {
+            type_url,
+            resource_names_subscribe,
+            resource_names_unsubscribe,
+            resource_locators_subscribe,
+            resource_locators_unsubscribe,
+            initial_resource_versions,
+            response_nonce,
+            error_detail,
+            ..
+        } = request;
+        if type_url.is_empty() {
+            debug!(stream = ctx.id, node = %ctx.node(), "delta request without type_url ignored");
+            return Vec::new();
+        }
+        let first = !self.types.contains_key(&type_url);
+        let state = self
+            .types
+            .entry(type_url)
+            .or_insert_with_key(|t| TypeState::new(t));
+
+        if !response_nonce.is_empty() {
+            match state.pending.iter().position(|p| p.nonce == response_nonce) {
+                Some(i) => {
+                    // Older unanswered responses are superseded.
+                    let answered = state
+                        .pending
+                        .drain(..=i)
+                        .next_back()
+                        .expect("drained at least one");
+                    match error_detail {
+                        Some(error) => {
+                            let (resource_names, sources) =
+                                nack_subjects(&error.message, answered.resources.iter());
+                            warn!(
+                                stream = ctx.id,
+                                node = %ctx.node(),
+                                type_url = %state.type_url,
+                                version = %answered.version,
+                                nonce = %response_nonce,
+                                error = %error.message,
+                                "xDS client rejected configuration"
+                            );
+                            ctx.emit(XdsEvent::Nack(Nack {
+                                stream: ctx.id,
+                                node: ctx.node().to_string(),
+                                protocol: Protocol::Delta,
+                                type_url: state.type_url.to_string(),
+                                version: answered.version.to_string(),
+                                client_version: String::new(),
+                                nonce: response_nonce,
+                                code: error.code,
+                                message: error.message,
+                                resource_names,
+                                sources,
+                            }));
+                        }
+                        None => {
+                            debug!(
+                                stream = ctx.id,
+                                node = %ctx.node(),
+                                type_url = %state.type_url,
+                                version = %answered.version,
+                                nonce = %response_nonce,
+                                "xDS client acknowledged"
+                            );
+                            ctx.emit(XdsEvent::Ack(Ack {
+                                stream: ctx.id,
+                                node: ctx.node().to_string(),
+                                protocol: Protocol::Delta,
+                                type_url: state.type_url.to_string(),
+                                version: answered.version.to_string(),
+                                nonce: response_nonce,
+                            }));
+                        }
+                    }
+                }
+                None => debug!(
+                    stream = ctx.id,
+                    node = %ctx.node(),
+                    type_url = %state.type_url,
+                    nonce = %response_nonce,
+                    "delta request with an unknown or stale nonce: no ACK/NACK"
+                ),
+            }
+        }
+
+        if first {
+            state.known = initial_resource_versions.into_iter().collect();
+        }
+        let subscribe: Vec<String> = resource_names_subscribe
+            .into_iter()
+            .chain(resource_locators_subscribe.into_iter().map(|l| l.name))
+            .collect();
+        let unsubscribe = resource_names_unsubscribe
+            .into_iter()
+            .chain(resource_locators_unsubscribe.into_iter().map(|l| l.name));
+        state.resubscribe(first, subscribe, unsubscribe);
+
+        match current {
+            Some(p) => state.push(ctx, p).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn on_snapshot(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Vec<DeltaResponse> {
+        let mut states: Vec<&mut TypeState> = self.types.values_mut().collect();
+        states.sort_by(|a, b| push_rank(&a.type_url).cmp(&push_rank(&b.type_url)));
+        states
+            .into_iter()
+            .filter_map(|s| s.push(ctx, current))
+            .collect()
+    }
+}
+
+impl TypeState {
+    fn new(type_url: &str) -> Self {
+        TypeState {
+            type_url: type_url.into(),
+            wildcard: false,
+            explicit: false,
+            names: BTreeSet::new(),
+            known: HashMap::new(),
+            generation: 0,
+            synced: None,
+            pending: VecDeque::new(),
+            responded: false,
+        }
+    }
+
+    fn resubscribe(
+        &mut self,
+        first: bool,
+        subscribe: Vec<String>,
+        unsubscribe: impl Iterator<Item = String>,
+    ) {
+        let mut changed = false;
+        if first && subscribe.is_empty() && legacy_wildcard(&self.type_url) {
+            self.wildcard = true;
+            changed = true;
+        }
+        if !subscribe.is_empty() {
+            if !self.explicit && self.wildcard && !subscribe.iter().any(|n| n == "*") {
+                // Naming resources ends the legacy wildcard unless `*` is named too.
+                self.wildcard = false;
+            }
+            self.explicit = true;
+            for name in subscribe {
+                if name == "*" {
+                    self.wildcard = true;
+                    continue;
+                }
+                if !first {
+                    // The client may have forgotten it: send it again.
+                    self.known.remove(&name);
+                }
+                self.names.insert(name);
+            }
+            changed = true;
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(&name);
+            }
+            changed = true;
+        }
+        if changed {
+            self.generation += 1;
+        }
+    }
+
+    /// Brings the client up to `current`: the response to send, if any.
+    fn push(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Option<DeltaResponse> {
+        let digest = current.digest(&self.type_url);
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        if self.synced != Some((digest, self.generation)) {
+            let of_type = current.snapshot.of_type(&self.type_url);
+            let mut consider = |r: &Arc<Resource>| {
+                if self.known.get(&r.name) != Some(&r.version) {
+                    self.known.insert(r.name.clone(), r.version.clone());
+                    resources.push(r.clone());
+                }
+            };
+            if let Some(of_type) = of_type {
+                if self.wildcard {
+                    // `named_only` resources (API listeners) only when named.
+                    let names = &self.names;
+                    of_type
+                        .values()
+                        .filter(|r| !r.named_only || names.contains(&r.name))
+                        .for_each(&mut consider);
+                } else {
+                    self.names
+                        .iter()
+                        .filter_map(|n| of_type.get(n))
+                        .for_each(&mut consider);
+                }
+            }
+            let (wildcard, names) = (self.wildcard, &self.names);
+            self.known.retain(|name, _| {
+                let visible = of_type.and_then(|m| m.get(name)).is_some_and(|r| {
+                    (wildcard && !r.named_only) || names.contains(name)
+                });
+                if !visible {
+                    removed.push(name.clone());
+                }
+                visible
+            });
+            removed.sort();
+            self.synced = Some((digest, self.generation));
+        }
+        if resources.is_empty() && removed.is_empty() && self.responded {
+            return None;
+        }
+        self.responded = true;
+
+        let nonce = ctx.next_nonce();
+        debug!(
+            stream = ctx.id,
+            node = %ctx.node(),
+            type_url = %self.type_url,
+            version = %current.version,
+            nonce = %nonce,
+            resources = resources.len(),
+            removed = removed.len(),
+            "xDS delta push"
+        );
+        ctx.emit(XdsEvent::Pushed(Push {
+            stream: ctx.id,
+            node: ctx.node().to_string(),
+            protocol: Protocol::Delta,
+            type_url: self.type_url.to_string(),
+            version: current.version.to_string(),
+            nonce: nonce.clone(),
+            resources: resources.len(),
+            removed: removed.len(),
+        }));
+        if self.pending.len() == MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            nonce: nonce.clone(),
+            version: current.version.clone(),
+            resources: resources.clone(),
+        });
+        Some(DeltaResponse {
+            system_version_info: current.version.clone(),
+            type_url: self.type_url.clone(),
+            nonce,
+            resources,
+            removed,
+        })
+    }
+}

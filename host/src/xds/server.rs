@@ -1,0 +1,299 @@
+//! The ADS gRPC server: `XdsServer` (shared state and the envoy-types
+//! service trait), `AdsService` (the encode-once gRPC service that `serve`
+//! mounts) and `serve` (tonic with HTTP/2 keepalive and graceful shutdown).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, SERVICE_NAME,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
+
+use super::delta::Delta;
+use super::event::XdsEvent;
+use super::snapshot::Snapshot;
+use super::sotw::Sotw;
+use super::stream::{self, Shared};
+use super::wire::{DeltaResponse, SotwResponse, WireCodec};
+
+/// Events buffered for the host before new ones are dropped (and counted).
+pub const EVENT_QUEUE: usize = 4096;
+
+/// HTTP/2 PING interval on idle connections: finds dead data planes (and
+/// keeps NATs and load balancers from dropping quiet ADS streams).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted sockets, below HTTP/2.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Serves the latest snapshot of a `watch` channel to any number of ADS
+/// streams, SotW and delta. Cheap to clone; clones share streams and state.
+///
+/// A snapshot with version 0 (`Snapshot::default()`) means "nothing built
+/// yet": streams wait for the first real one.
+#[derive(Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer")
+            .field("active_streams", &self.active_streams())
+            .finish()
+    }
+}
+
+impl XdsServer {
+    /// A server and the receiving end of its events (bounded by
+    /// [`EVENT_QUEUE`]; see [`XdsServer::dropped_events`]).
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> (Self, mpsc::Receiver<XdsEvent>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        (Self::with_events(snapshots, Some(tx)), rx)
+    }
+
+    /// A server that reports to the given channel, or to nobody. Sending
+    /// never blocks a stream: when the channel is full the event is dropped.
+    pub fn with_events(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        events: Option<mpsc::Sender<XdsEvent>>,
+    ) -> Self {
+        XdsServer {
+            shared: Arc::new(Shared::new(snapshots, events)),
+        }
+    }
+
+    /// The encode-once gRPC service: responses are written from the
+    /// snapshot's encoded bytes. This is what [`serve`] mounts; add it to
+    /// your own tonic `Router` to serve ADS beside other services.
+    pub fn service(&self) -> AdsService {
+        AdsService {
+            server: self.clone(),
+        }
+    }
+
+    /// Ends every stream with `UNAVAILABLE` (clients reconnect, possibly to
+    /// another replica) and refuses new ones; graceful shutdown cannot
+    /// complete while ADS streams, which never end by themselves, are open.
+    pub fn shutdown_streams(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Streams currently being served.
+    pub fn active_streams(&self) -> usize {
+        self.shared.active_streams.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped because the host did not drain the channel in time.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
+    fn sotw<S>(&self, requests: S) -> mpsc::Receiver<Result<SotwResponse, Status>>
+    where
+        S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + 'static,
+    {
+        stream::spawn(self.shared.clone(), Sotw::default(), requests)
+    }
+
+    fn delta<S>(&self, requests: S) -> mpsc::Receiver<Result<DeltaResponse, Status>>
+    where
+        S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + 'static,
+    {
+        stream::spawn(self.shared.clone(), Delta::default(), requests)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The generated envoy-types service, for callers who want
+/// `AggregatedDiscoveryServiceServer::new(server)`. Same protocol logic, but
+/// the generated response types own their bytes, so every response copies
+/// resource bodies into new `Any`s (no re-encoding). Prefer
+/// [`XdsServer::service`].
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let responses = ReceiverStream::new(self.sotw(request.into_inner()));
+        Ok(Response::new(Box::pin(
+            responses.map(|r| r.map(|r| r.to_proto())),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let responses = ReceiverStream::new(self.delta(request.into_inner()));
+        Ok(Response::new(Box::pin(
+            responses.map(|r| r.map(|r| r.to_proto())),
+        )))
+    }
+}
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` with responses
+/// encoded straight from the snapshot (see `wire`).
+#[derive(Clone, Debug)]
+pub struct AdsService {
+    server: XdsServer,
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct SotwCall(XdsServer);
+
+impl StreamingService<DiscoveryRequest> for SotwCall {
+    type Response = SotwResponse;
+    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let responses = ReceiverStream::new(self.0.sotw(request.into_inner()));
+        Box::pin(async move { Ok(Response::new(responses)) })
+    }
+}
+
+struct DeltaCall(XdsServer);
+
+impl StreamingService<DeltaDiscoveryRequest> for DeltaCall {
+    type Response = DeltaResponse;
+    type ResponseStream = ReceiverStream<Result<DeltaResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let responses = ReceiverStream::new(self.0.delta(request.into_inner()));
+        Box::pin(async move { Ok(Response::new(responses)) })
+    }
+}
+
+impl<B> Service<http::Request<B>> for AdsService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let server = self.server.clone();
+        match request.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(WireCodec::<SotwResponse, DiscoveryRequest>::default());
+                Ok(grpc.streaming(SotwCall(server), request).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let mut grpc =
+                    Grpc::new(WireCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
+                Ok(grpc.streaming(DeltaCall(server), request).await)
+            }),
+            _ => Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(
+                    Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            }),
+        }
+    }
+}
+
+/// Certificates for the xDS port, PEM encoded.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "xDS TLS is not available: this build of tonic has no TLS feature (tls-ring or tls-aws-lc)"
+    )]
+    TlsUnavailable,
+    #[error("xDS server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves ADS on `listener` until `shutdown` completes; then ends every
+/// stream (`UNAVAILABLE`) and returns once connections have drained.
+pub async fn serve<F>(
+    listener: TcpListener,
+    server: XdsServer,
+    shutdown: F,
+    tls: Option<TlsConfig>,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let local = listener.local_addr().ok();
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    let streams = server.clone();
+    let signal = async move {
+        shutdown.await;
+        info!("xDS server shutting down");
+        streams.shutdown_streams();
+    };
+    info!(addr = ?local, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "xDS server listening");
+    builder
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(server.service())
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await?;
+    Ok(())
+}

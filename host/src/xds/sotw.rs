@@ -1,0 +1,304 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`), per Envoy's "xDS
+//! REST and gRPC protocol":
+//!
+//! - Nothing is sent for a type until the client asks for it.
+//! - Subscriptions are per type: a wildcard (`*`, or for Listener and
+//!   Cluster an initial request without names: the legacy wildcard, which
+//!   ends once the client names resources) or a set of names. A response
+//!   carries every subscribed resource that exists, so for Listener and
+//!   Cluster leaving one out removes it.
+//! - `version_info` is the snapshot version; every response has a fresh
+//!   nonce. A request whose `response_nonce` is not the latest sent for its
+//!   type is stale and ignored entirely.
+//! - ACK: the latest nonce and that response's version. NACK: the latest
+//!   nonce with `error_detail`; the client stays on its last good version,
+//!   the host hears about it, and the same content is not sent again: the
+//!   next push happens when a snapshot changes what the subscription sees.
+//! - A request that widens the subscription is answered with the current
+//!   state (the spec requires resending newly requested names).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tracing::{debug, warn};
+
+use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
+use super::snapshot::{Resource, Resources};
+use super::stream::{Handler, Prepared, StreamCtx, legacy_wildcard, nack_subjects, push_rank};
+use super::wire::{Selection, SotwResponse};
+
+#[derive(Default)]
+pub(crate) struct Sotw {
+    types: BTreeMap<String, TypeState>,
+}
+
+struct TypeState {
+    type_url: Arc<str>,
+    wildcard: bool,
+    /// The client has named resources at least once: an empty list now
+    /// means "none", no longer the legacy wildcard.
+    explicit: bool,
+    names: Arc<BTreeSet<String>>,
+    last: Option<Sent>,
+}
+
+/// The latest response sent for a type.
+struct Sent {
+    nonce: String,
+    prepared: Arc<Prepared>,
+    /// Digest of every resource of the type, and of what a wildcard sees.
+    digest: [u8; 16],
+    wildcard_digest: [u8; 16],
+    selection: Selection,
+}
+
+impl Handler for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        ctx: &mut StreamCtx,
+        current: Option<&Arc<Prepared>>,
+        request: DiscoveryRequest,
+    ) -> Vec<SotwResponse> {
+        let DiscoveryRequest {
+            version_info,
+            resource_names,
+            resource_locators,
+            type_url,
+            response_nonce,
+            error_detail,
+            ..
+        } = request;
+        if type_url.is_empty() {
+            debug!(stream = ctx.id, node = %ctx.node(), "ADS request without type_url ignored");
+            return Vec::new();
+        }
+        let state = self
+            .types
+            .entry(type_url)
+            .or_insert_with_key(|t| TypeState::new(t));
+
+        if let Some(last) = &state.last
+            && !response_nonce.is_empty()
+        {
+            if response_nonce != last.nonce {
+                debug!(
+                    stream = ctx.id,
+                    node = %ctx.node(),
+                    type_url = %state.type_url,
+                    nonce = %response_nonce,
+                    latest_nonce = %last.nonce,
+                    "stale request ignored"
+                );
+                return Vec::new();
+            }
+            let version = last.prepared.version.to_string();
+            if let Some(error) = error_detail {
+                let (resource_names, sources) =
+                    nack_subjects(&error.message, state.resources_of(last).into_iter());
+                warn!(
+                    stream = ctx.id,
+                    node = %ctx.node(),
+                    type_url = %state.type_url,
+                    version = %version,
+                    nonce = %response_nonce,
+                    client_version = %version_info,
+                    error = %error.message,
+                    "xDS client rejected configuration"
+                );
+                ctx.emit(XdsEvent::Nack(Nack {
+                    stream: ctx.id,
+                    node: ctx.node().to_string(),
+                    protocol: Protocol::Sotw,
+                    type_url: state.type_url.to_string(),
+                    version,
+                    client_version: version_info,
+                    nonce: response_nonce,
+                    code: error.code,
+                    message: error.message,
+                    resource_names,
+                    sources,
+                }));
+            } else if version_info == version {
+                debug!(
+                    stream = ctx.id,
+                    node = %ctx.node(),
+                    type_url = %state.type_url,
+                    version = %version,
+                    nonce = %response_nonce,
+                    "xDS client acknowledged"
+                );
+                ctx.emit(XdsEvent::Ack(Ack {
+                    stream: ctx.id,
+                    node: ctx.node().to_string(),
+                    protocol: Protocol::Sotw,
+                    type_url: state.type_url.to_string(),
+                    version,
+                    nonce: response_nonce,
+                }));
+            }
+        }
+
+        let names = resource_names
+            .into_iter()
+            .chain(resource_locators.into_iter().map(|l| l.name));
+        let widened = state.resubscribe(names);
+        match current {
+            Some(p) if state.last.is_none() || widened => vec![state.respond(ctx, p)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_snapshot(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Vec<SotwResponse> {
+        let mut states: Vec<&mut TypeState> = self.types.values_mut().collect();
+        states.sort_by(|a, b| push_rank(&a.type_url).cmp(&push_rank(&b.type_url)));
+        states
+            .into_iter()
+            .filter(|s| s.needs_push(current))
+            .map(|s| s.respond(ctx, current))
+            .collect()
+    }
+}
+
+fn version_of<'a>(resources: Option<&'a Resources>, name: &str) -> Option<&'a str> {
+    resources?.get(name).map(|r| r.version.as_str())
+}
+
+impl TypeState {
+    fn new(type_url: &str) -> Self {
+        TypeState {
+            type_url: type_url.into(),
+            wildcard: false,
+            explicit: false,
+            names: Arc::default(),
+            last: None,
+        }
+    }
+
+    /// Applies the request's resource names; true when the client now sees
+    /// something it did not before.
+    fn resubscribe(&mut self, names: impl Iterator<Item = String>) -> bool {
+        let mut star = false;
+        let mut named = BTreeSet::new();
+        for name in names {
+            if name == "*" {
+                star = true;
+            } else {
+                named.insert(name);
+            }
+        }
+        let wildcard = if star || !named.is_empty() {
+            self.explicit = true;
+            star
+        } else {
+            legacy_wildcard(&self.type_url) && !self.explicit
+        };
+        let widened = if wildcard {
+            // Names beside `*` can bring in `named_only` resources.
+            !self.wildcard || !named.is_subset(&self.names)
+        } else {
+            !self.wildcard && !named.is_subset(&self.names)
+        };
+        self.wildcard = wildcard;
+        if *self.names != named {
+            self.names = Arc::new(named);
+        }
+        widened
+    }
+
+    fn selection(&self) -> Selection {
+        if self.wildcard && !self.names.is_empty() {
+            Selection::AllAnd(self.names.clone())
+        } else if self.wildcard {
+            Selection::All
+        } else {
+            Selection::Named(self.names.clone())
+        }
+    }
+
+    /// Whether `current` changes what this subscription sees compared with
+    /// the latest response.
+    fn needs_push(&self, current: &Arc<Prepared>) -> bool {
+        let Some(last) = &self.last else {
+            // Asked before the first snapshot was ready.
+            return true;
+        };
+        if Arc::ptr_eq(&last.prepared, current) {
+            return false;
+        }
+        let digest = current.digest(&self.type_url);
+        if digest == last.digest {
+            return false;
+        }
+        // A wildcard sees everything but `named_only` resources, which it
+        // sees only when it also names them (the loop below).
+        if self.wildcard && current.wildcard_digest(&self.type_url) != last.wildcard_digest {
+            return true;
+        }
+        let old = last.prepared.snapshot.of_type(&self.type_url);
+        let new = current.snapshot.of_type(&self.type_url);
+        self.names
+            .iter()
+            .any(|n| version_of(old, n) != version_of(new, n))
+    }
+
+    fn respond(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> SotwResponse {
+        let nonce = ctx.next_nonce();
+        let selection = self.selection();
+        let response = SotwResponse {
+            version_info: current.version.clone(),
+            type_url: self.type_url.clone(),
+            nonce: nonce.clone(),
+            snapshot: current.snapshot.clone(),
+            selection: selection.clone(),
+        };
+        let resources = response.resources().count();
+        debug!(
+            stream = ctx.id,
+            node = %ctx.node(),
+            type_url = %self.type_url,
+            version = %current.version,
+            nonce = %nonce,
+            resources,
+            "xDS push"
+        );
+        ctx.emit(XdsEvent::Pushed(Push {
+            stream: ctx.id,
+            node: ctx.node().to_string(),
+            protocol: Protocol::Sotw,
+            type_url: self.type_url.to_string(),
+            version: current.version.to_string(),
+            nonce: nonce.clone(),
+            resources,
+            removed: 0,
+        }));
+        self.last = Some(Sent {
+            nonce,
+            prepared: current.clone(),
+            digest: current.digest(&self.type_url),
+            wildcard_digest: current.wildcard_digest(&self.type_url),
+            selection,
+        });
+        response
+    }
+
+    /// The resources a sent response carried.
+    fn resources_of<'a>(&self, sent: &'a Sent) -> Vec<&'a Arc<Resource>> {
+        let Some(resources) = sent.prepared.snapshot.of_type(&self.type_url) else {
+            return Vec::new();
+        };
+        match &sent.selection {
+            Selection::Named(names) => names.iter().filter_map(|n| resources.get(n)).collect(),
+            all => resources.values().filter(|r| all.includes(r)).collect(),
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Encode-once responses.
+//!
+//! A snapshot holds every resource already encoded (`Resource::body`). The
+//! response types here are hand-written `prost::Message`s that write a
+//! `DiscoveryResponse` / `DeltaDiscoveryResponse` straight onto the wire from
+//! those shared bytes: the resource bodies are never decoded, re-encoded or
+//! copied into per-stream `Any` values; the only copy is the unavoidable one
+//! into the HTTP/2 frame buffer. A SotW response even borrows the whole
+//! snapshot (`Arc<Snapshot>`) rather than a list of resources, so a push to a
+//! wildcard stream allocates nothing but its nonce.
+//!
+//! The encoding is byte-for-byte what prost would produce for the generated
+//! envoy-types messages (a test checks this), so any xDS client decodes it.
+
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource as ProtoResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::encoding::{
+    DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field,
+};
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use super::snapshot::{Resource, Snapshot};
+
+/// Which resources of one type a SotW response carries.
+#[derive(Debug, Clone)]
+pub(crate) enum Selection {
+    /// Every resource of the type but the `named_only` ones (a wildcard
+    /// subscription: API listeners are never sent to Envoy).
+    All,
+    /// A wildcard subscription that also names resources: everything `All`
+    /// carries, plus the `named_only` resources it names.
+    AllAnd(Arc<BTreeSet<String>>),
+    /// The subscribed names that exist in the snapshot.
+    Named(Arc<BTreeSet<String>>),
+}
+
+impl Selection {
+    /// Whether a response with this selection carries `r`.
+    pub(crate) fn includes(&self, r: &Resource) -> bool {
+        match self {
+            Selection::All => !r.named_only,
+            Selection::AllAnd(names) => !r.named_only || names.contains(&r.name),
+            Selection::Named(names) => names.contains(&r.name),
+        }
+    }
+}
+
+/// A state-of-the-world `DiscoveryResponse` whose resources are written from
+/// the snapshot's pre-encoded bodies.
+#[derive(Debug, Clone)]
+pub struct SotwResponse {
+    pub(crate) version_info: Arc<str>,
+    pub(crate) type_url: Arc<str>,
+    pub(crate) nonce: String,
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) selection: Selection,
+}
+
+impl SotwResponse {
+    pub fn version_info(&self) -> &str {
+        &self.version_info
+    }
+
+    pub fn type_url(&self) -> &str {
+        &self.type_url
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// The resources this response carries, in name order.
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> + '_ {
+        let of_type = self.snapshot.of_type(&self.type_url);
+        let selection = &self.selection;
+        let (all, named) = match selection {
+            Selection::All | Selection::AllAnd(_) => (
+                of_type.map(|m| m.values().filter(move |r| selection.includes(r))),
+                None,
+            ),
+            Selection::Named(names) => (
+                None,
+                of_type.map(|m| names.iter().filter_map(move |n| m.get(n))),
+            ),
+        };
+        all.into_iter().flatten().chain(named.into_iter().flatten())
+    }
+
+    /// The equivalent generated message. This copies every resource body into
+    /// a fresh `Any`: it is what the envoy-types trait path has to do; the
+    /// encode-once path writes `self` directly instead.
+    pub fn to_proto(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.to_string(),
+            resources: self.resources().map(|r| any_of(r)).collect(),
+            type_url: self.type_url.to_string(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An incremental `DeltaDiscoveryResponse` whose resources are written from
+/// the snapshot's pre-encoded bodies.
+#[derive(Debug, Clone)]
+pub struct DeltaResponse {
+    pub(crate) system_version_info: Arc<str>,
+    pub(crate) type_url: Arc<str>,
+    pub(crate) nonce: String,
+    pub(crate) resources: Vec<Arc<Resource>>,
+    pub(crate) removed: Vec<String>,
+}
+
+impl DeltaResponse {
+    pub fn system_version_info(&self) -> &str {
+        &self.system_version_info
+    }
+
+    pub fn type_url(&self) -> &str {
+        &self.type_url
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    pub fn resources(&self) -> &[Arc<Resource>] {
+        &self.resources
+    }
+
+    pub fn removed(&self) -> &[String] {
+        &self.removed
+    }
+
+    /// The equivalent generated message (copies the bodies; see
+    /// [`SotwResponse::to_proto`]).
+    pub fn to_proto(&self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.to_string(),
+            resources: self
+                .resources
+                .iter()
+                .map(|r| ProtoResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(any_of(r)),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.type_url.to_string(),
+            removed_resources: self.removed.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn any_of(r: &Resource) -> Any {
+    Any {
+        type_url: r.type_url.clone(),
+        value: r.body.to_vec(),
+    }
+}
+
+// ---- protobuf primitives -------------------------------------------------
+
+/// Length of a length-delimited field with a payload of `len` bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of a proto3 string/bytes field (omitted when empty).
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { delimited_len(tag, len) }
+}
+
+fn put_bytes_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.put_slice(value);
+    }
+}
+
+/// `google.protobuf.Any { type_url = 1, value = 2 }` around the cached body.
+fn any_len(r: &Resource) -> usize {
+    bytes_field_len(1, r.type_url.len()) + bytes_field_len(2, r.body.len())
+}
+
+fn put_any(tag: u32, r: &Resource, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(any_len(r) as u64, buf);
+    put_bytes_field(1, r.type_url.as_bytes(), buf);
+    put_bytes_field(2, &r.body, buf);
+}
+
+/// `envoy.service.discovery.v3.Resource { version = 1, resource = 2, name = 3 }`.
+fn delta_resource_len(r: &Resource) -> usize {
+    bytes_field_len(1, r.version.len())
+        + delimited_len(2, any_len(r))
+        + bytes_field_len(3, r.name.len())
+}
+
+fn put_delta_resource(tag: u32, r: &Resource, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(delta_resource_len(r) as u64, buf);
+    put_bytes_field(1, r.version.as_bytes(), buf);
+    put_any(2, r, buf);
+    put_bytes_field(3, r.name.as_bytes(), buf);
+}
+
+// DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5.
+impl prost::Message for SotwResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_bytes_field(1, self.version_info.as_bytes(), buf);
+        for r in self.resources() {
+            put_any(2, r, buf);
+        }
+        put_bytes_field(4, self.type_url.as_bytes(), buf);
+        put_bytes_field(5, self.nonce.as_bytes(), buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Encode-only: a server never decodes its own responses.
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        bytes_field_len(1, self.version_info.len())
+            + self
+                .resources()
+                .map(|r| delimited_len(2, any_len(r)))
+                .sum::<usize>()
+            + bytes_field_len(4, self.type_url.len())
+            + bytes_field_len(5, self.nonce.len())
+    }
+
+    fn clear(&mut self) {
+        self.selection = Selection::Named(Arc::default());
+        self.nonce.clear();
+    }
+}
+
+// DeltaDiscoveryResponse: system_version_info = 1, resources = 2,
+// type_url = 4, nonce = 5, removed_resources = 6.
+impl prost::Message for DeltaResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_bytes_field(1, self.system_version_info.as_bytes(), buf);
+        for r in &self.resources {
+            put_delta_resource(2, r, buf);
+        }
+        put_bytes_field(4, self.type_url.as_bytes(), buf);
+        put_bytes_field(5, self.nonce.as_bytes(), buf);
+        for name in &self.removed {
+            // A repeated string is written even when empty.
+            encode_key(6, WireType::LengthDelimited, buf);
+            encode_varint(name.len() as u64, buf);
+            buf.put_slice(name.as_bytes());
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        bytes_field_len(1, self.system_version_info.len())
+            + self
+                .resources
+                .iter()
+                .map(|r| delimited_len(2, delta_resource_len(r)))
+                .sum::<usize>()
+            + bytes_field_len(4, self.type_url.len())
+            + bytes_field_len(5, self.nonce.len())
+            + self
+                .removed
+                .iter()
+                .map(|n| delimited_len(6, n.len()))
+                .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        self.resources.clear();
+        self.removed.clear();
+        self.nonce.clear();
+    }
+}
+
+// ---- codec ----------------------------------------------------------------
+
+/// A gRPC codec that encodes `E` (one of the wrappers above) and decodes the
+/// generated request type `D`.
+pub(crate) struct WireCodec<E, D>(PhantomData<fn() -> (E, D)>);
+
+impl<E, D> Default for WireCodec<E, D> {
+    fn default() -> Self {
+        WireCodec(PhantomData)
+    }
+}
+
+impl<E, D> Codec for WireCodec<E, D>
+where
+    E: prost::Message + Send + 'static,
+    D: prost::Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+    type Encoder = WireEncoder<E>;
+    type Decoder = WireDecoder<D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        WireEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        WireDecoder(PhantomData)
+    }
+}
+
+pub(crate) struct WireEncoder<E>(PhantomData<fn(E)>);
+
+impl<E: prost::Message> Encoder for WireEncoder<E> {
+    type Item = E;
+    type Error = Status;
+
+    fn encode(&mut self, item: E, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode_raw(buf);
+        Ok(())
+    }
+}
+
+pub(crate) struct WireDecoder<D>(PhantomData<fn() -> D>);
+
+impl<D: prost::Message + Default> Decoder for WireDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::snapshot::type_url;
+    use prost::Message;
+
+    fn snapshot() -> Arc<Snapshot> {
+        let mut snap = Snapshot {
+            version: 7,
+            ..Default::default()
+        };
+        for (name, body) in [
+            ("a", &b"\x0a\x01a"[..]),
+            ("b", &b""[..]),
+            ("c", &b"\x0a\x01c"[..]),
+        ] {
+            let r = Resource::new(
+                type_url::CLUSTER,
+                name.to_string(),
+                bytes::Bytes::copy_from_slice(body),
+                vec![],
+            );
+            snap.resources
+                .entry(type_url::CLUSTER.to_string())
+                .or_default()
+                .insert(name.to_string(), Arc::new(r));
+        }
+        // A large body, so that lengths need multi-byte varints.
+        let big = Resource::new(
+            type_url::CLUSTER,
+            "z".repeat(200),
+            bytes::Bytes::from(vec![7u8; 70_000]),
+            vec![],
+        );
+        snap.resources
+            .entry(type_url::CLUSTER.to_string())
+            .or_default()
+            .insert(big.name.clone(), Arc::new(big));
+        Arc::new(snap)
+    }
+
+    #[test]
+    fn sotw_wire_matches_prost() {
+        let snap = snapshot();
+        for selection in [
+            Selection::All,
+            Selection::Named(Arc::new(
+                ["a".to_string(), "missing".to_string(), "z".repeat(200)].into(),
+            )),
+            Selection::Named(Arc::default()),
+        ] {
+            let resp = SotwResponse {
+                version_info: "7".into(),
+                type_url: type_url::CLUSTER.into(),
+                nonce: "42".into(),
+                snapshot: snap.clone(),
+                selection,
+            };
+            let ours = resp.encode_to_vec();
+            assert_eq!(ours.len(), resp.encoded_len());
+            assert_eq!(ours, resp.to_proto().encode_to_vec());
+            let back = DiscoveryResponse::decode(&ours[..]).unwrap();
+            assert_eq!(back, resp.to_proto());
+        }
+    }
+
+    #[test]
+    fn delta_wire_matches_prost() {
+        let snap = snapshot();
+        let resp = DeltaResponse {
+            system_version_info: "7".into(),
+            type_url: type_url::CLUSTER.into(),
+            nonce: "3".into(),
+            resources: snap
+                .of_type(type_url::CLUSTER)
+                .unwrap()
+                .values()
+                .cloned()
+                .collect(),
+            removed: vec!["gone".into(), String::new()],
+        };
+        let ours = resp.encode_to_vec();
+        assert_eq!(ours.len(), resp.encoded_len());
+        assert_eq!(ours, resp.to_proto().encode_to_vec());
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(&ours[..]).unwrap(),
+            resp.to_proto()
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Bad plugins, purpose-built in plugins/faults and plugins/old-contract:
+//! the host survives, says why, and keeps serving the last good output.
+
+use isobar::pipeline::Pipeline;
+use isobar::plugin::PluginError;
+use isobar_tests::*;
+use serde_json::{json, Value};
+
+const HTTP: &str = "ingress_http";
+
+fn faults() -> isobar::plugin::Plugin {
+    load("isobar-plugin-faults")
+}
+
+fn faulty_ingress(fault: Option<&str>) -> Value {
+    let mut ing = ingress("shop", "i", &[("a.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    if let Some(f) = fault {
+        ing["metadata"]["annotations"] = json!({"isobar.dev/fault": f});
+    }
+    ing
+}
+
+/// A pipeline serving the good output, then the same root turned bad.
+fn good_then(fault: &str) -> Pipeline {
+    let mut p = Pipeline::new(faults());
+    p.load([ingress_class("isobar", false), service("shop", "web", &[("http", 80, json!(80))]), faulty_ingress(None)].map(apply));
+    p.rebuild();
+    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
+    let round = p.apply([apply(faulty_ingress(Some(fault)))]);
+    assert_eq!(round.translation.calls, 1);
+    p
+}
+
+fn assert_last_good_kept(p: &Pipeline) {
+    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+}
+
+fn only_diagnostic(p: &Pipeline) -> isobar::ir::Diagnostic {
+    let d = p.diagnostics();
+    assert_eq!(d.len(), 1, "{d:?}");
+    d[0].clone()
+}
+
+#[test]
+fn endless_loop_hits_the_deadline() {
+    let p = good_then("loop");
+    assert_last_good_kept(&p);
+    let d = only_diagnostic(&p);
+    assert_eq!((d.object.name.as_str(), d.reason.as_str()), ("i", "PluginTimeout"));
+    assert!(d.message.contains("last good"), "{}", d.message);
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_cap() {
+    let p = good_then("oom");
+    assert_last_good_kept(&p);
+    assert_eq!(only_diagnostic(&p).reason, "PluginMemoryLimit");
+}
+
+#[test]
+fn trap_is_reported_with_the_panic_message() {
+    let p = good_then("trap");
+    assert_last_good_kept(&p);
+    let d = only_diagnostic(&p);
+    assert_eq!(d.reason, "PluginTrap");
+    assert!(d.message.contains("panicked"), "the guest's stderr is captured: {}", d.message);
+}
+
+#[test]
+fn returned_error_is_reported() {
+    let p = good_then("error");
+    assert_last_good_kept(&p);
+    assert_eq!(only_diagnostic(&p).reason, "Injected");
+}
+
+#[test]
+fn output_referencing_a_missing_backend_is_caught_by_the_host() {
+    let p = good_then("missing-backend");
+    // The plugin's output is syntactically fine; the host's validation
+    // turns the dangling reference into a 503 and a diagnostic.
+    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "direct=503")]));
+    assert!(cluster(p.snapshot(), "shop/does-not-exist/80").is_none());
+    assert_eq!(only_diagnostic(&p).reason, "BackendNotFound");
+}
+
+#[test]
+fn log_flood_is_capped() {
+    let p = good_then("log-flood");
+    assert_last_good_kept(&p);
+    assert!(p.diagnostics().is_empty());
+}
+
+#[test]
+fn a_bad_root_does_not_disturb_the_others() {
+    let mut p = Pipeline::new(faults());
+    let mut other = ingress("shop", "other", &[("b.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    other["metadata"]["annotations"] = json!({});
+    p.load([ingress_class("isobar", false), service("shop", "web", &[("http", 80, json!(80))]), faulty_ingress(Some("trap")), other].map(apply));
+    p.rebuild();
+    assert_eq!(routes(p.snapshot(), HTTP, "b.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+    assert_eq!(reasons(&p.diagnostics()), pairs(&[("i", "PluginTrap")]));
+}
+
+#[test]
+fn recovery_clears_the_diagnostic() {
+    let mut p = good_then("loop");
+    p.apply([apply(faulty_ingress(None))]);
+    assert_last_good_kept(&p);
+    assert!(p.diagnostics().is_empty());
+}
+
+#[test]
+fn a_plugin_for_another_contract_version_is_named_as_such() {
+    let err = runtime().load_file(&plugin_path("isobar-plugin-old-contract")).expect_err("must not load");
+    assert!(matches!(&err, PluginError::ContractMismatch { found } if found == "isobar:plugin@0.0.9"), "{err:?}");
+    assert!(err.to_string().contains("isobar:plugin@0.0.9") && err.to_string().contains("isobar:plugin@0.1.0"), "{err}");
+}
+
+#[test]
+fn garbage_is_not_a_component() {
+    let err = runtime().load(b"\0asm\x01\0\0\0garbage", "garbage").expect_err("must not load");
+    assert!(matches!(err, PluginError::Invalid(_)), "{err:?}");
+    let err = runtime().load(b"not wasm at all", "text").expect_err("must not load");
+    assert!(matches!(err, PluginError::Invalid(_)), "{err:?}");
+}

@@ -1,0 +1,130 @@
+//! Incremental and full translation must always agree: over random
+//! sequences of adds, updates and deletes, the snapshot built step by step
+//! equals the one built from scratch from the same store.
+
+use std::collections::BTreeMap;
+
+use isobar::pipeline::Pipeline;
+use isobar::store::Event;
+use isobar::xds::Snapshot;
+use isobar_tests::*;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const NAMESPACES: [&str; 2] = ["a", "b"];
+const SERVICES: [&str; 4] = ["s0", "s1", "s2", "s3"];
+const HOSTS: [&str; 4] = ["x.com", "y.com", "*.w.com", ""];
+const PATHS: [&str; 4] = ["/", "/a", "/a/b", "/a/"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(Value),
+    Delete(Value),
+}
+
+fn arb_service() -> impl Strategy<Value = Value> {
+    (0..2usize, 0..4usize, prop::bool::ANY, 80u16..82).prop_map(|(ns, s, named, port)| {
+        service(NAMESPACES[ns], SERVICES[s], &[(if named { "http" } else { "" }, port, json!(8080))])
+    })
+}
+
+fn arb_slice() -> impl Strategy<Value = Value> {
+    (0..2usize, 0..4usize, prop::bool::ANY, prop::collection::vec(1u8..5, 0..3)).prop_map(|(ns, s, named, addrs)| {
+        let addrs: Vec<String> = addrs.iter().map(|a| format!("10.0.0.{a}")).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        slice(NAMESPACES[ns], SERVICES[s], "x", if named { "http" } else { "" }, 8080, &refs)
+    })
+}
+
+fn arb_ingress() -> impl Strategy<Value = Value> {
+    let path = (0..4usize, prop::bool::ANY, 0..4usize, prop::bool::ANY);
+    (
+        0..2usize,
+        0..4usize,
+        prop::collection::vec((0..4usize, prop::collection::vec(path, 1..3)), 0..3),
+        0..3u8,
+        prop::option::of(0..4usize),
+        prop::bool::ANY,
+    )
+        .prop_map(|(ns, n, rules, age, tls, classed)| {
+            let rules: Vec<Value> = rules
+                .into_iter()
+                .map(|(h, paths)| {
+                    let paths: Vec<Value> = paths
+                        .into_iter()
+                        .map(|(p, exact, s, by_name)| {
+                            let port = if by_name { json!({"name":"http"}) } else { json!({"number":80}) };
+                            json!({"path":PATHS[p],"pathType":if exact {"Exact"} else {"Prefix"},
+                                "backend":{"service":{"name":SERVICES[s],"port":port}}})
+                        })
+                        .collect();
+                    let mut r = json!({"http":{"paths":paths}});
+                    if !HOSTS[h].is_empty() {
+                        r["host"] = json!(HOSTS[h]);
+                    }
+                    r
+                })
+                .collect();
+            let mut ing = json!({"apiVersion":"networking.k8s.io/v1","kind":"Ingress",
+                "metadata":{"name":format!("i{n}"),"namespace":NAMESPACES[ns],
+                    "creationTimestamp":format!("202{age}-01-01T00:00:00Z")},
+                "spec":{"rules":rules}});
+            if classed {
+                ing["spec"]["ingressClassName"] = json!("isobar");
+            }
+            if let Some(h) = tls {
+                ing["spec"]["tls"] = json!([{"hosts":[HOSTS[h]],"secretName":"cert"}]);
+            }
+            ing
+        })
+}
+
+fn arb_object() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => arb_ingress(),
+        2 => arb_service(),
+        2 => arb_slice(),
+        1 => prop::bool::ANY.prop_map(|d| ingress_class("isobar", d)),
+        1 => (0..2usize).prop_map(|ns| tls_secret(NAMESPACES[ns], "cert")),
+    ]
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![4 => arb_object().prop_map(Op::Put), 1 => arb_object().prop_map(Op::Delete)]
+}
+
+/// What the data plane would see: every resource's bytes, and the
+/// diagnostics people would see.
+fn served(p: &Pipeline) -> (BTreeMap<(String, String), Vec<u8>>, Vec<isobar::ir::Diagnostic>) {
+    let s: &Snapshot = p.snapshot();
+    let resources = s
+        .resources
+        .iter()
+        .flat_map(|(t, m)| m.values().map(move |r| ((t.clone(), r.name.clone()), r.body.to_vec())))
+        .collect();
+    (resources, p.diagnostics())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_equals_full(ops in prop::collection::vec(arb_op(), 1..24)) {
+        let mut incremental = Pipeline::new(ingress_plugin());
+        incremental.rebuild();
+        for (i, op) in ops.iter().enumerate() {
+            let event = match op {
+                Op::Put(v) => Event::Apply(obj(v.clone())),
+                Op::Delete(v) => Event::Delete(key(v)),
+            };
+            incremental.apply([event]);
+            let mut full = Pipeline::new(ingress_plugin());
+            full.load(incremental.store().list_all().map(|o| Event::Apply(o.clone())).collect::<Vec<_>>());
+            full.rebuild();
+            let (a, b) = (served(&incremental), served(&full));
+            prop_assert_eq!(&a.0.keys().collect::<Vec<_>>(), &b.0.keys().collect::<Vec<_>>(), "resource names differ after op {}", i);
+            prop_assert!(a.0 == b.0, "resource bodies differ after op {}", i);
+            prop_assert_eq!(&a.1, &b.1, "diagnostics differ after op {}", i);
+        }
+    }
+}

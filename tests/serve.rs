@@ -1,0 +1,680 @@
+//! `isobar serve` in-process, through its library API: manifests in a
+//! watched temporary directory and the real plugin components in, xDS out
+//! through a real tonic ADS client (envoy-types) over loopback, on ephemeral
+//! ports. Every wait is on a condition and bounded by `WAIT`; nothing sleeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use isobar::serve::{Config, Gate, Server};
+use isobar::xds::{Resource, Snapshot, type_url};
+use isobar_tests::*;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+
+const WAIT: Duration = Duration::from_secs(60);
+const LDS: &str = type_url::LISTENER;
+const RDS: &str = type_url::ROUTE;
+const CDS: &str = type_url::CLUSTER;
+const EDS: &str = type_url::ENDPOINT;
+
+// ---- manifests ----------------------------------------------------------------
+
+fn yaml(docs: &[Value]) -> String {
+    docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n")
+}
+
+/// IngressClass, and Services `web` and `api` (port 80) with endpoints.
+fn backends() -> String {
+    yaml(&[
+        ingress_class("isobar", true),
+        service("default", "web", &[("http", 80, json!(8080))]),
+        slice("default", "web", "1", "http", 8080, &["10.0.0.1"]),
+        service("default", "api", &[("http", 80, json!(8080))]),
+        slice("default", "api", "1", "http", 8080, &["10.0.0.2"]),
+    ])
+}
+
+/// `shop.example.com`: `/` to web, `/api` to api.
+fn shop() -> Value {
+    ingress(
+        "default",
+        "shop",
+        &[("shop.example.com", &[("/", "Prefix", "web", json!(80)), ("/api", "Prefix", "api", json!(80))])],
+    )
+}
+
+const WEB: &str = "default/web/80";
+const API: &str = "default/api/80";
+
+// ---- the server -------------------------------------------------------------------
+
+struct Fixture {
+    manifests: tempfile::TempDir,
+    plugin_dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl Fixture {
+    async fn start(files: &[(&str, String)]) -> Self {
+        Self::start_with(files, None).await
+    }
+
+    async fn start_with(files: &[(&str, String)], gate: Option<Gate>) -> Self {
+        let manifests = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(manifests.path().join(name), text).unwrap();
+        }
+        let plugin_dir = tempfile::tempdir().unwrap();
+        let plugin = plugin_dir.path().join("plugin.wasm");
+        std::fs::copy(plugin_path("isobar-plugin-ingress"), &plugin).unwrap();
+        let mut config = Config::new(manifests.path(), &plugin);
+        config.xds_listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+        config.first_build_gate = gate.clone();
+        let server = Server::start(config).await.expect("serve starts");
+        if gate.is_none() {
+            assert!(server.ready(WAIT).await, "no first snapshot");
+        }
+        Fixture { manifests, plugin_dir, server }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.manifests.path().join(name)
+    }
+
+    /// Replaces a file the way editors and `kubectl`-style tools do: write
+    /// aside, then rename over (the watcher sees one complete file).
+    fn write(&self, name: &str, text: &str) {
+        atomic_write(&self.path(name), text.as_bytes());
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.path(name)).unwrap();
+    }
+
+    fn install_plugin(&self, bytes: &[u8]) {
+        atomic_write(&self.plugin_dir.path().join("plugin.wasm"), bytes);
+    }
+
+    fn version(&self) -> u64 {
+        self.server.status().snapshot().version
+    }
+
+    async fn wait(&self, what: &str, cond: impl Fn(&isobar::serve::Status) -> bool) {
+        assert!(self.server.status().wait_until(WAIT, cond).await, "timed out waiting for {what}");
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.server.admin_addr(), path).await
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+    }
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_str().unwrap()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    timeout(WAIT, AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// A minimal HTTP/1.1 GET (the admin endpoint is plain HTTP).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    timeout(WAIT, async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        (code, body)
+    })
+    .await
+    .expect("admin request timed out")
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node { id: id.into(), ..Default::default() })
+}
+
+/// Decodes the name every served type carries in field 1.
+fn name_of(body: &[u8]) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Named {
+        #[prost(string, tag = "1")]
+        name: String,
+    }
+    Named::decode(body).expect("resource decodes").name
+}
+
+/// What a client holds: per type, the latest version and resources, as a
+/// `Snapshot` so the support readers (`routes`, `names`, ...) apply.
+#[derive(Default)]
+struct Held {
+    versions: BTreeMap<String, String>,
+    snapshot: Snapshot,
+}
+
+impl Held {
+    fn version(&self, t: &str) -> u64 {
+        self.versions.get(t).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// The lowest version over the types held: the version the client is
+    /// fully on.
+    fn min_version(&self, types: &[&str]) -> u64 {
+        types.iter().map(|t| self.version(t)).min().unwrap_or(0)
+    }
+
+    fn set(&mut self, t: &str, name: String, body: Vec<u8>) {
+        let r = Resource::new(t, name.clone(), body.into(), vec![]);
+        self.snapshot.resources.entry(t.to_string()).or_default().insert(name, Arc::new(r));
+    }
+
+    fn domains(&self, route_config_name: &str) -> BTreeSet<String> {
+        domains(&self.snapshot, route_config_name)
+    }
+}
+
+/// A state-of-the-world ADS client that behaves like Envoy: it subscribes
+/// and ACKs every response.
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+    node: String,
+    held: Held,
+    subscriptions: BTreeMap<String, Vec<String>>,
+}
+
+impl Sotw {
+    async fn open(addr: SocketAddr, node_id: &str) -> Self {
+        let mut c = client(addr).await;
+        let (tx, rx) = mpsc::channel(64);
+        let rx = timeout(WAIT, c.stream_aggregated_resources(ReceiverStream::new(rx)))
+            .await
+            .expect("open timed out")
+            .expect("open")
+            .into_inner();
+        Sotw { tx, rx, node: node_id.into(), held: Held::default(), subscriptions: BTreeMap::new() }
+    }
+
+    /// Envoy's subscriptions: listeners and clusters by (legacy) wildcard,
+    /// routes and endpoints by `*`.
+    async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
+        let mut c = Self::open(addr, node_id).await;
+        for (t, names) in [(CDS, &[][..]), (EDS, &["*"][..]), (LDS, &[][..]), (RDS, &["*"][..])] {
+            c.subscribe(t, names).await;
+        }
+        c
+    }
+
+    async fn send(&self, r: DiscoveryRequest) {
+        self.tx.send(DiscoveryRequest { node: node(&self.node), ..r }).await.expect("request stream open");
+    }
+
+    async fn subscribe(&mut self, t: &str, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        self.subscriptions.insert(t.to_string(), names.clone());
+        self.send(DiscoveryRequest { type_url: t.into(), resource_names: names, ..Default::default() }).await;
+    }
+
+    async fn recv(&mut self) -> DiscoveryResponse {
+        timeout(WAIT, self.rx.message())
+            .await
+            .expect("timed out waiting for a response")
+            .expect("stream failed")
+            .expect("stream ended")
+    }
+
+    /// Takes one response in, ACKs it, returns it.
+    async fn step(&mut self) -> DiscoveryResponse {
+        let r = self.recv().await;
+        let t = r.type_url.clone();
+        self.held.snapshot.resources.remove(&t);
+        for any in &r.resources {
+            self.held.set(&t, name_of(&any.value), any.value.clone());
+        }
+        self.held.versions.insert(t.clone(), r.version_info.clone());
+        let names = self.subscriptions.get(&t).cloned().unwrap_or_default();
+        self.send(DiscoveryRequest {
+            type_url: t,
+            resource_names: names,
+            version_info: r.version_info.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+        r
+    }
+
+    /// Takes responses in until `cond` holds.
+    async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond(&self.held) {
+            assert!(Instant::now() < deadline, "{}: timed out waiting for {what}", self.node);
+            self.step().await;
+        }
+    }
+}
+
+/// An incremental ADS client; it ACKs every response.
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+    node: String,
+    held: Held,
+}
+
+impl Delta {
+    async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
+        let mut c = client(addr).await;
+        let (tx, rx) = mpsc::channel(64);
+        let rx = timeout(WAIT, c.delta_aggregated_resources(ReceiverStream::new(rx)))
+            .await
+            .expect("open timed out")
+            .expect("open")
+            .into_inner();
+        let d = Delta { tx, rx, node: node_id.into(), held: Held::default() };
+        for t in [CDS, EDS, LDS, RDS] {
+            d.send(DeltaDiscoveryRequest {
+                type_url: t.into(),
+                resource_names_subscribe: vec!["*".into()],
+                ..Default::default()
+            })
+            .await;
+        }
+        d
+    }
+
+    async fn send(&self, r: DeltaDiscoveryRequest) {
+        self.tx.send(DeltaDiscoveryRequest { node: node(&self.node), ..r }).await.expect("request stream open");
+    }
+
+    async fn step(&mut self) -> DeltaDiscoveryResponse {
+        let r = timeout(WAIT, self.rx.message())
+            .await
+            .expect("timed out waiting for a response")
+            .expect("stream failed")
+            .expect("stream ended");
+        let t = r.type_url.clone();
+        for res in &r.resources {
+            let body = res.resource.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+            self.held.set(&t, res.name.clone(), body);
+        }
+        if let Some(m) = self.held.snapshot.resources.get_mut(&t) {
+            for gone in &r.removed_resources {
+                m.remove(gone);
+            }
+        }
+        self.held.versions.insert(t.clone(), r.system_version_info.clone());
+        self.send(DeltaDiscoveryRequest { type_url: t, response_nonce: r.nonce.clone(), ..Default::default() }).await;
+        r
+    }
+
+    async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond(&self.held) {
+            assert!(Instant::now() < deadline, "{}: timed out waiting for {what}", self.node);
+            self.step().await;
+        }
+    }
+}
+
+fn has_shop(h: &Held) -> bool {
+    shop_in(&h.snapshot)
+}
+
+fn shop_in(s: &Snapshot) -> bool {
+    domains(s, "ingress_http").contains("shop.example.com") && names(s, CDS) == [API, WEB] && names(s, EDS) == [API, WEB]
+}
+
+fn domains(s: &Snapshot, route_config_name: &str) -> BTreeSet<String> {
+    route_config(s, route_config_name)
+        .map(|rc| rc.virtual_hosts.into_iter().filter_map(|v| v.domains.into_iter().next()).collect())
+        .unwrap_or_default()
+}
+
+// ---- tests ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_over_sotw_and_delta() {
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-sotw").await;
+    envoy.until("the shop", has_shop).await;
+    let mut delta = Delta::open_envoy(f.server.xds_addr(), "envoy-delta").await;
+    delta.until("the shop", has_shop).await;
+
+    for held in [&envoy.held, &delta.held] {
+        // Envoy never receives the API listeners meant for gRPC clients.
+        assert_eq!(names(&held.snapshot, LDS), ["ingress_http"]);
+        assert_eq!(
+            routes(&held.snapshot, "ingress_http", "shop.example.com"),
+            pairs(&[("path=/api", "cluster=default/api/80"), ("prefix=/api/", "cluster=default/api/80"), ("prefix=/", "cluster=default/web/80")])
+        );
+        let cla = load_assignment(&held.snapshot, WEB).unwrap();
+        assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1);
+    }
+
+    // A proxyless gRPC client names the host it dials.
+    let mut grpc = Sotw::open(f.server.xds_addr(), "grpc").await;
+    grpc.subscribe(LDS, &["shop.example.com"]).await;
+    let r = grpc.step().await;
+    assert_eq!(names(&grpc.held.snapshot, LDS), ["shop.example.com"], "{r:?}");
+    let api = listener(&grpc.held.snapshot, "shop.example.com").unwrap();
+    assert!(api.api_listener.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_edits_reach_clients_and_deletes_remove_routes() {
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-sotw").await;
+    let mut delta = Delta::open_envoy(f.server.xds_addr(), "envoy-delta").await;
+    envoy.until("the shop", has_shop).await;
+    delta.until("the shop", has_shop).await;
+
+    // A new file: a new host.
+    let blog = ingress("default", "blog", &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    f.write("20-blog.yaml", &yaml(&[blog]));
+    let both = |h: &Held| h.domains("ingress_http") == ["blog.example.com", "shop.example.com"].map(String::from).into();
+    envoy.until("blog.example.com", both).await;
+    delta.until("blog.example.com", both).await;
+
+    // An edit of an existing file: /api goes to web too.
+    let edited = ingress("default", "shop", &[("shop.example.com", &[("/", "Prefix", "web", json!(80)), ("/api", "Prefix", "web", json!(80))])]);
+    f.write("10-shop.yaml", &yaml(&[edited]));
+    let all_web = pairs(&[("path=/api", "cluster=default/web/80"), ("prefix=/api/", "cluster=default/web/80"), ("prefix=/", "cluster=default/web/80")]);
+    let api_gone = |h: &Held| {
+        names(&h.snapshot, CDS) == [WEB] && routes(&h.snapshot, "ingress_http", "shop.example.com") == all_web
+    };
+    envoy.until("/api to go to web", api_gone).await;
+    delta.until("/api to go to web", api_gone).await;
+
+    // Deleting a manifest removes its routes.
+    f.remove("10-shop.yaml");
+    let only_blog = |h: &Held| h.domains("ingress_http") == ["blog.example.com".to_string()].into();
+    envoy.until("the shop to go", only_blog).await;
+    delta.until("the shop to go", only_blog).await;
+
+    // Deleting the last Ingress removes the listener (SotW: left out;
+    // delta: removed_resources).
+    f.remove("20-blog.yaml");
+    let empty = |h: &Held| names(&h.snapshot, LDS).is_empty() && names(&h.snapshot, CDS).is_empty();
+    envoy.until("everything to go", empty).await;
+    delta.until("everything to go", empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifest_keeps_last_good_objects_and_reports_file_and_line() {
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy").await;
+    envoy.until("the shop", has_shop).await;
+    let version = f.version();
+
+    // The file's first document changes (api -> web), its second is broken
+    // at a known line: nothing of the file applies.
+    let good = yaml(&[ingress("default", "shop", &[("shop.example.com", &[("/", "Prefix", "web", json!(80))])])]);
+    let broken_at = good.lines().count() + 2;
+    let text = format!("{good}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: [broken\n");
+    f.write("10-shop.yaml", &text);
+    f.wait("the manifest error", |s| !s.manifest_errors().is_empty()).await;
+    let errors = f.server.status().manifest_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let path = f.path("10-shop.yaml").canonicalize().unwrap();
+    assert_eq!(errors[0].file, path.display().to_string());
+    assert!(
+        (broken_at..=broken_at + 4).contains(&errors[0].line),
+        "line {} is not in the broken document (from line {broken_at}): {}",
+        errors[0].line,
+        errors[0].message
+    );
+    assert_eq!(errors[0].location, format!("{}:{}", path.display(), errors[0].line));
+    let d = f.get_json("/debug/diagnostics").await;
+    assert_eq!(d["manifest_errors"][0]["location"], json!(errors[0].location));
+
+    // The last good objects keep serving: same snapshot, both clusters.
+    assert_eq!(f.version(), version);
+    assert!(shop_in(&f.server.status().snapshot()));
+
+    // Fixing the file applies it and clears the error.
+    f.write("10-shop.yaml", &good);
+    envoy.until("the api cluster to go", |h| names(&h.snapshot, CDS) == [WEB]).await;
+    f.wait("the error to clear", |s| s.manifest_errors().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_hot_swap_under_live_streams() {
+    const STREAMS: usize = 24;
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let addr = f.server.xds_addr();
+
+    // Half SotW, half delta, each on its own connection, all synced.
+    let mut sotw = Vec::new();
+    let mut delta = Vec::new();
+    for i in 0..STREAMS / 2 {
+        let mut s = Sotw::open_envoy(addr, &format!("sotw-{i}")).await;
+        s.until("the shop", has_shop).await;
+        sotw.push(s);
+        let mut d = Delta::open_envoy(addr, &format!("delta-{i}")).await;
+        d.until("the shop", has_shop).await;
+        delta.push(d);
+    }
+    f.wait("every stream to open", |s| s.streams().len() == STREAMS).await;
+    let before = f.version();
+
+    // The faults plugin sends everything of an Ingress to its first
+    // backend: the api cluster goes away.
+    let swapped_at = Instant::now();
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
+    f.wait("the swap", |s| s.plugin().is_some_and(|p| p.name == "faults")).await;
+    let after = f.version();
+    assert!(after > before, "the version must go on: {before} -> {after}");
+    // SotW and delta resend only the types that changed: clusters, endpoints
+    // and routes here (the listener is the same).
+    let faults = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
+    let all = futures::future::join(
+        futures::future::join_all(sotw.iter_mut().map(|s| s.until("the faults plugin's output", faults))),
+        futures::future::join_all(delta.iter_mut().map(|d| d.until("the faults plugin's output", faults))),
+    );
+    all.await;
+    let elapsed = swapped_at.elapsed();
+    eprintln!("plugin swap: file renamed -> all {STREAMS} streams on the new snapshot in {elapsed:?}");
+    for s in &sotw {
+        assert_eq!(routes(&s.held.snapshot, "ingress_http", "shop.example.com"), pairs(&[("prefix=/", "cluster=default/web/80")]));
+    }
+    // No stream was dropped.
+    assert_eq!(f.server.active_streams(), STREAMS);
+    assert_eq!(f.server.status().streams().len(), STREAMS);
+
+    // And back, still on the same streams.
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-ingress")).unwrap());
+    f.wait("the swap back", |s| s.plugin().is_some_and(|p| p.name == "ingress")).await;
+    let back = f.version();
+    assert!(back > after);
+    let ingress_again = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= back && has_shop(h);
+    futures::future::join_all(sotw.iter_mut().map(|s| s.until("the ingress plugin's output", ingress_again))).await;
+    futures::future::join_all(delta.iter_mut().map(|d| d.until("the ingress plugin's output", ingress_again))).await;
+    assert_eq!(f.server.active_streams(), STREAMS);
+    let history = f.get_json("/debug/plugins").await["history"].clone();
+    let results: Vec<&str> = history.as_array().unwrap().iter().map(|a| a["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["loaded", "loaded", "loaded"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
+    let faulty = ingress("default", "faulty", &[("faulty.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let mut faulty = faulty;
+    faulty["metadata"]["annotations"] = json!({"isobar.dev/fault": "error"});
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop(), faulty]))]).await;
+    let snapshot = f.server.status().snapshot();
+    let digest = f.server.status().plugin().unwrap().digest;
+
+    let rejected = |reason: &'static str| {
+        move |s: &isobar::serve::Status| s.plugin().and_then(|p| p.last_error).is_some_and(|e| e.reason == reason)
+    };
+    // A component built against another contract.
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-old-contract")).unwrap());
+    f.wait("the contract mismatch", rejected("ContractMismatch")).await;
+    // Not a component at all.
+    f.install_plugin(b"\0asm garbage, not a component");
+    f.wait("the invalid plugin", rejected("PluginInvalid")).await;
+    // A good component whose calls fail on this store: the faults plugin
+    // returns an error for the annotated Ingress (the Ingress plugin
+    // ignores the annotation).
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
+    f.wait("the failed translation", rejected("TranslationFailed")).await;
+
+    let status = f.server.status();
+    let plugin = status.plugin().unwrap();
+    assert_eq!((plugin.name.as_str(), plugin.digest.as_str()), ("ingress", digest.as_str()));
+    assert!(Arc::ptr_eq(&status.snapshot(), &snapshot), "the old snapshot keeps serving");
+
+    let doc = f.get_json("/debug/plugins").await;
+    let p = &doc["plugins"][0];
+    assert_eq!(p["name"], "ingress");
+    assert_eq!(p["digest"], json!(digest));
+    assert!(p["source"].as_str().unwrap().ends_with("plugin.wasm"));
+    assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'));
+    let last = &p["last_error"];
+    assert_eq!(last["reason"], "TranslationFailed");
+    assert!(last["message"].as_str().unwrap().contains("faulty"), "{last}");
+    let history: Vec<String> = doc["history"].as_array().unwrap().iter().map(|a| a["message"].as_str().unwrap().to_string()).collect();
+    assert!(history[1].starts_with("ContractMismatch: "), "{history:?}");
+    assert!(history[1].contains("0.0.9"), "{history:?}");
+    assert!(history[2].starts_with("PluginInvalid: "), "{history:?}");
+    let (_, metrics) = f.get("/metrics").await;
+    assert!(metrics.contains(r#"isobar_plugin_swaps_total{result="rejected"} 3"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let gate = Gate::closed();
+    let f = Fixture::start_with(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))], Some(gate.clone())).await;
+
+    // Before the first snapshot: alive, not ready, nothing to dump.
+    assert_eq!(f.get("/healthz").await.0, 200);
+    let (code, body) = f.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(f.get_json("/debug/config_dump").await["version"], 0);
+
+    gate.open();
+    assert!(f.server.ready(WAIT).await);
+    let (code, body) = f.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+
+    let dump = f.get_json("/debug/config_dump").await;
+    assert_eq!(dump["version"], json!(f.version()));
+    let listeners: Vec<&str> = dump["resources"]["listeners"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert!(listeners.contains(&"ingress_http"), "{listeners:?}");
+    let clusters: Vec<&str> = dump["resources"]["clusters"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(clusters, [API, WEB]);
+
+    let plugins = f.get_json("/debug/plugins").await;
+    let p = &plugins["plugins"][0];
+    assert_eq!(p["name"], "ingress");
+    assert!(p["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(p["version"].is_string() && p["loaded_at"].is_string() && p["source"].is_string());
+    assert!(p["last_error"].is_null());
+
+    // A client that ACKs: the push and ACK stages get observations.
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-metrics").await;
+    envoy.until("the shop", has_shop).await;
+    f.wait("the ACKs", |s| s.streams().iter().any(|st| st.acked.len() == 4)).await;
+    let (code, metrics) = f.get("/metrics").await;
+    assert_eq!(code, 200);
+    for needle in [
+        "isobar_change_to_snapshot_seconds_bucket{",
+        "isobar_snapshot_to_push_seconds_count{protocol=\"sotw\",type=\"cluster\"}",
+        "isobar_snapshot_to_ack_seconds_count{protocol=\"sotw\",type=\"listener\"}",
+        "isobar_plugin_call_duration_seconds_count{plugin=\"ingress\"} 1",
+        "isobar_plugin_calls_total{plugin=\"ingress\"} 1",
+        "isobar_xds_streams{node=\"envoy-metrics\",protocol=\"sotw\"} 1",
+        "isobar_ready 1",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+    }
+    let streams = f.get_json("/debug/streams").await;
+    assert_eq!(streams["streams"][0]["node"], "envoy-metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_becomes_a_diagnostic_on_the_ingress() {
+    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let mut envoy = Sotw::open(f.server.xds_addr(), "envoy-picky").await;
+    envoy.subscribe(RDS, &["ingress_http"]).await;
+    let rds = envoy.recv().await;
+    assert_eq!(rds.resources.len(), 1);
+    envoy
+        .send(DiscoveryRequest {
+            type_url: RDS.into(),
+            resource_names: vec!["ingress_http".into()],
+            version_info: String::new(),
+            response_nonce: rds.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "route config ingress_http: unsupported field".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    f.wait("the NACK diagnostic", |s| !s.nack_diagnostics().is_empty()).await;
+    let d = f.server.status().nack_diagnostics();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].object.kind.as_str(), d[0].object.namespace.as_str(), d[0].object.name.as_str()), ("Ingress", "default", "shop"));
+    assert_eq!(d[0].reason, "RejectedByDataPlane");
+    assert!(d[0].message.contains("envoy-picky") && d[0].message.contains("unsupported field"), "{}", d[0].message);
+
+    let doc = f.get_json("/debug/diagnostics").await;
+    assert_eq!(doc["nack_diagnostics"][0]["object"]["name"], "shop");
+    assert_eq!(doc["nacks"][0]["resources"], json!(["ingress_http"]));
+    let (_, metrics) = f.get("/metrics").await;
+    assert!(metrics.contains(r#"isobar_xds_nacks_total{protocol="sotw",type="route"} 1"#), "{metrics}");
+
+    // The client recovers: it ACKs the next version, the diagnostic goes.
+    let blog = ingress("default", "blog", &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    f.write("20-blog.yaml", &yaml(&[blog]));
+    envoy.until("the blog", |h| h.domains("ingress_http").contains("blog.example.com")).await;
+    f.wait("the NACK to clear", |s| s.nack_diagnostics().is_empty()).await;
+}

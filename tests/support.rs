@@ -1,0 +1,245 @@
+//! Test support: the real plugin components, object fixtures, and readers
+//! that decode what the host would serve.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use isobar::ir;
+use isobar::pipeline::Pipeline;
+use isobar::plugin::{Limits, Plugin, Runtime};
+use isobar::store::{Event, Object, ObjectKey};
+use isobar::xds::{type_url, Snapshot};
+use prost::Message;
+use serde_json::{json, Value};
+
+/// The cargo target directory these tests were built in.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    // <target>/debug/deps/<test binary>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors().nth(3).expect("target dir above the test binary").to_path_buf()
+}
+
+/// A component built from `plugins/` by `make plugins`.
+pub fn plugin_path(crate_name: &str) -> PathBuf {
+    let file = format!("{}.wasm", crate_name.replace('-', "_"));
+    let dir = std::env::var_os("ISOBAR_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip2").join("release"));
+    let path = dir.join(&file);
+    assert!(path.exists(), "{} is missing: build the plugins first (`make plugins`)", path.display());
+    path
+}
+
+/// One engine per test binary, with the on-disk compile cache so later
+/// binaries load components in milliseconds.
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(Limits::default(), Some(target_dir().join("isobar-test-cache"))).expect("engine"))
+}
+
+pub fn load(crate_name: &str) -> Plugin {
+    runtime().load_file(&plugin_path(crate_name)).expect("loading plugin")
+}
+
+pub fn ingress_plugin() -> Plugin {
+    static P: OnceLock<Plugin> = OnceLock::new();
+    P.get_or_init(|| load("isobar-plugin-ingress")).clone()
+}
+
+pub fn obj(v: Value) -> Arc<Object> {
+    Arc::new(Object::from_value(v).expect("fixture object"))
+}
+
+pub fn apply(v: Value) -> Event {
+    Event::Apply(obj(v))
+}
+
+pub fn delete(v: &Value) -> Event {
+    Event::Delete(obj(v.clone()).key())
+}
+
+pub fn key(v: &Value) -> ObjectKey {
+    obj(v.clone()).key()
+}
+
+/// Pipeline over the real Ingress plugin with `objects` loaded and built.
+pub fn ingress_pipeline(objects: impl IntoIterator<Item = Value>) -> Pipeline {
+    let mut p = Pipeline::new(ingress_plugin());
+    p.load(objects.into_iter().map(apply));
+    p.rebuild();
+    p
+}
+
+// ---- fixtures -------------------------------------------------------------
+
+pub const CONTROLLER: &str = "isobar.dev/ingress-controller";
+
+pub fn ingress_class(name: &str, default: bool) -> Value {
+    let mut v = json!({"apiVersion":"networking.k8s.io/v1","kind":"IngressClass",
+        "metadata":{"name":name},"spec":{"controller":CONTROLLER}});
+    if default {
+        v["metadata"]["annotations"] = json!({"ingressclass.kubernetes.io/is-default-class":"true"});
+    }
+    v
+}
+
+pub fn service(ns: &str, name: &str, ports: &[(&str, u16, Value)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(pname, port, target)| {
+            let mut p = json!({"port": port, "targetPort": target, "protocol": "TCP"});
+            if !pname.is_empty() {
+                p["name"] = json!(pname);
+            }
+            p
+        })
+        .collect();
+    json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name,"namespace":ns},
+        "spec":{"ports":ports,"selector":{"app":name}}})
+}
+
+/// A slice with ready endpoints at `addrs` on a port named `port_name`.
+pub fn slice(ns: &str, service: &str, suffix: &str, port_name: &str, port: u16, addrs: &[&str]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"addresses":[a],"conditions":{"ready":true,"serving":true,"terminating":false}}))
+        .collect();
+    let mut p = json!({"port": port, "protocol":"TCP"});
+    if !port_name.is_empty() {
+        p["name"] = json!(port_name);
+    }
+    json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+        "metadata":{"name":format!("{service}-{suffix}"),"namespace":ns,"labels":{"kubernetes.io/service-name":service}},
+        "addressType":"IPv4","endpoints":endpoints,"ports":[p]})
+}
+
+pub fn tls_secret(ns: &str, name: &str) -> Value {
+    use std::io::Write;
+    let b64 = |s: &str| {
+        // Minimal base64 so fixtures need no extra crate.
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        for chunk in s.as_bytes().chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]]).unwrap();
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    json!({"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/tls","metadata":{"name":name,"namespace":ns},
+        "data":{"tls.crt": b64(CERT_PEM), "tls.key": b64(KEY_PEM)}})
+}
+
+/// Structure is all the host checks; these need not be a real key pair.
+pub const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIFICATE-----\n";
+pub const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIIBfixture\n-----END PRIVATE KEY-----\n";
+
+/// An Ingress with class `isobar`; `rules` are (host, [(path, pathType, service, port)]).
+pub fn ingress(ns: &str, name: &str, rules: &[(&str, &[(&str, &str, &str, Value)])]) -> Value {
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|(host, paths)| {
+            let paths: Vec<Value> = paths
+                .iter()
+                .map(|(path, kind, svc, port)| {
+                    let port = if port.is_string() { json!({"name": port}) } else { json!({"number": port}) };
+                    json!({"path":path,"pathType":kind,"backend":{"service":{"name":svc,"port":port}}})
+                })
+                .collect();
+            let mut r = json!({"http":{"paths":paths}});
+            if !host.is_empty() {
+                r["host"] = json!(host);
+            }
+            r
+        })
+        .collect();
+    json!({"apiVersion":"networking.k8s.io/v1","kind":"Ingress",
+        "metadata":{"name":name,"namespace":ns},
+        "spec":{"ingressClassName":"isobar","rules":rules}})
+}
+
+// ---- readers ----------------------------------------------------------------
+
+fn decode<M: Message + Default>(s: &Snapshot, t: &str, name: &str) -> Option<M> {
+    s.get(t, name).map(|r| M::decode(r.body.as_ref()).expect("resource decodes"))
+}
+
+pub fn route_config(s: &Snapshot, name: &str) -> Option<RouteConfiguration> {
+    decode(s, type_url::ROUTE, name)
+}
+pub fn listener(s: &Snapshot, name: &str) -> Option<Listener> {
+    decode(s, type_url::LISTENER, name)
+}
+pub fn cluster(s: &Snapshot, name: &str) -> Option<Cluster> {
+    decode(s, type_url::CLUSTER, name)
+}
+pub fn load_assignment(s: &Snapshot, name: &str) -> Option<ClusterLoadAssignment> {
+    decode(s, type_url::ENDPOINT, name)
+}
+pub fn secret(s: &Snapshot, name: &str) -> Option<Secret> {
+    decode(s, type_url::SECRET, name)
+}
+
+pub fn names(s: &Snapshot, t: &str) -> Vec<String> {
+    s.of_type(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Routes of one virtual host as (path matcher, action) strings, in order,
+/// e.g. ("path=/foo", "cluster=ns/svc/80") or ("prefix=/", "direct=503").
+pub fn routes(s: &Snapshot, route_config_name: &str, domain: &str) -> Vec<(String, String)> {
+    use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier};
+    let rc = route_config(s, route_config_name).unwrap_or_else(|| panic!("route config {route_config_name} missing"));
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == domain))
+        .unwrap_or_else(|| panic!("no virtual host for {domain} in {route_config_name}"));
+    vh.routes
+        .iter()
+        .map(|r| {
+            let m = match r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+                Some(PathSpecifier::Path(p)) => format!("path={p}"),
+                Some(PathSpecifier::Prefix(p)) => format!("prefix={p}"),
+                Some(PathSpecifier::SafeRegex(re)) => format!("regex={}", re.regex),
+                other => format!("{other:?}"),
+            };
+            let a = match &r.action {
+                Some(Action::Route(ra)) => match &ra.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => format!("cluster={c}"),
+                    Some(ClusterSpecifier::WeightedClusters(w)) => format!(
+                        "weighted={}",
+                        w.clusters.iter().map(|c| format!("{}:{}", c.name, c.weight.map(|w| w.value).unwrap_or_default())).collect::<Vec<_>>().join(",")
+                    ),
+                    other => format!("{other:?}"),
+                },
+                Some(Action::DirectResponse(d)) => format!("direct={}", d.status),
+                Some(Action::Redirect(_)) => "redirect".to_string(),
+                other => format!("{other:?}"),
+            };
+            (m, a)
+        })
+        .collect()
+}
+
+/// Diagnostics as (object name, reason).
+pub fn reasons(diags: &[ir::Diagnostic]) -> Vec<(String, String)> {
+    diags.iter().map(|d| (d.object.name.clone(), d.reason.clone())).collect()
+}
+
+pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
