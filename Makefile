@@ -6,7 +6,11 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
 PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-old-contract
 
-.PHONY: all plugins build run translate test bench fmt
+INTEROP_VENV := $(TARGET_DIR)/interop-venv
+# `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
+SERVE_FLAGS ?=
+
+.PHONY: all plugins build run serve translate test interop-venv bench fmt
 
 all: build
 
@@ -23,8 +27,29 @@ build: plugins
 run: build
 	ISOBAR_PLUGIN=$(WASM_DIR)/isobar_plugin_ingress.wasm $(TARGET_DIR)/debug/isobar translate -f examples/
 
+## serve: serve the example manifests over xDS (ADS on 127.0.0.1:18000,
+## admin on 127.0.0.1:9901); edits to examples/ and to the plugin file are
+## picked up live. Point Envoy at it with deploy/envoy-bootstrap.yaml.
+serve: build
+	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm $(SERVE_FLAGS)
+
+## interop-venv: Python venv with grpcio for the gRPC xDS interop test
+## (tests/interop); reused while tests/interop/requirements.txt is unchanged.
+interop-venv:
+	@if ! command -v python3 >/dev/null 2>&1; then \
+		echo "WARNING: python3 not found: the gRPC xDS interop test will be SKIPPED"; \
+	elif cmp -s tests/interop/requirements.txt $(INTEROP_VENV)/.isobar-requirements; then \
+		echo "interop venv up to date: $(INTEROP_VENV)"; \
+	else \
+		set -e; \
+		[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV); \
+		$(INTEROP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt; \
+		cp tests/interop/requirements.txt $(INTEROP_VENV)/.isobar-requirements; \
+	fi
+
 ## test: every test in the workspace, against the real plugin components
-test: plugins
+## (and gRPC's own xDS client, from the interop venv)
+test: plugins interop-venv
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test -p isobar-tests --benches --no-run
 

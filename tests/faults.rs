@@ -124,3 +124,45 @@ fn garbage_is_not_a_component() {
     let err = runtime().load(b"not wasm at all", "text").expect_err("must not load");
     assert!(matches!(err, PluginError::Invalid(_)), "{err:?}");
 }
+
+fn sandbox_report(plugin: isobar::plugin::Plugin) -> String {
+    let mut p = Pipeline::new(plugin);
+    p.load([ingress_class("isobar", false), faulty_ingress(Some("sandbox"))].map(apply));
+    p.rebuild();
+    let d = only_diagnostic(&p);
+    assert_eq!(d.reason, "Sandbox");
+    d.message
+}
+
+#[test]
+fn by_default_a_plugin_sees_no_environment_files_or_network() {
+    let report = sandbox_report(faults());
+    assert!(report.contains("env=[]"), "{report}");
+    assert!(report.contains("fs=denied"), "{report}");
+    assert!(report.contains("granted=denied"), "{report}");
+    assert!(report.contains("net=denied"), "{report}");
+}
+
+#[test]
+fn granted_environment_and_directories_are_visible_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hi from the host\n").unwrap();
+    let grants = isobar::plugin::Grants {
+        env: vec![("REGION".into(), "eu-west".into())],
+        read_only_dirs: vec![(dir.path().to_path_buf(), "/granted".into())],
+    };
+    let bytes = std::fs::read(plugin_path("isobar-plugin-faults")).unwrap();
+    let plugin = runtime().load_with(&bytes, "faults", grants).unwrap();
+    let report = sandbox_report(plugin);
+    assert!(report.contains("env=[REGION=eu-west]"), "{report}");
+    assert!(report.contains("granted=hi from the host"), "{report}");
+    assert!(report.contains("net=denied"), "{report}");
+}
+
+#[test]
+fn granting_a_missing_directory_is_a_load_error() {
+    let grants = isobar::plugin::Grants { env: vec![], read_only_dirs: vec![("/does/not/exist".into(), "/x".into())] };
+    let bytes = std::fs::read(plugin_path("isobar-plugin-faults")).unwrap();
+    let err = runtime().load_with(&bytes, "faults", grants).expect_err("must not load");
+    assert!(matches!(err, PluginError::Io { .. }), "{err:?}");
+}

@@ -291,3 +291,28 @@ fn bad_annotation_is_reported_and_ignored() {
     assert_eq!(p.diagnostics().len(), 1, "{:?}", p.diagnostics());
     assert_eq!(p.diagnostics()[0].object.name, "i");
 }
+
+#[test]
+fn endpoints_follow_slices_that_move_or_go() {
+    let mut p = ingress_pipeline(with(
+        base(),
+        [
+            service("shop", "other", &[("http", 80, json!(8080))]),
+            ingress("shop", "i", &[("a.example.com", &[("/", "Prefix", "web", json!(80)), ("/o", "Prefix", "other", json!(80))])]),
+        ],
+    ));
+    let count = |p: &isobar::pipeline::Pipeline, c: &str| {
+        load_assignment(p.snapshot(), c).map(|cla| cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>())
+    };
+    assert_eq!(count(&p, "shop/web/80"), Some(2));
+    assert_eq!(count(&p, "shop/other/80"), Some(0));
+    // relabelled: the slice now belongs to the other Service
+    let mut moved = slice("shop", "web", "a", "http", 8080, &["10.0.0.1", "10.0.0.2"]);
+    moved["metadata"]["labels"]["kubernetes.io/service-name"] = json!("other");
+    p.apply([apply(moved.clone())]);
+    assert_eq!(count(&p, "shop/web/80"), Some(0));
+    assert_eq!(count(&p, "shop/other/80"), Some(2));
+    // deleted: nothing is left behind
+    p.apply([delete(&moved)]);
+    assert_eq!(count(&p, "shop/other/80"), Some(0));
+}

@@ -25,7 +25,11 @@ fn here() -> PathBuf {
 
 fn python3() -> Option<String> {
     let candidate = std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&candidate).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let ok = Command::new(&candidate)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     matches!(ok, Ok(s) if s.success()).then_some(candidate)
 }
 
@@ -36,7 +40,9 @@ fn run(cmd: &mut Command) {
 
 /// A venv with the pinned requirements, made (or brought up to date) if needed.
 fn venv(python3: &str) -> PathBuf {
-    let dir = std::env::var_os("ISOBAR_INTEROP_VENV").map(PathBuf::from).unwrap_or_else(|| target_dir().join("interop-venv"));
+    let dir = std::env::var_os("ISOBAR_INTEROP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("interop-venv"));
     let python = dir.join("bin").join("python");
     let requirements = here().join("requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
@@ -44,11 +50,23 @@ fn venv(python3: &str) -> PathBuf {
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return python;
     }
-    eprintln!("interop: creating the venv {} (grpcio from PyPI)", dir.display());
+    eprintln!(
+        "interop: creating the venv {} (grpcio from PyPI)",
+        dir.display()
+    );
     if !python.exists() {
         run(Command::new(python3).args(["-m", "venv"]).arg(&dir));
     }
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements));
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements));
     std::fs::write(&stamp, wanted).unwrap();
     python
 }
@@ -64,7 +82,9 @@ async fn grpc_xds_client_follows_ingress_routes() {
         eprintln!();
         return;
     };
-    let python = tokio::task::spawn_blocking(move || venv(&python3)).await.unwrap();
+    let python = tokio::task::spawn_blocking(move || venv(&python3))
+        .await
+        .unwrap();
 
     let manifests = tempfile::tempdir().unwrap();
     let plugin_dir = tempfile::tempdir().unwrap();
@@ -89,13 +109,20 @@ async fn grpc_xds_client_follows_ingress_routes() {
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
     let pid = child.id();
-    let waited = tokio::time::timeout(SCRIPT_LIMIT, tokio::task::spawn_blocking(move || child.wait())).await;
+    let waited = tokio::time::timeout(
+        SCRIPT_LIMIT,
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await;
     let status = match waited {
         Ok(joined) => joined.unwrap().unwrap(),
         Err(_) => {
             // Our own child, by its pid.
             let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("{} did not finish within {SCRIPT_LIMIT:?}", script.display());
+            panic!(
+                "{} did not finish within {SCRIPT_LIMIT:?}",
+                script.display()
+            );
         }
     };
     let diagnostics = server.status().diagnostics();

@@ -34,7 +34,10 @@ const EDS: &str = type_url::ENDPOINT;
 // ---- manifests ----------------------------------------------------------------
 
 fn yaml(docs: &[Value]) -> String {
-    docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n")
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 /// IngressClass, and Services `web` and `api` (port 80) with endpoints.
@@ -53,7 +56,13 @@ fn shop() -> Value {
     ingress(
         "default",
         "shop",
-        &[("shop.example.com", &[("/", "Prefix", "web", json!(80)), ("/api", "Prefix", "api", json!(80))])],
+        &[(
+            "shop.example.com",
+            &[
+                ("/", "Prefix", "web", json!(80)),
+                ("/api", "Prefix", "api", json!(80)),
+            ],
+        )],
     )
 }
 
@@ -90,7 +99,11 @@ impl Fixture {
         if gate.is_none() {
             assert!(server.ready(WAIT).await, "no first snapshot");
         }
-        Fixture { manifests, plugin_dir, server }
+        Fixture {
+            manifests,
+            plugin_dir,
+            server,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -116,7 +129,10 @@ impl Fixture {
     }
 
     async fn wait(&self, what: &str, cond: impl Fn(&isobar::serve::Status) -> bool) {
-        assert!(self.server.status().wait_until(WAIT, cond).await, "timed out waiting for {what}");
+        assert!(
+            self.server.status().wait_until(WAIT, cond).await,
+            "timed out waiting for {what}"
+        );
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -131,29 +147,46 @@ impl Fixture {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_str().unwrap()));
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    timeout(WAIT, AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")))
-        .await
-        .expect("connect timed out")
-        .expect("connect")
+    timeout(
+        WAIT,
+        AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect")
 }
 
 /// A minimal HTTP/1.1 GET (the admin endpoint is plain HTTP).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     timeout(WAIT, async {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
         let text = String::from_utf8(raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
         let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         (code, body)
     })
     .await
@@ -174,7 +207,10 @@ fn dechunk(mut body: &str) -> String {
 }
 
 fn node(id: &str) -> Option<Node> {
-    Some(Node { id: id.into(), ..Default::default() })
+    Some(Node {
+        id: id.into(),
+        ..Default::default()
+    })
 }
 
 /// Decodes the name every served type carries in field 1.
@@ -197,7 +233,10 @@ struct Held {
 
 impl Held {
     fn version(&self, t: &str) -> u64 {
-        self.versions.get(t).and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.versions
+            .get(t)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The lowest version over the types held: the version the client is
@@ -208,7 +247,11 @@ impl Held {
 
     fn set(&mut self, t: &str, name: String, body: Vec<u8>) {
         let r = Resource::new(t, name.clone(), body.into(), vec![]);
-        self.snapshot.resources.entry(t.to_string()).or_default().insert(name, Arc::new(r));
+        self.snapshot
+            .resources
+            .entry(t.to_string())
+            .or_default()
+            .insert(name, Arc::new(r));
     }
 
     fn domains(&self, route_config_name: &str) -> BTreeSet<String> {
@@ -235,27 +278,49 @@ impl Sotw {
             .expect("open timed out")
             .expect("open")
             .into_inner();
-        Sotw { tx, rx, node: node_id.into(), held: Held::default(), subscriptions: BTreeMap::new() }
+        Sotw {
+            tx,
+            rx,
+            node: node_id.into(),
+            held: Held::default(),
+            subscriptions: BTreeMap::new(),
+        }
     }
 
     /// Envoy's subscriptions: listeners and clusters by (legacy) wildcard,
     /// routes and endpoints by `*`.
     async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
         let mut c = Self::open(addr, node_id).await;
-        for (t, names) in [(CDS, &[][..]), (EDS, &["*"][..]), (LDS, &[][..]), (RDS, &["*"][..])] {
+        for (t, names) in [
+            (CDS, &[][..]),
+            (EDS, &["*"][..]),
+            (LDS, &[][..]),
+            (RDS, &["*"][..]),
+        ] {
             c.subscribe(t, names).await;
         }
         c
     }
 
     async fn send(&self, r: DiscoveryRequest) {
-        self.tx.send(DiscoveryRequest { node: node(&self.node), ..r }).await.expect("request stream open");
+        self.tx
+            .send(DiscoveryRequest {
+                node: node(&self.node),
+                ..r
+            })
+            .await
+            .expect("request stream open");
     }
 
     async fn subscribe(&mut self, t: &str, names: &[&str]) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         self.subscriptions.insert(t.to_string(), names.clone());
-        self.send(DiscoveryRequest { type_url: t.into(), resource_names: names, ..Default::default() }).await;
+        self.send(DiscoveryRequest {
+            type_url: t.into(),
+            resource_names: names,
+            ..Default::default()
+        })
+        .await;
     }
 
     async fn recv(&mut self) -> DiscoveryResponse {
@@ -291,7 +356,11 @@ impl Sotw {
     async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
         let deadline = Instant::now() + WAIT;
         while !cond(&self.held) {
-            assert!(Instant::now() < deadline, "{}: timed out waiting for {what}", self.node);
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}",
+                self.node
+            );
             self.step().await;
         }
     }
@@ -314,7 +383,12 @@ impl Delta {
             .expect("open timed out")
             .expect("open")
             .into_inner();
-        let d = Delta { tx, rx, node: node_id.into(), held: Held::default() };
+        let d = Delta {
+            tx,
+            rx,
+            node: node_id.into(),
+            held: Held::default(),
+        };
         for t in [CDS, EDS, LDS, RDS] {
             d.send(DeltaDiscoveryRequest {
                 type_url: t.into(),
@@ -327,7 +401,13 @@ impl Delta {
     }
 
     async fn send(&self, r: DeltaDiscoveryRequest) {
-        self.tx.send(DeltaDiscoveryRequest { node: node(&self.node), ..r }).await.expect("request stream open");
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                node: node(&self.node),
+                ..r
+            })
+            .await
+            .expect("request stream open");
     }
 
     async fn step(&mut self) -> DeltaDiscoveryResponse {
@@ -338,7 +418,11 @@ impl Delta {
             .expect("stream ended");
         let t = r.type_url.clone();
         for res in &r.resources {
-            let body = res.resource.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+            let body = res
+                .resource
+                .as_ref()
+                .map(|a| a.value.clone())
+                .unwrap_or_default();
             self.held.set(&t, res.name.clone(), body);
         }
         if let Some(m) = self.held.snapshot.resources.get_mut(&t) {
@@ -346,15 +430,26 @@ impl Delta {
                 m.remove(gone);
             }
         }
-        self.held.versions.insert(t.clone(), r.system_version_info.clone());
-        self.send(DeltaDiscoveryRequest { type_url: t, response_nonce: r.nonce.clone(), ..Default::default() }).await;
+        self.held
+            .versions
+            .insert(t.clone(), r.system_version_info.clone());
+        self.send(DeltaDiscoveryRequest {
+            type_url: t,
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
         r
     }
 
     async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
         let deadline = Instant::now() + WAIT;
         while !cond(&self.held) {
-            assert!(Instant::now() < deadline, "{}: timed out waiting for {what}", self.node);
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}",
+                self.node
+            );
             self.step().await;
         }
     }
@@ -365,12 +460,19 @@ fn has_shop(h: &Held) -> bool {
 }
 
 fn shop_in(s: &Snapshot) -> bool {
-    domains(s, "ingress_http").contains("shop.example.com") && names(s, CDS) == [API, WEB] && names(s, EDS) == [API, WEB]
+    domains(s, "ingress_http").contains("shop.example.com")
+        && names(s, CDS) == [API, WEB]
+        && names(s, EDS) == [API, WEB]
 }
 
 fn domains(s: &Snapshot, route_config_name: &str) -> BTreeSet<String> {
     route_config(s, route_config_name)
-        .map(|rc| rc.virtual_hosts.into_iter().filter_map(|v| v.domains.into_iter().next()).collect())
+        .map(|rc| {
+            rc.virtual_hosts
+                .into_iter()
+                .filter_map(|v| v.domains.into_iter().next())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -378,7 +480,11 @@ fn domains(s: &Snapshot, route_config_name: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_sync_over_sotw_and_delta() {
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
 
     let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-sotw").await;
     envoy.until("the shop", has_shop).await;
@@ -390,42 +496,84 @@ async fn initial_sync_over_sotw_and_delta() {
         assert_eq!(names(&held.snapshot, LDS), ["ingress_http"]);
         assert_eq!(
             routes(&held.snapshot, "ingress_http", "shop.example.com"),
-            pairs(&[("path=/api", "cluster=default/api/80"), ("prefix=/api/", "cluster=default/api/80"), ("prefix=/", "cluster=default/web/80")])
+            pairs(&[
+                ("path=/api", "cluster=default/api/80"),
+                ("prefix=/api/", "cluster=default/api/80"),
+                ("prefix=/", "cluster=default/web/80")
+            ])
         );
         let cla = load_assignment(&held.snapshot, WEB).unwrap();
-        assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1);
+        assert_eq!(
+            cla.endpoints
+                .iter()
+                .map(|l| l.lb_endpoints.len())
+                .sum::<usize>(),
+            1
+        );
     }
 
     // A proxyless gRPC client names the host it dials.
     let mut grpc = Sotw::open(f.server.xds_addr(), "grpc").await;
     grpc.subscribe(LDS, &["shop.example.com"]).await;
     let r = grpc.step().await;
-    assert_eq!(names(&grpc.held.snapshot, LDS), ["shop.example.com"], "{r:?}");
+    assert_eq!(
+        names(&grpc.held.snapshot, LDS),
+        ["shop.example.com"],
+        "{r:?}"
+    );
     let api = listener(&grpc.held.snapshot, "shop.example.com").unwrap();
     assert!(api.api_listener.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_edits_reach_clients_and_deletes_remove_routes() {
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
     let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-sotw").await;
     let mut delta = Delta::open_envoy(f.server.xds_addr(), "envoy-delta").await;
     envoy.until("the shop", has_shop).await;
     delta.until("the shop", has_shop).await;
 
     // A new file: a new host.
-    let blog = ingress("default", "blog", &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let blog = ingress(
+        "default",
+        "blog",
+        &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
     f.write("20-blog.yaml", &yaml(&[blog]));
-    let both = |h: &Held| h.domains("ingress_http") == ["blog.example.com", "shop.example.com"].map(String::from).into();
+    let both = |h: &Held| {
+        h.domains("ingress_http")
+            == ["blog.example.com", "shop.example.com"]
+                .map(String::from)
+                .into()
+    };
     envoy.until("blog.example.com", both).await;
     delta.until("blog.example.com", both).await;
 
     // An edit of an existing file: /api goes to web too.
-    let edited = ingress("default", "shop", &[("shop.example.com", &[("/", "Prefix", "web", json!(80)), ("/api", "Prefix", "web", json!(80))])]);
+    let edited = ingress(
+        "default",
+        "shop",
+        &[(
+            "shop.example.com",
+            &[
+                ("/", "Prefix", "web", json!(80)),
+                ("/api", "Prefix", "web", json!(80)),
+            ],
+        )],
+    );
     f.write("10-shop.yaml", &yaml(&[edited]));
-    let all_web = pairs(&[("path=/api", "cluster=default/web/80"), ("prefix=/api/", "cluster=default/web/80"), ("prefix=/", "cluster=default/web/80")]);
+    let all_web = pairs(&[
+        ("path=/api", "cluster=default/web/80"),
+        ("prefix=/api/", "cluster=default/web/80"),
+        ("prefix=/", "cluster=default/web/80"),
+    ]);
     let api_gone = |h: &Held| {
-        names(&h.snapshot, CDS) == [WEB] && routes(&h.snapshot, "ingress_http", "shop.example.com") == all_web
+        names(&h.snapshot, CDS) == [WEB]
+            && routes(&h.snapshot, "ingress_http", "shop.example.com") == all_web
     };
     envoy.until("/api to go to web", api_gone).await;
     delta.until("/api to go to web", api_gone).await;
@@ -446,18 +594,27 @@ async fn manifest_edits_reach_clients_and_deletes_remove_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifest_keeps_last_good_objects_and_reports_file_and_line() {
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
     let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy").await;
     envoy.until("the shop", has_shop).await;
     let version = f.version();
 
     // The file's first document changes (api -> web), its second is broken
     // at a known line: nothing of the file applies.
-    let good = yaml(&[ingress("default", "shop", &[("shop.example.com", &[("/", "Prefix", "web", json!(80))])])]);
+    let good = yaml(&[ingress(
+        "default",
+        "shop",
+        &[("shop.example.com", &[("/", "Prefix", "web", json!(80))])],
+    )]);
     let broken_at = good.lines().count() + 2;
     let text = format!("{good}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: [broken\n");
     f.write("10-shop.yaml", &text);
-    f.wait("the manifest error", |s| !s.manifest_errors().is_empty()).await;
+    f.wait("the manifest error", |s| !s.manifest_errors().is_empty())
+        .await;
     let errors = f.server.status().manifest_errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
     let path = f.path("10-shop.yaml").canonicalize().unwrap();
@@ -468,9 +625,15 @@ async fn bad_manifest_keeps_last_good_objects_and_reports_file_and_line() {
         errors[0].line,
         errors[0].message
     );
-    assert_eq!(errors[0].location, format!("{}:{}", path.display(), errors[0].line));
+    assert_eq!(
+        errors[0].location,
+        format!("{}:{}", path.display(), errors[0].line)
+    );
     let d = f.get_json("/debug/diagnostics").await;
-    assert_eq!(d["manifest_errors"][0]["location"], json!(errors[0].location));
+    assert_eq!(
+        d["manifest_errors"][0]["location"],
+        json!(errors[0].location)
+    );
 
     // The last good objects keep serving: same snapshot, both clusters.
     assert_eq!(f.version(), version);
@@ -478,14 +641,23 @@ async fn bad_manifest_keeps_last_good_objects_and_reports_file_and_line() {
 
     // Fixing the file applies it and clears the error.
     f.write("10-shop.yaml", &good);
-    envoy.until("the api cluster to go", |h| names(&h.snapshot, CDS) == [WEB]).await;
-    f.wait("the error to clear", |s| s.manifest_errors().is_empty()).await;
+    envoy
+        .until("the api cluster to go", |h| {
+            names(&h.snapshot, CDS) == [WEB]
+        })
+        .await;
+    f.wait("the error to clear", |s| s.manifest_errors().is_empty())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_hot_swap_under_live_streams() {
     const STREAMS: usize = 24;
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
     let addr = f.server.xds_addr();
 
     // Half SotW, half delta, each on its own connection, all synced.
@@ -499,28 +671,48 @@ async fn plugin_hot_swap_under_live_streams() {
         d.until("the shop", has_shop).await;
         delta.push(d);
     }
-    f.wait("every stream to open", |s| s.streams().len() == STREAMS).await;
+    f.wait("every stream to open", |s| s.streams().len() == STREAMS)
+        .await;
     let before = f.version();
 
     // The faults plugin sends everything of an Ingress to its first
     // backend: the api cluster goes away.
     let swapped_at = Instant::now();
     f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
-    f.wait("the swap", |s| s.plugin().is_some_and(|p| p.name == "faults")).await;
+    f.wait("the swap", |s| {
+        s.plugin().is_some_and(|p| p.name == "faults")
+    })
+    .await;
     let after = f.version();
-    assert!(after > before, "the version must go on: {before} -> {after}");
+    assert!(
+        after > before,
+        "the version must go on: {before} -> {after}"
+    );
     // SotW and delta resend only the types that changed: clusters, endpoints
     // and routes here (the listener is the same).
-    let faults = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
+    let faults =
+        |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
     let all = futures::future::join(
-        futures::future::join_all(sotw.iter_mut().map(|s| s.until("the faults plugin's output", faults))),
-        futures::future::join_all(delta.iter_mut().map(|d| d.until("the faults plugin's output", faults))),
+        futures::future::join_all(
+            sotw.iter_mut()
+                .map(|s| s.until("the faults plugin's output", faults)),
+        ),
+        futures::future::join_all(
+            delta
+                .iter_mut()
+                .map(|d| d.until("the faults plugin's output", faults)),
+        ),
     );
     all.await;
     let elapsed = swapped_at.elapsed();
-    eprintln!("plugin swap: file renamed -> all {STREAMS} streams on the new snapshot in {elapsed:?}");
+    eprintln!(
+        "plugin swap: file renamed -> all {STREAMS} streams on the new snapshot in {elapsed:?}"
+    );
     for s in &sotw {
-        assert_eq!(routes(&s.held.snapshot, "ingress_http", "shop.example.com"), pairs(&[("prefix=/", "cluster=default/web/80")]));
+        assert_eq!(
+            routes(&s.held.snapshot, "ingress_http", "shop.example.com"),
+            pairs(&[("prefix=/", "cluster=default/web/80")])
+        );
     }
     // No stream was dropped.
     assert_eq!(f.server.active_streams(), STREAMS);
@@ -528,46 +720,84 @@ async fn plugin_hot_swap_under_live_streams() {
 
     // And back, still on the same streams.
     f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-ingress")).unwrap());
-    f.wait("the swap back", |s| s.plugin().is_some_and(|p| p.name == "ingress")).await;
+    f.wait("the swap back", |s| {
+        s.plugin().is_some_and(|p| p.name == "ingress")
+    })
+    .await;
     let back = f.version();
     assert!(back > after);
     let ingress_again = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= back && has_shop(h);
-    futures::future::join_all(sotw.iter_mut().map(|s| s.until("the ingress plugin's output", ingress_again))).await;
-    futures::future::join_all(delta.iter_mut().map(|d| d.until("the ingress plugin's output", ingress_again))).await;
+    futures::future::join_all(
+        sotw.iter_mut()
+            .map(|s| s.until("the ingress plugin's output", ingress_again)),
+    )
+    .await;
+    futures::future::join_all(
+        delta
+            .iter_mut()
+            .map(|d| d.until("the ingress plugin's output", ingress_again)),
+    )
+    .await;
     assert_eq!(f.server.active_streams(), STREAMS);
     let history = f.get_json("/debug/plugins").await["history"].clone();
-    let results: Vec<&str> = history.as_array().unwrap().iter().map(|a| a["result"].as_str().unwrap()).collect();
+    let results: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
     assert_eq!(results, ["loaded", "loaded", "loaded"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
-    let faulty = ingress("default", "faulty", &[("faulty.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let faulty = ingress(
+        "default",
+        "faulty",
+        &[("faulty.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
     let mut faulty = faulty;
     faulty["metadata"]["annotations"] = json!({"isobar.dev/fault": "error"});
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop(), faulty]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop(), faulty])),
+    ])
+    .await;
     let snapshot = f.server.status().snapshot();
     let digest = f.server.status().plugin().unwrap().digest;
 
     let rejected = |reason: &'static str| {
-        move |s: &isobar::serve::Status| s.plugin().and_then(|p| p.last_error).is_some_and(|e| e.reason == reason)
+        move |s: &isobar::serve::Status| {
+            s.plugin()
+                .and_then(|p| p.last_error)
+                .is_some_and(|e| e.reason == reason)
+        }
     };
     // A component built against another contract.
     f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-old-contract")).unwrap());
-    f.wait("the contract mismatch", rejected("ContractMismatch")).await;
+    f.wait("the contract mismatch", rejected("ContractMismatch"))
+        .await;
     // Not a component at all.
     f.install_plugin(b"\0asm garbage, not a component");
-    f.wait("the invalid plugin", rejected("PluginInvalid")).await;
+    f.wait("the invalid plugin", rejected("PluginInvalid"))
+        .await;
     // A good component whose calls fail on this store: the faults plugin
     // returns an error for the annotated Ingress (the Ingress plugin
     // ignores the annotation).
     f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
-    f.wait("the failed translation", rejected("TranslationFailed")).await;
+    f.wait("the failed translation", rejected("TranslationFailed"))
+        .await;
 
     let status = f.server.status();
     let plugin = status.plugin().unwrap();
-    assert_eq!((plugin.name.as_str(), plugin.digest.as_str()), ("ingress", digest.as_str()));
-    assert!(Arc::ptr_eq(&status.snapshot(), &snapshot), "the old snapshot keeps serving");
+    assert_eq!(
+        (plugin.name.as_str(), plugin.digest.as_str()),
+        ("ingress", digest.as_str())
+    );
+    assert!(
+        Arc::ptr_eq(&status.snapshot(), &snapshot),
+        "the old snapshot keeps serving"
+    );
 
     let doc = f.get_json("/debug/plugins").await;
     let p = &doc["plugins"][0];
@@ -577,19 +807,37 @@ async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
     assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'));
     let last = &p["last_error"];
     assert_eq!(last["reason"], "TranslationFailed");
-    assert!(last["message"].as_str().unwrap().contains("faulty"), "{last}");
-    let history: Vec<String> = doc["history"].as_array().unwrap().iter().map(|a| a["message"].as_str().unwrap().to_string()).collect();
+    assert!(
+        last["message"].as_str().unwrap().contains("faulty"),
+        "{last}"
+    );
+    let history: Vec<String> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["message"].as_str().unwrap().to_string())
+        .collect();
     assert!(history[1].starts_with("ContractMismatch: "), "{history:?}");
     assert!(history[1].contains("0.0.9"), "{history:?}");
     assert!(history[2].starts_with("PluginInvalid: "), "{history:?}");
     let (_, metrics) = f.get("/metrics").await;
-    assert!(metrics.contains(r#"isobar_plugin_swaps_total{result="rejected"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"isobar_plugin_swaps_total{result="rejected"} 3"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
     let gate = Gate::closed();
-    let f = Fixture::start_with(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))], Some(gate.clone())).await;
+    let f = Fixture::start_with(
+        &[
+            ("00-backends.yaml", backends()),
+            ("10-shop.yaml", yaml(&[shop()])),
+        ],
+        Some(gate.clone()),
+    )
+    .await;
 
     // Before the first snapshot: alive, not ready, nothing to dump.
     assert_eq!(f.get("/healthz").await.0, 200);
@@ -604,9 +852,19 @@ async fn admin_endpoints() {
 
     let dump = f.get_json("/debug/config_dump").await;
     assert_eq!(dump["version"], json!(f.version()));
-    let listeners: Vec<&str> = dump["resources"]["listeners"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let listeners: Vec<&str> = dump["resources"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
     assert!(listeners.contains(&"ingress_http"), "{listeners:?}");
-    let clusters: Vec<&str> = dump["resources"]["clusters"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let clusters: Vec<&str> = dump["resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
     assert_eq!(clusters, [API, WEB]);
 
     let plugins = f.get_json("/debug/plugins").await;
@@ -619,7 +877,10 @@ async fn admin_endpoints() {
     // A client that ACKs: the push and ACK stages get observations.
     let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-metrics").await;
     envoy.until("the shop", has_shop).await;
-    f.wait("the ACKs", |s| s.streams().iter().any(|st| st.acked.len() == 4)).await;
+    f.wait("the ACKs", |s| {
+        s.streams().iter().any(|st| st.acked.len() == 4)
+    })
+    .await;
     let (code, metrics) = f.get("/metrics").await;
     assert_eq!(code, 200);
     for needle in [
@@ -632,7 +893,10 @@ async fn admin_endpoints() {
         "isobar_ready 1",
         "# EOF",
     ] {
-        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
     }
     let streams = f.get_json("/debug/streams").await;
     assert_eq!(streams["streams"][0]["node"], "envoy-metrics");
@@ -640,7 +904,11 @@ async fn admin_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_becomes_a_diagnostic_on_the_ingress() {
-    let f = Fixture::start(&[("00-backends.yaml", backends()), ("10-shop.yaml", yaml(&[shop()]))]).await;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
     let mut envoy = Sotw::open(f.server.xds_addr(), "envoy-picky").await;
     envoy.subscribe(RDS, &["ingress_http"]).await;
     let rds = envoy.recv().await;
@@ -659,22 +927,542 @@ async fn nack_becomes_a_diagnostic_on_the_ingress() {
             ..Default::default()
         })
         .await;
-    f.wait("the NACK diagnostic", |s| !s.nack_diagnostics().is_empty()).await;
+    f.wait("the NACK diagnostic", |s| !s.nack_diagnostics().is_empty())
+        .await;
     let d = f.server.status().nack_diagnostics();
     assert_eq!(d.len(), 1, "{d:?}");
-    assert_eq!((d[0].object.kind.as_str(), d[0].object.namespace.as_str(), d[0].object.name.as_str()), ("Ingress", "default", "shop"));
+    assert_eq!(
+        (
+            d[0].object.kind.as_str(),
+            d[0].object.namespace.as_str(),
+            d[0].object.name.as_str()
+        ),
+        ("Ingress", "default", "shop")
+    );
     assert_eq!(d[0].reason, "RejectedByDataPlane");
-    assert!(d[0].message.contains("envoy-picky") && d[0].message.contains("unsupported field"), "{}", d[0].message);
+    assert!(
+        d[0].message.contains("envoy-picky") && d[0].message.contains("unsupported field"),
+        "{}",
+        d[0].message
+    );
 
     let doc = f.get_json("/debug/diagnostics").await;
     assert_eq!(doc["nack_diagnostics"][0]["object"]["name"], "shop");
     assert_eq!(doc["nacks"][0]["resources"], json!(["ingress_http"]));
     let (_, metrics) = f.get("/metrics").await;
-    assert!(metrics.contains(r#"isobar_xds_nacks_total{protocol="sotw",type="route"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"isobar_xds_nacks_total{protocol="sotw",type="route"} 1"#),
+        "{metrics}"
+    );
 
     // The client recovers: it ACKs the next version, the diagnostic goes.
-    let blog = ingress("default", "blog", &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let blog = ingress(
+        "default",
+        "blog",
+        &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
     f.write("20-blog.yaml", &yaml(&[blog]));
-    envoy.until("the blog", |h| h.domains("ingress_http").contains("blog.example.com")).await;
-    f.wait("the NACK to clear", |s| s.nack_diagnostics().is_empty()).await;
+    envoy
+        .until("the blog", |h| {
+            h.domains("ingress_http").contains("blog.example.com")
+        })
+        .await;
+    f.wait("the NACK to clear", |s| s.nack_diagnostics().is_empty())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_bootstrap_points_at_serve_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/envoy-bootstrap.yaml");
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ads = &doc["dynamic_resources"]["ads_config"];
+    assert_eq!(ads["api_type"], "GRPC");
+    assert_eq!(ads["transport_api_version"], "V3");
+    for source in ["lds_config", "cds_config"] {
+        assert_eq!(
+            doc["dynamic_resources"][source]["ads"],
+            json!({}),
+            "{source} over ADS"
+        );
+        assert_eq!(
+            doc["dynamic_resources"][source]["resource_api_version"],
+            "V3"
+        );
+    }
+    let cluster_name = ads["grpc_services"][0]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .unwrap();
+    let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+    let cluster = clusters
+        .iter()
+        .find(|c| c["name"] == cluster_name)
+        .expect("the ADS cluster is defined");
+    let http2 = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert!(
+        http2["explicit_http_config"]["http2_protocol_options"].is_object(),
+        "ADS needs HTTP/2"
+    );
+    let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"];
+    let xds: SocketAddr = isobar::serve::DEFAULT_XDS_LISTEN.parse().unwrap();
+    assert_eq!(
+        (
+            address["address"].as_str().unwrap(),
+            address["port_value"].as_u64().unwrap()
+        ),
+        (xds.ip().to_string().as_str(), u64::from(xds.port()))
+    );
+    let admin: SocketAddr = isobar::serve::DEFAULT_ADMIN_LISTEN.parse().unwrap();
+    assert_ne!(
+        doc["admin"]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .unwrap(),
+        u64::from(admin.port()),
+        "Envoy's admin port must not clash with isobar's"
+    );
+}
+
+/// Certificates made by the openssl CLI: a CA, a server certificate for
+/// `isobar` and 127.0.0.1, a client certificate.
+fn make_certs(dir: &Path) -> bool {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:isobar,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=isobar-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    ]
+    .concat())
+        && ["server", "client"].iter().all(|who| {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{who}.key"),
+                    "-out",
+                    &format!("{who}.csr"),
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            ]
+            .concat())
+                && run(&[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{who}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{who}.pem"),
+                    "-extfile",
+                    &format!("{who}.ext"),
+                ])
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_over_mutual_tls() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let certs = tempfile::tempdir().unwrap();
+    if !make_certs(certs.path()) {
+        eprintln!("SKIPPED xds_over_mutual_tls: the openssl command is missing or failed");
+        return;
+    }
+    let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("00-backends.yaml"), backends()).unwrap();
+    std::fs::write(manifests.path().join("10-shop.yaml"), yaml(&[shop()])).unwrap();
+    let mut config = Config::new(manifests.path(), plugin_path("isobar-plugin-ingress"));
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    config.xds_tls = Some(
+        isobar::serve::tls_from_files(
+            &certs.path().join("server.pem"),
+            &certs.path().join("server.key"),
+            Some(&certs.path().join("ca.pem")),
+        )
+        .unwrap(),
+    );
+    let server = Server::start(config).await.expect("serve starts");
+    assert!(server.ready(WAIT).await);
+    let addr = server.xds_addr();
+
+    let channel = |identity: bool| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .domain_name("isobar");
+        if identity {
+            tls = tls.identity(Identity::from_pem(read("client.pem"), read("client.key")));
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    // With a client certificate: served.
+    let ch = timeout(WAIT, channel(true).connect())
+        .await
+        .unwrap()
+        .expect("mTLS connect");
+    let mut c = AggregatedDiscoveryServiceClient::new(ch);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: node("tls"),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.resources.len(), 2);
+
+    // Without one, or in plaintext: refused.
+    let refused = async |ch: Result<Channel, tonic::transport::Error>| -> bool {
+        let Ok(ch) = ch else { return true };
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            node: node("anon"),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        match AggregatedDiscoveryServiceClient::new(ch)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Err(_) => true,
+            Ok(s) => s.into_inner().message().await.is_err(),
+        }
+    };
+    assert!(
+        refused(timeout(WAIT, channel(false).connect()).await.unwrap()).await,
+        "a client without a certificate was served"
+    );
+    let plain = Channel::from_shared(format!("http://{addr}")).unwrap();
+    let plain = plain.connect();
+    assert!(
+        refused(timeout(WAIT, plain).await.unwrap()).await,
+        "a plaintext client was served"
+    );
+    server.shutdown().await.unwrap();
+}
+
+// ---- measurement (not a pass/fail test) -------------------------------------------
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Change-to-ACK, endpoint-change-to-ACK, cold start and hot swap through
+/// `isobar serve`, with Envoy-like clients that ACK everything. Each Ingress
+/// has `/` (web; the first one's alternates with api, the change measured)
+/// and `/api` (api); the faults plugin swapped in at the end keeps `/` only.
+///
+/// ```text
+/// ISOBAR_MEASURE_INGRESSES=10000 ISOBAR_MEASURE_STREAMS=100 \
+///   cargo test -p isobar-tests --test serve -- --ignored measure --nocapture
+/// ```
+///
+/// Times run from the file write (so they include the watcher and the
+/// debounce, `ISOBAR_MEASURE_QUIET_MS`, default 10) to the moment every
+/// stream has ACKed the new version of the type that changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure() {
+    let ingresses = env_or("ISOBAR_MEASURE_INGRESSES", 1000);
+    let streams = env_or("ISOBAR_MEASURE_STREAMS", 1);
+    let rounds = env_or("ISOBAR_MEASURE_ROUNDS", 20);
+    let quiet = Duration::from_millis(env_or("ISOBAR_MEASURE_QUIET_MS", 10) as u64);
+    let per_file = 100;
+
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("00-backends.yaml"), backends()).unwrap();
+    let ingress_file = |file: usize, first_backend: &str| {
+        let docs: Vec<Value> = (file * per_file..((file + 1) * per_file).min(ingresses))
+            .map(|i| {
+                let backend = if i == 0 { first_backend } else { "web" };
+                ingress(
+                    "default",
+                    &format!("ing-{i}"),
+                    &[(
+                        &format!("h{i}.example.com"),
+                        &[
+                            ("/", "Prefix", backend, json!(80)),
+                            ("/api", "Prefix", "api", json!(80)),
+                        ],
+                    )],
+                )
+            })
+            .collect();
+        yaml(&docs)
+    };
+    for file in 0..ingresses.div_ceil(per_file) {
+        std::fs::write(
+            manifests.path().join(format!("20-ing-{file:04}.yaml")),
+            ingress_file(file, "web"),
+        )
+        .unwrap();
+    }
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let plugin = plugin_dir.path().join("plugin.wasm");
+    std::fs::copy(plugin_path("isobar-plugin-ingress"), &plugin).unwrap();
+    let mut config = Config::new(manifests.path(), &plugin);
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    config.debounce.quiet = quiet;
+    let started = Instant::now();
+    let server = Server::start(config).await.unwrap();
+    assert!(server.ready(Duration::from_secs(300)).await);
+    let cold = started.elapsed();
+    let status = server.status().clone();
+
+    // Envoy-like clients on their own tasks: subscribe, ACK everything.
+    for i in 0..streams {
+        let mut c = Sotw::open_envoy(server.xds_addr(), &format!("m-{i}")).await;
+        tokio::spawn(async move {
+            // Until the server goes away at the end.
+            while let Ok(Some(r)) = c.rx.message().await {
+                let names = c
+                    .subscriptions
+                    .get(&r.type_url)
+                    .cloned()
+                    .unwrap_or_default();
+                let ack = DiscoveryRequest {
+                    type_url: r.type_url,
+                    resource_names: names,
+                    version_info: r.version_info,
+                    response_nonce: r.nonce,
+                    ..Default::default()
+                };
+                if c.tx
+                    .send(DiscoveryRequest {
+                        node: node(&c.node),
+                        ..ack
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    let all_acked = |t: &'static str| {
+        move |s: &isobar::serve::Status| {
+            let v = s.snapshot().version.to_string();
+            let st = s.streams();
+            st.len() == streams && st.iter().all(|x| x.acked.get(t) == Some(&v))
+        }
+    };
+    assert!(
+        status
+            .wait_until(Duration::from_secs(300), all_acked(RDS))
+            .await,
+        "initial sync"
+    );
+
+    let mut route_changes = Vec::new();
+    for r in 0..rounds {
+        let before = status.snapshot().version;
+        let t0 = Instant::now();
+        atomic_write(
+            &manifests.path().join("20-ing-0000.yaml"),
+            ingress_file(0, if r % 2 == 0 { "api" } else { "web" }).as_bytes(),
+        );
+        let done = status
+            .wait_until(WAIT, move |s| {
+                s.snapshot().version > before && all_acked(RDS)(s)
+            })
+            .await;
+        assert!(done, "round {r} did not complete");
+        route_changes.push(t0.elapsed());
+    }
+    let mut endpoint_changes = Vec::new();
+    for r in 0..rounds {
+        let before = status.snapshot().version;
+        let addr = format!("10.0.1.{}", r + 1);
+        let text = backends().replace("10.0.0.1", &addr);
+        let t0 = Instant::now();
+        atomic_write(&manifests.path().join("00-backends.yaml"), text.as_bytes());
+        let done = status
+            .wait_until(WAIT, move |s| {
+                s.snapshot().version > before && all_acked(EDS)(s)
+            })
+            .await;
+        assert!(done, "endpoint round {r} did not complete");
+        endpoint_changes.push(t0.elapsed());
+    }
+    let before = status.snapshot().version;
+    let t0 = Instant::now();
+    atomic_write(
+        &plugin,
+        &std::fs::read(plugin_path("isobar-plugin-faults")).unwrap(),
+    );
+    let swapped = status
+        .wait_until(Duration::from_secs(300), move |s| {
+            s.plugin().is_some_and(|p| p.name == "faults")
+                && s.snapshot().version > before
+                && all_acked(RDS)(s)
+        })
+        .await;
+    assert!(swapped, "the swap did not complete");
+    let swap = t0.elapsed();
+
+    route_changes.sort();
+    endpoint_changes.sort();
+    let show = |v: &[Duration]| {
+        format!(
+            "p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+            percentile(v, 0.5),
+            percentile(v, 0.9),
+            percentile(v, 0.99),
+            v[v.len() - 1]
+        )
+    };
+    eprintln!(
+        "== isobar serve: {ingresses} Ingresses, {streams} SotW streams, {rounds} rounds, debounce quiet {quiet:?}"
+    );
+    eprintln!("cold start to ready:           {cold:?}");
+    eprintln!("Ingress change -> all ACKed:   {}", show(&route_changes));
+    eprintln!("endpoint change -> all ACKed:  {}", show(&endpoint_changes));
+    eprintln!("plugin swap -> all ACKed:      {swap:?}");
+    eprintln!("streams still open:            {}", server.active_streams());
+    let metrics = status.metrics.encode();
+    let stage = |name: &str| {
+        let value = |suffix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}_{suffix}")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (sum, count) = (value("sum"), value("count"));
+        format!(
+            "{:.1} ms mean over {count}",
+            if count > 0.0 {
+                sum / count * 1000.0
+            } else {
+                0.0
+            }
+        )
+    };
+    eprintln!(
+        "stage change->snapshot:        {}",
+        stage("isobar_change_to_snapshot_seconds")
+    );
+    eprintln!(
+        "stage snapshot->push:          {}",
+        stage("isobar_snapshot_to_push_seconds")
+    );
+    eprintln!(
+        "stage snapshot->ACK:           {}",
+        stage("isobar_snapshot_to_ack_seconds")
+    );
+    eprintln!(
+        "plugin call:                   {}",
+        stage("isobar_plugin_call_duration_seconds")
+    );
+    assert_eq!(server.active_streams(), streams);
+}
+
+#[test]
+#[ignore]
+fn scratch_profile_pipeline() {
+    use isobar::serve::manifests::ManifestSet;
+    let n = 10000;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("00-backends.yaml"), backends()).unwrap();
+    let file = |f: usize, b: &str| {
+        let docs: Vec<Value> = (f * 100..(f + 1) * 100)
+            .map(|i| ingress("default", &format!("ing-{i}"), &[(&format!("h{i}.example.com"), &[("/", "Prefix", if i == 0 { b } else { "web" }, json!(80)), ("/api", "Prefix", "api", json!(80))])]))
+            .collect();
+        yaml(&docs)
+    };
+    for f in 0..n / 100 {
+        std::fs::write(dir.path().join(format!("20-ing-{f:04}.yaml")), file(f, "web")).unwrap();
+    }
+    let mut set = ManifestSet::new(dir.path().canonicalize().unwrap());
+    let t = Instant::now();
+    let events = set.rescan();
+    eprintln!("rescan: {:?}", t.elapsed());
+    let mut p = isobar::pipeline::Pipeline::new(ingress_plugin());
+    p.load(events);
+    let t = Instant::now();
+    p.rebuild();
+    eprintln!("rebuild: {:?}", t.elapsed());
+    for r in 0..3 {
+        let path = dir.path().canonicalize().unwrap().join("20-ing-0000.yaml");
+        std::fs::write(&path, file(0, if r % 2 == 0 { "api" } else { "web" })).unwrap();
+        let t = Instant::now();
+        let events = set.refresh([&path]);
+        let t1 = t.elapsed();
+        let n_events = events.len();
+        let round = p.apply(events);
+        let t2 = t.elapsed();
+        let snap = Arc::new(p.snapshot().clone());
+        let t3 = t.elapsed();
+        let d = p.diagnostics();
+        let t4 = t.elapsed();
+        eprintln!("refresh {t1:?} ({n_events} events), apply {:?} ({} calls, {} vhosts, {} changed), clone {:?}, diagnostics {:?} ({})", t2 - t1, round.translation.calls, round.vhosts_compiled, round.resources_changed, t3 - t2, t4 - t3, d.len());
+        drop(snap);
+    }
 }

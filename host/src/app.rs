@@ -47,13 +47,22 @@ pub fn runtime(limits: Limits) -> anyhow::Result<Runtime> {
 }
 
 pub fn load_plugin(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Plugin> {
+    load_plugin_with(runtime, path, crate::plugin::Grants::default())
+}
+
+/// Loads a plugin with WASI capabilities granted to it.
+pub fn load_plugin_with(runtime: &Runtime, path: Option<&Path>, grants: crate::plugin::Grants) -> anyhow::Result<Plugin> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => default_plugin_path().context(
             "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
         )?,
     };
-    runtime.load_file(&path).map_err(|e: PluginError| anyhow::anyhow!(e)).with_context(|| format!("loading plugin {}", path.display()))
+    let bytes = std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+    runtime
+        .load_with(&bytes, &path.display().to_string(), grants)
+        .map_err(|e: PluginError| anyhow::anyhow!(e))
+        .with_context(|| format!("loading plugin {}", path.display()))
 }
 
 /// The outcome of translating a set of manifests.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use isobar::ir::Severity;
 use isobar::{app, dump, plugin::Limits, serve};
 
 #[derive(Parser)]
@@ -35,6 +36,32 @@ struct LimitArgs {
     plugin_memory_mib: usize,
 }
 
+/// Parses KEY=VALUE.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Parses HOST_DIR:GUEST_DIR.
+fn dir_mapping(s: &str) -> Result<(PathBuf, String), String> {
+    s.split_once(':').map(|(h, g)| (PathBuf::from(h), g.to_string())).ok_or_else(|| format!("expected HOST_DIR:GUEST_DIR, got {s:?}"))
+}
+
+#[derive(clap::Args)]
+struct GrantArgs {
+    /// Environment variable the plugin may see (repeatable). None by default.
+    #[arg(long = "plugin-env", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Host directory the plugin may read, as HOST_DIR:GUEST_DIR (repeatable).
+    #[arg(long = "plugin-dir", value_parser = dir_mapping)]
+    dirs: Vec<(PathBuf, String)>,
+}
+
+impl GrantArgs {
+    fn grants(&self) -> isobar::plugin::Grants {
+        isobar::plugin::Grants { env: self.env.clone(), read_only_dirs: self.dirs.clone() }
+    }
+}
+
 impl LimitArgs {
     fn limits(&self) -> Limits {
         Limits { deadline: Duration::from_millis(self.plugin_deadline_ms), memory_bytes: self.plugin_memory_mib << 20, ..Limits::default() }
@@ -55,6 +82,8 @@ enum Command {
         output: Format,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// Serve a directory of manifests over xDS, translated by a plugin;
     /// both are watched, and a new plugin file is hot-swapped in.
@@ -125,9 +154,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Translate { files, plugin, output, limits } => {
+        Command::Translate { files, plugin, output, limits, grants } => {
             let runtime = app::runtime(limits.limits())?;
-            let plugin = app::load_plugin(&runtime, plugin.as_deref())?;
+            let plugin = app::load_plugin_with(&runtime, plugin.as_deref(), grants.grants())?;
             let translated = app::translate_manifests(plugin, &files);
             for e in &translated.manifest_errors {
                 eprintln!("error: {e}");
@@ -137,10 +166,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let diagnostics = translated.diagnostics();
             for d in &diagnostics {
-                eprintln!(
-                    "{:?}: {} {}/{}: {}: {}",
-                    d.severity, d.object.kind, d.object.namespace, d.object.name, d.reason, d.message
-                );
+                let severity = match d.severity {
+                    Severity::Info => "info",
+                    Severity::Warning => "warning",
+                    Severity::Error => "error",
+                };
+                eprintln!("{severity}: {} {}/{}: {}: {}", d.object.kind, d.object.namespace, d.object.name, d.reason, d.message);
             }
             let mut doc = dump::snapshot_to_json(translated.pipeline.snapshot()).context("rendering the Envoy resources")?;
             doc["diagnostics"] = serde_json::to_value(&diagnostics)?;

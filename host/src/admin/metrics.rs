@@ -116,9 +116,21 @@ impl Metrics {
             Unit::Seconds,
             m.change_to_ack.clone(),
         );
-        r.register("xds_nacks", "Responses rejected by xDS clients", m.xds_nacks.clone());
-        r.register("xds_pushes", "Responses written to xDS streams", m.xds_pushes.clone());
-        r.register("xds_streams", "Open xDS streams by node", m.xds_streams.clone());
+        r.register(
+            "xds_nacks",
+            "Responses rejected by xDS clients",
+            m.xds_nacks.clone(),
+        );
+        r.register(
+            "xds_pushes",
+            "Responses written to xDS streams",
+            m.xds_pushes.clone(),
+        );
+        r.register(
+            "xds_streams",
+            "Open xDS streams by node",
+            m.xds_streams.clone(),
+        );
         r.register(
             "xds_dropped_events",
             "xDS stream events the host did not drain in time",
@@ -130,18 +142,46 @@ impl Metrics {
             Unit::Seconds,
             m.plugin_call_duration.clone(),
         );
-        r.register("plugin_calls", "Translate calls into plugins", m.plugin_calls.clone());
+        r.register(
+            "plugin_calls",
+            "Translate calls into plugins",
+            m.plugin_calls.clone(),
+        );
         r.register(
             "plugin_failures",
             "Failed plugin calls by reason (traps, timeouts, memory limit, rejections)",
             m.plugin_failures.clone(),
         );
-        r.register("plugin_swaps", "Plugin hot swaps by result", m.plugin_swaps.clone());
-        r.register("snapshot_version", "Version of the snapshot being served", m.snapshot_version.clone());
-        r.register("snapshot_resources", "Resources in the served snapshot by type", m.snapshot_resources.clone());
-        r.register("manifest_errors", "Manifest problems currently keeping a file on its last good objects", m.manifest_errors.clone());
-        r.register("diagnostics", "Current diagnostics by severity", m.diagnostics.clone());
-        r.register("ready", "1 once the first complete snapshot is served", m.ready.clone());
+        r.register(
+            "plugin_swaps",
+            "Plugin hot swaps by result",
+            m.plugin_swaps.clone(),
+        );
+        r.register(
+            "snapshot_version",
+            "Version of the snapshot being served",
+            m.snapshot_version.clone(),
+        );
+        r.register(
+            "snapshot_resources",
+            "Resources in the served snapshot by type",
+            m.snapshot_resources.clone(),
+        );
+        r.register(
+            "manifest_errors",
+            "Manifest problems currently keeping a file on its last good objects",
+            m.manifest_errors.clone(),
+        );
+        r.register(
+            "diagnostics",
+            "Current diagnostics by severity",
+            m.diagnostics.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once the first complete snapshot is served",
+            m.ready.clone(),
+        );
         m
     }
 
@@ -162,7 +202,12 @@ pub fn labels1(k: &'static str, v: impl Into<String>) -> Labels<1> {
     [(k, v.into())]
 }
 
-pub fn labels2(k1: &'static str, v1: impl Into<String>, k2: &'static str, v2: impl Into<String>) -> Labels<2> {
+pub fn labels2(
+    k1: &'static str,
+    v1: impl Into<String>,
+    k2: &'static str,
+    v2: impl Into<String>,
+) -> Labels<2> {
     [(k1, v1.into()), (k2, v2.into())]
 }
 

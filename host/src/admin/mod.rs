@@ -47,7 +47,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "admin endpoint listening");
-    axum::serve(listener, router(status)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(status))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 type S = State<Arc<Status>>;
@@ -59,21 +61,39 @@ async fn index() -> &'static str {
 async fn healthz(State(status): S) -> Response {
     match status.failure() {
         None => (StatusCode::OK, "ok\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn readyz(State(status): S) -> Response {
     if status.is_ready() {
-        (StatusCode::OK, format!("ready: serving snapshot version {}\n", status.snapshot().version)).into_response()
+        (
+            StatusCode::OK,
+            format!(
+                "ready: serving snapshot version {}\n",
+                status.snapshot().version
+            ),
+        )
+            .into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first snapshot is being built\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first snapshot is being built\n",
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(status): S) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         status.metrics.encode(),
     )
         .into_response()
@@ -82,11 +102,20 @@ async fn metrics(State(status): S) -> Response {
 async fn config_dump(State(status): S) -> Response {
     let snapshot = status.snapshot();
     // Rendering a large snapshot is CPU work: off the runtime's workers.
-    let rendered = tokio::task::spawn_blocking(move || crate::dump::snapshot_to_json(&snapshot)).await;
+    let rendered =
+        tokio::task::spawn_blocking(move || crate::dump::snapshot_to_json(&snapshot)).await;
     match rendered {
         Ok(Ok(doc)) => Json(doc).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the snapshot: {e:#}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the snapshot: {e}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the snapshot: {e:#}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the snapshot: {e}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Pipeline {
     secret_errors: BTreeMap<NsName, String>,
     service_vhosts: HashMap<NsName, HashSet<VhostKey>>,
     secret_vhosts: HashMap<NsName, HashSet<VhostKey>>,
+    /// EndpointSlice -> the Service it was labelled for when last seen.
+    slice_services: HashMap<ObjectKey, NsName>,
     /// API listener name -> the virtual host it serves.
     api_owners: HashMap<String, VhostKey>,
     snapshot: Snapshot,
@@ -103,6 +105,7 @@ impl Pipeline {
             service_vhosts: HashMap::new(),
             secret_vhosts: HashMap::new(),
             api_owners: HashMap::new(),
+            slice_services: HashMap::new(),
             snapshot: Snapshot::default(),
         }
     }
@@ -189,16 +192,16 @@ impl Pipeline {
                 dirty_vhosts.extend(self.service_vhosts.get(&nsname(key)).into_iter().flatten().cloned());
                 dirty_services.insert(nsname(key));
             } else if key.kind == slice_kind() {
-                // A slice may have moved between services: look at both.
-                if let Some(obj) = self.store.get(key) {
-                    if let Some(svc) = obj.labels.get(crate::store::SERVICE_NAME_LABEL) {
-                        dirty_services.insert((key.namespace.clone(), svc.clone()));
-                    }
+                // The service it belonged to and the one it belongs to now
+                // (a deleted slice's labels are gone from the store).
+                if let Some(before) = self.slice_services.remove(key) {
+                    dirty_services.insert(before);
                 }
-                for (ns, svc) in self.clusters.values().map(|c| (c.backend.namespace.clone(), c.backend.name.clone())) {
-                    if ns == key.namespace && self.store.get(key).is_none() {
-                        dirty_services.insert((ns, svc));
-                    }
+                let now = self.store.get(key).and_then(|o| o.labels.get(crate::store::SERVICE_NAME_LABEL).cloned());
+                if let Some(svc) = now {
+                    let owner = (key.namespace.clone(), svc);
+                    dirty_services.insert(owner.clone());
+                    self.slice_services.insert(key.clone(), owner);
                 }
             } else if key.kind == secret_kind() {
                 dirty_secrets.insert(nsname(key));

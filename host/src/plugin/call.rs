@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::isobar::plugin::{log, store, types};
-use super::{EngineShared, Limits, PluginError};
+use super::{EngineShared, Grants, Limits, PluginError};
 use crate::store::{KindKey, Object, ObjectKey, Store};
 
 /// Every store read a call made. Lists are keyed by kind and namespace
@@ -44,10 +44,19 @@ pub(super) fn new_store(
     shared: &EngineShared,
     store: Option<Arc<Store>>,
     plugin: &str,
+    grants: &Grants,
 ) -> wasmtime::Store<CallState> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
     let mut wasi = WasiCtxBuilder::new();
     wasi.stderr(stderr.clone());
+    for (k, v) in &grants.env {
+        wasi.env(k, v);
+    }
+    for (host, guest) in &grants.read_only_dirs {
+        if let Err(error) = wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly) {
+            tracing::warn!(plugin, dir = %host.display(), %error, "granted directory cannot be opened");
+        }
+    }
     let state = CallState {
         wasi: wasi.build(),
         table: ResourceTable::new(),

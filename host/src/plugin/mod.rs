@@ -49,6 +49,16 @@ impl Default for Limits {
     }
 }
 
+/// WASI capabilities granted to one plugin. The default grants nothing: no
+/// environment, no filesystem, no network (sockets are never granted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the plugin sees.
+    pub env: Vec<(String, String)>,
+    /// Host directories the plugin may read: (host path, path in the guest).
+    pub read_only_dirs: Vec<(PathBuf, String)>,
+}
+
 /// What can go wrong with a plugin. Callers branch on these: a load error
 /// keeps the old plugin, a call error keeps the root's last good fragment.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -154,6 +164,16 @@ impl Runtime {
     }
 
     pub fn load(&self, bytes: &[u8], source: &str) -> Result<Plugin, PluginError> {
+        self.load_with(bytes, source, Grants::default())
+    }
+
+    /// Loads a plugin with WASI capabilities granted to it.
+    pub fn load_with(&self, bytes: &[u8], source: &str, grants: Grants) -> Result<Plugin, PluginError> {
+        for (dir, _) in &grants.read_only_dirs {
+            if !dir.is_dir() {
+                return Err(PluginError::Io { path: dir.display().to_string(), message: "granted directory does not exist".into() });
+            }
+        }
         let digest = hex::encode(Sha256::digest(bytes));
         let component = self.shared.cache.get_or_compile(&self.shared.engine, &digest, bytes)?;
         check_contract(&self.shared.engine, &component)?;
@@ -169,6 +189,7 @@ impl Runtime {
             info: ir::PluginInfo { name: String::new(), version: String::new(), watches: vec![], roots: vec![] },
             digest,
             source: source.to_string(),
+            grants: Arc::new(grants),
         };
         plugin.info = plugin.describe()?;
         Ok(plugin)
@@ -236,6 +257,7 @@ pub struct Plugin {
     pub digest: String,
     /// Where it was loaded from, for people.
     pub source: String,
+    grants: Arc<Grants>,
 }
 
 /// The result of one `translate` call and what it read.
@@ -252,7 +274,7 @@ pub struct CallOutcome {
 impl Plugin {
     /// Asks a fresh instance to describe itself: the cheapest whole call.
     pub fn describe(&self) -> Result<ir::PluginInfo, PluginError> {
-        let mut store = call::new_store(&self.shared, None, &self.info.name);
+        let mut store = call::new_store(&self.shared, None, &self.info.name, &self.grants);
         let result = self
             .pre
             .instantiate(&mut store)
@@ -263,7 +285,7 @@ impl Plugin {
     /// Translates one root against `store`, recording every read.
     pub fn translate(&self, store: &Arc<Store>, root: &Object) -> CallOutcome {
         let started = std::time::Instant::now();
-        let mut wstore = call::new_store(&self.shared, Some(store.clone()), &self.info.name);
+        let mut wstore = call::new_store(&self.shared, Some(store.clone()), &self.info.name, &self.grants);
         let root_wit = call::to_wit(root);
         let result = self
             .pre

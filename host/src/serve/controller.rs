@@ -43,7 +43,10 @@ pub struct Debounce {
 
 impl Default for Debounce {
     fn default() -> Self {
-        Debounce { quiet: Duration::from_millis(50), max_delay: Duration::from_millis(500) }
+        Debounce {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+        }
     }
 }
 
@@ -169,6 +172,21 @@ impl Controller {
             "first snapshot built"
         );
         self.after_round(Some(started), "initial");
+        self.log_unread_kinds();
+    }
+
+    /// Says which kinds in the manifests nobody reads (kept aside: a
+    /// plugin swapped in later may read them).
+    fn log_unread_kinds(&self) {
+        let mut unread: std::collections::BTreeMap<String, usize> = Default::default();
+        for o in self.manifests.objects() {
+            if !self.kinds.contains(&o.kind_key()) {
+                *unread.entry(o.kind_key().to_string()).or_default() += 1;
+            }
+        }
+        if !unread.is_empty() {
+            info!(kinds = ?unread, "manifests hold objects of kinds the loaded plugin does not read; they are kept aside");
+        }
     }
 
     fn wanted(&self, e: &Event) -> bool {
@@ -182,7 +200,11 @@ impl Controller {
     fn process(&mut self, batch: Batch) {
         let at = batch.first_at;
         if batch.rescan || !batch.manifests.is_empty() {
-            let events = if batch.rescan { self.manifests.rescan() } else { self.manifests.refresh(&batch.manifests) };
+            let events = if batch.rescan {
+                self.manifests.rescan()
+            } else {
+                self.manifests.refresh(&batch.manifests)
+            };
             let events: Vec<Event> = events.into_iter().filter(|e| self.wanted(e)).collect();
             if events.is_empty() {
                 // Nothing the store holds changed; errors may have.
@@ -240,7 +262,13 @@ impl Controller {
         let mut next = Pipeline::new(plugin.clone());
         let old_version = self.pipeline.snapshot().version;
         next.continue_after(old_version);
-        next.load(self.manifests.objects().into_iter().filter(|o| kinds.contains(&o.kind_key())).map(Event::Apply));
+        next.load(
+            self.manifests
+                .objects()
+                .into_iter()
+                .filter(|o| kinds.contains(&o.kind_key()))
+                .map(Event::Apply),
+        );
         let round = next.rebuild();
         self.observe_round_for(&plugin, &round);
         if round.translation.failures > 0 {
@@ -249,7 +277,12 @@ impl Controller {
                 .into_iter()
                 .filter(|d| round.translation.failure_reasons.contains_key(&d.reason))
                 .take(3)
-                .map(|d| format!("{} {}/{}: {}", d.object.kind, d.object.namespace, d.object.name, d.message))
+                .map(|d| {
+                    format!(
+                        "{} {}/{}: {}",
+                        d.object.kind, d.object.namespace, d.object.name, d.message
+                    )
+                })
                 .collect();
             let message = format!(
                 "{} of {} translate calls failed ({}); first: {}",
@@ -273,7 +306,11 @@ impl Controller {
         }
         let old = std::mem::replace(&mut self.pipeline, next);
         self.kinds = kinds;
-        self.status.metrics.plugin_swaps.get_or_create(&labels1("result", "applied")).inc();
+        self.status
+            .metrics
+            .plugin_swaps
+            .get_or_create(&labels1("result", "applied"))
+            .inc();
         info!(
             plugin = %plugin.info.name,
             version = %plugin.info.version,
@@ -289,11 +326,16 @@ impl Controller {
         self.after_round(at, "plugin");
         // Once its snapshot is out: whoever sees the new plugin sees it.
         self.status.plugin_loaded(&plugin);
+        self.log_unread_kinds();
     }
 
     fn reject(&mut self, source: String, digest: Option<String>, reason: &str, message: String) {
         warn!(plugin = %source, reason, error = %message, "plugin not swapped; the loaded plugin keeps serving");
-        self.status.metrics.plugin_swaps.get_or_create(&labels1("result", "rejected")).inc();
+        self.status
+            .metrics
+            .plugin_swaps
+            .get_or_create(&labels1("result", "rejected"))
+            .inc();
         self.status.plugin_rejected(PluginFailure {
             at: rfc3339(SystemTime::now()),
             source,
@@ -315,10 +357,17 @@ impl Controller {
         for d in &round.translation.call_durations {
             hist.observe(secs(*d));
         }
-        m.plugin_calls.get_or_create(&name).inc_by(round.translation.calls as u64);
+        m.plugin_calls
+            .get_or_create(&name)
+            .inc_by(round.translation.calls as u64);
         for (reason, n) in &round.translation.failure_reasons {
             m.plugin_failures
-                .get_or_create(&labels2("plugin", plugin.info.name.clone(), "reason", reason.clone()))
+                .get_or_create(&labels2(
+                    "plugin",
+                    plugin.info.name.clone(),
+                    "reason",
+                    reason.clone(),
+                ))
                 .inc_by(*n as u64);
         }
     }
@@ -333,12 +382,20 @@ impl Controller {
             m.snapshot_version.set(snapshot.version as i64);
             for t in crate::xds::type_url::PUSH_ORDER {
                 let n = snapshot.of_type(t).map_or(0, |r| r.len());
-                m.snapshot_resources.get_or_create(&labels1("type", short_type(t))).set(n as i64);
+                m.snapshot_resources
+                    .get_or_create(&labels1("type", short_type(t)))
+                    .set(n as i64);
             }
             // Timing first: a stream may push before this thread runs again.
-            self.status.record_published(Published { version: snapshot.version, at: Instant::now(), change_at });
+            self.status.record_published(Published {
+                version: snapshot.version,
+                at: Instant::now(),
+                change_at,
+            });
             if let Some(at) = change_at {
-                m.change_to_snapshot.get_or_create(&labels1("trigger", trigger)).observe(secs(at.elapsed()));
+                m.change_to_snapshot
+                    .get_or_create(&labels1("trigger", trigger))
+                    .observe(secs(at.elapsed()));
             }
             self.snapshots.send_replace(snapshot);
         }
@@ -349,7 +406,13 @@ impl Controller {
     }
 
     fn publish_problems(&self) {
-        self.status.set_manifest_errors(self.manifests.errors().iter().map(ManifestProblem::from).collect());
+        self.status.set_manifest_errors(
+            self.manifests
+                .errors()
+                .iter()
+                .map(ManifestProblem::from)
+                .collect(),
+        );
         self.status.set_diagnostics(self.pipeline.diagnostics());
     }
 }
@@ -358,7 +421,8 @@ impl Controller {
 /// keeps serving its last snapshot; /healthz reports the failure).
 pub(crate) fn run_guarded(controller: Controller, inputs: Receiver<Input>) {
     let status = controller.status.clone();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || controller.run(inputs)));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || controller.run(inputs)));
     if let Err(panic) = result {
         let why = panic
             .downcast_ref::<&str>()

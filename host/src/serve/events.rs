@@ -13,21 +13,43 @@ use super::status::{NackRecord, Status, rfc3339};
 use crate::admin::metrics::{labels2, secs, short_type};
 use crate::xds::{XdsEvent, XdsServer};
 
-pub(crate) async fn consume(mut events: mpsc::Receiver<XdsEvent>, status: Arc<Status>, server: XdsServer) {
+pub(crate) async fn consume(
+    mut events: mpsc::Receiver<XdsEvent>,
+    status: Arc<Status>,
+    server: XdsServer,
+) {
     while let Some(event) = events.recv().await {
         handle(&status, event);
-        status.metrics.xds_dropped_events.set(server.dropped_events() as i64);
+        status
+            .metrics
+            .xds_dropped_events
+            .set(server.dropped_events() as i64);
     }
 }
 
 fn handle(status: &Status, event: XdsEvent) {
     let m = &status.metrics;
     match event {
-        XdsEvent::StreamOpened { stream, node, protocol } => {
-            m.xds_streams.get_or_create(&labels2("node", node.clone(), "protocol", protocol.as_str())).inc();
+        XdsEvent::StreamOpened {
+            stream,
+            node,
+            protocol,
+        } => {
+            m.xds_streams
+                .get_or_create(&labels2(
+                    "node",
+                    node.clone(),
+                    "protocol",
+                    protocol.as_str(),
+                ))
+                .inc();
             status.stream_opened(stream, &node, protocol);
         }
-        XdsEvent::StreamClosed { stream, node, protocol } => {
+        XdsEvent::StreamClosed {
+            stream,
+            node,
+            protocol,
+        } => {
             let labels = labels2("node", node, "protocol", protocol.as_str());
             let left = m.xds_streams.get_or_create(&labels).dec() - 1;
             if left <= 0 {
@@ -37,26 +59,47 @@ fn handle(status: &Status, event: XdsEvent) {
             status.stream_closed(stream);
         }
         XdsEvent::Pushed(push) => {
-            let labels = labels2("protocol", push.protocol.as_str(), "type", short_type(&push.type_url));
+            let labels = labels2(
+                "protocol",
+                push.protocol.as_str(),
+                "type",
+                short_type(&push.type_url),
+            );
             m.xds_pushes.get_or_create(&labels).inc();
             if let Some(p) = push.version.parse().ok().and_then(|v| status.published(v)) {
-                m.snapshot_to_push.get_or_create(&labels).observe(secs(p.at.elapsed()));
+                m.snapshot_to_push
+                    .get_or_create(&labels)
+                    .observe(secs(p.at.elapsed()));
             }
             status.stream_pushed(push.stream, &push.type_url, &push.version);
         }
         XdsEvent::Ack(ack) => {
             if let Some(p) = ack.version.parse().ok().and_then(|v| status.published(v)) {
-                let labels = labels2("protocol", ack.protocol.as_str(), "type", short_type(&ack.type_url));
-                m.snapshot_to_ack.get_or_create(&labels).observe(secs(p.at.elapsed()));
+                let labels = labels2(
+                    "protocol",
+                    ack.protocol.as_str(),
+                    "type",
+                    short_type(&ack.type_url),
+                );
+                m.snapshot_to_ack
+                    .get_or_create(&labels)
+                    .observe(secs(p.at.elapsed()));
                 if let Some(change) = p.change_at {
-                    m.change_to_ack.get_or_create(&labels).observe(secs(change.elapsed()));
+                    m.change_to_ack
+                        .get_or_create(&labels)
+                        .observe(secs(change.elapsed()));
                 }
             }
             status.stream_acked(ack.stream, &ack.type_url, &ack.version);
         }
         XdsEvent::Nack(nack) => {
             m.xds_nacks
-                .get_or_create(&labels2("protocol", nack.protocol.as_str(), "type", short_type(&nack.type_url)))
+                .get_or_create(&labels2(
+                    "protocol",
+                    nack.protocol.as_str(),
+                    "type",
+                    short_type(&nack.type_url),
+                ))
                 .inc();
             let objects: Vec<String> = nack.sources.iter().map(|k| k.to_string()).collect();
             warn!(

@@ -42,12 +42,19 @@ pub struct ManifestSet {
 }
 
 fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 impl ManifestSet {
     pub fn new(root: PathBuf) -> Self {
-        ManifestSet { root, files: BTreeMap::new(), errors: BTreeMap::new() }
+        ManifestSet {
+            root,
+            files: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -85,7 +92,11 @@ impl ManifestSet {
                 warn!(dir = %self.root.display(), error = %e, "cannot list the manifest directory; keeping the last good objects");
                 self.errors.insert(
                     self.root.clone(),
-                    vec![ManifestError { file: self.root.clone(), line: 0, message: e.to_string() }],
+                    vec![ManifestError {
+                        file: self.root.clone(),
+                        line: 0,
+                        message: e.to_string(),
+                    }],
                 );
                 return Vec::new();
             }
@@ -102,13 +113,20 @@ impl ManifestSet {
             if !p.starts_with(&self.root) {
                 continue;
             }
-            if let Some(dir) = self.visible_ancestor(p) {
-                // Something hidden changed: an editor's swap file, or the
-                // `..data` link of a mounted ConfigMap being replaced, which
-                // changes what the visible names point at. Read the visible
-                // files of that directory again (unchanged ones cost nothing
-                // downstream).
-                paths.extend(files::manifest_files(&dir).unwrap_or_default().into_iter().filter(|f| f.parent() == Some(&dir)));
+            if let Some((dir, name)) = self.hidden(p) {
+                // Hidden files are not manifests (editor swap files, files
+                // written aside before a rename). But a mounted ConfigMap is
+                // updated by replacing its `..data` link, which changes what
+                // the visible names point at: read that directory again
+                // (unchanged files cost nothing downstream).
+                if name.starts_with("..") {
+                    paths.extend(
+                        files::manifest_files(&dir)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|f| f.parent() == Some(&dir)),
+                    );
+                }
                 continue;
             }
             if p.is_dir() {
@@ -117,20 +135,26 @@ impl ManifestSet {
                 paths.insert(p.clone());
             }
             // A removed or renamed directory: whatever we held under it.
-            paths.extend(self.files.keys().chain(self.errors.keys()).filter(|f| f.starts_with(p) && *f != p).cloned());
+            paths.extend(
+                self.files
+                    .keys()
+                    .chain(self.errors.keys())
+                    .filter(|f| f.starts_with(p) && *f != p)
+                    .cloned(),
+            );
         }
         self.reload(paths)
     }
 
     /// For a hidden path under the root (hidden files and directories are
-    /// not manifests, as in `files::manifest_files`), the directory holding
-    /// its first hidden component.
-    fn visible_ancestor(&self, p: &Path) -> Option<PathBuf> {
+    /// not manifests, as in `files::manifest_files`): the directory holding
+    /// its first hidden component, and that component.
+    fn hidden(&self, p: &Path) -> Option<(PathBuf, String)> {
         let rel = p.strip_prefix(&self.root).ok()?;
         let mut dir = self.root.clone();
         for c in rel.components() {
-            if c.as_os_str().to_str().is_some_and(|s| s.starts_with('.')) {
-                return Some(dir);
+            if let Some(name) = c.as_os_str().to_str().filter(|s| s.starts_with('.')) {
+                return Some((dir, name.to_string()));
             }
             dir.push(c);
         }
@@ -152,7 +176,11 @@ impl ManifestSet {
                 Read::Objects(objects)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Read::Removed,
-            Err(e) => Read::Invalid(vec![ManifestError { file: file.to_path_buf(), line: 0, message: e.to_string() }]),
+            Err(e) => Read::Invalid(vec![ManifestError {
+                file: file.to_path_buf(),
+                line: 0,
+                message: e.to_string(),
+            }]),
         }
     }
 
@@ -161,10 +189,13 @@ impl ManifestSet {
     }
 
     fn reload(&mut self, paths: BTreeSet<PathBuf>) -> Vec<Event> {
-        let reads: Vec<(PathBuf, Read)> = paths.into_iter().map(|p| {
-            let r = Self::read(&p);
-            (p, r)
-        }).collect();
+        let reads: Vec<(PathBuf, Read)> = paths
+            .into_iter()
+            .map(|p| {
+                let r = Self::read(&p);
+                (p, r)
+            })
+            .collect();
 
         // Every key whose source may change, and what it is now.
         let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -176,8 +207,10 @@ impl ManifestSet {
                 touched.extend(objects.keys().cloned());
             }
         }
-        let before: BTreeMap<ObjectKey, Option<Arc<Object>>> =
-            touched.iter().map(|k| (k.clone(), self.effective(k).cloned())).collect();
+        let before: BTreeMap<ObjectKey, Option<Arc<Object>>> = touched
+            .iter()
+            .map(|k| (k.clone(), self.effective(k).cloned()))
+            .collect();
 
         for (path, read) in reads {
             match read {
@@ -208,7 +241,9 @@ impl ManifestSet {
         for (key, old) in before {
             match (old, self.effective(&key)) {
                 (Some(_), None) => events.push(Event::Delete(key)),
-                (old, Some(new)) if old.as_ref().is_none_or(|o| o != new) => events.push(Event::Apply(new.clone())),
+                (old, Some(new)) if old.as_ref().is_none_or(|o| o != new) => {
+                    events.push(Event::Apply(new.clone()))
+                }
                 _ => {}
             }
         }
@@ -221,7 +256,9 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, port: u16) -> String {
-        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ports:\n  - port: {port}\n")
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ports:\n  - port: {port}\n"
+        )
     }
 
     fn summary(events: &[Event]) -> Vec<String> {
@@ -268,7 +305,9 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         let events = set.refresh([&a]);
         assert_eq!(summary(&events), ["apply one"]);
-        let Event::Apply(o) = &events[0] else { unreachable!() };
+        let Event::Apply(o) = &events[0] else {
+            unreachable!()
+        };
         assert!(o.json.contains("90"));
 
         // A removed directory takes its files' objects.
@@ -283,5 +322,33 @@ mod tests {
         let hidden = root.join(".b.yaml.swp");
         std::fs::write(&hidden, svc("four", 80)).unwrap();
         assert!(set.refresh([&hidden]).is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn mounted_configmap_updates_are_seen() {
+        // The kubelet's layout: visible names link into `..data`, a link to
+        // a timestamped directory; an update swaps `..data`.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let v1 = root.join("..2026_01_01_v1");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join("svc.yaml"), svc("one", 80)).unwrap();
+        std::os::unix::fs::symlink("..2026_01_01_v1", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/svc.yaml", root.join("svc.yaml")).unwrap();
+        let mut set = ManifestSet::new(root.clone());
+        assert_eq!(summary(&set.rescan()), ["apply one"]);
+
+        let v2 = root.join("..2026_01_01_v2");
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::write(v2.join("svc.yaml"), svc("one", 81)).unwrap();
+        std::os::unix::fs::symlink("..2026_01_01_v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        let events = set.refresh([&root.join("..data_tmp"), &root.join("..data")]);
+        assert_eq!(summary(&events), ["apply one"]);
+        let Event::Apply(o) = &events[0] else {
+            unreachable!()
+        };
+        assert!(o.json.contains("81"));
     }
 }

@@ -85,7 +85,9 @@ impl Gate {
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Gate").field(&if self.is_open() { "open" } else { "closed" }).finish()
+        f.debug_tuple("Gate")
+            .field(&if self.is_open() { "open" } else { "closed" })
+            .finish()
     }
 }
 
@@ -129,9 +131,13 @@ pub struct Server {
 /// symlinks in its directory resolved (the file itself may not exist yet).
 fn canonical_file(path: &Path) -> anyhow::Result<PathBuf> {
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-    let name = abs.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    let name = abs
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
     let dir = abs.parent().unwrap_or(Path::new("/"));
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     Ok(dir.join(name))
 }
 
@@ -150,7 +156,11 @@ impl Server {
         let plugin_path = canonical_file(&config.plugin)?;
 
         // Compiling is CPU-bound: not on the runtime's workers.
-        let (limits, cache_dir, path) = (config.limits.clone(), config.cache_dir.clone(), plugin_path.clone());
+        let (limits, cache_dir, path) = (
+            config.limits.clone(),
+            config.cache_dir.clone(),
+            plugin_path.clone(),
+        );
         let (runtime, plugin) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
             let plugin = runtime
@@ -162,8 +172,9 @@ impl Server {
         .await??;
         info!(plugin = %plugin.info.name, version = %plugin.info.version, digest = %plugin.digest, "plugin loaded");
 
-        let xds_listener =
-            TcpListener::bind(config.xds_listen).await.with_context(|| format!("binding xDS on {}", config.xds_listen))?;
+        let xds_listener = TcpListener::bind(config.xds_listen)
+            .await
+            .with_context(|| format!("binding xDS on {}", config.xds_listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("binding admin on {}", config.admin_listen))?;
@@ -181,17 +192,40 @@ impl Server {
         };
 
         let (xds_server, xds_events) = XdsServer::new(snapshots_rx);
-        let xds_task = tokio::spawn(xds::serve(xds_listener, xds_server.clone(), stopped(&stop), config.xds_tls.clone()));
-        let events_task = tokio::spawn(events::consume(xds_events, status.clone(), xds_server.clone()));
-        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, status.clone(), stopped(&stop)));
+        let xds_task = tokio::spawn(xds::serve(
+            xds_listener,
+            xds_server.clone(),
+            stopped(&stop),
+            config.xds_tls.clone(),
+        ));
+        let events_task = tokio::spawn(events::consume(
+            xds_events,
+            status.clone(),
+            xds_server.clone(),
+        ));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin_listener,
+            status.clone(),
+            stopped(&stop),
+        ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
         // Watch before the first read, so nothing written meanwhile is lost.
-        let watched = Watched { manifests, plugin: plugin_path };
+        let watched = Watched {
+            manifests,
+            plugin: plugin_path,
+        };
         let (inputs, inputs_rx) = std::sync::mpsc::channel();
-        let watcher = watch::start(&watched, inputs.clone()).context("watching the manifest directory and plugin")?;
-        let controller =
-            controller::Controller::new(runtime, plugin, watched, snapshots_tx, status.clone(), config.debounce);
+        let watcher = watch::start(&watched, inputs.clone())
+            .context("watching the manifest directory and plugin")?;
+        let controller = controller::Controller::new(
+            runtime,
+            plugin,
+            watched,
+            snapshots_tx,
+            status.clone(),
+            config.debounce,
+        );
         let gate = config.first_build_gate.clone();
         let wait = gate.clone();
         let controller = std::thread::Builder::new()
@@ -244,8 +278,13 @@ impl Server {
     }
 
     /// Runs until `shutdown` completes or a serving task fails, then stops.
-    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let (Some(mut xds_task), Some(mut admin_task)) = (self.xds_task.take(), self.admin_task.take()) else {
+    pub async fn run_until(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (Some(mut xds_task), Some(mut admin_task)) =
+            (self.xds_task.take(), self.admin_task.take())
+        else {
             bail!("already stopped");
         };
         let outcome = tokio::select! {
@@ -322,7 +361,11 @@ impl Server {
                 Err(_) => warn!("controller thread still busy; leaving it"),
             }
         }
-        if problems.is_empty() { Ok(()) } else { bail!(problems.join("; ")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(problems.join("; "))
+        }
     }
 }
 
@@ -340,15 +383,26 @@ impl Drop for Server {
 
 /// `isobar serve`: serves until `shutdown` completes (main passes Ctrl-C
 /// and SIGTERM).
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     server.run_until(shutdown).await
 }
 
 /// Reads PEM files for TLS (and, with a CA, mTLS) on the xDS port.
-pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsConfig> {
+pub fn tls_from_files(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<TlsConfig> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    Ok(TlsConfig { cert_pem: read(cert)?, key_pem: read(key)?, client_ca_pem: client_ca.map(read).transpose()? })
+    Ok(TlsConfig {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        client_ca_pem: client_ca.map(read).transpose()?,
+    })
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM (what Kubernetes sends).

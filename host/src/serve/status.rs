@@ -222,14 +222,22 @@ impl Status {
 
     pub(crate) fn plugin_loaded(&self, plugin: &Plugin) {
         let at = rfc3339(SystemTime::now());
-        let kinds = |ks: &[ir::KindRef]| ks.iter().map(|k| format!("{}/{}", k.api_version, k.kind)).collect();
+        let kinds = |ks: &[ir::KindRef]| {
+            ks.iter()
+                .map(|k| format!("{}/{}", k.api_version, k.kind))
+                .collect()
+        };
         let status = PluginStatus {
             name: plugin.info.name.clone(),
             version: plugin.info.version.clone(),
             digest: format!("sha256:{}", plugin.digest),
             source: plugin.source.clone(),
             loaded_at: at.clone(),
-            contract: format!("{}@{}", crate::plugin::CONTRACT_PACKAGE, crate::plugin::CONTRACT_VERSION),
+            contract: format!(
+                "{}@{}",
+                crate::plugin::CONTRACT_PACKAGE,
+                crate::plugin::CONTRACT_VERSION
+            ),
             watches: kinds(&plugin.info.watches),
             roots: kinds(&plugin.info.roots),
             last_error: None,
@@ -291,12 +299,17 @@ impl Status {
 
     pub(crate) fn set_diagnostics(&self, diagnostics: Vec<ir::Diagnostic>) {
         let mut by_severity: BTreeMap<&'static str, i64> =
-            [("error", 0), ("warning", 0), ("info", 0)].into_iter().collect();
+            [("error", 0), ("warning", 0), ("info", 0)]
+                .into_iter()
+                .collect();
         for d in &diagnostics {
             *by_severity.entry(severity_name(d.severity)).or_default() += 1;
         }
         for (severity, n) in by_severity {
-            self.metrics.diagnostics.get_or_create(&[("severity", severity.to_string())]).set(n);
+            self.metrics
+                .diagnostics
+                .get_or_create(&[("severity", severity.to_string())])
+                .set(n);
         }
         let mut inner = self.inner.write();
         if inner.diagnostics != diagnostics {
@@ -335,7 +348,13 @@ impl Status {
                 });
             }
         }
-        out.sort_by(|a, b| (&a.object.namespace, &a.object.name, &a.message).cmp(&(&b.object.namespace, &b.object.name, &b.message)));
+        out.sort_by(|a, b| {
+            (&a.object.namespace, &a.object.name, &a.message).cmp(&(
+                &b.object.namespace,
+                &b.object.name,
+                &b.message,
+            ))
+        });
         out.dedup();
         out
     }
@@ -384,7 +403,10 @@ impl Status {
     }
 
     pub(crate) fn record_nack(&self, nack: NackRecord) {
-        self.inner.write().nacks.insert((nack.stream, nack.type_url.clone()), nack);
+        self.inner
+            .write()
+            .nacks
+            .insert((nack.stream, nack.type_url.clone()), nack);
         self.changed();
     }
 
@@ -400,7 +422,12 @@ impl Status {
 
     /// When `version` was published, if it is recent enough to remember.
     pub fn published(&self, version: u64) -> Option<Published> {
-        self.published.lock().iter().rev().find(|p| p.version == version).copied()
+        self.published
+            .lock()
+            .iter()
+            .rev()
+            .find(|p| p.version == version)
+            .copied()
     }
 }
 

@@ -53,8 +53,11 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
         let input = match res {
             Ok(event) if event.need_rescan() => Input::Rescan { at },
             Ok(event) if relevant(&event.kind) => {
-                let paths: Vec<PathBuf> =
-                    event.paths.into_iter().filter(|p| p.starts_with(&w.manifests) || w.is_plugin(p)).collect();
+                let paths: Vec<PathBuf> = event
+                    .paths
+                    .into_iter()
+                    .filter(|p| p.starts_with(&w.manifests) || w.is_plugin(p))
+                    .collect();
                 if paths.is_empty() {
                     return;
                 }

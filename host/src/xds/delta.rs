@@ -279,9 +279,9 @@ impl TypeState {
             }
             let (wildcard, names) = (self.wildcard, &self.names);
             self.known.retain(|name, _| {
-                let visible = of_type.and_then(|m| m.get(name)).is_some_and(|r| {
-                    (wildcard && !r.named_only) || names.contains(name)
-                });
+                let visible = of_type
+                    .and_then(|m| m.get(name))
+                    .is_some_and(|r| (wildcard && !r.named_only) || names.contains(name));
                 if !visible {
                     removed.push(name.clone());
                 }

@@ -71,6 +71,7 @@ impl Translator for FaultsTranslator {
                 }
                 good(root, &ingress)
             }
+            Some("sandbox") => Err(Error::new("Sandbox", probe_sandbox())),
             Some(other) => Err(Error::new(
                 "UnknownFault",
                 format!("{FAULT_ANNOTATION}={other:?} is not a known fault"),
@@ -149,6 +150,27 @@ fn exhaust_memory() -> ! {
 
 #[cfg(target_arch = "wasm32")]
 isobar_guest::export_translator!(FaultsTranslator);
+
+/// What the sandbox lets the plugin see: environment variables, the
+/// filesystem root, a granted directory, and the network. The host's tests
+/// read this report to prove the defaults deny everything.
+fn probe_sandbox() -> String {
+    let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    let root = match std::fs::read_dir("/") {
+        Ok(entries) => format!("fs=/:{}", entries.count()),
+        Err(_) => "fs=denied".to_string(),
+    };
+    let granted = match std::fs::read_to_string("/granted/hello.txt") {
+        Ok(text) => format!("granted={}", text.trim()),
+        Err(_) => "granted=denied".to_string(),
+    };
+    let net = match std::net::TcpStream::connect("127.0.0.1:9") {
+        Ok(_) => "net=open".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "net=reachable".to_string(),
+        Err(_) => "net=denied".to_string(),
+    };
+    format!("env=[{}] {root} {granted} {net}", env.join(","))
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,1571 @@
+//! xDS serving benchmarks: objects in, ACKs out. The real pipeline (Ingress
+//! plugin as Wasm) feeds `isobar::xds` over a `watch` channel, exactly as
+//! `isobar serve` does, and real tonic ADS clients (envoy-types) that behave
+//! like Envoy talk to it over TCP loopback, one connection per stream. Every
+//! latency is measured on the server side, from the moment a change is
+//! applied to the pipeline to the moment the server has seen the ACK of the
+//! new version from every stream (its `XdsEvent::Ack` feed).
+//!
+//! Run with `cargo bench -p isobar-tests --bench xds`; figures go in the
+//! issue notes. `ISOBAR_BENCH_QUICK=1` shrinks everything for a smoke run.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use isobar::pipeline::Pipeline;
+use isobar::plugin::{Limits, Runtime};
+use isobar::store::Event;
+use isobar::xds::{self, Snapshot, XdsEvent, XdsServer, type_url};
+use isobar_tests::*;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+const CDS: &str = type_url::CLUSTER;
+const EDS: &str = type_url::ENDPOINT;
+const LDS: &str = type_url::LISTENER;
+const RDS: &str = type_url::ROUTE;
+/// What an Envoy with ADS subscribes to here (no TLS in these universes).
+const TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
+
+/// Bound on every wait, so a lost ACK shows up as a report, not a hang.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn quick() -> bool {
+    std::env::var_os("ISOBAR_BENCH_QUICK").is_some()
+}
+
+// ---- the universe (as in benches/translate.rs) --------------------------------
+
+/// n Ingresses, each one host and three paths, with its Service and
+/// EndpointSlice, spread over 10 namespaces.
+fn universe(n: usize) -> Vec<Value> {
+    let mut out = vec![ingress_class("isobar", false)];
+    for i in 0..n {
+        let ns = format!("ns{}", i % 10);
+        let svc = format!("svc{i}");
+        out.push(service(&ns, &svc, &[("http", 80, json!("http"))]));
+        out.push(slice(
+            &ns,
+            &svc,
+            "a",
+            "http",
+            8080,
+            &[
+                &format!("10.{}.{}.1", i / 250, i % 250),
+                &format!("10.{}.{}.2", i / 250, i % 250),
+            ],
+        ));
+        let host = format!("app{i}.example.com");
+        out.push(ingress(
+            &ns,
+            &format!("ing{i}"),
+            &[(
+                host.as_str(),
+                &[
+                    ("/", "Prefix", svc.as_str(), json!(80)),
+                    ("/api", "Prefix", svc.as_str(), json!("http")),
+                    ("/healthz", "Exact", svc.as_str(), json!(80)),
+                ],
+            )],
+        ));
+    }
+    out
+}
+
+/// Ingress `ing{i}` with its second path renamed for `round`: one virtual
+/// host's routes change, nothing else.
+fn changed_ingress(i: usize, round: usize) -> Value {
+    let ns = format!("ns{}", i % 10);
+    let svc = format!("svc{i}");
+    let host = format!("app{i}.example.com");
+    let extra = format!("/v{round}");
+    ingress(
+        &ns,
+        &format!("ing{i}"),
+        &[(
+            host.as_str(),
+            &[
+                ("/", "Prefix", svc.as_str(), json!(80)),
+                (extra.as_str(), "Prefix", svc.as_str(), json!("http")),
+                ("/healthz", "Exact", svc.as_str(), json!(80)),
+            ],
+        )],
+    )
+}
+
+/// The EndpointSlice of `svc{i}` with a third endpoint for `round`: one
+/// ClusterLoadAssignment changes, no route, no cluster, no plugin call.
+fn changed_slice(i: usize, round: usize) -> Value {
+    let ns = format!("ns{}", i % 10);
+    let svc = format!("svc{i}");
+    slice(
+        &ns,
+        &svc,
+        "a",
+        "http",
+        8080,
+        &[
+            &format!("10.{}.{}.1", i / 250, i % 250),
+            &format!("10.{}.{}.2", i / 250, i % 250),
+            &format!("172.16.{}.{}", (round / 250) % 256, round % 250 + 1),
+        ],
+    )
+}
+
+// ---- figures ----------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn goal(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "machine: {cpu}, {cores} cores, {mem} GiB, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    println!(
+        "build: {}",
+        if cfg!(debug_assertions) {
+            "debug assertions ON (numbers are pessimistic)"
+        } else {
+            "optimised"
+        }
+    );
+    let nofile = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .skip(3)
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("open files limit (soft/hard): {nofile}");
+    println!(
+        "clients: tonic ADS over TCP loopback, one connection per stream, in this process (they share the cores with the server); \
+         SotW clients subscribe CDS and LDS by wildcard, then EDS for the clusters received and RDS for the route configs the listeners name, \
+         and ACK every response with their full subscription, as Envoy does; delta clients likewise with subscribe/unsubscribe deltas"
+    );
+    println!(
+        "timing: from applying the change to the pipeline (on a plain thread, not an async worker) to the server seeing the ACK of the new version \
+         from every stream, for every type the change touched; includes translate, merge, compile, snapshot clone + publish, push, client decode, ACK"
+    );
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn resource_kib(s: &Snapshot, t: &str) -> (usize, f64) {
+    let rs = s.of_type(t);
+    let n = rs.map(|r| r.len()).unwrap_or(0);
+    let bytes: usize = rs.into_iter().flatten().map(|(_, r)| r.body.len()).sum();
+    (n, bytes as f64 / 1024.0)
+}
+
+fn describe_snapshot(s: &Snapshot) -> String {
+    TYPES
+        .iter()
+        .map(|t| {
+            let (n, kib) = resource_kib(s, t);
+            format!("{} {n} ({kib:.0} KiB)", t.rsplit('.').next().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The types whose resources (names and content hashes) differ.
+fn changed_types(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
+    TYPES
+        .iter()
+        .copied()
+        .filter(|t| {
+            let a = old
+                .of_type(t)
+                .into_iter()
+                .flatten()
+                .map(|(k, r)| (k, &r.version));
+            let b = new
+                .of_type(t)
+                .into_iter()
+                .flatten()
+                .map(|(k, r)| (k, &r.version));
+            !a.eq(b)
+        })
+        .collect()
+}
+
+fn static_type(t: &str) -> Option<&'static str> {
+    TYPES.iter().copied().find(|x| *x == t)
+}
+
+// ---- the server's side: events -> who has ACKed what ---------------------------
+
+struct Target {
+    /// type -> the version a stream must have ACKed (or a later one).
+    wants: Vec<(&'static str, u64)>,
+    remaining: usize,
+    last: Option<Instant>,
+    done: std::sync::mpsc::Sender<Instant>,
+}
+
+#[derive(Default)]
+struct TrackState {
+    open: HashSet<u64>,
+    /// (stream, type) -> highest version ACKed and when the server saw it.
+    acked: HashMap<(u64, &'static str), (u64, Instant)>,
+    opened: u64,
+    closed: u64,
+    nacks: u64,
+    target: Option<Target>,
+}
+
+#[derive(Clone, Default)]
+struct Tracker(Arc<Mutex<TrackState>>);
+
+impl Tracker {
+    fn on_events(&self, events: &mut Vec<XdsEvent>) {
+        let now = Instant::now();
+        let mut guard = self.0.lock().unwrap();
+        let s = &mut *guard;
+        for event in events.drain(..) {
+            match event {
+                XdsEvent::StreamOpened { stream, .. } => {
+                    s.open.insert(stream);
+                    s.opened += 1;
+                }
+                XdsEvent::StreamClosed { stream, .. } => {
+                    s.open.remove(&stream);
+                    s.closed += 1;
+                    s.acked.retain(|(id, _), _| *id != stream);
+                }
+                XdsEvent::Nack(_) => s.nacks += 1,
+                XdsEvent::Pushed(_) => {}
+                XdsEvent::Ack(a) => {
+                    let Some(t) = static_type(&a.type_url) else {
+                        continue;
+                    };
+                    let Ok(v) = a.version.parse::<u64>() else {
+                        continue;
+                    };
+                    let key = (a.stream, t);
+                    let old = s.acked.get(&key).map(|x| x.0).unwrap_or(0);
+                    if v <= old {
+                        continue;
+                    }
+                    s.acked.insert(key, (v, now));
+                    if let Some(target) = &mut s.target
+                        && let Some(&(_, want)) = target.wants.iter().find(|(x, _)| *x == t)
+                        && old < want
+                        && v >= want
+                        && s.open.contains(&a.stream)
+                    {
+                        target.remaining -= 1;
+                        target.last = Some(now);
+                        if target.remaining == 0 {
+                            let _ = target.done.send(now);
+                            s.target = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves when `streams` open streams have each ACKed, for every
+    /// (type, version) in `wants`, that version or a later one, with the
+    /// instant the server saw the last of those ACKs. (A type's version
+    /// moves only when its content changes, so the version to want per type
+    /// is the one at which that type last changed.)
+    fn expect(
+        &self,
+        wants: &[(&'static str, u64)],
+        streams: usize,
+    ) -> std::sync::mpsc::Receiver<Instant> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut s = self.0.lock().unwrap();
+        let mut satisfied = 0;
+        let mut last = None;
+        for ((stream, t), (v, at)) in &s.acked {
+            if wants.iter().any(|(x, want)| x == t && v >= want) && s.open.contains(stream) {
+                satisfied += 1;
+                last = last.max(Some(*at));
+            }
+        }
+        let remaining = (streams * wants.len()).saturating_sub(satisfied);
+        if remaining == 0 {
+            let _ = tx.send(last.unwrap_or_else(Instant::now));
+            s.target = None;
+        } else {
+            s.target = Some(Target {
+                wants: wants.to_vec(),
+                remaining,
+                last,
+                done: tx,
+            });
+        }
+        rx
+    }
+
+    fn abandon(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .target
+            .take()
+            .map(|t| t.remaining)
+            .unwrap_or(0)
+    }
+
+    fn open(&self) -> usize {
+        self.0.lock().unwrap().open.len()
+    }
+
+    fn counts(&self) -> (u64, u64, u64) {
+        let s = self.0.lock().unwrap();
+        (s.opened, s.closed, s.nacks)
+    }
+}
+
+async fn drain(mut events: mpsc::Receiver<XdsEvent>, tracker: Tracker) {
+    let mut batch = Vec::with_capacity(512);
+    while events.recv_many(&mut batch, 512).await > 0 {
+        tracker.on_events(&mut batch);
+    }
+}
+
+// ---- clients that behave like Envoy ------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Proto {
+    Sotw,
+    Delta,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Sotw => "SotW",
+            Proto::Delta => "delta",
+        }
+    }
+}
+
+/// Just what an Envoy needs from a Cluster to subscribe to its endpoints.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterHead {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "3")]
+    eds_cluster_config: Option<EdsConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EdsConfig {
+    #[prost(string, tag = "2")]
+    service_name: String,
+}
+
+/// The EDS resource a cluster needs, if it is an EDS cluster.
+fn eds_name(body: &[u8]) -> Option<String> {
+    let c = ClusterHead::decode(body).ok()?;
+    let eds = c.eds_cluster_config?;
+    Some(if eds.service_name.is_empty() {
+        c.name
+    } else {
+        eds.service_name
+    })
+}
+
+/// The route configurations a listener's HTTP connection managers name.
+fn rds_names(body: &[u8], out: &mut BTreeSet<String>) {
+    let Ok(l) = Listener::decode(body) else {
+        return;
+    };
+    for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+        for f in &fc.filters {
+            if let Some(ConfigType::TypedConfig(any)) = &f.config_type
+                && any.type_url.ends_with("HttpConnectionManager")
+                && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
+                && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
+            {
+                out.insert(rds.route_config_name);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct FleetState {
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+    /// Per client, the version of each of TYPES it has ACKed last.
+    acked: Mutex<Vec<[u64; 4]>>,
+}
+
+impl FleetState {
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.errors.lock().unwrap().push(e);
+    }
+
+    fn ack(&self, client: usize, t: &str, version: &str) {
+        if let (Some(i), Ok(v)) = (TYPES.iter().position(|x| *x == t), version.parse::<u64>()) {
+            self.acked.lock().unwrap()[client][i] = v;
+        }
+    }
+
+    /// Clients that have ACKed `version` of every type.
+    fn synced(&self, version: u64) -> usize {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.iter().all(|v| *v >= version))
+            .count()
+    }
+}
+
+/// Client tasks sharing one stop signal.
+struct Fleet {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    state: Arc<FleetState>,
+}
+
+impl Fleet {
+    fn spawn(
+        rt: &tokio::runtime::Runtime,
+        addr: SocketAddr,
+        n: usize,
+        proto: Proto,
+        first_id: usize,
+    ) -> Fleet {
+        let (stop, _) = watch::channel(false);
+        let state = Arc::new(FleetState {
+            acked: Mutex::new(vec![[0; 4]; n]),
+            ..Default::default()
+        });
+        let handles = (0..n)
+            .map(|i| {
+                let state = state.clone();
+                let stop = stop.subscribe();
+                rt.spawn(async move {
+                    let node = format!("bench-{}-{}", proto.as_str(), first_id + i);
+                    let r = match proto {
+                        Proto::Sotw => sotw_client(addr, node, i, &state, stop).await,
+                        Proto::Delta => delta_client(addr, node, i, &state, stop).await,
+                    };
+                    if let Err(e) = r {
+                        state.fail(e);
+                    }
+                })
+            })
+            .collect();
+        Fleet {
+            stop,
+            handles,
+            state,
+        }
+    }
+
+    /// Waits until every client has opened its stream or failed.
+    fn wait_connected(&self, rt: &tokio::runtime::Runtime) -> (usize, usize) {
+        let n = self.handles.len();
+        let t = Instant::now();
+        rt.block_on(async {
+            while self.state.connected.load(Ordering::Relaxed)
+                + self.state.failed.load(Ordering::Relaxed)
+                < n
+                && t.elapsed() < WAIT
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        (
+            self.state.connected.load(Ordering::Relaxed),
+            self.state.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn first_errors(&self) -> String {
+        let errors = self.state.errors.lock().unwrap();
+        let mut distinct: Vec<&String> = errors.iter().collect();
+        distinct.dedup();
+        distinct
+            .into_iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.stop.send_replace(true);
+        rt.block_on(async {
+            for h in self.handles {
+                let _ = h.await;
+            }
+        });
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg = format!("{msg}: {s}");
+                source = s.source();
+            }
+            msg
+        })?;
+    Ok(AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+fn node(id: &str) -> Option<Node> {
+    Some(Node {
+        id: id.to_string(),
+        cluster: "bench".into(),
+        ..Default::default()
+    })
+}
+
+async fn sotw_client(
+    addr: SocketAddr,
+    node_id: String,
+    me: usize,
+    state: &FleetState,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut client = connect(addr).await?;
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    // Legacy wildcard for clusters and listeners; the node on the first request only.
+    let _ = tx
+        .send(DiscoveryRequest {
+            node: node(&node_id),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let _ = tx
+        .send(DiscoveryRequest {
+            type_url: LDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("opening stream: {s}"))?
+        .into_inner();
+    state.connected.fetch_add(1, Ordering::Relaxed);
+
+    let mut names: HashMap<&'static str, Vec<String>> = HashMap::new();
+    // type -> (version_info, nonce) of the latest response.
+    let mut last: HashMap<&'static str, (String, String)> = HashMap::new();
+    loop {
+        let response = tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            m = responses.message() => match m {
+                Ok(Some(r)) => r,
+                Ok(None) => return if *stop.borrow() { Ok(()) } else { Err("server ended the stream".into()) },
+                Err(s) => return if *stop.borrow() { Ok(()) } else { Err(format!("stream failed: {s}")) },
+            },
+        };
+        let Some(t) = static_type(&response.type_url) else {
+            continue;
+        };
+        let mut resubscribe = None;
+        match t {
+            CDS => {
+                let eds: BTreeSet<String> = response
+                    .resources
+                    .iter()
+                    .filter_map(|a| eds_name(&a.value))
+                    .collect();
+                let eds: Vec<String> = eds.into_iter().collect();
+                if names.get(EDS) != Some(&eds) {
+                    names.insert(EDS, eds);
+                    resubscribe = Some(EDS);
+                }
+            }
+            LDS => {
+                let mut rds = BTreeSet::new();
+                for a in &response.resources {
+                    rds_names(&a.value, &mut rds);
+                }
+                let rds: Vec<String> = rds.into_iter().collect();
+                if names.get(RDS) != Some(&rds) {
+                    names.insert(RDS, rds);
+                    resubscribe = Some(RDS);
+                }
+            }
+            _ => {}
+        }
+        let ack = DiscoveryRequest {
+            version_info: response.version_info.clone(),
+            response_nonce: response.nonce.clone(),
+            type_url: response.type_url,
+            resource_names: names.get(t).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            return Err("request stream closed".into());
+        }
+        state.ack(me, t, &response.version_info);
+        last.insert(t, (response.version_info, response.nonce));
+        if let Some(r) = resubscribe {
+            let (version_info, response_nonce) = last.get(r).cloned().unwrap_or_default();
+            let request = DiscoveryRequest {
+                version_info,
+                response_nonce,
+                type_url: r.into(),
+                resource_names: names.get(r).cloned().unwrap_or_default(),
+                ..Default::default()
+            };
+            if tx.send(request).await.is_err() {
+                return Err("request stream closed".into());
+            }
+        }
+    }
+}
+
+async fn delta_client(
+    addr: SocketAddr,
+    node_id: String,
+    me: usize,
+    state: &FleetState,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut client = connect(addr).await?;
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    let _ = tx
+        .send(DeltaDiscoveryRequest {
+            node: node(&node_id),
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let _ = tx
+        .send(DeltaDiscoveryRequest {
+            type_url: LDS.into(),
+            ..Default::default()
+        })
+        .await;
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("opening stream: {s}"))?
+        .into_inner();
+    state.connected.fetch_add(1, Ordering::Relaxed);
+
+    // What the client holds: cluster -> EDS name, listener -> route configs.
+    let mut clusters: HashMap<String, Option<String>> = HashMap::new();
+    let mut listeners: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut subscribed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
+    loop {
+        let response = tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            m = responses.message() => match m {
+                Ok(Some(r)) => r,
+                Ok(None) => return if *stop.borrow() { Ok(()) } else { Err("server ended the stream".into()) },
+                Err(s) => return if *stop.borrow() { Ok(()) } else { Err(format!("stream failed: {s}")) },
+            },
+        };
+        let Some(t) = static_type(&response.type_url) else {
+            continue;
+        };
+        let mut wanted = None;
+        match t {
+            CDS => {
+                for r in &response.resources {
+                    clusters.insert(
+                        r.name.clone(),
+                        r.resource.as_ref().and_then(|a| eds_name(&a.value)),
+                    );
+                }
+                for n in &response.removed_resources {
+                    clusters.remove(n);
+                }
+                wanted = Some((
+                    EDS,
+                    clusters
+                        .values()
+                        .flatten()
+                        .cloned()
+                        .collect::<BTreeSet<String>>(),
+                ));
+            }
+            LDS => {
+                for r in &response.resources {
+                    let mut rds = BTreeSet::new();
+                    if let Some(a) = &r.resource {
+                        rds_names(&a.value, &mut rds);
+                    }
+                    listeners.insert(r.name.clone(), rds);
+                }
+                for n in &response.removed_resources {
+                    listeners.remove(n);
+                }
+                wanted = Some((
+                    RDS,
+                    listeners
+                        .values()
+                        .flatten()
+                        .cloned()
+                        .collect::<BTreeSet<String>>(),
+                ));
+            }
+            _ => {}
+        }
+        let ack = DeltaDiscoveryRequest {
+            type_url: response.type_url,
+            response_nonce: response.nonce,
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            return Err("request stream closed".into());
+        }
+        state.ack(me, t, &response.system_version_info);
+        if let Some((r, want)) = wanted {
+            let have = subscribed.entry(r).or_default();
+            let subscribe: Vec<String> = want.difference(have).cloned().collect();
+            let unsubscribe: Vec<String> = have.difference(&want).cloned().collect();
+            if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                *have = want;
+                let request = DeltaDiscoveryRequest {
+                    type_url: r.into(),
+                    resource_names_subscribe: subscribe,
+                    resource_names_unsubscribe: unsubscribe,
+                    ..Default::default()
+                };
+                if tx.send(request).await.is_err() {
+                    return Err("request stream closed".into());
+                }
+            }
+        }
+    }
+}
+
+// ---- a served pipeline -----------------------------------------------------
+
+struct Sample {
+    /// Pipeline apply + snapshot clone + publish.
+    apply: Duration,
+    /// Change applied to the last ACK.
+    total: Duration,
+    /// The types whose resources changed (what the ACKs were awaited for).
+    types: Vec<&'static str>,
+}
+
+/// The pipeline (driven from this thread), the xDS server on the runtime,
+/// the event tracker and the connected clients.
+struct World {
+    pipeline: Pipeline,
+    published: Arc<Snapshot>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    server: XdsServer,
+    tracker: Tracker,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    fleets: Vec<Fleet>,
+    /// Per type, the snapshot version at which its content last changed:
+    /// what a client that holds the current state has ACKed.
+    content: Vec<(&'static str, u64)>,
+    /// Streams every measurement waits for.
+    streams: usize,
+    round: usize,
+}
+
+impl World {
+    fn start(rt: &tokio::runtime::Runtime, pipeline: Pipeline) -> World {
+        let published = Arc::new(pipeline.snapshot().clone());
+        let published_version = published.version;
+        let (snapshots, rx) = watch::channel(published.clone());
+        let (server, events) = XdsServer::new(rx);
+        let tracker = Tracker::default();
+        rt.spawn(drain(events, tracker.clone()));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let s = server.clone();
+        rt.spawn(async move {
+            if let Err(e) = xds::serve(
+                listener,
+                s,
+                async move {
+                    let _ = stopped.await;
+                },
+                None,
+            )
+            .await
+            {
+                eprintln!("xDS server failed: {e}");
+            }
+        });
+        World {
+            pipeline,
+            published,
+            snapshots,
+            server,
+            tracker,
+            addr,
+            shutdown: Some(shutdown),
+            fleets: Vec::new(),
+            content: TYPES.iter().map(|t| (*t, published_version)).collect(),
+            streams: 0,
+            round: 0,
+        }
+    }
+
+    /// Publishes the pipeline's snapshot; `published` records it.
+    fn publish(&mut self) -> Arc<Snapshot> {
+        let s = Arc::new(self.pipeline.snapshot().clone());
+        self.snapshots.send_replace(s.clone());
+        s
+    }
+
+    /// Makes `new` the published snapshot; returns the types it changed.
+    fn published(&mut self, new: Arc<Snapshot>) -> Vec<&'static str> {
+        let types = changed_types(&self.published, &new);
+        for (t, v) in &mut self.content {
+            if types.contains(t) || *v == 0 {
+                *v = new.version;
+            }
+        }
+        self.published = new;
+        types
+    }
+
+    /// What a synced client has ACKed, for `types`.
+    fn wants(&self, types: &[&'static str]) -> Vec<(&'static str, u64)> {
+        self.content
+            .iter()
+            .filter(|(t, _)| types.contains(t))
+            .copied()
+            .collect()
+    }
+
+    /// Connects `n` clients and waits until all of them hold the current
+    /// snapshot; returns how long that took.
+    fn connect(&mut self, rt: &tokio::runtime::Runtime, n: usize, proto: Proto) -> Duration {
+        let t = Instant::now();
+        let fleet = Fleet::spawn(rt, self.addr, n, proto, self.streams);
+        let (ok, failed) = fleet.wait_connected(rt);
+        if failed > 0 {
+            println!(
+                "  !! {failed} of {n} {} streams failed: {}",
+                proto.as_str(),
+                fleet.first_errors()
+            );
+        }
+        self.streams += ok;
+        self.fleets.push(fleet);
+        if self.published.version > 0 {
+            let rx = self.tracker.expect(&self.wants(&TYPES), self.streams);
+            if rx.recv_timeout(WAIT).is_err() {
+                let remaining = self.tracker.abandon();
+                println!(
+                    "  !! initial sync incomplete after {WAIT:?}: {remaining} (stream, type) ACKs missing"
+                );
+            }
+        }
+        t.elapsed()
+    }
+
+    fn disconnect(&mut self, rt: &tokio::runtime::Runtime) {
+        for f in self.fleets.drain(..) {
+            f.stop(rt);
+        }
+        self.streams = 0;
+        let t = Instant::now();
+        while self.tracker.open() > 0 && t.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Applies `change` to the pipeline on this thread, publishes, and waits
+    /// for every stream to ACK every type whose resources changed.
+    fn measure(&mut self, change: impl FnOnce(&mut Pipeline)) -> Result<Sample, String> {
+        let t0 = Instant::now();
+        change(&mut self.pipeline);
+        let new = Arc::new(self.pipeline.snapshot().clone());
+        let apply = t0.elapsed();
+        self.snapshots.send_replace(new.clone());
+        let version = new.version;
+        let types = self.published(new);
+        if types.is_empty() {
+            return Err("the change changed nothing served".into());
+        }
+        let rx = self.tracker.expect(&self.wants(&types), self.streams);
+        match rx.recv_timeout(WAIT) {
+            Ok(done) => Ok(Sample {
+                apply,
+                total: done.saturating_duration_since(t0),
+                types,
+            }),
+            Err(_) => {
+                let remaining = self.tracker.abandon();
+                Err(format!(
+                    "{remaining} (stream, type) ACKs of version {version} missing after {WAIT:?}"
+                ))
+            }
+        }
+    }
+
+    fn next_round(&mut self) -> usize {
+        self.round += 1;
+        self.round
+    }
+
+    fn ingresses(&self) -> usize {
+        self.pipeline
+            .store()
+            .list(
+                &isobar::store::KindKey::new("networking.k8s.io/v1", "Ingress"),
+                None,
+            )
+            .count()
+    }
+
+    /// `samples` measured rounds (after 3 warm-up rounds) of `kind` changes.
+    fn series(
+        &mut self,
+        samples: usize,
+        kind: Change,
+    ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+        let n = self.ingresses();
+        let mut totals = Vec::new();
+        let mut applies = Vec::new();
+        for k in 0..samples + 3 {
+            let round = self.next_round();
+            let i = (round * 7919) % n;
+            let event = match kind {
+                Change::Ingress => apply(changed_ingress(i, round)),
+                Change::Endpoints => apply(changed_slice(i, round)),
+            };
+            let s = self.measure(|p| {
+                p.apply([event]);
+            })?;
+            if k >= 3 {
+                totals.push(s.total);
+                applies.push(s.apply);
+            }
+        }
+        totals.sort();
+        applies.sort();
+        Ok((totals, applies))
+    }
+
+    fn stop(mut self, rt: &tokio::runtime::Runtime) {
+        self.disconnect(rt);
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Ingress,
+    Endpoints,
+}
+
+fn report(
+    what: &str,
+    result: Result<(Vec<Duration>, Vec<Duration>), String>,
+    goal_p99: Option<Duration>,
+) {
+    match result {
+        Ok((totals, applies)) => {
+            let p99 = percentile(&totals, 0.99);
+            let g = goal_p99
+                .map(|g| format!("  [goal p99 ≤ {}: {}]", ms(g), goal(p99 <= g)))
+                .unwrap_or_default();
+            println!(
+                "{what}: p50 {}  p99 {}  max {}  (n={}; of which pipeline apply + snapshot clone p50 {} p99 {}){g}",
+                ms(percentile(&totals, 0.5)),
+                ms(p99),
+                ms(*totals.last().unwrap()),
+                totals.len(),
+                ms(percentile(&applies, 0.5)),
+                ms(percentile(&applies, 0.99)),
+            );
+        }
+        Err(e) => println!("{what}: FAILED: {e}"),
+    }
+}
+
+fn built_pipeline(n: usize) -> (Pipeline, Duration) {
+    let objects = universe(n);
+    let t = Instant::now();
+    let mut p = Pipeline::new(ingress_plugin());
+    p.load(objects.into_iter().map(apply));
+    p.rebuild();
+    (p, t.elapsed())
+}
+
+fn samples() -> usize {
+    if quick() { 8 } else { 40 }
+}
+
+// ---- 2 (1k): endpoint change at 1k Ingresses, SotW and delta --------------------------
+
+fn endpoints_small(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
+    let (p, built) = built_pipeline(n);
+    println!(
+        "\n== {n} Ingresses: pipeline built in {} -> {}",
+        ms(built),
+        describe_snapshot(p.snapshot())
+    );
+    let mut w = World::start(rt, p);
+    for proto in [Proto::Sotw, Proto::Delta] {
+        let took = w.connect(rt, streams, proto);
+        println!(
+            "{streams} {} streams connected and synced in {}",
+            proto.as_str(),
+            ms(took)
+        );
+        report(
+            &format!(
+                "endpoint-only change -> CLA ACKed by all {streams} {} streams at {n:>5} Ingresses",
+                proto.as_str()
+            ),
+            w.series(samples(), Change::Endpoints),
+            Some(Duration::from_millis(20)),
+        );
+        report(
+            &format!(
+                "one Ingress change -> RDS ACKed by all {streams} {} streams at {n:>5} Ingresses",
+                proto.as_str()
+            ),
+            w.series(samples(), Change::Ingress),
+            Some(Duration::from_millis(100)),
+        );
+        if proto == Proto::Sotw {
+            // 4 at the small size: a fresh engine, so the first swap compiles.
+            let runtime = Runtime::new(Limits::default(), None).expect("engine");
+            hot_swap(
+                &mut w,
+                &runtime,
+                "isobar-plugin-faults",
+                "new component: compiled now",
+            );
+            hot_swap(
+                &mut w,
+                &runtime,
+                "isobar-plugin-ingress",
+                "new component: compiled now",
+            );
+            hot_swap(
+                &mut w,
+                &runtime,
+                "isobar-plugin-faults",
+                "component already compiled by this engine",
+            );
+            hot_swap(
+                &mut w,
+                &runtime,
+                "isobar-plugin-ingress",
+                "back; component already compiled by this engine",
+            );
+        }
+        w.disconnect(rt);
+    }
+    w.stop(rt);
+}
+
+// ---- 3: cold start -----------------------------------------------------------------
+
+fn write_manifests(n: usize) -> (tempfile::TempDir, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = universe(n);
+    let mut files: HashMap<String, Vec<String>> = HashMap::new();
+    for o in &objects {
+        let ns = o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("cluster-scoped")
+            .to_string();
+        files
+            .entry(ns)
+            .or_default()
+            .push(serde_yaml::to_string(o).unwrap());
+    }
+    for (ns, docs) in files {
+        std::fs::write(dir.path().join(format!("{ns}.yaml")), docs.join("---\n")).unwrap();
+    }
+    (dir, objects.len())
+}
+
+/// From reading the manifests to the first complete snapshot ACKed by a
+/// client that was waiting for the server. Returns the world, serving, with
+/// that one client connected.
+fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
+    let (dir, objects) = write_manifests(n);
+    let bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    println!(
+        "\n== cold start at {n} Ingresses: {objects} objects in {:.1} MiB of YAML; one SotW client connected and waiting before the clock starts; \
+         fresh Wasm engine without compile cache",
+        bytes as f64 / 1048576.0
+    );
+    // A placeholder until the real pipeline exists; the server serves nothing (version 0).
+    let mut w = World::start(rt, Pipeline::new(ingress_plugin()));
+    w.connect(rt, 1, Proto::Sotw);
+    let wasm = plugin_path("isobar-plugin-ingress");
+
+    let t0 = Instant::now();
+    let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
+    let read = t0.elapsed();
+    assert!(
+        loaded.errors.is_empty(),
+        "manifest errors: {:?}",
+        loaded.errors.first()
+    );
+    let t = Instant::now();
+    let runtime = Runtime::new(Limits::default(), None).expect("engine");
+    let plugin = runtime.load_file(&wasm).expect("plugin");
+    let compile = t.elapsed();
+    let t = Instant::now();
+    let mut p = Pipeline::new(plugin);
+    p.load(loaded.events());
+    let store = t.elapsed();
+    let t = Instant::now();
+    p.rebuild();
+    let rebuild = t.elapsed();
+    let t = Instant::now();
+    w.pipeline = p;
+    let snapshot = w.publish();
+    let publish = t.elapsed();
+    w.published(snapshot.clone());
+    let rx = w.tracker.expect(&w.wants(&TYPES), 1);
+    match rx.recv_timeout(WAIT) {
+        Ok(done) => {
+            let total = done.saturating_duration_since(t0);
+            let serve =
+                done.saturating_duration_since(t0 + read + compile + store + rebuild + publish);
+            println!(
+                "cold start {n} Ingresses -> first complete snapshot (CDS, EDS, LDS, RDS) ACKed: {}  [goal ≤ 3 s: {}]",
+                ms(total),
+                goal(total <= Duration::from_secs(3))
+            );
+            println!(
+                "  stages: read+parse manifests {}, engine + plugin compile {}, store load {}, translate+merge+compile (rebuild) {}, snapshot clone+publish {}, serve to ACK {}",
+                ms(read),
+                ms(compile),
+                ms(store),
+                ms(rebuild),
+                ms(publish),
+                ms(serve)
+            );
+            println!("  snapshot: {}", describe_snapshot(&snapshot));
+        }
+        Err(_) => println!("cold start: FAILED: no complete ACK after {WAIT:?}"),
+    }
+    drop(loaded);
+    (w, runtime)
+}
+
+// ---- 4: hot swap -------------------------------------------------------------------
+
+fn hot_swap(w: &mut World, runtime: &Runtime, crate_name: &str, note: &str) {
+    let wasm = plugin_path(crate_name);
+    let (_, closed_before, _) = w.tracker.counts();
+    let streams = w.streams;
+    let n = w.ingresses();
+    let mut compile = Duration::ZERO;
+    let mut rebuild = Duration::ZERO;
+    let result = w.measure(|p| {
+        // What the controller does: compile, translate the whole store with
+        // the new plugin off to the side, then swap and push.
+        let t = Instant::now();
+        let plugin = runtime.load_file(&wasm).expect("plugin");
+        compile = t.elapsed();
+        let t = Instant::now();
+        let old_version = p.snapshot().version;
+        let objects: Vec<Event> = p
+            .store()
+            .list_all()
+            .map(|o| Event::Apply(o.clone()))
+            .collect();
+        let mut next = Pipeline::new(plugin);
+        next.continue_after(old_version);
+        next.load(objects);
+        next.rebuild();
+        rebuild = t.elapsed();
+        *p = next;
+    });
+    let (_, closed_after, nacks) = w.tracker.counts();
+    let active = w.server.active_streams();
+    match result {
+        Ok(s) => println!(
+            "plugin hot swap at {n} Ingresses to {crate_name} ({note}) -> all {streams} SotW streams ACKed the new version of {}: {}  [goal ≤ 500 ms: {}]; \
+             streams dropped {} (active {active}), NACKs {nacks}\n  stages: compile {}, translate whole store + compile {}, snapshot clone {}, push to last ACK {}",
+            s.types
+                .iter()
+                .map(|t| t.rsplit('.').next().unwrap())
+                .collect::<Vec<_>>()
+                .join("+"),
+            ms(s.total),
+            goal(s.total <= Duration::from_millis(500)),
+            closed_after - closed_before,
+            ms(compile),
+            ms(rebuild),
+            ms(s.apply.saturating_sub(compile + rebuild)),
+            ms(s.total.saturating_sub(s.apply)),
+        ),
+        Err(e) => println!(
+            "plugin hot swap to {crate_name}: FAILED: {e}; streams dropped {}",
+            closed_after - closed_before
+        ),
+    }
+}
+
+// ---- 5: 1000 streams, server in a child process --------------------------------------
+
+/// The server alone, for memory: builds `n` Ingresses, serves them and
+/// answers commands on stdin (`sync <streams>`, `change <streams>`).
+fn server_child(n: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (p, _) = built_pipeline(n);
+    let mut w = World::start(&rt, p);
+    println!("ready {} {}", w.addr, w.published.version);
+    let mut out = std::io::stdout();
+    out.flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let mut words = line.split_whitespace();
+        match (
+            words.next(),
+            words.next().and_then(|s| s.parse::<usize>().ok()),
+        ) {
+            (Some("sync"), Some(streams)) => {
+                w.streams = streams;
+                let rx = w.tracker.expect(&w.wants(&TYPES), streams);
+                let ok = rx.recv_timeout(Duration::from_secs(300)).is_ok();
+                let missing = if ok { 0 } else { w.tracker.abandon() };
+                println!(
+                    "synced {missing} {} {}",
+                    w.tracker.open(),
+                    w.server.dropped_events()
+                );
+            }
+            (Some("change"), Some(streams)) => {
+                w.streams = streams;
+                let round = w.next_round();
+                let i = (round * 7919) % n;
+                match w.measure(|p| {
+                    p.apply([apply(changed_ingress(i, round))]);
+                }) {
+                    Ok(s) => println!(
+                        "changed {} {} {}",
+                        s.apply.as_nanos(),
+                        s.total.as_nanos(),
+                        w.server.dropped_events()
+                    ),
+                    Err(e) => println!("failed {e}"),
+                }
+            }
+            _ => println!("unknown command {line:?}"),
+        }
+        out.flush().unwrap();
+    }
+}
+
+fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
+    println!(
+        "\n== {streams} concurrent SotW streams, with a smaller universe of {n} Ingresses (to keep the run tractable); \
+         the server runs alone in a child process, the clients here"
+    );
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--server-child", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server child");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut read_line = || {
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        l.trim().to_string()
+    };
+    let ready = read_line();
+    let mut words = ready.split_whitespace().skip(1);
+    let addr: SocketAddr = words.next().expect("child address").parse().unwrap();
+    let rss0 = status_kib(pid, "VmRSS:");
+
+    // One stream first, so what every stream shares (the prepared snapshot,
+    // the server's first allocations) is not charged to the thousand.
+    let one = Fleet::spawn(rt, addr, 1, Proto::Sotw, 0);
+    one.wait_connected(rt);
+    writeln!(stdin, "sync 1").unwrap();
+    let synced = read_line();
+    let rss1 = status_kib(pid, "VmRSS:");
+
+    let t = Instant::now();
+    let rest = Fleet::spawn(rt, addr, streams - 1, Proto::Sotw, 1);
+    let (ok, failed) = rest.wait_connected(rt);
+    let total = ok + 1;
+    if failed > 0 {
+        println!(
+            "  !! {failed} of {} streams failed to open: {}; measuring with the {total} that opened",
+            streams - 1,
+            rest.first_errors()
+        );
+    }
+    writeln!(stdin, "sync {total}").unwrap();
+    let synced_all = read_line();
+    let sync_time = t.elapsed();
+    let rss_all = status_kib(pid, "VmRSS:");
+    let client_synced = rest.state.synced(1) + one.state.synced(1);
+    println!(
+        "{total} streams connected and synced in {} (server: {synced_all}; before: {synced}; clients holding every type: {client_synced})",
+        ms(sync_time)
+    );
+    let per_stream = (rss_all.saturating_sub(rss1)) as f64 / (total - 1).max(1) as f64;
+    println!(
+        "server RSS: {} MiB with no stream, {} MiB with 1, {} MiB with {total} -> {per_stream:.0} KiB per stream  [goal ≤ 256 KiB: {}]",
+        rss0 / 1024,
+        rss1 / 1024,
+        rss_all / 1024,
+        goal(per_stream <= 256.0)
+    );
+
+    let mut times = Vec::new();
+    let mut applies = Vec::new();
+    let rounds = if quick() { 3 } else { 10 };
+    for k in 0..rounds + 1 {
+        writeln!(stdin, "change {total}").unwrap();
+        let r = read_line();
+        let f: Vec<&str> = r.split_whitespace().collect();
+        if f.first() != Some(&"changed") {
+            println!("  !! change failed: {r}");
+            break;
+        }
+        if k > 0 {
+            applies.push(Duration::from_nanos(f[1].parse().unwrap()));
+            times.push(Duration::from_nanos(f[2].parse().unwrap()));
+        }
+    }
+    let rss_after = status_kib(pid, "VmRSS:");
+    let hwm = status_kib(pid, "VmHWM:");
+    if !times.is_empty() {
+        times.sort();
+        applies.sort();
+        println!(
+            "one Ingress change -> RDS ACKed by all {total} streams: p50 {}  max {}  (n={}; pipeline apply + snapshot clone p50 {})",
+            ms(percentile(&times, 0.5)),
+            ms(*times.last().unwrap()),
+            times.len(),
+            ms(percentile(&applies, 0.5))
+        );
+    }
+    println!(
+        "server RSS after the pushes: {} MiB ({:.0} KiB per stream over the 1-stream figure), peak {} MiB",
+        rss_after / 1024,
+        rss_after.saturating_sub(rss1) as f64 / (total - 1).max(1) as f64,
+        hwm / 1024
+    );
+    drop(stdin);
+    one.stop(rt);
+    rest.stop(rt);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--server-child") {
+        server_child(args[i + 1].parse().unwrap());
+        return;
+    }
+    let started = Instant::now();
+    machine();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (small, big, streams, many) = if quick() {
+        (200, 1_000, 20, 100)
+    } else {
+        (1_000, 10_000, 100, 1_000)
+    };
+
+    // 2 at the small size: endpoint-only changes, SotW and delta.
+    endpoints_small(&rt, small, streams);
+
+    // 3: cold start at the large size; the world it leaves serves the rest.
+    let (mut w, runtime) = cold_start(&rt, big);
+    let mut route_kib = resource_kib(&w.published, RDS).1;
+
+    // 1: one Ingress change, 1 stream and then `streams`.
+    report(
+        &format!("one Ingress change -> RDS ACKed by the 1 SotW stream at {big} Ingresses"),
+        w.series(samples(), Change::Ingress),
+        None,
+    );
+    let took = w.connect(&rt, streams - 1, Proto::Sotw);
+    println!(
+        "{} more SotW streams connected and synced in {}",
+        streams - 1,
+        ms(took)
+    );
+    report(
+        &format!(
+            "one Ingress change -> RDS ACKed by all {streams} SotW streams at {big} Ingresses (RDS {route_kib:.0} KiB per push per stream)"
+        ),
+        w.series(samples(), Change::Ingress),
+        Some(Duration::from_millis(100)),
+    );
+
+    // 2 at the large size, SotW.
+    report(
+        &format!(
+            "endpoint-only change -> CLA ACKed by all {streams} SotW streams at {big} Ingresses"
+        ),
+        w.series(samples(), Change::Endpoints),
+        Some(Duration::from_millis(20)),
+    );
+
+    // 4: hot swaps with every stream live.
+    println!(
+        "\n== plugin hot swap at {big} Ingresses with {streams} live SotW streams (the faults plugin emits a different, valid fragment)"
+    );
+    hot_swap(
+        &mut w,
+        &runtime,
+        "isobar-plugin-faults",
+        "new component: compiled now",
+    );
+    route_kib = resource_kib(&w.published, RDS).1;
+    println!(
+        "  (after the swap: {}; RDS {route_kib:.0} KiB)",
+        describe_snapshot(&w.published)
+    );
+    hot_swap(
+        &mut w,
+        &runtime,
+        "isobar-plugin-ingress",
+        "back; component already compiled by this engine",
+    );
+
+    // 2 at the large size, delta.
+    w.disconnect(&rt);
+    let took = w.connect(&rt, streams, Proto::Delta);
+    println!(
+        "\n{streams} delta streams connected and synced in {}",
+        ms(took)
+    );
+    report(
+        &format!(
+            "endpoint-only change -> CLA ACKed by all {streams} delta streams at {big} Ingresses"
+        ),
+        w.series(samples(), Change::Endpoints),
+        Some(Duration::from_millis(20)),
+    );
+    report(
+        &format!(
+            "one Ingress change -> RDS ACKed by all {streams} delta streams at {big} Ingresses"
+        ),
+        w.series(samples(), Change::Ingress),
+        Some(Duration::from_millis(100)),
+    );
+    let (opened, closed, nacks) = w.tracker.counts();
+    println!(
+        "server events at {big}: streams opened {opened}, closed {closed} (all by the bench), NACKs {nacks}, events dropped {}",
+        w.server.dropped_events()
+    );
+    w.stop(&rt);
+    drop(runtime);
+
+    // 5: many streams, memory per stream, in a child process.
+    many_streams(&rt, small, many);
+
+    println!(
+        "\nbench wall time: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
