@@ -106,7 +106,7 @@ fn served(p: &Pipeline) -> (BTreeMap<(String, String), Vec<u8>>, Vec<isobar::ir:
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_equals_full(ops in prop::collection::vec(arb_op(), 1..24)) {

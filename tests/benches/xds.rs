@@ -194,6 +194,7 @@ fn machine() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("open files limit (soft/hard): {nofile}");
+    println!("load average at start: {}", loadavg());
     println!(
         "clients: tonic ADS over TCP loopback, one connection per stream, in this process (they share the cores with the server); \
          SotW clients subscribe CDS and LDS by wildcard, then EDS for the clusters received and RDS for the route configs the listeners name, \
@@ -203,6 +204,13 @@ fn machine() {
         "timing: from applying the change to the pipeline (on a plain thread, not an async worker) to the server seeing the ACK of the new version \
          from every stream, for every type the change touched; includes translate, merge, compile, snapshot clone + publish, push, client decode, ACK"
     );
+}
+
+/// Other work on the machine skews every figure here: say how busy it was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -1458,6 +1466,27 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--profile-apply") {
+        let (mut p, built) = built_pipeline(10_000);
+        eprintln!("built {built:?}");
+        for round in 1..20 {
+            let i = (round * 7919) % 10_000;
+            let t = Instant::now();
+            let r = p.apply([apply(changed_ingress(i, round))]);
+            let a = t.elapsed();
+            let t = Instant::now();
+            let s = Arc::new(p.snapshot().clone());
+            eprintln!("apply {a:?} clone {:?} {r:?}", t.elapsed());
+            drop(s);
+        }
+        for round in 1..20 {
+            let i = (round * 7919) % 10_000;
+            let t = Instant::now();
+            let r = p.apply([apply(changed_slice(i, round))]);
+            eprintln!("slice apply {:?} {r:?}", t.elapsed());
+        }
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--server-child") {
         server_child(args[i + 1].parse().unwrap());
         return;
@@ -1564,8 +1593,9 @@ fn main() {
     // 5: many streams, memory per stream, in a child process.
     many_streams(&rt, small, many);
 
+    println!("\nload average at the end: {}", loadavg());
     println!(
-        "\nbench wall time: {:.1} s",
+        "bench wall time: {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -14,7 +14,7 @@ use crate::envoy;
 use crate::ir;
 use crate::plugin::Plugin;
 use crate::store::{Change, Event, KindKey, ObjectKey, Store};
-use crate::translate::merge::{self, MergedListener, MergedRaw, MergedVhost, Merger, RawKey, VhostKey};
+use crate::translate::merge::{self, MergedListener, MergedRaw, Merger, RawKey, VhostKey};
 use crate::translate::{OutputChange, RoundStats, Translations};
 use crate::xds::{type_url, Resource, Snapshot};
 
@@ -23,7 +23,10 @@ type NsName = (String, String);
 /// A compiled virtual host and what it needs from the rest of the snapshot.
 #[derive(Clone, Debug)]
 struct CompiledVhost {
-    merged: MergedVhost,
+    /// Contributing roots, oldest first.
+    roots: Vec<ObjectKey>,
+    /// Backends of the served routes, one per use: cluster reference counts.
+    backends: Vec<ir::Backend>,
     /// None when the virtual host cannot be served (the diagnostics say why).
     encoded: Option<Bytes>,
     clusters: BTreeSet<String>,
@@ -65,6 +68,8 @@ pub struct Pipeline {
     secret_errors: BTreeMap<NsName, String>,
     service_vhosts: HashMap<NsName, HashSet<VhostKey>>,
     secret_vhosts: HashMap<NsName, HashSet<VhostKey>>,
+    /// Service -> the clusters built for its ports.
+    service_clusters: HashMap<NsName, BTreeSet<String>>,
     /// EndpointSlice -> the Service it was labelled for when last seen.
     slice_services: HashMap<ObjectKey, NsName>,
     /// API listener name -> the virtual host it serves.
@@ -106,6 +111,7 @@ impl Pipeline {
             secret_vhosts: HashMap::new(),
             api_owners: HashMap::new(),
             slice_services: HashMap::new(),
+            service_clusters: HashMap::new(),
             snapshot: Snapshot::default(),
         }
     }
@@ -251,23 +257,24 @@ impl Pipeline {
             secret: None,
             api_listeners: vec![],
             diagnostics: merged.diagnostics.clone(),
-            merged,
+            roots: merged.roots.clone(),
+            backends: vec![],
         };
-        let first_root = compiled.merged.roots[0].clone();
+        let first_root = compiled.roots[0].clone();
         let protocol = self.listeners.get(&key.0).map(|l| l.listener.protocol);
         match protocol {
-            None => compiled.diagnostics.extend(compiled.merged.roots.iter().map(|r| {
+            None => compiled.diagnostics.extend(compiled.roots.iter().map(|r| {
                 diag(r, ir::Severity::Error, "ListenerNotFound", format!("virtual host {} names listener {} which no object declares", key.1, key.0))
             })),
-            Some(ir::ListenerProtocol::Https) if compiled.merged.tls.is_none() => {
+            Some(ir::ListenerProtocol::Https) if merged.tls.is_none() => {
                 compiled.diagnostics.push(diag(&first_root, ir::Severity::Error, "TLSRequired",
                     format!("virtual host {} on https listener {} has no TLS secret", key.1, key.0)))
             }
             Some(protocol) => {
                 // The host's own validation: every backend must be a Service
                 // port that exists, whatever the plugin said.
-                let mut routes = Vec::with_capacity(compiled.merged.routes.len());
-                for mr in &compiled.merged.routes {
+                let mut routes = Vec::with_capacity(merged.routes.len());
+                for mr in &merged.routes {
                     let mut route = mr.route.clone();
                     if let ir::RouteAction::Forward(backends) = &route.action {
                         for wb in backends {
@@ -278,6 +285,7 @@ impl Pipeline {
                             route.action = ir::RouteAction::DirectResponse(ir::DirectResponse { status: 503, body: None });
                         } else {
                             compiled.clusters.extend(backends.iter().map(|wb| envoy::names::cluster(&wb.backend)));
+                            compiled.backends.extend(backends.iter().map(|wb| wb.backend.clone()));
                         }
                     }
                     routes.push(route);
@@ -288,17 +296,17 @@ impl Pipeline {
                         if errors.is_empty() {
                             compiled.encoded = Some(envoy::encode_virtual_host(&vh));
                         } else {
-                            compiled.diagnostics.extend(compiled.merged.roots.iter().flat_map(|r| {
+                            compiled.diagnostics.extend(compiled.roots.iter().flat_map(|r| {
                                 errors.iter().map(move |e| diag(r, ir::Severity::Error, "InvalidRoute", format!("virtual host {}: {e}", key.1)))
                             }));
                         }
                     }
-                    Err(e) => compiled.diagnostics.extend(compiled.merged.roots.iter().map(|r| {
+                    Err(e) => compiled.diagnostics.extend(compiled.roots.iter().map(|r| {
                         diag(r, ir::Severity::Error, "InvalidRoute", format!("virtual host {}: {e}", key.1))
                     })),
                 }
                 if protocol == ir::ListenerProtocol::Https {
-                    compiled.secret = compiled.merged.tls.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
+                    compiled.secret = merged.tls.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
                 }
                 if protocol == ir::ListenerProtocol::Http && compiled.encoded.is_some() && !key.1.contains('*') {
                     let port = self.listeners.get(&key.0).map(|l| l.listener.port).unwrap_or_default();
@@ -308,6 +316,7 @@ impl Pipeline {
         }
         if compiled.encoded.is_none() {
             compiled.clusters.clear();
+            compiled.backends.clear();
             compiled.secret = None;
         }
         self.acquire(key, &compiled, touched);
@@ -335,7 +344,7 @@ impl Pipeline {
             }
             self.api_owners.insert(name.clone(), key.clone());
             let rc = envoy::names::http_route_config(&key.0);
-            let mut res = Resource::encode(type_url::LISTENER, name.clone(), &envoy::api_listener(name, &rc), c.merged.roots.clone());
+            let mut res = Resource::encode(type_url::LISTENER, name.clone(), &envoy::api_listener(name, &rc), c.roots.clone());
             res.named_only = true;
             self.put(res);
             touched.entry(type_url::LISTENER).or_default().insert(name.clone());
@@ -343,20 +352,14 @@ impl Pipeline {
         for s in &c.services {
             self.service_vhosts.entry(s.clone()).or_default().insert(key.clone());
         }
-        for route in &c.merged.routes {
-            if let ir::RouteAction::Forward(backends) = &route.route.action {
-                for wb in backends {
-                    let name = envoy::names::cluster(&wb.backend);
-                    if !c.clusters.contains(&name) {
-                        continue;
-                    }
-                    let entry = self.clusters.entry(name.clone()).or_insert_with(|| ClusterUse { backend: wb.backend.clone(), users: 0 });
-                    if entry.users == 0 {
-                        touched.entry(type_url::CLUSTER).or_default().insert(name.clone());
-                    }
-                    entry.users += 1;
-                }
+        for b in &c.backends {
+            let name = envoy::names::cluster(b);
+            let entry = self.clusters.entry(name.clone()).or_insert_with(|| ClusterUse { backend: b.clone(), users: 0 });
+            if entry.users == 0 {
+                touched.entry(type_url::CLUSTER).or_default().insert(name.clone());
+                self.service_clusters.entry((b.namespace.clone(), b.name.clone())).or_default().insert(name);
             }
+            entry.users += 1;
         }
         if let Some(secret) = &c.secret {
             self.secret_vhosts.entry(secret.clone()).or_default().insert(key.clone());
@@ -384,19 +387,12 @@ impl Pipeline {
                 }
             }
         }
-        for route in &c.merged.routes {
-            if let ir::RouteAction::Forward(backends) = &route.route.action {
-                for wb in backends {
-                    let name = envoy::names::cluster(&wb.backend);
-                    if !c.clusters.contains(&name) {
-                        continue;
-                    }
-                    if let Some(entry) = self.clusters.get_mut(&name) {
-                        entry.users -= 1;
-                        if entry.users == 0 {
-                            touched.entry(type_url::CLUSTER).or_default().insert(name.clone());
-                        }
-                    }
+        for b in &c.backends {
+            let name = envoy::names::cluster(b);
+            if let Some(entry) = self.clusters.get_mut(&name) {
+                entry.users -= 1;
+                if entry.users == 0 {
+                    touched.entry(type_url::CLUSTER).or_default().insert(name);
                 }
             }
         }
@@ -452,16 +448,22 @@ impl Pipeline {
     /// Adds, updates and removes clusters and their endpoints.
     fn sync_clusters(&mut self, dirty_services: &BTreeSet<NsName>, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
         let mut names: BTreeSet<String> = touched.get(type_url::CLUSTER).cloned().unwrap_or_default();
-        for (name, c) in &self.clusters {
-            if dirty_services.contains(&(c.backend.namespace.clone(), c.backend.name.clone())) {
-                names.insert(name.clone());
-            }
+        for svc in dirty_services {
+            names.extend(self.service_clusters.get(svc).into_iter().flatten().cloned());
         }
         for name in names {
             let live = self.clusters.get(&name).filter(|c| c.users > 0).map(|c| c.backend.clone());
             match live {
                 None => {
-                    self.clusters.remove(&name);
+                    if let Some(c) = self.clusters.remove(&name) {
+                        let svc = (c.backend.namespace.clone(), c.backend.name.clone());
+                        if let Some(set) = self.service_clusters.get_mut(&svc) {
+                            set.remove(&name);
+                            if set.is_empty() {
+                                self.service_clusters.remove(&svc);
+                            }
+                        }
+                    }
                     self.remove(type_url::CLUSTER, &name);
                     self.remove(type_url::ENDPOINT, &name);
                     touched.entry(type_url::ENDPOINT).or_default().insert(name);
@@ -544,8 +546,8 @@ impl Pipeline {
         let vhosts: Vec<(&VhostKey, &CompiledVhost)> = self.vhosts.range(range).take_while(|(k, _)| k.0 == name).collect();
         let Some(listener) = self.listeners.get(name).map(|l| l.listener.clone()) else {
             self.remove(type_url::LISTENER, name);
-            self.remove(type_url::ROUTE, name);
             touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
+            self.remove_stale_routes(name, &BTreeSet::new(), touched);
             return;
         };
         let mut puts = Vec::new();
@@ -557,7 +559,7 @@ impl Pipeline {
                 let encoded: Vec<&[u8]> = vhosts
                     .iter()
                     .filter_map(|(_, v)| {
-                        sources.extend(v.merged.roots.iter().cloned());
+                        sources.extend(v.roots.iter().cloned());
                         v.encoded.as_deref()
                     })
                     .collect();
@@ -574,7 +576,7 @@ impl Pipeline {
                     }
                     let rc_name = envoy::names::https_route_config(name, &key.1);
                     let body = envoy::encode_route_configuration(&rc_name, [encoded.as_ref()]);
-                    puts.push(Resource::new(type_url::ROUTE, rc_name.clone(), body, v.merged.roots.clone()));
+                    puts.push(Resource::new(type_url::ROUTE, rc_name.clone(), body, v.roots.clone()));
                     route_names.insert(rc_name);
                     tls.push(envoy::TlsDomain { domain: key.1.clone(), secret_name });
                 }
@@ -590,22 +592,30 @@ impl Pipeline {
             self.remove(type_url::LISTENER, name);
             touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
         }
-        // Route configurations of this listener that are no longer built.
+        self.remove_stale_routes(name, &route_names, touched);
+        for res in puts {
+            touched.entry(type_url_static(&res.type_url)).or_default().insert(res.name.clone());
+            self.put(res);
+        }
+    }
+
+    /// Removes the route configurations of listener `name` not in `keep`.
+    fn remove_stale_routes(&mut self, name: &str, keep: &BTreeSet<String>, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+        let prefix = format!("{name}/");
         let stale: Vec<String> = self
             .snapshot
             .of_type(type_url::ROUTE)
             .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|r| (r.name == name || r.name.starts_with(&format!("{name}/"))) && !route_names.contains(&r.name))
-            .map(|r| r.name.clone())
+            .flat_map(|m| {
+                let own = m.get_key_value(name).into_iter();
+                own.chain(m.range(prefix.clone()..).take_while(|(n, _)| n.starts_with(&prefix)))
+            })
+            .filter(|(n, _)| !keep.contains(*n))
+            .map(|(n, _)| n.clone())
             .collect();
         for r in stale {
             self.remove(type_url::ROUTE, &r);
             touched.entry(type_url::ROUTE).or_default().insert(r);
-        }
-        for res in puts {
-            touched.entry(type_url_static(&res.type_url)).or_default().insert(res.name.clone());
-            self.put(res);
         }
     }
 
@@ -644,7 +654,7 @@ impl Pipeline {
         for (key, message) in &self.secret_errors {
             for vh in self.secret_vhosts.get(key).into_iter().flatten() {
                 if let Some(v) = self.vhosts.get(vh) {
-                    for root in &v.merged.roots {
+                    for root in &v.roots {
                         out.push(diag(root, ir::Severity::Error, "SecretInvalid", message.clone()));
                     }
                 }

@@ -29,6 +29,9 @@ pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
 pub const CONTRACT_VERSION: &str = "0.1.0";
 const TRANSLATION_EXPORT: &str = "isobar:plugin/translation@0.1.0";
 
+/// Bytes of each memory slot kept resident between instances.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// Granularity of deadlines: the engine's epoch advances this often.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -124,7 +127,12 @@ impl Runtime {
             .total_tables(128)
             .total_stacks(64)
             .max_memories_per_component(8)
-            .max_memory_size(limits.memory_bytes.max(1 << 20));
+            .max_memory_size(limits.memory_bytes.max(1 << 20))
+            // A fresh instance per call would otherwise page-fault its heap
+            // in again every time: keep the first pages of each slot
+            // resident and reset them with memset instead of madvise.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)

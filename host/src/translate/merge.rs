@@ -272,7 +272,8 @@ pub fn merge_listener<'a>(name: &str, contributors: impl IntoIterator<Item = (&'
                     ))
                 }
                 Some((m, owner)) => {
-                    if !m.roots.contains(root) {
+                    // Contributors come root by root: only the last can repeat.
+                    if m.roots.last() != Some(root) {
                         m.roots.push(root.clone());
                     }
                     if &m.listener != l {
