@@ -68,6 +68,8 @@ pub struct Pipeline {
     secret_errors: BTreeMap<NsName, String>,
     service_vhosts: HashMap<NsName, HashSet<VhostKey>>,
     secret_vhosts: HashMap<NsName, HashSet<VhostKey>>,
+    /// What each Listener resource was last built from.
+    listener_inputs: HashMap<String, (ir::Listener, Vec<envoy::TlsDomain>)>,
     /// Service -> the clusters built for its ports.
     service_clusters: HashMap<NsName, BTreeSet<String>>,
     /// EndpointSlice -> the Service it was labelled for when last seen.
@@ -112,6 +114,7 @@ impl Pipeline {
             api_owners: HashMap::new(),
             slice_services: HashMap::new(),
             service_clusters: HashMap::new(),
+            listener_inputs: HashMap::new(),
             snapshot: Snapshot::default(),
         }
     }
@@ -546,6 +549,7 @@ impl Pipeline {
         let vhosts: Vec<(&VhostKey, &CompiledVhost)> = self.vhosts.range(range).take_while(|(k, _)| k.0 == name).collect();
         let Some(listener) = self.listeners.get(name).map(|l| l.listener.clone()) else {
             self.remove(type_url::LISTENER, name);
+            self.listener_inputs.remove(name);
             touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
             self.remove_stale_routes(name, &BTreeSet::new(), touched);
             return;
@@ -555,7 +559,7 @@ impl Pipeline {
         let mut route_names = BTreeSet::new();
         match listener.protocol {
             ir::ListenerProtocol::Http => {
-                let mut sources = BTreeSet::new();
+                let mut sources: Vec<ObjectKey> = Vec::new();
                 let encoded: Vec<&[u8]> = vhosts
                     .iter()
                     .filter_map(|(_, v)| {
@@ -563,8 +567,10 @@ impl Pipeline {
                         v.encoded.as_deref()
                     })
                     .collect();
+                sources.sort_unstable();
+                sources.dedup();
                 let body = envoy::encode_route_configuration(name, encoded);
-                puts.push(Resource::new(type_url::ROUTE, name.to_string(), body, sources.into_iter().collect()));
+                puts.push(Resource::new(type_url::ROUTE, name.to_string(), body, sources));
                 route_names.insert(name.to_string());
             }
             ir::ListenerProtocol::Https => {
@@ -582,15 +588,21 @@ impl Pipeline {
                 }
             }
         }
-        let sources: Vec<ObjectKey> = self.listeners.get(name).map(|l| l.roots.clone()).unwrap_or_default();
-        let l = envoy::listener(&listener, &tls);
-        // An HTTPS listener without a servable host has no filter chain,
-        // which Envoy rejects: leave it out until one appears.
-        if envoy::validate_listener(&l).is_empty() {
-            puts.push(Resource::encode(type_url::LISTENER, name.to_string(), &l, sources));
-        } else {
-            self.remove(type_url::LISTENER, name);
-            touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
+        // The listener itself only changes with its definition or its set
+        // of SNI hosts, not with every route.
+        let built_from = (listener.clone(), tls.clone());
+        if self.listener_inputs.get(name) != Some(&built_from) {
+            let sources: Vec<ObjectKey> = self.listeners.get(name).map(|l| l.roots.clone()).unwrap_or_default();
+            let l = envoy::listener(&listener, &tls);
+            // An HTTPS listener without a servable host has no filter chain,
+            // which Envoy rejects: leave it out until one appears.
+            if envoy::validate_listener(&l).is_empty() {
+                puts.push(Resource::encode(type_url::LISTENER, name.to_string(), &l, sources));
+            } else {
+                self.remove(type_url::LISTENER, name);
+                touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
+            }
+            self.listener_inputs.insert(name.to_string(), built_from);
         }
         self.remove_stale_routes(name, &route_names, touched);
         for res in puts {

@@ -6,7 +6,7 @@
 //! a change to one root re-merges only the units it touches.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use super::{OutputChange, RootOrder, RootOutput};
 use crate::ir;
@@ -68,12 +68,58 @@ pub struct Merger {
     raw: HashMap<RawKey, Contributors>,
 }
 
-fn units(f: &ir::Fragment) -> (HashSet<VhostKey>, HashSet<String>, HashSet<RawKey>) {
-    (
-        f.virtual_hosts.iter().map(|v| (v.listener.clone(), v.domain.clone())).collect(),
-        f.listeners.iter().map(|l| l.name.clone()).collect(),
-        f.raw.iter().map(|r| (r.type_url.clone(), r.name.clone())).collect(),
-    )
+/// A fragment's units with their content, so a change dirties only the
+/// units whose content (or whose root's age) changed.
+struct Units<'a> {
+    vhosts: HashMap<VhostKey, Vec<&'a ir::VirtualHost>>,
+    listeners: HashMap<String, Vec<&'a ir::Listener>>,
+    raw: HashMap<RawKey, Vec<&'a ir::RawResource>>,
+}
+
+fn units(f: &ir::Fragment) -> Units<'_> {
+    let mut u = Units { vhosts: HashMap::new(), listeners: HashMap::new(), raw: HashMap::new() };
+    for v in &f.virtual_hosts {
+        u.vhosts.entry((v.listener.clone(), v.domain.clone())).or_default().push(v);
+    }
+    for l in &f.listeners {
+        u.listeners.entry(l.name.clone()).or_default().push(l);
+    }
+    for r in &f.raw {
+        u.raw.entry((r.type_url.clone(), r.name.clone())).or_default().push(r);
+    }
+    u
+}
+
+/// Moves one root's contribution to the units of one kind from `old` to
+/// `new`; returns the units whose merge may change.
+fn diff_units<K, T>(
+    index: &mut HashMap<K, Contributors>,
+    old: Option<(&(RootOrder, ObjectKey), &HashMap<K, Vec<&T>>)>,
+    new: Option<(&(RootOrder, ObjectKey), &HashMap<K, Vec<&T>>)>,
+    dirty: &mut BTreeSet<K>,
+) where
+    K: std::hash::Hash + Eq + Ord + Clone,
+    T: PartialEq,
+{
+    let same_order = matches!((old, new), (Some((a, _)), Some((b, _))) if a == b);
+    if let Some((id, units)) = old {
+        for (k, content) in units {
+            let unchanged = same_order && new.and_then(|(_, n)| n.get(k)).is_some_and(|c| c == content);
+            if !unchanged {
+                remove(index, k, id);
+                dirty.insert(k.clone());
+            }
+        }
+    }
+    if let Some((id, units)) = new {
+        for (k, content) in units {
+            let unchanged = same_order && old.and_then(|(_, o)| o.get(k)).is_some_and(|c| c == content);
+            if !unchanged {
+                index.entry(k.clone()).or_default().insert(id.clone());
+                dirty.insert(k.clone());
+            }
+        }
+    }
 }
 
 impl Merger {
@@ -85,38 +131,15 @@ impl Merger {
     pub fn apply(&mut self, changes: &[OutputChange]) -> Dirty {
         let mut dirty = Dirty::default();
         for change in changes {
-            if let Some(old) = &change.old {
-                let id = (old.order.clone(), change.root.clone());
-                let (v, l, r) = units(&old.fragment);
-                for k in v {
-                    remove(&mut self.vhosts, &k, &id);
-                    dirty.vhosts.insert(k);
-                }
-                for k in l {
-                    remove(&mut self.listeners, &k, &id);
-                    dirty.listeners.insert(k);
-                }
-                for k in r {
-                    remove(&mut self.raw, &k, &id);
-                    dirty.raw.insert(k);
-                }
-            }
-            if let Some(new) = &change.new {
-                let id = (new.order.clone(), change.root.clone());
-                let (v, l, r) = units(&new.fragment);
-                for k in v {
-                    self.vhosts.entry(k.clone()).or_default().insert(id.clone());
-                    dirty.vhosts.insert(k);
-                }
-                for k in l {
-                    self.listeners.entry(k.clone()).or_default().insert(id.clone());
-                    dirty.listeners.insert(k);
-                }
-                for k in r {
-                    self.raw.entry(k.clone()).or_default().insert(id.clone());
-                    dirty.raw.insert(k);
-                }
-            }
+            let old_id = change.old.as_ref().map(|o| (o.order.clone(), change.root.clone()));
+            let new_id = change.new.as_ref().map(|n| (n.order.clone(), change.root.clone()));
+            let old_units = change.old.as_ref().map(|o| units(&o.fragment));
+            let new_units = change.new.as_ref().map(|n| units(&n.fragment));
+            let old = old_id.as_ref().zip(old_units.as_ref());
+            let new = new_id.as_ref().zip(new_units.as_ref());
+            diff_units(&mut self.vhosts, old.map(|(i, u)| (i, &u.vhosts)), new.map(|(i, u)| (i, &u.vhosts)), &mut dirty.vhosts);
+            diff_units(&mut self.listeners, old.map(|(i, u)| (i, &u.listeners)), new.map(|(i, u)| (i, &u.listeners)), &mut dirty.listeners);
+            diff_units(&mut self.raw, old.map(|(i, u)| (i, &u.raw)), new.map(|(i, u)| (i, &u.raw)), &mut dirty.raw);
         }
         dirty
     }
