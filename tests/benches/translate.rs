@@ -216,6 +216,11 @@ fn rss_child(n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // For profilers: only the incremental rounds, many of them.
+    if args.iter().any(|a| a == "--incremental-only") {
+        incremental(10_000);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--rss-child") {
         rss_child(args[i + 1].parse().unwrap());
         return;

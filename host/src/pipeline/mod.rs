@@ -43,6 +43,14 @@ struct ClusterUse {
     users: usize,
 }
 
+#[derive(Default)]
+struct ListenerRoots {
+    counts: BTreeMap<ObjectKey, usize>,
+    /// Some count reached zero since the list was last built.
+    zeroes: bool,
+    shared: Option<Arc<[ObjectKey]>>,
+}
+
 /// What one round did, for logs, metrics and tests.
 #[derive(Clone, Debug, Default)]
 pub struct Round {
@@ -68,6 +76,8 @@ pub struct Pipeline {
     secret_errors: BTreeMap<NsName, String>,
     service_vhosts: HashMap<NsName, HashSet<VhostKey>>,
     secret_vhosts: HashMap<NsName, HashSet<VhostKey>>,
+    /// Roots behind each listener's hosts, counted per host.
+    listener_roots: HashMap<String, ListenerRoots>,
     /// What each Listener resource was last built from.
     listener_inputs: HashMap<String, (ir::Listener, Vec<envoy::TlsDomain>)>,
     /// Service -> the clusters built for its ports.
@@ -115,6 +125,7 @@ impl Pipeline {
             slice_services: HashMap::new(),
             service_clusters: HashMap::new(),
             listener_inputs: HashMap::new(),
+            listener_roots: HashMap::new(),
             snapshot: Snapshot::default(),
         }
     }
@@ -340,6 +351,16 @@ impl Pipeline {
     }
 
     fn acquire(&mut self, key: &VhostKey, c: &CompiledVhost, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+        let roots = self.listener_roots.entry(key.0.clone()).or_default();
+        for r in &c.roots {
+            match roots.counts.get_mut(r) {
+                Some(n) => *n += 1,
+                None => {
+                    roots.counts.insert(r.clone(), 1);
+                    roots.shared = None;
+                }
+            }
+        }
         for name in &c.api_listeners {
             // One domain on two plain-HTTP listeners: the first keeps it.
             if self.api_owners.contains_key(name) {
@@ -375,6 +396,16 @@ impl Pipeline {
     }
 
     fn release(&mut self, key: &VhostKey, c: &CompiledVhost, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+        if let Some(roots) = self.listener_roots.get_mut(&key.0) {
+            // Entries that drop to zero stay until the list is next read: a
+            // root recompiled in the same round keeps the shared list.
+            for r in &c.roots {
+                if let Some(n) = roots.counts.get_mut(r) {
+                    *n -= 1;
+                    roots.zeroes |= *n == 0;
+                }
+            }
+        }
         for name in &c.api_listeners {
             if self.api_owners.get(name) == Some(key) {
                 self.api_owners.remove(name);
@@ -559,17 +590,9 @@ impl Pipeline {
         let mut route_names = BTreeSet::new();
         match listener.protocol {
             ir::ListenerProtocol::Http => {
-                let mut sources: Vec<ObjectKey> = Vec::new();
-                let encoded: Vec<&[u8]> = vhosts
-                    .iter()
-                    .filter_map(|(_, v)| {
-                        sources.extend(v.roots.iter().cloned());
-                        v.encoded.as_deref()
-                    })
-                    .collect();
-                sources.sort_unstable();
-                sources.dedup();
+                let encoded: Vec<&[u8]> = vhosts.iter().filter_map(|(_, v)| v.encoded.as_deref()).collect();
                 let body = envoy::encode_route_configuration(name, encoded);
+                let sources = self.listener_sources(name);
                 puts.push(Resource::new(type_url::ROUTE, name.to_string(), body, sources));
                 route_names.insert(name.to_string());
             }
@@ -609,6 +632,21 @@ impl Pipeline {
             touched.entry(type_url_static(&res.type_url)).or_default().insert(res.name.clone());
             self.put(res);
         }
+    }
+
+    /// The roots behind a listener's hosts, shared across snapshots until a
+    /// root joins or leaves (content changes do not rebuild the list).
+    fn listener_sources(&mut self, name: &str) -> Arc<[ObjectKey]> {
+        let roots = self.listener_roots.entry(name.to_string()).or_default();
+        if roots.zeroes {
+            let before = roots.counts.len();
+            roots.counts.retain(|_, n| *n > 0);
+            roots.zeroes = false;
+            if roots.counts.len() != before {
+                roots.shared = None;
+            }
+        }
+        roots.shared.get_or_insert_with(|| roots.counts.keys().cloned().collect()).clone()
     }
 
     /// Removes the route configurations of listener `name` not in `keep`.

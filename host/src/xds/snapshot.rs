@@ -30,26 +30,28 @@ pub struct Resource {
     pub version: String,
     /// The Kubernetes objects this resource was built from, so a NACK can be
     /// reported on them.
-    pub sources: Vec<ObjectKey>,
+    /// Shared: an aggregate resource (a route configuration of thousands of
+    /// hosts) keeps the same list across snapshots.
+    pub sources: Arc<[ObjectKey]>,
     /// Sent only to clients that ask for it by name, never in a wildcard
     /// response: API listeners are for proxyless gRPC clients, not Envoy.
     pub named_only: bool,
 }
 
 impl Resource {
-    pub fn new(type_url: &str, name: String, body: Bytes, sources: Vec<ObjectKey>) -> Self {
+    pub fn new(type_url: &str, name: String, body: Bytes, sources: impl Into<Arc<[ObjectKey]>>) -> Self {
         Resource {
             type_url: type_url.to_string(),
             name,
             // A fast content hash: a 10k-host route configuration is megabytes.
             version: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&body)),
             body,
-            sources,
+            sources: sources.into(),
             named_only: false,
         }
     }
 
-    pub fn encode<M: prost::Message>(type_url: &str, name: String, msg: &M, sources: Vec<ObjectKey>) -> Self {
+    pub fn encode<M: prost::Message>(type_url: &str, name: String, msg: &M, sources: impl Into<Arc<[ObjectKey]>>) -> Self {
         Self::new(type_url, name, Bytes::from(msg.encode_to_vec()), sources)
     }
 
