@@ -4,7 +4,7 @@
 use isobar::pipeline::Pipeline;
 use isobar::plugin::PluginError;
 use isobar_tests::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const HTTP: &str = "ingress_http";
 
@@ -13,7 +13,11 @@ fn faults() -> isobar::plugin::Plugin {
 }
 
 fn faulty_ingress(fault: Option<&str>) -> Value {
-    let mut ing = ingress("shop", "i", &[("a.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let mut ing = ingress(
+        "shop",
+        "i",
+        &[("a.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
     if let Some(f) = fault {
         ing["metadata"]["annotations"] = json!({"isobar.dev/fault": f});
     }
@@ -23,9 +27,19 @@ fn faulty_ingress(fault: Option<&str>) -> Value {
 /// A pipeline serving the good output, then the same root turned bad.
 fn good_then(fault: &str) -> Pipeline {
     let mut p = Pipeline::new(faults());
-    p.load([ingress_class("isobar", false), service("shop", "web", &[("http", 80, json!(80))]), faulty_ingress(None)].map(apply));
+    p.load(
+        [
+            ingress_class("isobar", false),
+            service("shop", "web", &[("http", 80, json!(80))]),
+            faulty_ingress(None),
+        ]
+        .map(apply),
+    );
     p.rebuild();
-    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "a.example.com"),
+        pairs(&[("prefix=/", "cluster=shop/web/80")])
+    );
     assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
     let round = p.apply([apply(faulty_ingress(Some(fault)))]);
     assert_eq!(round.translation.calls, 1);
@@ -33,7 +47,10 @@ fn good_then(fault: &str) -> Pipeline {
 }
 
 fn assert_last_good_kept(p: &Pipeline) {
-    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "a.example.com"),
+        pairs(&[("prefix=/", "cluster=shop/web/80")])
+    );
 }
 
 fn only_diagnostic(p: &Pipeline) -> isobar::ir::Diagnostic {
@@ -47,7 +64,10 @@ fn endless_loop_hits_the_deadline() {
     let p = good_then("loop");
     assert_last_good_kept(&p);
     let d = only_diagnostic(&p);
-    assert_eq!((d.object.name.as_str(), d.reason.as_str()), ("i", "PluginTimeout"));
+    assert_eq!(
+        (d.object.name.as_str(), d.reason.as_str()),
+        ("i", "PluginTimeout")
+    );
     assert!(d.message.contains("last good"), "{}", d.message);
 }
 
@@ -64,7 +84,11 @@ fn trap_is_reported_with_the_panic_message() {
     assert_last_good_kept(&p);
     let d = only_diagnostic(&p);
     assert_eq!(d.reason, "PluginTrap");
-    assert!(d.message.contains("panicked"), "the guest's stderr is captured: {}", d.message);
+    assert!(
+        d.message.contains("panicked"),
+        "the guest's stderr is captured: {}",
+        d.message
+    );
 }
 
 #[test]
@@ -79,7 +103,10 @@ fn output_referencing_a_missing_backend_is_caught_by_the_host() {
     let p = good_then("missing-backend");
     // The plugin's output is syntactically fine; the host's validation
     // turns the dangling reference into a 503 and a diagnostic.
-    assert_eq!(routes(p.snapshot(), HTTP, "a.example.com"), pairs(&[("prefix=/", "direct=503")]));
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "a.example.com"),
+        pairs(&[("prefix=/", "direct=503")])
+    );
     assert!(cluster(p.snapshot(), "shop/does-not-exist/80").is_none());
     assert_eq!(only_diagnostic(&p).reason, "BackendNotFound");
 }
@@ -94,11 +121,26 @@ fn log_flood_is_capped() {
 #[test]
 fn a_bad_root_does_not_disturb_the_others() {
     let mut p = Pipeline::new(faults());
-    let mut other = ingress("shop", "other", &[("b.example.com", &[("/", "Prefix", "web", json!(80))])]);
+    let mut other = ingress(
+        "shop",
+        "other",
+        &[("b.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
     other["metadata"]["annotations"] = json!({});
-    p.load([ingress_class("isobar", false), service("shop", "web", &[("http", 80, json!(80))]), faulty_ingress(Some("trap")), other].map(apply));
+    p.load(
+        [
+            ingress_class("isobar", false),
+            service("shop", "web", &[("http", 80, json!(80))]),
+            faulty_ingress(Some("trap")),
+            other,
+        ]
+        .map(apply),
+    );
     p.rebuild();
-    assert_eq!(routes(p.snapshot(), HTTP, "b.example.com"), pairs(&[("prefix=/", "cluster=shop/web/80")]));
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "b.example.com"),
+        pairs(&[("prefix=/", "cluster=shop/web/80")])
+    );
     assert_eq!(reasons(&p.diagnostics()), pairs(&[("i", "PluginTrap")]));
 }
 
@@ -112,22 +154,41 @@ fn recovery_clears_the_diagnostic() {
 
 #[test]
 fn a_plugin_for_another_contract_version_is_named_as_such() {
-    let err = runtime().load_file(&plugin_path("isobar-plugin-old-contract")).expect_err("must not load");
-    assert!(matches!(&err, PluginError::ContractMismatch { found } if found == "isobar:plugin@0.0.9"), "{err:?}");
-    assert!(err.to_string().contains("isobar:plugin@0.0.9") && err.to_string().contains("isobar:plugin@0.1.0"), "{err}");
+    let err = runtime()
+        .load_file(&plugin_path("isobar-plugin-old-contract"))
+        .expect_err("must not load");
+    assert!(
+        matches!(&err, PluginError::ContractMismatch { found } if found == "isobar:plugin@0.0.9"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("isobar:plugin@0.0.9")
+            && err.to_string().contains("isobar:plugin@0.1.0"),
+        "{err}"
+    );
 }
 
 #[test]
 fn garbage_is_not_a_component() {
-    let err = runtime().load(b"\0asm\x01\0\0\0garbage", "garbage").expect_err("must not load");
+    let err = runtime()
+        .load(b"\0asm\x01\0\0\0garbage", "garbage")
+        .expect_err("must not load");
     assert!(matches!(err, PluginError::Invalid(_)), "{err:?}");
-    let err = runtime().load(b"not wasm at all", "text").expect_err("must not load");
+    let err = runtime()
+        .load(b"not wasm at all", "text")
+        .expect_err("must not load");
     assert!(matches!(err, PluginError::Invalid(_)), "{err:?}");
 }
 
 fn sandbox_report(plugin: isobar::plugin::Plugin) -> String {
     let mut p = Pipeline::new(plugin);
-    p.load([ingress_class("isobar", false), faulty_ingress(Some("sandbox"))].map(apply));
+    p.load(
+        [
+            ingress_class("isobar", false),
+            faulty_ingress(Some("sandbox")),
+        ]
+        .map(apply),
+    );
     p.rebuild();
     let d = only_diagnostic(&p);
     assert_eq!(d.reason, "Sandbox");
@@ -161,8 +222,13 @@ fn granted_environment_and_directories_are_visible_and_nothing_else() {
 
 #[test]
 fn granting_a_missing_directory_is_a_load_error() {
-    let grants = isobar::plugin::Grants { env: vec![], read_only_dirs: vec![("/does/not/exist".into(), "/x".into())] };
+    let grants = isobar::plugin::Grants {
+        env: vec![],
+        read_only_dirs: vec![("/does/not/exist".into(), "/x".into())],
+    };
     let bytes = std::fs::read(plugin_path("isobar-plugin-faults")).unwrap();
-    let err = runtime().load_with(&bytes, "faults", grants).expect_err("must not load");
+    let err = runtime()
+        .load_with(&bytes, "faults", grants)
+        .expect_err("must not load");
     assert!(matches!(err, PluginError::Io { .. }), "{err:?}");
 }

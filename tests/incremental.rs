@@ -9,7 +9,7 @@ use isobar::store::Event;
 use isobar::xds::Snapshot;
 use isobar_tests::*;
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
 const SERVICES: [&str; 4] = ["s0", "s1", "s2", "s3"];
@@ -24,16 +24,33 @@ enum Op {
 
 fn arb_service() -> impl Strategy<Value = Value> {
     (0..2usize, 0..4usize, prop::bool::ANY, 80u16..82).prop_map(|(ns, s, named, port)| {
-        service(NAMESPACES[ns], SERVICES[s], &[(if named { "http" } else { "" }, port, json!(8080))])
+        service(
+            NAMESPACES[ns],
+            SERVICES[s],
+            &[(if named { "http" } else { "" }, port, json!(8080))],
+        )
     })
 }
 
 fn arb_slice() -> impl Strategy<Value = Value> {
-    (0..2usize, 0..4usize, prop::bool::ANY, prop::collection::vec(1u8..5, 0..3)).prop_map(|(ns, s, named, addrs)| {
-        let addrs: Vec<String> = addrs.iter().map(|a| format!("10.0.0.{a}")).collect();
-        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        slice(NAMESPACES[ns], SERVICES[s], "x", if named { "http" } else { "" }, 8080, &refs)
-    })
+    (
+        0..2usize,
+        0..4usize,
+        prop::bool::ANY,
+        prop::collection::vec(1u8..5, 0..3),
+    )
+        .prop_map(|(ns, s, named, addrs)| {
+            let addrs: Vec<String> = addrs.iter().map(|a| format!("10.0.0.{a}")).collect();
+            let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            slice(
+                NAMESPACES[ns],
+                SERVICES[s],
+                "x",
+                if named { "http" } else { "" },
+                8080,
+                &refs,
+            )
+        })
 }
 
 fn arb_ingress() -> impl Strategy<Value = Value> {
@@ -53,7 +70,11 @@ fn arb_ingress() -> impl Strategy<Value = Value> {
                     let paths: Vec<Value> = paths
                         .into_iter()
                         .map(|(p, exact, s, by_name)| {
-                            let port = if by_name { json!({"name":"http"}) } else { json!({"number":80}) };
+                            let port = if by_name {
+                                json!({"name":"http"})
+                            } else {
+                                json!({"number":80})
+                            };
                             json!({"path":PATHS[p],"pathType":if exact {"Exact"} else {"Prefix"},
                                 "backend":{"service":{"name":SERVICES[s],"port":port}}})
                         })
@@ -95,12 +116,20 @@ fn arb_op() -> impl Strategy<Value = Op> {
 
 /// What the data plane would see: every resource's bytes, and the
 /// diagnostics people would see.
-fn served(p: &Pipeline) -> (BTreeMap<(String, String), Vec<u8>>, Vec<isobar::ir::Diagnostic>) {
+fn served(
+    p: &Pipeline,
+) -> (
+    BTreeMap<(String, String), Vec<u8>>,
+    Vec<isobar::ir::Diagnostic>,
+) {
     let s: &Snapshot = p.snapshot();
     let resources = s
         .resources
         .iter()
-        .flat_map(|(t, m)| m.values().map(move |r| ((t.clone(), r.name.clone()), r.body.to_vec())))
+        .flat_map(|(t, m)| {
+            m.values()
+                .map(move |r| ((t.clone(), r.name.clone()), r.body.to_vec()))
+        })
         .collect();
     (resources, p.diagnostics())
 }

@@ -13,9 +13,9 @@ use isobar::ir;
 use isobar::pipeline::Pipeline;
 use isobar::plugin::{Limits, Plugin, Runtime};
 use isobar::store::{Event, Object, ObjectKey};
-use isobar::xds::{type_url, Snapshot};
+use isobar::xds::{Snapshot, type_url};
 use prost::Message;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// The cargo target directory these tests were built in.
 pub fn target_dir() -> PathBuf {
@@ -24,7 +24,10 @@ pub fn target_dir() -> PathBuf {
     }
     // <target>/debug/deps/<test binary>
     let exe = std::env::current_exe().expect("test binary path");
-    exe.ancestors().nth(3).expect("target dir above the test binary").to_path_buf()
+    exe.ancestors()
+        .nth(3)
+        .expect("target dir above the test binary")
+        .to_path_buf()
 }
 
 /// A component built from `plugins/` by `make plugins`.
@@ -34,7 +37,11 @@ pub fn plugin_path(crate_name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("wasm32-wasip2").join("release"));
     let path = dir.join(&file);
-    assert!(path.exists(), "{} is missing: build the plugins first (`make plugins`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (`make plugins`)",
+        path.display()
+    );
     path
 }
 
@@ -42,11 +49,19 @@ pub fn plugin_path(crate_name: &str) -> PathBuf {
 /// binaries load components in milliseconds.
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(Limits::default(), Some(target_dir().join("isobar-test-cache"))).expect("engine"))
+    RT.get_or_init(|| {
+        Runtime::new(
+            Limits::default(),
+            Some(target_dir().join("isobar-test-cache")),
+        )
+        .expect("engine")
+    })
 }
 
 pub fn load(crate_name: &str) -> Plugin {
-    runtime().load_file(&plugin_path(crate_name)).expect("loading plugin")
+    runtime()
+        .load_file(&plugin_path(crate_name))
+        .expect("loading plugin")
 }
 
 pub fn ingress_plugin() -> Plugin {
@@ -86,7 +101,8 @@ pub fn ingress_class(name: &str, default: bool) -> Value {
     let mut v = json!({"apiVersion":"networking.k8s.io/v1","kind":"IngressClass",
         "metadata":{"name":name},"spec":{"controller":CONTROLLER}});
     if default {
-        v["metadata"]["annotations"] = json!({"ingressclass.kubernetes.io/is-default-class":"true"});
+        v["metadata"]["annotations"] =
+            json!({"ingressclass.kubernetes.io/is-default-class":"true"});
     }
     v
 }
@@ -107,7 +123,14 @@ pub fn service(ns: &str, name: &str, ports: &[(&str, u16, Value)]) -> Value {
 }
 
 /// A slice with ready endpoints at `addrs` on a port named `port_name`.
-pub fn slice(ns: &str, service: &str, suffix: &str, port_name: &str, port: u16, addrs: &[&str]) -> Value {
+pub fn slice(
+    ns: &str,
+    service: &str,
+    suffix: &str,
+    port_name: &str,
+    port: u16,
+    addrs: &[&str],
+) -> Value {
     let endpoints: Vec<Value> = addrs
         .iter()
         .map(|a| json!({"addresses":[a],"conditions":{"ready":true,"serving":true,"terminating":false}}))
@@ -128,11 +151,16 @@ pub fn tls_secret(ns: &str, name: &str) -> Value {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = Vec::new();
         for chunk in s.as_bytes().chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
-                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]]).unwrap();
+                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]])
+                        .unwrap();
                 } else {
                     out.push(b'=');
                 }
@@ -175,7 +203,8 @@ pub fn ingress(ns: &str, name: &str, rules: &[(&str, &[(&str, &str, &str, Value)
 // ---- readers ----------------------------------------------------------------
 
 fn decode<M: Message + Default>(s: &Snapshot, t: &str, name: &str) -> Option<M> {
-    s.get(t, name).map(|r| M::decode(r.body.as_ref()).expect("resource decodes"))
+    s.get(t, name)
+        .map(|r| M::decode(r.body.as_ref()).expect("resource decodes"))
 }
 
 pub fn route_config(s: &Snapshot, name: &str) -> Option<RouteConfiguration> {
@@ -195,14 +224,19 @@ pub fn secret(s: &Snapshot, name: &str) -> Option<Secret> {
 }
 
 pub fn names(s: &Snapshot, t: &str) -> Vec<String> {
-    s.of_type(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    s.of_type(t)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Routes of one virtual host as (path matcher, action) strings, in order,
 /// e.g. ("path=/foo", "cluster=ns/svc/80") or ("prefix=/", "direct=503").
 pub fn routes(s: &Snapshot, route_config_name: &str, domain: &str) -> Vec<(String, String)> {
-    use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier};
-    let rc = route_config(s, route_config_name).unwrap_or_else(|| panic!("route config {route_config_name} missing"));
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+    };
+    let rc = route_config(s, route_config_name)
+        .unwrap_or_else(|| panic!("route config {route_config_name} missing"));
     let vh = rc
         .virtual_hosts
         .iter()
@@ -222,7 +256,15 @@ pub fn routes(s: &Snapshot, route_config_name: &str, domain: &str) -> Vec<(Strin
                     Some(ClusterSpecifier::Cluster(c)) => format!("cluster={c}"),
                     Some(ClusterSpecifier::WeightedClusters(w)) => format!(
                         "weighted={}",
-                        w.clusters.iter().map(|c| format!("{}:{}", c.name, c.weight.map(|w| w.value).unwrap_or_default())).collect::<Vec<_>>().join(",")
+                        w.clusters
+                            .iter()
+                            .map(|c| format!(
+                                "{}:{}",
+                                c.name,
+                                c.weight.map(|w| w.value).unwrap_or_default()
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(",")
                     ),
                     other => format!("{other:?}"),
                 },
@@ -237,9 +279,14 @@ pub fn routes(s: &Snapshot, route_config_name: &str, domain: &str) -> Vec<(Strin
 
 /// Diagnostics as (object name, reason).
 pub fn reasons(diags: &[ir::Diagnostic]) -> Vec<(String, String)> {
-    diags.iter().map(|d| (d.object.name.clone(), d.reason.clone())).collect()
+    diags
+        .iter()
+        .map(|d| (d.object.name.clone(), d.reason.clone()))
+        .collect()
 }
 
 pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }

@@ -14,7 +14,11 @@ use crate::store::KindKey;
 
 /// Kinds the host reads itself, whatever the plugin watches.
 pub fn host_kinds() -> [KindKey; 3] {
-    [KindKey::new("v1", "Service"), KindKey::new("discovery.k8s.io/v1", "EndpointSlice"), KindKey::new("v1", "Secret")]
+    [
+        KindKey::new("v1", "Service"),
+        KindKey::new("discovery.k8s.io/v1", "EndpointSlice"),
+        KindKey::new("v1", "Secret"),
+    ]
 }
 
 /// Where the compiled-component cache lives unless told otherwise.
@@ -51,14 +55,19 @@ pub fn load_plugin(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Plu
 }
 
 /// Loads a plugin with WASI capabilities granted to it.
-pub fn load_plugin_with(runtime: &Runtime, path: Option<&Path>, grants: crate::plugin::Grants) -> anyhow::Result<Plugin> {
+pub fn load_plugin_with(
+    runtime: &Runtime,
+    path: Option<&Path>,
+    grants: crate::plugin::Grants,
+) -> anyhow::Result<Plugin> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => default_plugin_path().context(
             "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
         )?,
     };
-    let bytes = std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
     runtime
         .load_with(&bytes, &path.display().to_string(), grants)
         .map_err(|e: PluginError| anyhow::anyhow!(e))
@@ -95,7 +104,11 @@ pub fn translate_manifests(plugin: Plugin, paths: &[PathBuf]) -> Translated {
             skipped.push(format!(
                 "{} {}{} ({}:{}): no loaded plugin reads this kind",
                 m.object.kind,
-                if m.object.namespace.is_empty() { String::new() } else { format!("{}/", m.object.namespace) },
+                if m.object.namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", m.object.namespace)
+                },
                 m.object.name,
                 m.file.display(),
                 m.line
@@ -105,7 +118,11 @@ pub fn translate_manifests(plugin: Plugin, paths: &[PathBuf]) -> Translated {
     let mut pipeline = Pipeline::new(plugin);
     pipeline.load(events);
     pipeline.rebuild();
-    Translated { pipeline, skipped, manifest_errors: loaded.errors }
+    Translated {
+        pipeline,
+        skipped,
+        manifest_errors: loaded.errors,
+    }
 }
 
 /// What `isobar plugin inspect` prints.
@@ -118,7 +135,11 @@ pub struct Inspection {
 
 pub fn inspect(plugin: &Plugin) -> Inspection {
     Inspection {
-        contract: format!("{}@{}", crate::plugin::CONTRACT_PACKAGE, crate::plugin::CONTRACT_VERSION),
+        contract: format!(
+            "{}@{}",
+            crate::plugin::CONTRACT_PACKAGE,
+            crate::plugin::CONTRACT_VERSION
+        ),
         digest: format!("sha256:{}", plugin.digest),
         info: plugin.info.clone(),
     }

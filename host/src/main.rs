@@ -11,7 +11,11 @@ use isobar::ir::Severity;
 use isobar::{app, dump, plugin::Limits, serve};
 
 #[derive(Parser)]
-#[command(name = "isobar", version, about = "A Kubernetes controller host whose routing policy is a Wasm plugin")]
+#[command(
+    name = "isobar",
+    version,
+    about = "A Kubernetes controller host whose routing policy is a Wasm plugin"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, global = true, env = "ISOBAR_LOG", default_value = "info")]
@@ -38,12 +42,16 @@ struct LimitArgs {
 
 /// Parses KEY=VALUE.
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// Parses HOST_DIR:GUEST_DIR.
 fn dir_mapping(s: &str) -> Result<(PathBuf, String), String> {
-    s.split_once(':').map(|(h, g)| (PathBuf::from(h), g.to_string())).ok_or_else(|| format!("expected HOST_DIR:GUEST_DIR, got {s:?}"))
+    s.split_once(':')
+        .map(|(h, g)| (PathBuf::from(h), g.to_string()))
+        .ok_or_else(|| format!("expected HOST_DIR:GUEST_DIR, got {s:?}"))
 }
 
 #[derive(clap::Args)]
@@ -58,13 +66,20 @@ struct GrantArgs {
 
 impl GrantArgs {
     fn grants(&self) -> isobar::plugin::Grants {
-        isobar::plugin::Grants { env: self.env.clone(), read_only_dirs: self.dirs.clone() }
+        isobar::plugin::Grants {
+            env: self.env.clone(),
+            read_only_dirs: self.dirs.clone(),
+        }
     }
 }
 
 impl LimitArgs {
     fn limits(&self) -> Limits {
-        Limits { deadline: Duration::from_millis(self.plugin_deadline_ms), memory_bytes: self.plugin_memory_mib << 20, ..Limits::default() }
+        Limits {
+            deadline: Duration::from_millis(self.plugin_deadline_ms),
+            memory_bytes: self.plugin_memory_mib << 20,
+            ..Limits::default()
+        }
     }
 }
 
@@ -140,7 +155,9 @@ fn print(value: &impl serde::Serialize, format: Format) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command) {
@@ -154,7 +171,13 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Translate { files, plugin, output, limits, grants } => {
+        Command::Translate {
+            files,
+            plugin,
+            output,
+            limits,
+            grants,
+        } => {
             let runtime = app::runtime(limits.limits())?;
             let plugin = app::load_plugin_with(&runtime, plugin.as_deref(), grants.grants())?;
             let translated = app::translate_manifests(plugin, &files);
@@ -171,14 +194,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Severity::Warning => "warning",
                     Severity::Error => "error",
                 };
-                eprintln!("{severity}: {} {}/{}: {}: {}", d.object.kind, d.object.namespace, d.object.name, d.reason, d.message);
+                eprintln!(
+                    "{severity}: {} {}/{}: {}: {}",
+                    d.object.kind, d.object.namespace, d.object.name, d.reason, d.message
+                );
             }
-            let mut doc = dump::snapshot_to_json(translated.pipeline.snapshot()).context("rendering the Envoy resources")?;
+            let mut doc = dump::snapshot_to_json(translated.pipeline.snapshot())
+                .context("rendering the Envoy resources")?;
             doc["diagnostics"] = serde_json::to_value(&diagnostics)?;
             print(&doc, output)?;
-            Ok(if translated.manifest_errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if translated.manifest_errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Serve { manifests, plugin, xds_listen, admin_listen, xds_tls_cert, xds_tls_key, xds_tls_ca, limits } => {
+        Command::Serve {
+            manifests,
+            plugin,
+            xds_listen,
+            admin_listen,
+            xds_tls_cert,
+            xds_tls_key,
+            xds_tls_ca,
+            limits,
+        } => {
             let plugin = match plugin {
                 Some(p) => p,
                 None => app::default_plugin_path().context(
@@ -196,7 +236,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(serve::run(config, serve::shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin { command: PluginCommand::Inspect { path, output } } => {
+        Command::Plugin {
+            command: PluginCommand::Inspect { path, output },
+        } => {
             let runtime = app::runtime(Limits::default())?;
             let plugin = app::load_plugin(&runtime, Some(&path))?;
             print(&app::inspect(&plugin), output)?;

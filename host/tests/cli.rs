@@ -7,12 +7,23 @@ fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
-    std::env::current_exe().unwrap().ancestors().nth(3).unwrap().to_path_buf()
+    std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_path_buf()
 }
 
 fn plugin(name: &str) -> PathBuf {
-    let p = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: build the plugins first (`make plugins`)", p.display());
+    let p = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the plugins first (`make plugins`)",
+        p.display()
+    );
     p
 }
 
@@ -35,25 +46,51 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn translate_prints_envoy_json_for_the_examples() {
-    let out = isobar(&["translate", "-f", examples().to_str().unwrap(), "-o", "json"]);
+    let out = isobar(&[
+        "translate",
+        "-f",
+        examples().to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
     let listeners = doc["resources"]["listeners"].as_array().expect("listeners");
-    assert!(listeners.iter().any(|l| l["name"] == "ingress_https"), "{stdout}");
+    assert!(
+        listeners.iter().any(|l| l["name"] == "ingress_https"),
+        "{stdout}"
+    );
     let clusters = doc["resources"]["clusters"].as_array().expect("clusters");
-    assert!(clusters.iter().any(|c| c["name"] == "shop/web/80"), "{stdout}");
+    assert!(
+        clusters.iter().any(|c| c["name"] == "shop/web/80"),
+        "{stdout}"
+    );
     // key material never printed
     assert!(!stdout.contains("PRIVATE KEY"), "private key leaked");
     // the example's Service that does not exist yet is a diagnostic
-    assert!(doc["diagnostics"].as_array().unwrap().iter().any(|d| d["reason"] == "ServiceNotFound"), "{stdout}");
+    assert!(
+        doc["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["reason"] == "ServiceNotFound"),
+        "{stdout}"
+    );
     // Namespaces are read by nobody: skipped with a warning naming them
-    assert!(stderr.contains("warning: skipping Namespace shop"), "{stderr}");
+    assert!(
+        stderr.contains("warning: skipping Namespace shop"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn translate_yaml_is_the_default_output() {
-    let out = isobar(&["translate", "-f", examples().join("10-shop.yaml").to_str().unwrap()]);
+    let out = isobar(&[
+        "translate",
+        "-f",
+        examples().join("10-shop.yaml").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).expect("yaml output");
     assert!(doc.get("resources").is_some());
@@ -71,33 +108,65 @@ fn bad_yaml_is_reported_with_file_and_line() {
     let out = isobar(&["translate", "-f", file.to_str().unwrap(), "-o", "json"]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains(&format!("{}:8:", file.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:8:", file.display())),
+        "{stderr}"
+    );
     // the good document still went through
     serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("output for the good objects");
 }
 
 #[test]
 fn inspect_names_the_plugin_and_its_contract() {
-    let out = isobar(&["plugin", "inspect", plugin("isobar_plugin_ingress").to_str().unwrap(), "-o", "json"]);
+    let out = isobar(&[
+        "plugin",
+        "inspect",
+        plugin("isobar_plugin_ingress").to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["contract"], "isobar:plugin@0.1.0");
     assert_eq!(doc["info"]["name"], "ingress");
     assert!(doc["digest"].as_str().unwrap().starts_with("sha256:"));
-    assert!(doc["info"]["roots"].as_array().unwrap().iter().any(|k| k["kind"] == "Ingress"));
+    assert!(
+        doc["info"]["roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kind"] == "Ingress")
+    );
 }
 
 #[test]
 fn a_plugin_for_another_contract_is_named_as_such() {
-    let out = isobar(&["plugin", "inspect", plugin("isobar_plugin_old_contract").to_str().unwrap()]);
+    let out = isobar(&[
+        "plugin",
+        "inspect",
+        plugin("isobar_plugin_old_contract").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("isobar:plugin@0.0.9") && stderr.contains("isobar:plugin@0.1.0"), "{stderr}");
+    assert!(
+        stderr.contains("isobar:plugin@0.0.9") && stderr.contains("isobar:plugin@0.1.0"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_missing_plugin_file_is_a_clear_error() {
-    let out = isobar(&["translate", "-f", examples().to_str().unwrap(), "--plugin", "/nonexistent.wasm"]);
+    let out = isobar(&[
+        "translate",
+        "-f",
+        examples().to_str().unwrap(),
+        "--plugin",
+        "/nonexistent.wasm",
+    ]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("/nonexistent.wasm"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent.wasm"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -10,7 +10,7 @@ use isobar::store::{Event, KindKey, Object, Store};
 use isobar_guest::Translator;
 use isobar_plugin_ingress::IngressTranslator;
 use isobar_tests::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// The guest SDK's store trait over the host's store, so the native plugin
 /// reads exactly what the Wasm one reads through its imports.
@@ -28,12 +28,30 @@ fn to_guest(o: &Object) -> isobar_guest::types::Object {
 }
 
 impl isobar_guest::Store for NativeStore<'_> {
-    fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<isobar_guest::types::Object> {
-        let key = isobar::store::ObjectKey { kind: KindKey::new(api_version, kind), namespace: namespace.into(), name: name.into() };
+    fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<isobar_guest::types::Object> {
+        let key = isobar::store::ObjectKey {
+            kind: KindKey::new(api_version, kind),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         self.0.get(&key).map(|o| to_guest(o))
     }
-    fn list(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Vec<isobar_guest::types::Object> {
-        self.0.list(&KindKey::new(api_version, kind), namespace).map(|o| to_guest(o)).collect()
+    fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Vec<isobar_guest::types::Object> {
+        self.0
+            .list(&KindKey::new(api_version, kind), namespace)
+            .map(|o| to_guest(o))
+            .collect()
     }
 }
 
@@ -45,12 +63,29 @@ fn universe(n: usize) -> Vec<Value> {
         let ns = format!("ns{}", i % 10);
         let svc = format!("svc{i}");
         out.push(service(&ns, &svc, &[("http", 80, json!("http"))]));
-        out.push(slice(&ns, &svc, "a", "http", 8080, &[&format!("10.{}.{}.1", i / 250, i % 250), &format!("10.{}.{}.2", i / 250, i % 250)]));
+        out.push(slice(
+            &ns,
+            &svc,
+            "a",
+            "http",
+            8080,
+            &[
+                &format!("10.{}.{}.1", i / 250, i % 250),
+                &format!("10.{}.{}.2", i / 250, i % 250),
+            ],
+        ));
         let host = format!("app{i}.example.com");
         out.push(ingress(
             &ns,
             &format!("ing{i}"),
-            &[(host.as_str(), &[("/", "Prefix", svc.as_str(), json!(80)), ("/api", "Prefix", svc.as_str(), json!("http")), ("/healthz", "Exact", svc.as_str(), json!(80))])],
+            &[(
+                host.as_str(),
+                &[
+                    ("/", "Prefix", svc.as_str(), json!(80)),
+                    ("/api", "Prefix", svc.as_str(), json!("http")),
+                    ("/healthz", "Exact", svc.as_str(), json!(80)),
+                ],
+            )],
         ));
     }
     out
@@ -65,7 +100,10 @@ fn store_of(objects: &[Value]) -> Arc<Store> {
 }
 
 fn roots(store: &Store) -> Vec<Arc<Object>> {
-    store.list(&KindKey::new("networking.k8s.io/v1", "Ingress"), None).cloned().collect()
+    store
+        .list(&KindKey::new("networking.k8s.io/v1", "Ingress"), None)
+        .cloned()
+        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -83,21 +121,52 @@ fn us(d: Duration) -> String {
 fn machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    / 1024
+                    / 1024
+            })
+        })
         .unwrap_or(0);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("machine: {cpu}, {cores} cores, {mem} GiB, {} {}", std::env::consts::OS, std::env::consts::ARCH);
-    println!("build: {}", if cfg!(debug_assertions) { "debug assertions ON (numbers are pessimistic)" } else { "optimised" });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "machine: {cpu}, {cores} cores, {mem} GiB, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    println!(
+        "build: {}",
+        if cfg!(debug_assertions) {
+            "debug assertions ON (numbers are pessimistic)"
+        } else {
+            "optimised"
+        }
+    );
 }
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -116,18 +185,30 @@ fn translate_side_by_side(n: usize) {
     let mut routes_wasm = 0;
     for r in &roots {
         let out = plugin.translate(&store, r).result.expect("wasm translate");
-        routes_wasm += out.virtual_hosts.iter().map(|v| v.routes.len()).sum::<usize>();
+        routes_wasm += out
+            .virtual_hosts
+            .iter()
+            .map(|v| v.routes.len())
+            .sum::<usize>();
     }
     let wasm = t.elapsed();
     let native_store = NativeStore(&store);
     let t = Instant::now();
     let mut routes_native = 0;
     for r in &roots {
-        let out = IngressTranslator::translate(&to_guest(r), &native_store).expect("native translate");
-        routes_native += out.virtual_hosts.iter().map(|v| v.routes.len()).sum::<usize>();
+        let out =
+            IngressTranslator::translate(&to_guest(r), &native_store).expect("native translate");
+        routes_native += out
+            .virtual_hosts
+            .iter()
+            .map(|v| v.routes.len())
+            .sum::<usize>();
     }
     let native = t.elapsed();
-    assert_eq!(routes_wasm, routes_native, "both builds must produce the same output");
+    assert_eq!(
+        routes_wasm, routes_native,
+        "both builds must produce the same output"
+    );
 
     let mut p = Pipeline::new(plugin);
     p.load(objects.iter().map(|v| apply(v.clone())));
@@ -164,7 +245,14 @@ fn incremental(n: usize) {
         let changed = ingress(
             &ns,
             &format!("ing{i}"),
-            &[(host.as_str(), &[("/", "Prefix", svc.as_str(), json!(80)), (extra.as_str(), "Prefix", svc.as_str(), json!("http")), ("/healthz", "Exact", svc.as_str(), json!(80))])],
+            &[(
+                host.as_str(),
+                &[
+                    ("/", "Prefix", svc.as_str(), json!(80)),
+                    (extra.as_str(), "Prefix", svc.as_str(), json!("http")),
+                    ("/healthz", "Exact", svc.as_str(), json!(80)),
+                ],
+            )],
         );
         let t = Instant::now();
         let r = p.apply([apply(changed)]);
@@ -232,7 +320,10 @@ fn main() {
     }
     incremental(10_000);
     // Peak memory in a fresh process, so earlier runs do not count.
-    let out = std::process::Command::new(std::env::current_exe().unwrap()).args(["--rss-child", "10000"]).output().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--rss-child", "10000"])
+        .output()
+        .unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));

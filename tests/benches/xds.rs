@@ -1594,8 +1594,5 @@ fn main() {
     many_streams(&rt, small, many);
 
     println!("\nload average at the end: {}", loadavg());
-    println!(
-        "bench wall time: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("bench wall time: {:.1} s", started.elapsed().as_secs_f64());
 }

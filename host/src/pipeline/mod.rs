@@ -16,7 +16,7 @@ use crate::plugin::Plugin;
 use crate::store::{Change, Event, KindKey, ObjectKey, Store};
 use crate::translate::merge::{self, MergedListener, MergedRaw, Merger, RawKey, VhostKey};
 use crate::translate::{OutputChange, RoundStats, Translations};
-use crate::xds::{type_url, Resource, Snapshot};
+use crate::xds::{Resource, Snapshot, type_url};
 
 type NsName = (String, String);
 
@@ -104,7 +104,12 @@ fn nsname(key: &ObjectKey) -> NsName {
 }
 
 fn diag(root: &ObjectKey, severity: ir::Severity, reason: &str, message: String) -> ir::Diagnostic {
-    ir::Diagnostic { object: merge::object_ref(root), severity, reason: reason.to_string(), message }
+    ir::Diagnostic {
+        object: merge::object_ref(root),
+        severity,
+        reason: reason.to_string(),
+        message,
+    }
 }
 
 impl Pipeline {
@@ -171,27 +176,44 @@ impl Pipeline {
         let (outputs, stats) = self.translations.translate_all(&self.store);
         let every: Vec<Change> = [service_kind(), secret_kind(), slice_kind()]
             .iter()
-            .flat_map(|k| self.store.list(k, None).map(|o| Change::Updated(o.key())).collect::<Vec<_>>())
+            .flat_map(|k| {
+                self.store
+                    .list(k, None)
+                    .map(|o| Change::Updated(o.key()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let mut round = self.recompile(&every, outputs, stats);
         round.changes = 0;
         round
     }
 
-    fn recompile(&mut self, changes: &[Change], outputs: Vec<OutputChange>, translation: RoundStats) -> Round {
-        let mut round = Round { changes: changes.len(), translation, roots_changed: outputs.len(), ..Round::default() };
+    fn recompile(
+        &mut self,
+        changes: &[Change],
+        outputs: Vec<OutputChange>,
+        translation: RoundStats,
+    ) -> Round {
+        let mut round = Round {
+            changes: changes.len(),
+            translation,
+            roots_changed: outputs.len(),
+            ..Round::default()
+        };
         let dirty = self.merger.apply(&outputs);
         let mut dirty_vhosts = dirty.vhosts;
         let mut touched: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
 
         // Listeners first: a changed listener re-validates its hosts.
         for name in &dirty.listeners {
-            let merged = merge::merge_listener(name, self.contributors(self.merger.listener_roots(name)));
+            let merged =
+                merge::merge_listener(name, self.contributors(self.merger.listener_roots(name)));
             let before = self.listeners.get(name).map(|l| l.listener.clone());
             match merged {
                 Some(m) => {
                     if before.as_ref() != Some(&m.listener) {
-                        dirty_vhosts.extend(self.merger.all_vhosts().filter(|k| &k.0 == name).cloned());
+                        dirty_vhosts
+                            .extend(self.merger.all_vhosts().filter(|k| &k.0 == name).cloned());
                     }
                     self.listeners.insert(name.clone(), m);
                 }
@@ -200,7 +222,10 @@ impl Pipeline {
                     dirty_vhosts.extend(self.merger.all_vhosts().filter(|k| &k.0 == name).cloned());
                 }
             }
-            touched.entry(type_url::LISTENER).or_default().insert(name.clone());
+            touched
+                .entry(type_url::LISTENER)
+                .or_default()
+                .insert(name.clone());
         }
 
         // Backends and secrets that appeared, vanished or changed.
@@ -209,7 +234,13 @@ impl Pipeline {
         for change in changes {
             let key = change.key();
             if key.kind == service_kind() {
-                dirty_vhosts.extend(self.service_vhosts.get(&nsname(key)).into_iter().flatten().cloned());
+                dirty_vhosts.extend(
+                    self.service_vhosts
+                        .get(&nsname(key))
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
                 dirty_services.insert(nsname(key));
             } else if key.kind == slice_kind() {
                 // The service it belonged to and the one it belongs to now
@@ -217,7 +248,10 @@ impl Pipeline {
                 if let Some(before) = self.slice_services.remove(key) {
                     dirty_services.insert(before);
                 }
-                let now = self.store.get(key).and_then(|o| o.labels.get(crate::store::SERVICE_NAME_LABEL).cloned());
+                let now = self
+                    .store
+                    .get(key)
+                    .and_then(|o| o.labels.get(crate::store::SERVICE_NAME_LABEL).cloned());
                 if let Some(svc) = now {
                     let owner = (key.namespace.clone(), svc);
                     dirty_services.insert(owner.clone());
@@ -239,7 +273,11 @@ impl Pipeline {
         self.sync_secrets(&dirty_secrets, &mut touched);
 
         // Route configurations and listeners of the listeners touched.
-        let listeners_touched: BTreeSet<String> = dirty_vhosts.iter().map(|k| k.0.clone()).chain(dirty.listeners).collect();
+        let listeners_touched: BTreeSet<String> = dirty_vhosts
+            .iter()
+            .map(|k| k.0.clone())
+            .chain(dirty.listeners)
+            .collect();
         for name in &listeners_touched {
             self.assemble_listener(name, &mut touched);
         }
@@ -252,11 +290,18 @@ impl Pipeline {
         round
     }
 
-    fn contributors<'a>(&'a self, roots: impl Iterator<Item = &'a ObjectKey> + 'a) -> impl Iterator<Item = (&'a ObjectKey, &'a crate::translate::RootOutput)> + 'a {
+    fn contributors<'a>(
+        &'a self,
+        roots: impl Iterator<Item = &'a ObjectKey> + 'a,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a crate::translate::RootOutput)> + 'a {
         roots.filter_map(|k| self.translations.output(k).map(|o| (k, o)))
     }
 
-    fn compile_vhost(&mut self, key: &VhostKey, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn compile_vhost(
+        &mut self,
+        key: &VhostKey,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         if let Some(old) = self.vhosts.remove(key) {
             self.release(key, &old, touched);
         }
@@ -278,11 +323,26 @@ impl Pipeline {
         let protocol = self.listeners.get(&key.0).map(|l| l.listener.protocol);
         match protocol {
             None => compiled.diagnostics.extend(compiled.roots.iter().map(|r| {
-                diag(r, ir::Severity::Error, "ListenerNotFound", format!("virtual host {} names listener {} which no object declares", key.1, key.0))
+                diag(
+                    r,
+                    ir::Severity::Error,
+                    "ListenerNotFound",
+                    format!(
+                        "virtual host {} names listener {} which no object declares",
+                        key.1, key.0
+                    ),
+                )
             })),
             Some(ir::ListenerProtocol::Https) if merged.tls.is_none() => {
-                compiled.diagnostics.push(diag(&first_root, ir::Severity::Error, "TLSRequired",
-                    format!("virtual host {} on https listener {} has no TLS secret", key.1, key.0)))
+                compiled.diagnostics.push(diag(
+                    &first_root,
+                    ir::Severity::Error,
+                    "TLSRequired",
+                    format!(
+                        "virtual host {} on https listener {} has no TLS secret",
+                        key.1, key.0
+                    ),
+                ))
             }
             Some(protocol) => {
                 // The host's own validation: every backend must be a Service
@@ -292,38 +352,80 @@ impl Pipeline {
                     let mut route = mr.route.clone();
                     if let ir::RouteAction::Forward(backends) = &route.action {
                         for wb in backends {
-                            compiled.services.insert((wb.backend.namespace.clone(), wb.backend.name.clone()));
+                            compiled
+                                .services
+                                .insert((wb.backend.namespace.clone(), wb.backend.name.clone()));
                         }
-                        if let Some(problem) = backends.iter().find_map(|wb| self.check_backend(&wb.backend)) {
-                            compiled.diagnostics.push(diag(&mr.root, ir::Severity::Error, problem.0, problem.1));
-                            route.action = ir::RouteAction::DirectResponse(ir::DirectResponse { status: 503, body: None });
+                        if let Some(problem) = backends
+                            .iter()
+                            .find_map(|wb| self.check_backend(&wb.backend))
+                        {
+                            compiled.diagnostics.push(diag(
+                                &mr.root,
+                                ir::Severity::Error,
+                                problem.0,
+                                problem.1,
+                            ));
+                            route.action = ir::RouteAction::DirectResponse(ir::DirectResponse {
+                                status: 503,
+                                body: None,
+                            });
                         } else {
-                            compiled.clusters.extend(backends.iter().map(|wb| envoy::names::cluster(&wb.backend)));
-                            compiled.backends.extend(backends.iter().map(|wb| wb.backend.clone()));
+                            compiled.clusters.extend(
+                                backends.iter().map(|wb| envoy::names::cluster(&wb.backend)),
+                            );
+                            compiled
+                                .backends
+                                .extend(backends.iter().map(|wb| wb.backend.clone()));
                         }
                     }
                     routes.push(route);
                 }
                 match envoy::virtual_host(&key.1, &routes) {
                     Ok(vh) => {
-                        let errors = envoy::validate_virtual_host(&vh, |c| compiled.clusters.contains(c));
+                        let errors =
+                            envoy::validate_virtual_host(&vh, |c| compiled.clusters.contains(c));
                         if errors.is_empty() {
                             compiled.encoded = Some(envoy::encode_virtual_host(&vh));
                         } else {
-                            compiled.diagnostics.extend(compiled.roots.iter().flat_map(|r| {
-                                errors.iter().map(move |e| diag(r, ir::Severity::Error, "InvalidRoute", format!("virtual host {}: {e}", key.1)))
-                            }));
+                            compiled
+                                .diagnostics
+                                .extend(compiled.roots.iter().flat_map(|r| {
+                                    errors.iter().map(move |e| {
+                                        diag(
+                                            r,
+                                            ir::Severity::Error,
+                                            "InvalidRoute",
+                                            format!("virtual host {}: {e}", key.1),
+                                        )
+                                    })
+                                }));
                         }
                     }
                     Err(e) => compiled.diagnostics.extend(compiled.roots.iter().map(|r| {
-                        diag(r, ir::Severity::Error, "InvalidRoute", format!("virtual host {}: {e}", key.1))
+                        diag(
+                            r,
+                            ir::Severity::Error,
+                            "InvalidRoute",
+                            format!("virtual host {}: {e}", key.1),
+                        )
                     })),
                 }
                 if protocol == ir::ListenerProtocol::Https {
-                    compiled.secret = merged.tls.as_ref().map(|s| (s.namespace.clone(), s.name.clone()));
+                    compiled.secret = merged
+                        .tls
+                        .as_ref()
+                        .map(|s| (s.namespace.clone(), s.name.clone()));
                 }
-                if protocol == ir::ListenerProtocol::Http && compiled.encoded.is_some() && !key.1.contains('*') {
-                    let port = self.listeners.get(&key.0).map(|l| l.listener.port).unwrap_or_default();
+                if protocol == ir::ListenerProtocol::Http
+                    && compiled.encoded.is_some()
+                    && !key.1.contains('*')
+                {
+                    let port = self
+                        .listeners
+                        .get(&key.0)
+                        .map(|l| l.listener.port)
+                        .unwrap_or_default();
                     compiled.api_listeners = vec![key.1.clone(), format!("{}:{port}", key.1)];
                 }
             }
@@ -338,19 +440,45 @@ impl Pipeline {
     }
 
     fn check_backend(&self, b: &ir::Backend) -> Option<(&'static str, String)> {
-        let key = ObjectKey { kind: service_kind(), namespace: b.namespace.clone(), name: b.name.clone() };
+        let key = ObjectKey {
+            kind: service_kind(),
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+        };
         let Some(obj) = self.store.get(&key) else {
-            return Some(("BackendNotFound", format!("Service {}/{} does not exist", b.namespace, b.name)));
+            return Some((
+                "BackendNotFound",
+                format!("Service {}/{} does not exist", b.namespace, b.name),
+            ));
         };
         let svc: Service = match obj.parse() {
             Ok(s) => s,
-            Err(e) => return Some(("BackendInvalid", format!("Service {}/{} cannot be read: {e}", b.namespace, b.name))),
+            Err(e) => {
+                return Some((
+                    "BackendInvalid",
+                    format!("Service {}/{} cannot be read: {e}", b.namespace, b.name),
+                ));
+            }
         };
-        let has_port = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|p| p.port == i32::from(b.port)));
-        (!has_port).then(|| ("BackendNotFound", format!("Service {}/{} has no port {}", b.namespace, b.name, b.port)))
+        let has_port = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .is_some_and(|ps| ps.iter().any(|p| p.port == i32::from(b.port)));
+        (!has_port).then(|| {
+            (
+                "BackendNotFound",
+                format!("Service {}/{} has no port {}", b.namespace, b.name, b.port),
+            )
+        })
     }
 
-    fn acquire(&mut self, key: &VhostKey, c: &CompiledVhost, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn acquire(
+        &mut self,
+        key: &VhostKey,
+        c: &CompiledVhost,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         let roots = self.listener_roots.entry(key.0.clone()).or_default();
         for r in &c.roots {
             match roots.counts.get_mut(r) {
@@ -368,34 +496,68 @@ impl Pipeline {
             }
             self.api_owners.insert(name.clone(), key.clone());
             let rc = envoy::names::http_route_config(&key.0);
-            let mut res = Resource::encode(type_url::LISTENER, name.clone(), &envoy::api_listener(name, &rc), c.roots.clone());
+            let mut res = Resource::encode(
+                type_url::LISTENER,
+                name.clone(),
+                &envoy::api_listener(name, &rc),
+                c.roots.clone(),
+            );
             res.named_only = true;
             self.put(res);
-            touched.entry(type_url::LISTENER).or_default().insert(name.clone());
+            touched
+                .entry(type_url::LISTENER)
+                .or_default()
+                .insert(name.clone());
         }
         for s in &c.services {
-            self.service_vhosts.entry(s.clone()).or_default().insert(key.clone());
+            self.service_vhosts
+                .entry(s.clone())
+                .or_default()
+                .insert(key.clone());
         }
         for b in &c.backends {
             let name = envoy::names::cluster(b);
-            let entry = self.clusters.entry(name.clone()).or_insert_with(|| ClusterUse { backend: b.clone(), users: 0 });
+            let entry = self
+                .clusters
+                .entry(name.clone())
+                .or_insert_with(|| ClusterUse {
+                    backend: b.clone(),
+                    users: 0,
+                });
             if entry.users == 0 {
-                touched.entry(type_url::CLUSTER).or_default().insert(name.clone());
-                self.service_clusters.entry((b.namespace.clone(), b.name.clone())).or_default().insert(name);
+                touched
+                    .entry(type_url::CLUSTER)
+                    .or_default()
+                    .insert(name.clone());
+                self.service_clusters
+                    .entry((b.namespace.clone(), b.name.clone()))
+                    .or_default()
+                    .insert(name);
             }
             entry.users += 1;
         }
         if let Some(secret) = &c.secret {
-            self.secret_vhosts.entry(secret.clone()).or_default().insert(key.clone());
+            self.secret_vhosts
+                .entry(secret.clone())
+                .or_default()
+                .insert(key.clone());
             let users = self.secrets.entry(secret.clone()).or_insert(0);
             *users += 1;
             if *users == 1 {
-                touched.entry(type_url::SECRET).or_default().insert(envoy::names::secret(&secret.0, &secret.1));
+                touched
+                    .entry(type_url::SECRET)
+                    .or_default()
+                    .insert(envoy::names::secret(&secret.0, &secret.1));
             }
         }
     }
 
-    fn release(&mut self, key: &VhostKey, c: &CompiledVhost, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn release(
+        &mut self,
+        key: &VhostKey,
+        c: &CompiledVhost,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         if let Some(roots) = self.listener_roots.get_mut(&key.0) {
             // Entries that drop to zero stay until the list is next read: a
             // root recompiled in the same round keeps the shared list.
@@ -410,7 +572,10 @@ impl Pipeline {
             if self.api_owners.get(name) == Some(key) {
                 self.api_owners.remove(name);
                 self.remove(type_url::LISTENER, name);
-                touched.entry(type_url::LISTENER).or_default().insert(name.clone());
+                touched
+                    .entry(type_url::LISTENER)
+                    .or_default()
+                    .insert(name.clone());
             }
         }
         for s in &c.services {
@@ -440,13 +605,20 @@ impl Pipeline {
             if let Some(users) = self.secrets.get_mut(secret) {
                 *users -= 1;
                 if *users == 0 {
-                    touched.entry(type_url::SECRET).or_default().insert(envoy::names::secret(&secret.0, &secret.1));
+                    touched
+                        .entry(type_url::SECRET)
+                        .or_default()
+                        .insert(envoy::names::secret(&secret.0, &secret.1));
                 }
             }
         }
     }
 
-    fn compile_raw(&mut self, key: &RawKey, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn compile_raw(
+        &mut self,
+        key: &RawKey,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         self.raw.remove(key);
         if let Some(m) = merge::merge_raw(key, self.contributors(self.merger.raw_roots(key))) {
             self.raw.insert(key.clone(), m);
@@ -462,16 +634,29 @@ impl Pipeline {
                 } else {
                     Err(envoy::ValidationError::Decode {
                         type_url: key.0.clone(),
-                        message: format!("the resource is named {inner:?} inside but {:?} outside", key.1),
+                        message: format!(
+                            "the resource is named {inner:?} inside but {:?} outside",
+                            key.1
+                        ),
                     })
                 }
             }) {
                 Ok(()) => {
-                    let res = Resource::new(t, key.1.clone(), Bytes::from(m.raw.value.clone()), vec![m.root.clone()]);
+                    let res = Resource::new(
+                        t,
+                        key.1.clone(),
+                        Bytes::from(m.raw.value.clone()),
+                        vec![m.root.clone()],
+                    );
                     self.put(res);
                 }
                 Err(e) => {
-                    m.diagnostics.push(diag(&m.root, ir::Severity::Error, "InvalidRawResource", e.to_string()));
+                    m.diagnostics.push(diag(
+                        &m.root,
+                        ir::Severity::Error,
+                        "InvalidRawResource",
+                        e.to_string(),
+                    ));
                     self.remove(t, &key.1);
                 }
             },
@@ -480,13 +665,28 @@ impl Pipeline {
     }
 
     /// Adds, updates and removes clusters and their endpoints.
-    fn sync_clusters(&mut self, dirty_services: &BTreeSet<NsName>, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
-        let mut names: BTreeSet<String> = touched.get(type_url::CLUSTER).cloned().unwrap_or_default();
+    fn sync_clusters(
+        &mut self,
+        dirty_services: &BTreeSet<NsName>,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
+        let mut names: BTreeSet<String> =
+            touched.get(type_url::CLUSTER).cloned().unwrap_or_default();
         for svc in dirty_services {
-            names.extend(self.service_clusters.get(svc).into_iter().flatten().cloned());
+            names.extend(
+                self.service_clusters
+                    .get(svc)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
         }
         for name in names {
-            let live = self.clusters.get(&name).filter(|c| c.users > 0).map(|c| c.backend.clone());
+            let live = self
+                .clusters
+                .get(&name)
+                .filter(|c| c.users > 0)
+                .map(|c| c.backend.clone());
             match live {
                 None => {
                     if let Some(c) = self.clusters.remove(&name) {
@@ -503,11 +703,21 @@ impl Pipeline {
                     touched.entry(type_url::ENDPOINT).or_default().insert(name);
                 }
                 Some(backend) => {
-                    let svc_key = ObjectKey { kind: service_kind(), namespace: backend.namespace.clone(), name: backend.name.clone() };
+                    let svc_key = ObjectKey {
+                        kind: service_kind(),
+                        namespace: backend.namespace.clone(),
+                        name: backend.name.clone(),
+                    };
                     let sources = vec![svc_key.clone()];
                     let cluster = envoy::cluster(&backend);
-                    self.put(Resource::encode(type_url::CLUSTER, name.clone(), &cluster, sources.clone()));
-                    let service: Option<Service> = self.store.get(&svc_key).and_then(|o| o.parse().ok());
+                    self.put(Resource::encode(
+                        type_url::CLUSTER,
+                        name.clone(),
+                        &cluster,
+                        sources.clone(),
+                    ));
+                    let service: Option<Service> =
+                        self.store.get(&svc_key).and_then(|o| o.parse().ok());
                     let slices: Vec<EndpointSlice> = self
                         .store
                         .endpoint_slices(&backend.namespace, &backend.name)
@@ -515,22 +725,40 @@ impl Pipeline {
                         .collect();
                     let cla = match &service {
                         Some(s) => envoy::load_assignment(&name, s, &slices, backend.port),
-                        None => envoy::load_assignment(&name, &Service::default(), &[], backend.port),
+                        None => {
+                            envoy::load_assignment(&name, &Service::default(), &[], backend.port)
+                        }
                     };
-                    self.put(Resource::encode(type_url::ENDPOINT, name.clone(), &cla, sources));
+                    self.put(Resource::encode(
+                        type_url::ENDPOINT,
+                        name.clone(),
+                        &cla,
+                        sources,
+                    ));
                     touched.entry(type_url::ENDPOINT).or_default().insert(name);
                 }
             }
         }
     }
 
-    fn sync_secrets(&mut self, dirty: &BTreeSet<NsName>, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
-        let mut keys: BTreeSet<NsName> = dirty.iter().filter(|k| self.secrets.contains_key(*k)).cloned().collect();
+    fn sync_secrets(
+        &mut self,
+        dirty: &BTreeSet<NsName>,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
+        let mut keys: BTreeSet<NsName> = dirty
+            .iter()
+            .filter(|k| self.secrets.contains_key(*k))
+            .cloned()
+            .collect();
         let newly: Vec<NsName> = touched
             .get(type_url::SECRET)
             .into_iter()
             .flatten()
-            .filter_map(|n| n.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())))
+            .filter_map(|n| {
+                n.split_once('/')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
             .collect();
         keys.extend(newly);
         for key in keys {
@@ -542,18 +770,28 @@ impl Pipeline {
                 self.secret_errors.remove(&key);
                 self.remove(type_url::SECRET, &name);
             } else {
-                let obj_key = ObjectKey { kind: secret_kind(), namespace: key.0.clone(), name: key.1.clone() };
+                let obj_key = ObjectKey {
+                    kind: secret_kind(),
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                };
                 let compiled = match self.store.get(&obj_key) {
                     None => Err(format!("Secret {}/{} does not exist", key.0, key.1)),
                     Some(obj) => match obj.parse::<Secret>() {
                         Err(e) => Err(format!("Secret {}/{} cannot be read: {e}", key.0, key.1)),
-                        Ok(s) => envoy::secret(&s).map_err(|e| format!("Secret {}/{}: {e}", key.0, key.1)),
+                        Ok(s) => envoy::secret(&s)
+                            .map_err(|e| format!("Secret {}/{}: {e}", key.0, key.1)),
                     },
                 };
                 match compiled {
                     Ok(secret) => {
                         self.secret_errors.remove(&key);
-                        self.put(Resource::encode(type_url::SECRET, name.clone(), &secret, vec![obj_key]));
+                        self.put(Resource::encode(
+                            type_url::SECRET,
+                            name.clone(),
+                            &secret,
+                            vec![obj_key],
+                        ));
                     }
                     Err(message) => {
                         self.secret_errors.insert(key.clone(), message);
@@ -561,11 +799,20 @@ impl Pipeline {
                     }
                 }
             }
-            touched.entry(type_url::SECRET).or_default().insert(name.clone());
+            touched
+                .entry(type_url::SECRET)
+                .or_default()
+                .insert(name.clone());
             let is_valid = self.snapshot.get(type_url::SECRET, &name).is_some();
             if was_valid != is_valid {
                 // The filter chains that serve this secret come or go.
-                let listeners: BTreeSet<String> = self.secret_vhosts.get(&key).into_iter().flatten().map(|k| k.0.clone()).collect();
+                let listeners: BTreeSet<String> = self
+                    .secret_vhosts
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .map(|k| k.0.clone())
+                    .collect();
                 for l in listeners {
                     self.assemble_listener(&l, touched);
                 }
@@ -575,13 +822,24 @@ impl Pipeline {
 
     /// Builds a listener and its route configurations from its compiled
     /// virtual hosts.
-    fn assemble_listener(&mut self, name: &str, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn assemble_listener(
+        &mut self,
+        name: &str,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         let range = (name.to_string(), String::new())..;
-        let vhosts: Vec<(&VhostKey, &CompiledVhost)> = self.vhosts.range(range).take_while(|(k, _)| k.0 == name).collect();
+        let vhosts: Vec<(&VhostKey, &CompiledVhost)> = self
+            .vhosts
+            .range(range)
+            .take_while(|(k, _)| k.0 == name)
+            .collect();
         let Some(listener) = self.listeners.get(name).map(|l| l.listener.clone()) else {
             self.remove(type_url::LISTENER, name);
             self.listener_inputs.remove(name);
-            touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
+            touched
+                .entry(type_url::LISTENER)
+                .or_default()
+                .insert(name.to_string());
             self.remove_stale_routes(name, &BTreeSet::new(), touched);
             return;
         };
@@ -590,24 +848,42 @@ impl Pipeline {
         let mut route_names = BTreeSet::new();
         match listener.protocol {
             ir::ListenerProtocol::Http => {
-                let encoded: Vec<&[u8]> = vhosts.iter().filter_map(|(_, v)| v.encoded.as_deref()).collect();
+                let encoded: Vec<&[u8]> = vhosts
+                    .iter()
+                    .filter_map(|(_, v)| v.encoded.as_deref())
+                    .collect();
                 let body = envoy::encode_route_configuration(name, encoded);
                 let sources = self.listener_sources(name);
-                puts.push(Resource::new(type_url::ROUTE, name.to_string(), body, sources));
+                puts.push(Resource::new(
+                    type_url::ROUTE,
+                    name.to_string(),
+                    body,
+                    sources,
+                ));
                 route_names.insert(name.to_string());
             }
             ir::ListenerProtocol::Https => {
                 for (key, v) in &vhosts {
-                    let (Some(encoded), Some(secret)) = (&v.encoded, &v.secret) else { continue };
+                    let (Some(encoded), Some(secret)) = (&v.encoded, &v.secret) else {
+                        continue;
+                    };
                     let secret_name = envoy::names::secret(&secret.0, &secret.1);
                     if self.snapshot.get(type_url::SECRET, &secret_name).is_none() {
                         continue;
                     }
                     let rc_name = envoy::names::https_route_config(name, &key.1);
                     let body = envoy::encode_route_configuration(&rc_name, [encoded.as_ref()]);
-                    puts.push(Resource::new(type_url::ROUTE, rc_name.clone(), body, v.roots.clone()));
+                    puts.push(Resource::new(
+                        type_url::ROUTE,
+                        rc_name.clone(),
+                        body,
+                        v.roots.clone(),
+                    ));
                     route_names.insert(rc_name);
-                    tls.push(envoy::TlsDomain { domain: key.1.clone(), secret_name });
+                    tls.push(envoy::TlsDomain {
+                        domain: key.1.clone(),
+                        secret_name,
+                    });
                 }
             }
         }
@@ -615,21 +891,36 @@ impl Pipeline {
         // of SNI hosts, not with every route.
         let built_from = (listener.clone(), tls.clone());
         if self.listener_inputs.get(name) != Some(&built_from) {
-            let sources: Vec<ObjectKey> = self.listeners.get(name).map(|l| l.roots.clone()).unwrap_or_default();
+            let sources: Vec<ObjectKey> = self
+                .listeners
+                .get(name)
+                .map(|l| l.roots.clone())
+                .unwrap_or_default();
             let l = envoy::listener(&listener, &tls);
             // An HTTPS listener without a servable host has no filter chain,
             // which Envoy rejects: leave it out until one appears.
             if envoy::validate_listener(&l).is_empty() {
-                puts.push(Resource::encode(type_url::LISTENER, name.to_string(), &l, sources));
+                puts.push(Resource::encode(
+                    type_url::LISTENER,
+                    name.to_string(),
+                    &l,
+                    sources,
+                ));
             } else {
                 self.remove(type_url::LISTENER, name);
-                touched.entry(type_url::LISTENER).or_default().insert(name.to_string());
+                touched
+                    .entry(type_url::LISTENER)
+                    .or_default()
+                    .insert(name.to_string());
             }
             self.listener_inputs.insert(name.to_string(), built_from);
         }
         self.remove_stale_routes(name, &route_names, touched);
         for res in puts {
-            touched.entry(type_url_static(&res.type_url)).or_default().insert(res.name.clone());
+            touched
+                .entry(type_url_static(&res.type_url))
+                .or_default()
+                .insert(res.name.clone());
             self.put(res);
         }
     }
@@ -646,11 +937,19 @@ impl Pipeline {
                 roots.shared = None;
             }
         }
-        roots.shared.get_or_insert_with(|| roots.counts.keys().cloned().collect()).clone()
+        roots
+            .shared
+            .get_or_insert_with(|| roots.counts.keys().cloned().collect())
+            .clone()
     }
 
     /// Removes the route configurations of listener `name` not in `keep`.
-    fn remove_stale_routes(&mut self, name: &str, keep: &BTreeSet<String>, touched: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+    fn remove_stale_routes(
+        &mut self,
+        name: &str,
+        keep: &BTreeSet<String>,
+        touched: &mut BTreeMap<&'static str, BTreeSet<String>>,
+    ) {
         let prefix = format!("{name}/");
         let stale: Vec<String> = self
             .snapshot
@@ -658,7 +957,10 @@ impl Pipeline {
             .into_iter()
             .flat_map(|m| {
                 let own = m.get_key_value(name).into_iter();
-                own.chain(m.range(prefix.clone()..).take_while(|(n, _)| n.starts_with(&prefix)))
+                own.chain(
+                    m.range(prefix.clone()..)
+                        .take_while(|(n, _)| n.starts_with(&prefix)),
+                )
             })
             .filter(|(n, _)| !keep.contains(*n))
             .map(|(n, _)| n.clone())
@@ -670,8 +972,15 @@ impl Pipeline {
     }
 
     fn put(&mut self, res: Resource) {
-        let slot = self.snapshot.resources.entry(res.type_url.clone()).or_default();
-        if slot.get(&res.name).is_some_and(|old| old.body == res.body && old.sources == res.sources) {
+        let slot = self
+            .snapshot
+            .resources
+            .entry(res.type_url.clone())
+            .or_default();
+        if slot
+            .get(&res.name)
+            .is_some_and(|old| old.body == res.body && old.sources == res.sources)
+        {
             return;
         }
         slot.insert(res.name.clone(), Arc::new(res));
@@ -695,24 +1004,58 @@ impl Pipeline {
         for (key, output) in roots {
             out.extend(output.fragment.diagnostics.iter().cloned());
             if let Some(e) = &output.error {
-                out.push(diag(key, ir::Severity::Error, e.reason(), format!("{e}; serving its last good configuration")));
+                out.push(diag(
+                    key,
+                    ir::Severity::Error,
+                    e.reason(),
+                    format!("{e}; serving its last good configuration"),
+                ));
             }
         }
-        out.extend(self.listeners.values().flat_map(|l| l.diagnostics.iter().cloned()));
-        out.extend(self.vhosts.values().flat_map(|v| v.diagnostics.iter().cloned()));
-        out.extend(self.raw.values().flat_map(|r| r.diagnostics.iter().cloned()));
+        out.extend(
+            self.listeners
+                .values()
+                .flat_map(|l| l.diagnostics.iter().cloned()),
+        );
+        out.extend(
+            self.vhosts
+                .values()
+                .flat_map(|v| v.diagnostics.iter().cloned()),
+        );
+        out.extend(
+            self.raw
+                .values()
+                .flat_map(|r| r.diagnostics.iter().cloned()),
+        );
         for (key, message) in &self.secret_errors {
             for vh in self.secret_vhosts.get(key).into_iter().flatten() {
                 if let Some(v) = self.vhosts.get(vh) {
                     for root in &v.roots {
-                        out.push(diag(root, ir::Severity::Error, "SecretInvalid", message.clone()));
+                        out.push(diag(
+                            root,
+                            ir::Severity::Error,
+                            "SecretInvalid",
+                            message.clone(),
+                        ));
                     }
                 }
             }
         }
         out.sort_by(|a, b| {
-            (&a.object.kind, &a.object.namespace, &a.object.name, &a.reason, &a.message)
-                .cmp(&(&b.object.kind, &b.object.namespace, &b.object.name, &b.reason, &b.message))
+            (
+                &a.object.kind,
+                &a.object.namespace,
+                &a.object.name,
+                &a.reason,
+                &a.message,
+            )
+                .cmp(&(
+                    &b.object.kind,
+                    &b.object.namespace,
+                    &b.object.name,
+                    &b.reason,
+                    &b.message,
+                ))
         });
         out.dedup();
         out
@@ -720,5 +1063,9 @@ impl Pipeline {
 }
 
 fn type_url_static(t: &str) -> &'static str {
-    type_url::PUSH_ORDER.iter().find(|x| **x == t).copied().unwrap_or(type_url::LISTENER)
+    type_url::PUSH_ORDER
+        .iter()
+        .find(|x| **x == t)
+        .copied()
+        .unwrap_or(type_url::LISTENER)
 }

@@ -18,14 +18,25 @@ pub(super) struct ComponentCache {
 
 impl ComponentCache {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        ComponentCache { memory: Mutex::new(HashMap::new()), dir }
+        ComponentCache {
+            memory: Mutex::new(HashMap::new()),
+            dir,
+        }
     }
 
-    pub fn get_or_compile(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> Result<Component, PluginError> {
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Component, PluginError> {
         if let Some(c) = self.memory.lock().get(digest) {
             return Ok(c.clone());
         }
-        let artifact = self.dir.as_ref().map(|d| d.join(format!("{digest}-{}.cwasm", engine_fingerprint(engine))));
+        let artifact = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}-{}.cwasm", engine_fingerprint(engine))));
         if let Some(path) = artifact.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with the same compatibility hash, into a directory the
@@ -35,16 +46,21 @@ impl ComponentCache {
                     self.memory.lock().insert(digest.to_string(), c.clone());
                     return Ok(c);
                 }
-                Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring unusable cached component"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "ignoring unusable cached component")
+                }
             }
         }
-        let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        let component =
+            Component::new(engine, bytes).map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         if let Some(path) = artifact {
             if let Err(error) = write_artifact(&component, &path) {
                 tracing::warn!(path = %path.display(), %error, "could not cache compiled component");
             }
         }
-        self.memory.lock().insert(digest.to_string(), component.clone());
+        self.memory
+            .lock()
+            .insert(digest.to_string(), component.clone());
         Ok(component)
     }
 }

@@ -73,14 +73,23 @@ pub(super) fn new_store(
     };
     let mut wstore = wasmtime::Store::new(&shared.engine, state);
     wstore.limiter(|s| s);
-    let ticks = shared.limits.deadline.as_micros().div_ceil(super::EPOCH_TICK.as_micros()).max(1) as u64;
+    let ticks = shared
+        .limits
+        .deadline
+        .as_micros()
+        .div_ceil(super::EPOCH_TICK.as_micros())
+        .max(1) as u64;
     // One extra tick: the ticker may advance right after we read the epoch.
     wstore.set_epoch_deadline(ticks + 1);
     wstore
 }
 
 /// Turns a wasmtime error into the typed cause.
-pub(super) fn classify(err: wasmtime::Error, store: &wasmtime::Store<CallState>, limits: &Limits) -> PluginError {
+pub(super) fn classify(
+    err: wasmtime::Error,
+    store: &wasmtime::Store<CallState>,
+    limits: &Limits,
+) -> PluginError {
     let state = store.data();
     if state.memory_cap_hit {
         return PluginError::MemoryLimit(limits.memory_bytes);
@@ -88,7 +97,9 @@ pub(super) fn classify(err: wasmtime::Error, store: &wasmtime::Store<CallState>,
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
         return PluginError::Timeout(limits.deadline);
     }
-    let stderr = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+    let stderr = String::from_utf8_lossy(&state.stderr.contents())
+        .trim()
+        .to_string();
     let cause = match err.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
@@ -116,12 +127,20 @@ pub(super) fn to_wit(o: &Object) -> types::Object {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl ResourceLimiter for CallState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.memory_cap_hit = true;
             return Ok(false);
@@ -129,7 +148,12 @@ impl ResourceLimiter for CallState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -137,17 +161,39 @@ impl ResourceLimiter for CallState {
 impl types::Host for CallState {}
 
 impl store::Host for CallState {
-    fn get(&mut self, api_version: String, kind: String, namespace: String, name: String) -> Option<types::Object> {
-        let key = ObjectKey { kind: KindKey::new(&api_version, &kind), namespace, name };
-        let found = self.store.as_ref().and_then(|s| s.get(&key)).map(|o| to_wit(o));
+    fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> Option<types::Object> {
+        let key = ObjectKey {
+            kind: KindKey::new(&api_version, &kind),
+            namespace,
+            name,
+        };
+        let found = self
+            .store
+            .as_ref()
+            .and_then(|s| s.get(&key))
+            .map(|o| to_wit(o));
         self.reads.gets.insert(key);
         found
     }
 
-    fn list(&mut self, api_version: String, kind: String, namespace: Option<String>) -> Vec<types::Object> {
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+    ) -> Vec<types::Object> {
         let kind = KindKey::new(&api_version, &kind);
         let found = match &self.store {
-            Some(s) => s.list(&kind, namespace.as_deref()).map(|o| to_wit(o)).collect(),
+            Some(s) => s
+                .list(&kind, namespace.as_deref())
+                .map(|o| to_wit(o))
+                .collect(),
             None => Vec::new(),
         };
         self.reads.lists.insert((kind, namespace));

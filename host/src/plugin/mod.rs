@@ -21,8 +21,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::ir;
 use crate::store::{Object, ObjectKey, Store};
 use bindings::{Translator, TranslatorPre};
-pub use call::Reads;
 use call::CallState;
+pub use call::Reads;
 
 /// The contract this host speaks.
 pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
@@ -48,7 +48,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { deadline: Duration::from_millis(100), memory_bytes: 64 << 20, max_log_lines: 100 }
+        Limits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            max_log_lines: 100,
+        }
     }
 }
 
@@ -70,7 +74,9 @@ pub enum PluginError {
     Io { path: String, message: String },
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("plugin was built against contract {found}; this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}")]
+    #[error(
+        "plugin was built against contract {found}; this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
+    )]
     ContractMismatch { found: String },
     #[error("plugin needs imports this host does not grant: {0}")]
     Link(String),
@@ -143,7 +149,10 @@ impl Runtime {
         // WASI is linked so std-based guests instantiate, but the context
         // grants nothing: no preopens, no environment, no network.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(&mut linker, |s| s)?;
+        Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )?;
         let shared = Arc::new(EngineShared {
             cache: cache::ComponentCache::new(cache_dir),
             engine,
@@ -166,8 +175,10 @@ impl Runtime {
     /// Reads, compiles (or fetches from the cache), checks the contract and
     /// asks the plugin to describe itself.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| PluginError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         self.load(&bytes, &path.display().to_string())
     }
 
@@ -176,25 +187,43 @@ impl Runtime {
     }
 
     /// Loads a plugin with WASI capabilities granted to it.
-    pub fn load_with(&self, bytes: &[u8], source: &str, grants: Grants) -> Result<Plugin, PluginError> {
+    pub fn load_with(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        grants: Grants,
+    ) -> Result<Plugin, PluginError> {
         for (dir, _) in &grants.read_only_dirs {
             if !dir.is_dir() {
-                return Err(PluginError::Io { path: dir.display().to_string(), message: "granted directory does not exist".into() });
+                return Err(PluginError::Io {
+                    path: dir.display().to_string(),
+                    message: "granted directory does not exist".into(),
+                });
             }
         }
         let digest = hex::encode(Sha256::digest(bytes));
-        let component = self.shared.cache.get_or_compile(&self.shared.engine, &digest, bytes)?;
+        let component = self
+            .shared
+            .cache
+            .get_or_compile(&self.shared.engine, &digest, bytes)?;
         check_contract(&self.shared.engine, &component)?;
         let pre = self
             .shared
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let pre = TranslatorPre::new(pre).map_err(|e| PluginError::ContractMismatch { found: format!("{e:#}") })?;
+        let pre = TranslatorPre::new(pre).map_err(|e| PluginError::ContractMismatch {
+            found: format!("{e:#}"),
+        })?;
         let mut plugin = Plugin {
             shared: self.shared.clone(),
             pre,
-            info: ir::PluginInfo { name: String::new(), version: String::new(), watches: vec![], roots: vec![] },
+            info: ir::PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                watches: vec![],
+                roots: vec![],
+            },
             digest,
             source: source.to_string(),
             grants: Arc::new(grants),
@@ -249,7 +278,10 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginEr
             if exports.is_empty() {
                 "no contract (it exports no interfaces)".to_string()
             } else {
-                format!("no {CONTRACT_PACKAGE} contract (it exports {})", exports.join(", "))
+                format!(
+                    "no {CONTRACT_PACKAGE} contract (it exports {})",
+                    exports.join(", ")
+                )
             }
         });
     Err(PluginError::ContractMismatch { found })
@@ -293,33 +325,57 @@ impl Plugin {
     /// Translates one root against `store`, recording every read.
     pub fn translate(&self, store: &Arc<Store>, root: &Object) -> CallOutcome {
         let started = std::time::Instant::now();
-        let mut wstore = call::new_store(&self.shared, Some(store.clone()), &self.info.name, &self.grants);
+        let mut wstore = call::new_store(
+            &self.shared,
+            Some(store.clone()),
+            &self.info.name,
+            &self.grants,
+        );
         let root_wit = call::to_wit(root);
-        let result = self
-            .pre
-            .instantiate(&mut wstore)
-            .and_then(|i| i.isobar_plugin_translation().call_translate(&mut wstore, &root_wit));
+        let result = self.pre.instantiate(&mut wstore).and_then(|i| {
+            i.isobar_plugin_translation()
+                .call_translate(&mut wstore, &root_wit)
+        });
         let result = match result {
             Ok(Ok(fragment)) => Ok(fragment),
-            Ok(Err(e)) => Err(PluginError::Rejected { reason: e.reason, message: e.message }),
+            Ok(Err(e)) => Err(PluginError::Rejected {
+                reason: e.reason,
+                message: e.message,
+            }),
             Err(e) => Err(call::classify(e, &wstore, &self.shared.limits)),
         };
         let state = wstore.into_data();
-        CallOutcome { result, dropped_logs: state.dropped_logs, reads: state.reads, elapsed: started.elapsed() }
+        CallOutcome {
+            result,
+            dropped_logs: state.dropped_logs,
+            reads: state.reads,
+            elapsed: started.elapsed(),
+        }
     }
 
     /// The root kinds, as store keys.
     pub fn root_kinds(&self) -> Vec<crate::store::KindKey> {
-        self.info.roots.iter().map(|k| crate::store::KindKey::new(&k.api_version, &k.kind)).collect()
+        self.info
+            .roots
+            .iter()
+            .map(|k| crate::store::KindKey::new(&k.api_version, &k.kind))
+            .collect()
     }
 
     pub fn watched_kinds(&self) -> Vec<crate::store::KindKey> {
-        self.info.watches.iter().map(|k| crate::store::KindKey::new(&k.api_version, &k.kind)).collect()
+        self.info
+            .watches
+            .iter()
+            .map(|k| crate::store::KindKey::new(&k.api_version, &k.kind))
+            .collect()
     }
 
     /// Whether `key` is a root of this plugin.
     pub fn is_root(&self, key: &ObjectKey) -> bool {
-        self.info.roots.iter().any(|k| crate::store::KindKey::new(&k.api_version, &k.kind) == key.kind)
+        self.info
+            .roots
+            .iter()
+            .any(|k| crate::store::KindKey::new(&k.api_version, &k.kind) == key.kind)
     }
 }
 

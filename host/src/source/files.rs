@@ -32,12 +32,17 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        self.manifests.iter().map(|m| Event::Apply(m.object.clone()))
+        self.manifests
+            .iter()
+            .map(|m| Event::Apply(m.object.clone()))
     }
 }
 
 fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// The manifest files under `path` (itself, if a file), sorted, so the
@@ -51,7 +56,10 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let p = entry?.path();
-            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if hidden {
                 continue;
             }
@@ -75,11 +83,19 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
                 for file in files {
                     match std::fs::read_to_string(&file) {
                         Ok(text) => parse_into(&file, &text, &mut loaded),
-                        Err(e) => loaded.errors.push(ManifestError { file, line: 0, message: e.to_string() }),
+                        Err(e) => loaded.errors.push(ManifestError {
+                            file,
+                            line: 0,
+                            message: e.to_string(),
+                        }),
                     }
                 }
             }
-            Err(e) => loaded.errors.push(ManifestError { file: path.clone(), line: 0, message: e.to_string() }),
+            Err(e) => loaded.errors.push(ManifestError {
+                file: path.clone(),
+                line: 0,
+                message: e.to_string(),
+            }),
         }
     }
     loaded
@@ -89,7 +105,11 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
 /// file's other documents still load.
 pub fn parse_into(file: &Path, text: &str, loaded: &mut Loaded) {
     for (start_line, doc) in split_documents(text) {
-        if doc.trim().is_empty() || doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        if doc.trim().is_empty()
+            || doc
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             continue;
         }
         let value: serde_json::Value = match serde_yaml::from_str(&doc) {
@@ -99,8 +119,16 @@ pub fn parse_into(file: &Path, text: &str, loaded: &mut Loaded) {
                 let message = e.to_string();
                 // serde_yaml appends "at line X column Y" relative to the
                 // document; the file line is ours.
-                let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-                loaded.errors.push(ManifestError { file: file.to_path_buf(), line, message });
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&message)
+                    .to_string();
+                loaded.errors.push(ManifestError {
+                    file: file.to_path_buf(),
+                    line,
+                    message,
+                });
                 continue;
             }
         };
@@ -108,15 +136,25 @@ pub fn parse_into(file: &Path, text: &str, loaded: &mut Loaded) {
             continue;
         }
         let items = match value.get("kind").and_then(|k| k.as_str()) {
-            Some(k) if k.ends_with("List") && value.get("items").is_some() => {
-                value.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default()
-            }
+            Some(k) if k.ends_with("List") && value.get("items").is_some() => value
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default(),
             _ => vec![value],
         };
         for item in items {
             match Object::from_value(item) {
-                Ok(obj) => loaded.manifests.push(Manifest { object: Arc::new(obj), file: file.to_path_buf(), line: start_line }),
-                Err(e) => loaded.errors.push(ManifestError { file: file.to_path_buf(), line: start_line, message: e.to_string() }),
+                Ok(obj) => loaded.manifests.push(Manifest {
+                    object: Arc::new(obj),
+                    file: file.to_path_buf(),
+                    line: start_line,
+                }),
+                Err(e) => loaded.errors.push(ManifestError {
+                    file: file.to_path_buf(),
+                    line: start_line,
+                    message: e.to_string(),
+                }),
             }
         }
     }
@@ -149,7 +187,11 @@ mod tests {
         let text = "# leading comment\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  namespace: x\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: a: b\n  namespace: x\n";
         let mut loaded = Loaded::default();
         parse_into(Path::new("m.yaml"), text, &mut loaded);
-        let names: Vec<_> = loaded.manifests.iter().map(|m| (m.object.name.as_str(), m.line)).collect();
+        let names: Vec<_> = loaded
+            .manifests
+            .iter()
+            .map(|m| (m.object.name.as_str(), m.line))
+            .collect();
         assert_eq!(names, [("a", 3), ("b", 9)]);
         assert_eq!(loaded.errors.len(), 1);
         let err = &loaded.errors[0];

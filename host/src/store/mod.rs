@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -24,11 +24,17 @@ impl KindKey {
             Some((group, _version)) => group.to_string(),
             None => String::new(),
         };
-        KindKey { group, kind: kind.to_string() }
+        KindKey {
+            group,
+            kind: kind.to_string(),
+        }
     }
 
     pub fn of<K: k8s_openapi::Resource>() -> Self {
-        KindKey { group: K::GROUP.to_string(), kind: K::KIND.to_string() }
+        KindKey {
+            group: K::GROUP.to_string(),
+            kind: K::KIND.to_string(),
+        }
     }
 }
 
@@ -246,7 +252,11 @@ impl Store {
                     .insert(obj.name.clone(), obj.clone());
             }
         }
-        Some(if previous.is_some() { Change::Updated(key) } else { Change::Added(key) })
+        Some(if previous.is_some() {
+            Change::Updated(key)
+        } else {
+            Change::Added(key)
+        })
     }
 
     fn unindex_slice(&mut self, obj: &Object) {
@@ -305,7 +315,11 @@ impl Store {
     }
 
     /// The EndpointSlices labelled for a Service.
-    pub fn endpoint_slices(&self, namespace: &str, service: &str) -> impl Iterator<Item = &Arc<Object>> {
+    pub fn endpoint_slices(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &Arc<Object>> {
         self.slices_by_service
             .get(&(namespace.to_string(), service.to_string()))
             .into_iter()
@@ -342,15 +356,36 @@ mod tests {
     #[test]
     fn apply_update_delete_report_changes() {
         let mut store = Store::new();
-        let svc = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns"}}));
+        let svc = obj(
+            json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns"}}),
+        );
         let key = svc.key();
-        assert_eq!(store.apply(Event::Apply(svc.clone())), Some(Change::Added(key.clone())));
-        assert_eq!(store.apply(Event::Apply(svc.clone())), None, "identical body is no change");
-        let svc2 = obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}));
-        assert_eq!(store.apply(Event::Apply(svc2)), Some(Change::Updated(key.clone())));
+        assert_eq!(
+            store.apply(Event::Apply(svc.clone())),
+            Some(Change::Added(key.clone()))
+        );
+        assert_eq!(
+            store.apply(Event::Apply(svc.clone())),
+            None,
+            "identical body is no change"
+        );
+        let svc2 = obj(
+            json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}),
+        );
+        assert_eq!(
+            store.apply(Event::Apply(svc2)),
+            Some(Change::Updated(key.clone()))
+        );
         assert!(store.get_by_uid(&svc.uid).is_some());
-        assert_eq!(store.apply(Event::Delete(key.clone())), Some(Change::Deleted(key.clone())));
-        assert_eq!(store.apply(Event::Delete(key)), None, "deleting twice is no change");
+        assert_eq!(
+            store.apply(Event::Delete(key.clone())),
+            Some(Change::Deleted(key.clone()))
+        );
+        assert_eq!(
+            store.apply(Event::Delete(key)),
+            None,
+            "deleting twice is no change"
+        );
         assert!(store.is_empty());
     }
 
@@ -358,21 +393,30 @@ mod tests {
     fn list_by_namespace_and_slice_index() {
         let mut store = Store::new();
         for (ns, name) in [("a", "x"), ("b", "y"), ("b", "z"), ("c", "w")] {
-            store.apply(Event::Apply(obj(json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name,"namespace":ns}}))));
+            store.apply(Event::Apply(obj(
+                json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name,"namespace":ns}}),
+            )));
         }
         let kind = KindKey::new("v1", "Service");
-        let names: Vec<_> = store.list(&kind, Some("b")).map(|o| o.name.clone()).collect();
+        let names: Vec<_> = store
+            .list(&kind, Some("b"))
+            .map(|o| o.name.clone())
+            .collect();
         assert_eq!(names, ["y", "z"]);
         assert_eq!(store.list(&kind, None).count(), 4);
         assert_eq!(store.list(&kind, Some("nope")).count(), 0);
 
-        let slice = obj(json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
-            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"x"}},"addressType":"IPv4","endpoints":[]}));
+        let slice = obj(
+            json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"x"}},"addressType":"IPv4","endpoints":[]}),
+        );
         store.apply(Event::Apply(slice.clone()));
         assert_eq!(store.endpoint_slices("a", "x").count(), 1);
         // relabelled to another service: the index follows
-        let moved = obj(json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
-            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"other"}},"addressType":"IPv4","endpoints":[]}));
+        let moved = obj(
+            json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+            "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"other"}},"addressType":"IPv4","endpoints":[]}),
+        );
         store.apply(Event::Apply(moved));
         assert_eq!(store.endpoint_slices("a", "x").count(), 0);
         assert_eq!(store.endpoint_slices("a", "other").count(), 1);
@@ -382,7 +426,13 @@ mod tests {
 
     #[test]
     fn rejects_objects_without_identity() {
-        assert!(matches!(Object::from_value(json!({"kind":"Service"})), Err(ObjectError::Missing("apiVersion"))));
-        assert!(matches!(Object::from_value(json!({"apiVersion":"v1","kind":"Service","metadata":{}})), Err(ObjectError::Missing("metadata.name"))));
+        assert!(matches!(
+            Object::from_value(json!({"kind":"Service"})),
+            Err(ObjectError::Missing("apiVersion"))
+        ));
+        assert!(matches!(
+            Object::from_value(json!({"apiVersion":"v1","kind":"Service","metadata":{}})),
+            Err(ObjectError::Missing("metadata.name"))
+        ));
     }
 }

@@ -77,15 +77,25 @@ struct Units<'a> {
 }
 
 fn units(f: &ir::Fragment) -> Units<'_> {
-    let mut u = Units { vhosts: HashMap::new(), listeners: HashMap::new(), raw: HashMap::new() };
+    let mut u = Units {
+        vhosts: HashMap::new(),
+        listeners: HashMap::new(),
+        raw: HashMap::new(),
+    };
     for v in &f.virtual_hosts {
-        u.vhosts.entry((v.listener.clone(), v.domain.clone())).or_default().push(v);
+        u.vhosts
+            .entry((v.listener.clone(), v.domain.clone()))
+            .or_default()
+            .push(v);
     }
     for l in &f.listeners {
         u.listeners.entry(l.name.clone()).or_default().push(l);
     }
     for r in &f.raw {
-        u.raw.entry((r.type_url.clone(), r.name.clone())).or_default().push(r);
+        u.raw
+            .entry((r.type_url.clone(), r.name.clone()))
+            .or_default()
+            .push(r);
     }
     u
 }
@@ -104,7 +114,10 @@ fn diff_units<K, T>(
     let same_order = matches!((old, new), (Some((a, _)), Some((b, _))) if a == b);
     if let Some((id, units)) = old {
         for (k, content) in units {
-            let unchanged = same_order && new.and_then(|(_, n)| n.get(k)).is_some_and(|c| c == content);
+            let unchanged = same_order
+                && new
+                    .and_then(|(_, n)| n.get(k))
+                    .is_some_and(|c| c == content);
             if !unchanged {
                 remove(index, k, id);
                 dirty.insert(k.clone());
@@ -113,7 +126,10 @@ fn diff_units<K, T>(
     }
     if let Some((id, units)) = new {
         for (k, content) in units {
-            let unchanged = same_order && old.and_then(|(_, o)| o.get(k)).is_some_and(|c| c == content);
+            let unchanged = same_order
+                && old
+                    .and_then(|(_, o)| o.get(k))
+                    .is_some_and(|c| c == content);
             if !unchanged {
                 index.entry(k.clone()).or_default().insert(id.clone());
                 dirty.insert(k.clone());
@@ -131,15 +147,36 @@ impl Merger {
     pub fn apply(&mut self, changes: &[OutputChange]) -> Dirty {
         let mut dirty = Dirty::default();
         for change in changes {
-            let old_id = change.old.as_ref().map(|o| (o.order.clone(), change.root.clone()));
-            let new_id = change.new.as_ref().map(|n| (n.order.clone(), change.root.clone()));
+            let old_id = change
+                .old
+                .as_ref()
+                .map(|o| (o.order.clone(), change.root.clone()));
+            let new_id = change
+                .new
+                .as_ref()
+                .map(|n| (n.order.clone(), change.root.clone()));
             let old_units = change.old.as_ref().map(|o| units(&o.fragment));
             let new_units = change.new.as_ref().map(|n| units(&n.fragment));
             let old = old_id.as_ref().zip(old_units.as_ref());
             let new = new_id.as_ref().zip(new_units.as_ref());
-            diff_units(&mut self.vhosts, old.map(|(i, u)| (i, &u.vhosts)), new.map(|(i, u)| (i, &u.vhosts)), &mut dirty.vhosts);
-            diff_units(&mut self.listeners, old.map(|(i, u)| (i, &u.listeners)), new.map(|(i, u)| (i, &u.listeners)), &mut dirty.listeners);
-            diff_units(&mut self.raw, old.map(|(i, u)| (i, &u.raw)), new.map(|(i, u)| (i, &u.raw)), &mut dirty.raw);
+            diff_units(
+                &mut self.vhosts,
+                old.map(|(i, u)| (i, &u.vhosts)),
+                new.map(|(i, u)| (i, &u.vhosts)),
+                &mut dirty.vhosts,
+            );
+            diff_units(
+                &mut self.listeners,
+                old.map(|(i, u)| (i, &u.listeners)),
+                new.map(|(i, u)| (i, &u.listeners)),
+                &mut dirty.listeners,
+            );
+            diff_units(
+                &mut self.raw,
+                old.map(|(i, u)| (i, &u.raw)),
+                new.map(|(i, u)| (i, &u.raw)),
+                &mut dirty.raw,
+            );
         }
         dirty
     }
@@ -150,7 +187,11 @@ impl Merger {
     }
 
     pub fn listener_roots(&self, name: &str) -> impl Iterator<Item = &ObjectKey> {
-        self.listeners.get(name).into_iter().flatten().map(|(_, k)| k)
+        self.listeners
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(_, k)| k)
     }
 
     pub fn raw_roots(&self, key: &RawKey) -> impl Iterator<Item = &ObjectKey> {
@@ -162,7 +203,11 @@ impl Merger {
     }
 }
 
-fn remove<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Contributors>, key: &K, id: &(RootOrder, ObjectKey)) {
+fn remove<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Contributors>,
+    key: &K,
+    id: &(RootOrder, ObjectKey),
+) {
     if let Some(set) = map.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
@@ -172,7 +217,11 @@ fn remove<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Contributors>, k
 }
 
 pub fn object_ref(key: &ObjectKey) -> ir::ObjectRef {
-    ir::ObjectRef { kind: key.kind.kind.clone(), namespace: key.namespace.clone(), name: key.name.clone() }
+    ir::ObjectRef {
+        kind: key.kind.kind.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
 }
 
 fn describe(key: &ObjectKey) -> String {
@@ -188,7 +237,10 @@ fn conflict(loser: &ObjectKey, winner: &ObjectKey, reason: &str, what: String) -
         object: object_ref(loser),
         severity: ir::Severity::Warning,
         reason: reason.to_string(),
-        message: format!("{what} is already claimed by {} (older, or first by namespace/name)", describe(winner)),
+        message: format!(
+            "{what} is already claimed by {} (older, or first by namespace/name)",
+            describe(winner)
+        ),
     }
 }
 
@@ -219,7 +271,13 @@ fn path_text(m: &ir::PathMatch) -> String {
 /// Most specific first: exact, then regex, then prefix; longer paths
 /// first; then a method, more headers and more query matches first. Ties
 /// keep root order (the sort is stable).
-type Specificity = (u8, Reverse<usize>, Reverse<bool>, Reverse<usize>, Reverse<usize>);
+type Specificity = (
+    u8,
+    Reverse<usize>,
+    Reverse<bool>,
+    Reverse<usize>,
+    Reverse<usize>,
+);
 
 fn specificity(r: &ir::Route) -> Specificity {
     let m = &r.matches;
@@ -228,11 +286,20 @@ fn specificity(r: &ir::Route) -> Specificity {
         ir::PathMatch::Regex(p) => (1, p.len()),
         ir::PathMatch::Prefix(p) => (2, normalize_prefix(p).len()),
     };
-    (class, Reverse(len), Reverse(m.method.is_some()), Reverse(m.headers.len()), Reverse(m.query.len()))
+    (
+        class,
+        Reverse(len),
+        Reverse(m.method.is_some()),
+        Reverse(m.headers.len()),
+        Reverse(m.query.len()),
+    )
 }
 
 /// Merges one virtual host from its contributors, given oldest first.
-pub fn merge_vhost<'a>(key: &VhostKey, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> MergedVhost {
+pub fn merge_vhost<'a>(
+    key: &VhostKey,
+    contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
+) -> MergedVhost {
     let mut merged = MergedVhost {
         listener: key.0.clone(),
         domain: key.1.clone(),
@@ -245,16 +312,26 @@ pub fn merge_vhost<'a>(key: &VhostKey, contributors: impl IntoIterator<Item = (&
     let mut claimed: HashMap<ir::RouteMatch, ObjectKey> = HashMap::new();
     for (root, output) in contributors {
         merged.roots.push(root.clone());
-        for vh in output.fragment.virtual_hosts.iter().filter(|v| v.listener == key.0 && v.domain == key.1) {
+        for vh in output
+            .fragment
+            .virtual_hosts
+            .iter()
+            .filter(|v| v.listener == key.0 && v.domain == key.1)
+        {
             if let Some(tls) = &vh.tls {
                 match (&merged.tls, &tls_owner) {
                     (None, _) => {
                         merged.tls = Some(tls.clone());
                         tls_owner = Some(root.clone());
                     }
-                    (Some(existing), Some(owner)) if existing != tls && owner != root => merged.diagnostics.push(
-                        conflict(root, owner, "TLSConflict", format!("TLS for {} on {}", key.1, key.0)),
-                    ),
+                    (Some(existing), Some(owner)) if existing != tls && owner != root => {
+                        merged.diagnostics.push(conflict(
+                            root,
+                            owner,
+                            "TLSConflict",
+                            format!("TLS for {} on {}", key.1, key.0),
+                        ))
+                    }
                     _ => {}
                 }
             }
@@ -263,13 +340,21 @@ pub fn merge_vhost<'a>(key: &VhostKey, contributors: impl IntoIterator<Item = (&
                 match claimed.get(&mk) {
                     None => {
                         claimed.insert(mk, root.clone());
-                        merged.routes.push(MergedRoute { route: route.clone(), root: root.clone() });
+                        merged.routes.push(MergedRoute {
+                            route: route.clone(),
+                            root: root.clone(),
+                        });
                     }
                     Some(owner) if owner != root => merged.diagnostics.push(conflict(
                         root,
                         owner,
                         "RouteConflict",
-                        format!("{} on {} ({})", path_text(&route.matches.path), key.1, key.0),
+                        format!(
+                            "{} on {} ({})",
+                            path_text(&route.matches.path),
+                            key.1,
+                            key.0
+                        ),
                     )),
                     // A root repeating its own match: the first one wins,
                     // as it would in Envoy.
@@ -283,14 +368,21 @@ pub fn merge_vhost<'a>(key: &VhostKey, contributors: impl IntoIterator<Item = (&
 }
 
 /// Merges one listener: the oldest definition wins.
-pub fn merge_listener<'a>(name: &str, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> Option<MergedListener> {
+pub fn merge_listener<'a>(
+    name: &str,
+    contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
+) -> Option<MergedListener> {
     let mut merged: Option<(MergedListener, ObjectKey)> = None;
     for (root, output) in contributors {
         for l in output.fragment.listeners.iter().filter(|l| l.name == name) {
             match &mut merged {
                 None => {
                     merged = Some((
-                        MergedListener { listener: l.clone(), roots: vec![root.clone()], diagnostics: vec![] },
+                        MergedListener {
+                            listener: l.clone(),
+                            roots: vec![root.clone()],
+                            diagnostics: vec![],
+                        },
                         root.clone(),
                     ))
                 }
@@ -315,12 +407,26 @@ pub fn merge_listener<'a>(name: &str, contributors: impl IntoIterator<Item = (&'
 }
 
 /// Merges one raw resource: the oldest root's wins.
-pub fn merge_raw<'a>(key: &RawKey, contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>) -> Option<MergedRaw> {
+pub fn merge_raw<'a>(
+    key: &RawKey,
+    contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
+) -> Option<MergedRaw> {
     let mut merged: Option<MergedRaw> = None;
     for (root, output) in contributors {
-        for r in output.fragment.raw.iter().filter(|r| r.type_url == key.0 && r.name == key.1) {
+        for r in output
+            .fragment
+            .raw
+            .iter()
+            .filter(|r| r.type_url == key.0 && r.name == key.1)
+        {
             match &mut merged {
-                None => merged = Some(MergedRaw { raw: r.clone(), root: root.clone(), diagnostics: vec![] }),
+                None => {
+                    merged = Some(MergedRaw {
+                        raw: r.clone(),
+                        root: root.clone(),
+                        diagnostics: vec![],
+                    })
+                }
                 Some(m) if &m.root != root => m.diagnostics.push(conflict(
                     root,
                     &m.root,
@@ -341,10 +447,24 @@ mod tests {
     use std::sync::Arc;
 
     fn root(name: &str, created: &str, vhosts: Vec<ir::VirtualHost>) -> (ObjectKey, RootOutput) {
-        let key = ObjectKey { kind: KindKey::new("networking.k8s.io/v1", "Ingress"), namespace: "ns".into(), name: name.into() };
+        let key = ObjectKey {
+            kind: KindKey::new("networking.k8s.io/v1", "Ingress"),
+            namespace: "ns".into(),
+            name: name.into(),
+        };
         let out = RootOutput {
-            order: RootOrder { created: created.into(), namespace: "ns".into(), name: name.into(), kind: key.kind.clone() },
-            fragment: Arc::new(ir::Fragment { listeners: vec![], virtual_hosts: vhosts, raw: vec![], diagnostics: vec![] }),
+            order: RootOrder {
+                created: created.into(),
+                namespace: "ns".into(),
+                name: name.into(),
+                kind: key.kind.clone(),
+            },
+            fragment: Arc::new(ir::Fragment {
+                listeners: vec![],
+                virtual_hosts: vhosts,
+                raw: vec![],
+                diagnostics: vec![],
+            }),
             error: None,
         };
         (key, out)
@@ -352,7 +472,12 @@ mod tests {
 
     fn route(path: ir::PathMatch, status: u16) -> ir::Route {
         ir::Route {
-            matches: ir::RouteMatch { path, headers: vec![], query: vec![], method: None },
+            matches: ir::RouteMatch {
+                path,
+                headers: vec![],
+                query: vec![],
+                method: None,
+            },
             action: ir::RouteAction::DirectResponse(ir::DirectResponse { status, body: None }),
             prefix_rewrite: None,
             host_rewrite: None,
@@ -367,7 +492,10 @@ mod tests {
         ir::VirtualHost {
             listener: "http".into(),
             domain: "a.com".into(),
-            tls: tls.map(|n| ir::SecretRef { namespace: "ns".into(), name: n.into() }),
+            tls: tls.map(|n| ir::SecretRef {
+                namespace: "ns".into(),
+                name: n.into(),
+            }),
             routes,
         }
     }
@@ -385,19 +513,29 @@ mod tests {
     #[test]
     fn routes_are_ordered_most_specific_first() {
         use ir::PathMatch::*;
-        let r = root("a", "", vec![vh(vec![
-            route(Prefix("/".into()), 1),
-            route(Prefix("/foo".into()), 2),
-            route(Regex("/x.*".into()), 3),
-            route(Exact("/foo".into()), 4),
-            route(Prefix("/foo/bar".into()), 5),
-            route(Exact("/foo/bar".into()), 6),
-        ], None)]);
+        let r = root(
+            "a",
+            "",
+            vec![vh(
+                vec![
+                    route(Prefix("/".into()), 1),
+                    route(Prefix("/foo".into()), 2),
+                    route(Regex("/x.*".into()), 3),
+                    route(Exact("/foo".into()), 4),
+                    route(Prefix("/foo/bar".into()), 5),
+                    route(Exact("/foo/bar".into()), 6),
+                ],
+                None,
+            )],
+        );
         let m = merge_vhost(&key(), sorted(&[r]));
         let order: Vec<u16> = m
             .routes
             .iter()
-            .map(|r| match &r.route.action { ir::RouteAction::DirectResponse(d) => d.status, _ => 0 })
+            .map(|r| match &r.route.action {
+                ir::RouteAction::DirectResponse(d) => d.status,
+                _ => 0,
+            })
             .collect();
         assert_eq!(order, [6, 4, 3, 5, 2, 1]);
         assert!(m.diagnostics.is_empty());
@@ -406,21 +544,58 @@ mod tests {
     #[test]
     fn oldest_root_wins_a_conflict_and_the_loser_is_told() {
         use ir::PathMatch::*;
-        let old = root("zz-old", "2020-01-01T00:00:00Z", vec![vh(vec![route(Prefix("/foo/".into()), 1)], Some("old-cert"))]);
-        let young = root("aa-young", "2024-01-01T00:00:00Z", vec![vh(vec![route(Prefix("/foo".into()), 2), route(Exact("/x".into()), 3)], Some("young-cert"))]);
+        let old = root(
+            "zz-old",
+            "2020-01-01T00:00:00Z",
+            vec![vh(vec![route(Prefix("/foo/".into()), 1)], Some("old-cert"))],
+        );
+        let young = root(
+            "aa-young",
+            "2024-01-01T00:00:00Z",
+            vec![vh(
+                vec![
+                    route(Prefix("/foo".into()), 2),
+                    route(Exact("/x".into()), 3),
+                ],
+                Some("young-cert"),
+            )],
+        );
         let m = merge_vhost(&key(), sorted(&[young.clone(), old.clone()]));
         assert_eq!(m.routes.len(), 2);
-        assert_eq!(m.routes.iter().find(|r| matches!(r.route.matches.path, Prefix(_))).unwrap().root.name, "zz-old");
+        assert_eq!(
+            m.routes
+                .iter()
+                .find(|r| matches!(r.route.matches.path, Prefix(_)))
+                .unwrap()
+                .root
+                .name,
+            "zz-old"
+        );
         assert_eq!(m.tls.as_ref().unwrap().name, "old-cert");
-        let reasons: Vec<_> = m.diagnostics.iter().map(|d| (d.object.name.as_str(), d.reason.as_str())).collect();
-        assert_eq!(reasons, [("aa-young", "TLSConflict"), ("aa-young", "RouteConflict")]);
+        let reasons: Vec<_> = m
+            .diagnostics
+            .iter()
+            .map(|d| (d.object.name.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [("aa-young", "TLSConflict"), ("aa-young", "RouteConflict")]
+        );
         assert_eq!(m.roots[0].name, "zz-old");
     }
 
     #[test]
     fn same_age_falls_back_to_namespace_and_name() {
-        let a = root("a", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)]);
-        let b = root("b", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 2)], None)]);
+        let a = root(
+            "a",
+            "",
+            vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)],
+        );
+        let b = root(
+            "b",
+            "",
+            vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 2)], None)],
+        );
         let m = merge_vhost(&key(), sorted(&[b, a]));
         assert_eq!(m.routes[0].root.name, "a");
         assert_eq!(m.diagnostics[0].object.name, "b");
@@ -428,12 +603,24 @@ mod tests {
 
     #[test]
     fn merger_tracks_contributors_and_dirty_units() {
-        let (k1, o1) = root("a", "", vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)]);
+        let (k1, o1) = root(
+            "a",
+            "",
+            vec![vh(vec![route(ir::PathMatch::Exact("/".into()), 1)], None)],
+        );
         let mut merger = Merger::new();
-        let dirty = merger.apply(&[OutputChange { root: k1.clone(), old: None, new: Some(o1.clone()) }]);
+        let dirty = merger.apply(&[OutputChange {
+            root: k1.clone(),
+            old: None,
+            new: Some(o1.clone()),
+        }]);
         assert_eq!(dirty.vhosts.into_iter().collect::<Vec<_>>(), [key()]);
         assert_eq!(merger.vhost_roots(&key()).count(), 1);
-        let dirty = merger.apply(&[OutputChange { root: k1, old: Some(o1), new: None }]);
+        let dirty = merger.apply(&[OutputChange {
+            root: k1,
+            old: Some(o1),
+            new: None,
+        }]);
         assert_eq!(dirty.vhosts.len(), 1);
         assert_eq!(merger.vhost_roots(&key()).count(), 0);
         assert_eq!(merger.all_vhosts().count(), 0);

@@ -81,7 +81,13 @@ pub struct Translations {
 impl Translations {
     pub fn new(plugin: Plugin) -> Self {
         let root_kinds = plugin.root_kinds();
-        Translations { plugin, root_kinds, roots: HashMap::new(), by_get: HashMap::new(), by_list: HashMap::new() }
+        Translations {
+            plugin,
+            root_kinds,
+            roots: HashMap::new(),
+            by_get: HashMap::new(),
+            by_list: HashMap::new(),
+        }
     }
 
     pub fn plugin(&self) -> &Plugin {
@@ -112,12 +118,21 @@ impl Translations {
             .flat_map(|k| store.list(k, None).map(|o| o.key()))
             .collect();
         // Roots that vanished from the store while we were not looking.
-        dirty.extend(self.roots.keys().filter(|k| store.get(k).is_none()).cloned());
+        dirty.extend(
+            self.roots
+                .keys()
+                .filter(|k| store.get(k).is_none())
+                .cloned(),
+        );
         self.retranslate(store, dirty)
     }
 
     /// Translates what the changes make stale.
-    pub fn apply_changes(&mut self, store: &Arc<Store>, changes: &[Change]) -> (Vec<OutputChange>, RoundStats) {
+    pub fn apply_changes(
+        &mut self,
+        store: &Arc<Store>,
+        changes: &[Change],
+    ) -> (Vec<OutputChange>, RoundStats) {
         let mut dirty = HashSet::new();
         for change in changes {
             let key = change.key();
@@ -138,28 +153,52 @@ impl Translations {
 
     /// Which roots `changes` would translate again; for tests and tracing.
     pub fn dependents(&self, key: &ObjectKey) -> Vec<ObjectKey> {
-        let mut out: Vec<ObjectKey> = self.by_get.get(key).into_iter().flatten().cloned().collect();
+        let mut out: Vec<ObjectKey> = self
+            .by_get
+            .get(key)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for ns in [Some(key.namespace.clone()), None] {
-            out.extend(self.by_list.get(&(key.kind.clone(), ns)).into_iter().flatten().cloned());
+            out.extend(
+                self.by_list
+                    .get(&(key.kind.clone(), ns))
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
         }
         out.sort();
         out.dedup();
         out
     }
 
-    fn retranslate(&mut self, store: &Arc<Store>, mut dirty: Vec<ObjectKey>) -> (Vec<OutputChange>, RoundStats) {
+    fn retranslate(
+        &mut self,
+        store: &Arc<Store>,
+        mut dirty: Vec<ObjectKey>,
+    ) -> (Vec<OutputChange>, RoundStats) {
         dirty.sort();
         dirty.dedup();
         let mut stats = RoundStats::default();
         let mut changes = Vec::new();
-        let (present, gone): (Vec<_>, Vec<_>) = dirty.into_iter().partition(|k| store.get(k).is_some());
+        let (present, gone): (Vec<_>, Vec<_>) =
+            dirty.into_iter().partition(|k| store.get(k).is_some());
         for key in gone {
             if let Some(state) = self.roots.remove(&key) {
                 self.unindex(&key, &state.reads);
-                changes.push(OutputChange { root: key, old: Some(state.output), new: None });
+                changes.push(OutputChange {
+                    root: key,
+                    old: Some(state.output),
+                    new: None,
+                });
             }
         }
-        let jobs: Vec<Arc<Object>> = present.iter().filter_map(|k| store.get(k).cloned()).collect();
+        let jobs: Vec<Arc<Object>> = present
+            .iter()
+            .filter_map(|k| store.get(k).cloned())
+            .collect();
         let outcomes = call_all(&self.plugin, store, &jobs);
         for (obj, outcome) in jobs.iter().zip(outcomes) {
             let key = obj.key();
@@ -172,12 +211,19 @@ impl Translations {
             }
             let (output, reads) = match outcome.result {
                 Ok(fragment) => (
-                    RootOutput { order: RootOrder::of(obj), fragment: Arc::new(fragment), error: None },
+                    RootOutput {
+                        order: RootOrder::of(obj),
+                        fragment: Arc::new(fragment),
+                        error: None,
+                    },
                     outcome.reads,
                 ),
                 Err(error) => {
                     stats.failures += 1;
-                    *stats.failure_reasons.entry(error.reason().to_string()).or_default() += 1;
+                    *stats
+                        .failure_reasons
+                        .entry(error.reason().to_string())
+                        .or_default() += 1;
                     tracing::warn!(root = %key, plugin = %self.plugin.info.name, reason = error.reason(), %error,
                         "translation failed; keeping the last good fragment");
                     // Keep depending on what the good call read, plus what
@@ -191,13 +237,24 @@ impl Translations {
                         }
                         None => Arc::new(empty_fragment()),
                     };
-                    (RootOutput { order: RootOrder::of(obj), fragment, error: Some(error) }, reads)
+                    (
+                        RootOutput {
+                            order: RootOrder::of(obj),
+                            fragment,
+                            error: Some(error),
+                        },
+                        reads,
+                    )
                 }
             };
             self.index(&key, &reads);
             let old = previous.map(|p| p.output);
             if old.as_ref() != Some(&output) {
-                changes.push(OutputChange { root: key.clone(), old, new: Some(output.clone()) });
+                changes.push(OutputChange {
+                    root: key.clone(),
+                    old,
+                    new: Some(output.clone()),
+                });
             }
             self.roots.insert(key, RootState { output, reads });
         }
@@ -206,10 +263,16 @@ impl Translations {
 
     fn index(&mut self, root: &ObjectKey, reads: &Reads) {
         for k in &reads.gets {
-            self.by_get.entry(k.clone()).or_default().insert(root.clone());
+            self.by_get
+                .entry(k.clone())
+                .or_default()
+                .insert(root.clone());
         }
         for k in &reads.lists {
-            self.by_list.entry(k.clone()).or_default().insert(root.clone());
+            self.by_list
+                .entry(k.clone())
+                .or_default()
+                .insert(root.clone());
         }
     }
 
@@ -234,18 +297,33 @@ impl Translations {
 
     /// Every root's outputs in root order, for a full merge.
     pub fn ordered_outputs(&self) -> BTreeMap<(RootOrder, ObjectKey), &RootOutput> {
-        self.roots.iter().map(|(k, s)| ((s.output.order.clone(), k.clone()), &s.output)).collect()
+        self.roots
+            .iter()
+            .map(|(k, s)| ((s.output.order.clone(), k.clone()), &s.output))
+            .collect()
     }
 }
 
 pub fn empty_fragment() -> ir::Fragment {
-    ir::Fragment { listeners: vec![], virtual_hosts: vec![], raw: vec![], diagnostics: vec![] }
+    ir::Fragment {
+        listeners: vec![],
+        virtual_hosts: vec![],
+        raw: vec![],
+        diagnostics: vec![],
+    }
 }
 
 /// Calls the plugin for every job, spread over the machine's cores. Calls
 /// are independent (a fresh instance each), so order does not matter.
-fn call_all(plugin: &Plugin, store: &Arc<Store>, jobs: &[Arc<Object>]) -> Vec<crate::plugin::CallOutcome> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len() / 64 + 1);
+fn call_all(
+    plugin: &Plugin,
+    store: &Arc<Store>,
+    jobs: &[Arc<Object>],
+) -> Vec<crate::plugin::CallOutcome> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(jobs.len() / 64 + 1);
     if threads <= 1 {
         return jobs.iter().map(|o| plugin.translate(store, o)).collect();
     }
@@ -253,8 +331,17 @@ fn call_all(plugin: &Plugin, store: &Arc<Store>, jobs: &[Arc<Object>]) -> Vec<cr
     std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|o| plugin.translate(store, o)).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|o| plugin.translate(store, o))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("translation worker panicked")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("translation worker panicked"))
+            .collect()
     })
 }

@@ -39,7 +39,12 @@ pub struct Resource {
 }
 
 impl Resource {
-    pub fn new(type_url: &str, name: String, body: Bytes, sources: impl Into<Arc<[ObjectKey]>>) -> Self {
+    pub fn new(
+        type_url: &str,
+        name: String,
+        body: Bytes,
+        sources: impl Into<Arc<[ObjectKey]>>,
+    ) -> Self {
         Resource {
             type_url: type_url.to_string(),
             name,
@@ -51,12 +56,20 @@ impl Resource {
         }
     }
 
-    pub fn encode<M: prost::Message>(type_url: &str, name: String, msg: &M, sources: impl Into<Arc<[ObjectKey]>>) -> Self {
+    pub fn encode<M: prost::Message>(
+        type_url: &str,
+        name: String,
+        msg: &M,
+        sources: impl Into<Arc<[ObjectKey]>>,
+    ) -> Self {
         Self::new(type_url, name, Bytes::from(msg.encode_to_vec()), sources)
     }
 
     pub fn to_any(&self) -> prost_types::Any {
-        prost_types::Any { type_url: self.type_url.clone(), value: self.body.to_vec() }
+        prost_types::Any {
+            type_url: self.type_url.clone(),
+            value: self.body.to_vec(),
+        }
     }
 }
 
