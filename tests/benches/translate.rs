@@ -59,36 +59,24 @@ impl isobar_guest::Store for NativeStore<'_> {
 /// EndpointSlice, spread over 10 namespaces.
 fn universe(n: usize) -> Vec<Value> {
     let mut out = vec![ingress_class("isobar", false)];
-    for i in 0..n {
-        let ns = format!("ns{}", i % 10);
-        let svc = format!("svc{i}");
-        out.push(service(&ns, &svc, &[("http", 80, json!("http"))]));
-        out.push(slice(
-            &ns,
-            &svc,
-            "a",
-            "http",
-            8080,
-            &[
-                &format!("10.{}.{}.1", i / 250, i % 250),
-                &format!("10.{}.{}.2", i / 250, i % 250),
-            ],
-        ));
-        let host = format!("app{i}.example.com");
-        out.push(ingress(
+    out.extend((0..n).flat_map(app));
+    out
+}
+
+/// The Service, EndpointSlice and Ingress of app `i`.
+fn app(i: usize) -> [Value; 3] {
+    let ns = format!("ns{}", i % 10);
+    let svc = format!("svc{i}");
+    let host = format!("app{i}.example.com");
+    [
+        service(&ns, &svc, &[("http", 80, json!("http"))]),
+        slice(&ns, &svc, "a", "http", 8080, &[&format!("10.{}.{}.1", i / 250, i % 250), &format!("10.{}.{}.2", i / 250, i % 250)]),
+        ingress(
             &ns,
             &format!("ing{i}"),
-            &[(
-                host.as_str(),
-                &[
-                    ("/", "Prefix", svc.as_str(), json!(80)),
-                    ("/api", "Prefix", svc.as_str(), json!("http")),
-                    ("/healthz", "Exact", svc.as_str(), json!(80)),
-                ],
-            )],
-        ));
-    }
-    out
+            &[(host.as_str(), &[("/", "Prefix", svc.as_str(), json!(80)), ("/api", "Prefix", svc.as_str(), json!("http")), ("/healthz", "Exact", svc.as_str(), json!(80))])],
+        ),
+    ]
 }
 
 fn store_of(objects: &[Value]) -> Arc<Store> {
@@ -290,10 +278,23 @@ fn per_call() {
 }
 
 fn rss_child(n: usize) {
-    let objects = universe(n);
+    let base = status_kib("VmRSS:");
     let mut p = Pipeline::new(ingress_plugin());
-    p.load(objects.into_iter().map(apply));
+    // Objects arrive one by one, as from a watch: no transient copy of the
+    // whole universe inflates the figure.
+    p.load([apply(ingress_class("isobar", false))]);
+    for i in 0..n {
+        p.load(app(i).map(apply));
+    }
+    let loaded = status_kib("VmRSS:");
     p.rebuild();
+    println!(
+        "memory breakdown: engine + plugin {} MiB, store of {} objects +{} MiB, translation and snapshot +{} MiB",
+        base / 1024,
+        p.store().len(),
+        (loaded - base) / 1024,
+        (status_kib("VmRSS:") - loaded) / 1024
+    );
     println!(
         "memory with {n} Ingresses + Services + EndpointSlices loaded and translated: RSS {} MiB, peak RSS {} MiB ({} resources)",
         status_kib("VmRSS:") / 1024,

@@ -1467,8 +1467,34 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--profile-apply") {
-        let (mut p, built) = built_pipeline(10_000);
-        eprintln!("built {built:?}");
+        let variant = args.iter().position(|a| a == "--profile-apply").map(|i| args.get(i + 1).cloned().unwrap_or_default()).unwrap_or_default();
+        let (mut p, built) = if variant == "files" || variant == "world" {
+            let (dir, _) = write_manifests(10_000);
+            let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
+            let runtime = Runtime::new(Limits::default(), None).expect("engine");
+            let plugin = runtime.load_file(&plugin_path("isobar-plugin-ingress")).expect("plugin");
+            let t = Instant::now();
+            let mut p = Pipeline::new(plugin);
+            p.load(loaded.events());
+            p.rebuild();
+            (p, t.elapsed())
+        } else {
+            built_pipeline(10_000)
+        };
+        eprintln!("built {built:?} variant {variant:?}");
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let _w = if variant == "world" {
+            let mut w = World::start(&rt, Pipeline::new(ingress_plugin()));
+            w.connect(&rt, 1, Proto::Sotw);
+            w.pipeline = p;
+            let s = w.publish();
+            w.published(s);
+            std::thread::sleep(Duration::from_secs(2));
+            p = std::mem::replace(&mut w.pipeline, Pipeline::new(ingress_plugin()));
+            Some(w)
+        } else {
+            None
+        };
         for round in 1..20 {
             let i = (round * 7919) % 10_000;
             let t = Instant::now();
