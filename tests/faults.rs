@@ -73,9 +73,36 @@ fn endless_loop_hits_the_deadline() {
 
 #[test]
 fn memory_bomb_hits_the_memory_cap() {
-    let p = good_then("oom");
+    // A deadline far beyond how long touching 64 MiB takes on a loaded
+    // machine, so the memory cap, not the clock, is what stops the plugin.
+    let limits = isobar::plugin::Limits {
+        deadline: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let runtime =
+        isobar::plugin::Runtime::new(limits, Some(target_dir().join("isobar-test-cache"))).unwrap();
+    let plugin = runtime
+        .load_file(&plugin_path("isobar-plugin-faults"))
+        .unwrap();
+    let mut p = Pipeline::new(plugin);
+    p.load(
+        [
+            ingress_class("isobar", false),
+            service("shop", "web", &[("http", 80, json!(80))]),
+            faulty_ingress(None),
+        ]
+        .map(apply),
+    );
+    p.rebuild();
+    p.apply([apply(faulty_ingress(Some("oom")))]);
     assert_last_good_kept(&p);
-    assert_eq!(only_diagnostic(&p).reason, "PluginMemoryLimit");
+    let d = only_diagnostic(&p);
+    assert_eq!(d.reason, "PluginMemoryLimit");
+    assert!(
+        d.message.contains(&(64u64 << 20).to_string()),
+        "{}",
+        d.message
+    );
 }
 
 #[test]

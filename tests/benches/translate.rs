@@ -70,11 +70,28 @@ fn app(i: usize) -> [Value; 3] {
     let host = format!("app{i}.example.com");
     [
         service(&ns, &svc, &[("http", 80, json!("http"))]),
-        slice(&ns, &svc, "a", "http", 8080, &[&format!("10.{}.{}.1", i / 250, i % 250), &format!("10.{}.{}.2", i / 250, i % 250)]),
+        slice(
+            &ns,
+            &svc,
+            "a",
+            "http",
+            8080,
+            &[
+                &format!("10.{}.{}.1", i / 250, i % 250),
+                &format!("10.{}.{}.2", i / 250, i % 250),
+            ],
+        ),
         ingress(
             &ns,
             &format!("ing{i}"),
-            &[(host.as_str(), &[("/", "Prefix", svc.as_str(), json!(80)), ("/api", "Prefix", svc.as_str(), json!("http")), ("/healthz", "Exact", svc.as_str(), json!(80))])],
+            &[(
+                host.as_str(),
+                &[
+                    ("/", "Prefix", svc.as_str(), json!(80)),
+                    ("/api", "Prefix", svc.as_str(), json!("http")),
+                    ("/healthz", "Exact", svc.as_str(), json!(80)),
+                ],
+            )],
         ),
     ]
 }

@@ -1028,7 +1028,11 @@ impl World {
                 Change::Endpoints => apply(changed_slice(i, round)),
             };
             let s = self.measure(|p| {
-                p.apply([event]);
+                let t = Instant::now();
+                let r = p.apply([event]);
+                if std::env::var_os("XDS_DEBUG").is_some() {
+                    eprintln!("DEBUG apply {:?} {:?}", t.elapsed(), r);
+                }
             })?;
             if k >= 3 {
                 totals.push(s.total);
@@ -1467,12 +1471,18 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--profile-apply") {
-        let variant = args.iter().position(|a| a == "--profile-apply").map(|i| args.get(i + 1).cloned().unwrap_or_default()).unwrap_or_default();
+        let variant = args
+            .iter()
+            .position(|a| a == "--profile-apply")
+            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+            .unwrap_or_default();
         let (mut p, built) = if variant == "files" || variant == "world" {
             let (dir, _) = write_manifests(10_000);
             let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
             let runtime = Runtime::new(Limits::default(), None).expect("engine");
-            let plugin = runtime.load_file(&plugin_path("isobar-plugin-ingress")).expect("plugin");
+            let plugin = runtime
+                .load_file(&plugin_path("isobar-plugin-ingress"))
+                .expect("plugin");
             let t = Instant::now();
             let mut p = Pipeline::new(plugin);
             p.load(loaded.events());
@@ -1482,7 +1492,10 @@ fn main() {
             built_pipeline(10_000)
         };
         eprintln!("built {built:?} variant {variant:?}");
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _w = if variant == "world" {
             let mut w = World::start(&rt, Pipeline::new(ingress_plugin()));
             w.connect(&rt, 1, Proto::Sotw);
@@ -1530,10 +1543,16 @@ fn main() {
     };
 
     // 2 at the small size: endpoint-only changes, SotW and delta.
-    endpoints_small(&rt, small, streams);
+    if std::env::var_os("XDS_DEBUG").is_none() {
+        endpoints_small(&rt, small, streams);
+    }
 
     // 3: cold start at the large size; the world it leaves serves the rest.
     let (mut w, runtime) = cold_start(&rt, big);
+    if std::env::var_os("XDS_DEBUG").is_some() {
+        report("debug", w.series(5, Change::Ingress), None);
+        return;
+    }
     let mut route_kib = resource_kib(&w.published, RDS).1;
 
     // 1: one Ingress change, 1 stream and then `streams`.
