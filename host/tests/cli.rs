@@ -1,31 +1,10 @@
 //! The `isobar` binary as a user meets it.
 
+mod common;
+use common::{plugin, target_dir};
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn plugin(name: &str) -> PathBuf {
-    let p = target_dir()
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: build the plugins first (`make plugins`)",
-        p.display()
-    );
-    p
-}
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")

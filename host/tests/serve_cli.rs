@@ -2,6 +2,9 @@
 //! admin endpoint, and a clean exit on SIGTERM (what Kubernetes sends).
 //! The behaviour itself is tested through the library in tests/serve.rs.
 
+mod common;
+use common::{plugin, target_dir};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -10,30 +13,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn plugin(name: &str) -> PathBuf {
-    let p = target_dir()
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: build the plugins first (`make plugins`)",
-        p.display()
-    );
-    p
-}
 
 /// The log without terminal colours.
 fn plain(line: &str) -> String {
