@@ -41,6 +41,9 @@ const RDS: &str = type_url::ROUTE;
 /// What an Envoy with ADS subscribes to here (no TLS in these universes).
 const TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
 
+/// Envoy's default HTTP/2 stream and connection windows.
+const ENVOY_H2_WINDOW: u32 = 256 << 20;
+
 /// Bound on every wait, so a lost ACK shows up as a report, not a hang.
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -198,11 +201,11 @@ fn machine() {
     println!(
         "clients: tonic ADS over TCP loopback, one connection per stream, in this process (they share the cores with the server); \
          SotW clients subscribe CDS and LDS by wildcard, then EDS for the clusters received and RDS for the route configs the listeners name, \
-         and ACK every response with their full subscription, as Envoy does; delta clients likewise with subscribe/unsubscribe deltas"
+         and ACK every response with their full subscription, as Envoy does (Envoy's 256 MiB HTTP/2 windows); delta clients likewise with subscribe/unsubscribe deltas"
     );
     println!(
         "timing: from applying the change to the pipeline (on a plain thread, not an async worker) to the server seeing the ACK of the new version \
-         from every stream, for every type the change touched; includes translate, merge, compile, snapshot clone + publish, push, client decode, ACK"
+         from every stream, for every type the change touched; includes translate, merge, building Envoy resources, snapshot clone + publish, push, client decode, ACK"
     );
 }
 
@@ -467,6 +470,8 @@ fn rds_names(body: &[u8], out: &mut BTreeSet<String>) {
 struct FleetState {
     connected: AtomicUsize,
     failed: AtomicUsize,
+    /// Connection attempts that failed and were retried.
+    retries: AtomicUsize,
     errors: Mutex<Vec<String>>,
     /// Per client, the version of each of TYPES it has ACKed last.
     acked: Mutex<Vec<[u64; 4]>>,
@@ -557,6 +562,16 @@ impl Fleet {
         )
     }
 
+    /// Says how many connection attempts were retried, if any.
+    fn report_retries(&self) {
+        let retries = self.state.retries.load(Ordering::Relaxed);
+        if retries > 0 {
+            println!(
+                "  ({retries} connection attempts were refused or reset and retried with backoff, as Envoy would)"
+            );
+        }
+    }
+
     fn first_errors(&self) -> String {
         let errors = self.state.errors.lock().unwrap();
         let mut distinct: Vec<&String> = errors.iter().collect();
@@ -585,6 +600,9 @@ async fn connect(
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(30))
+        // Envoy's HTTP/2 defaults (256 MiB windows), not hyper's.
+        .initial_stream_window_size(ENVOY_H2_WINDOW)
+        .initial_connection_window_size(ENVOY_H2_WINDOW)
         .connect()
         .await
         .map_err(|e| {
@@ -599,6 +617,29 @@ async fn connect(
     Ok(AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+/// Opens a connection and stream, retrying with backoff as Envoy does: a
+/// thousand clients connecting at once can overflow the accept queue.
+async fn with_retries<T, F, Fut>(state: &FleetState, mut open: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match open().await {
+            Ok(t) => return Ok(t),
+            Err(e) if attempt == 5 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                state.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
 }
 
 fn node(id: &str) -> Option<Node> {
@@ -616,27 +657,31 @@ async fn sotw_client(
     state: &FleetState,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut client = connect(addr).await?;
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    // Legacy wildcard for clusters and listeners; the node on the first request only.
-    let _ = tx
-        .send(DiscoveryRequest {
-            node: node(&node_id),
-            type_url: CDS.into(),
-            ..Default::default()
-        })
-        .await;
-    let _ = tx
-        .send(DiscoveryRequest {
-            type_url: LDS.into(),
-            ..Default::default()
-        })
-        .await;
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("opening stream: {s}"))?
-        .into_inner();
+    let (tx, mut responses) = with_retries(state, || async {
+        let mut client = connect(addr).await?;
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        // Legacy wildcard for clusters and listeners; the node on the first request only.
+        let _ = tx
+            .send(DiscoveryRequest {
+                node: node(&node_id),
+                type_url: CDS.into(),
+                ..Default::default()
+            })
+            .await;
+        let _ = tx
+            .send(DiscoveryRequest {
+                type_url: LDS.into(),
+                ..Default::default()
+            })
+            .await;
+        let responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("opening stream: {s}"))?
+            .into_inner();
+        Ok((tx, responses))
+    })
+    .await?;
     state.connected.fetch_add(1, Ordering::Relaxed);
 
     let mut names: HashMap<&'static str, Vec<String>> = HashMap::new();
@@ -717,26 +762,30 @@ async fn delta_client(
     state: &FleetState,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut client = connect(addr).await?;
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let _ = tx
-        .send(DeltaDiscoveryRequest {
-            node: node(&node_id),
-            type_url: CDS.into(),
-            ..Default::default()
-        })
-        .await;
-    let _ = tx
-        .send(DeltaDiscoveryRequest {
-            type_url: LDS.into(),
-            ..Default::default()
-        })
-        .await;
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("opening stream: {s}"))?
-        .into_inner();
+    let (tx, mut responses) = with_retries(state, || async {
+        let mut client = connect(addr).await?;
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                node: node(&node_id),
+                type_url: CDS.into(),
+                ..Default::default()
+            })
+            .await;
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                type_url: LDS.into(),
+                ..Default::default()
+            })
+            .await;
+        let responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("opening stream: {s}"))?
+            .into_inner();
+        Ok((tx, responses))
+    })
+    .await?;
     state.connected.fetch_add(1, Ordering::Relaxed);
 
     // What the client holds: cluster -> EDS name, listener -> route configs.
@@ -831,8 +880,10 @@ async fn delta_client(
 // ---- a served pipeline -----------------------------------------------------
 
 struct Sample {
-    /// Pipeline apply + snapshot clone + publish.
+    /// The change applied to the pipeline (translate, merge, compile).
     apply: Duration,
+    /// Cloning the pipeline's snapshot to publish it.
+    clone: Duration,
     /// Change applied to the last ACK.
     total: Duration,
     /// The types whose resources changed (what the ACKs were awaited for).
@@ -935,6 +986,7 @@ impl World {
         let t = Instant::now();
         let fleet = Fleet::spawn(rt, self.addr, n, proto, self.streams);
         let (ok, failed) = fleet.wait_connected(rt);
+        fleet.report_retries();
         if failed > 0 {
             println!(
                 "  !! {failed} of {n} {} streams failed: {}",
@@ -972,8 +1024,9 @@ impl World {
     fn measure(&mut self, change: impl FnOnce(&mut Pipeline)) -> Result<Sample, String> {
         let t0 = Instant::now();
         change(&mut self.pipeline);
-        let new = Arc::new(self.pipeline.snapshot().clone());
         let apply = t0.elapsed();
+        let new = Arc::new(self.pipeline.snapshot().clone());
+        let clone = t0.elapsed() - apply;
         self.snapshots.send_replace(new.clone());
         let version = new.version;
         let types = self.published(new);
@@ -984,6 +1037,7 @@ impl World {
         match rx.recv_timeout(WAIT) {
             Ok(done) => Ok(Sample {
                 apply,
+                clone,
                 total: done.saturating_duration_since(t0),
                 types,
             }),
@@ -1012,14 +1066,9 @@ impl World {
     }
 
     /// `samples` measured rounds (after 3 warm-up rounds) of `kind` changes.
-    fn series(
-        &mut self,
-        samples: usize,
-        kind: Change,
-    ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    fn series(&mut self, samples: usize, kind: Change) -> Result<Series, String> {
         let n = self.ingresses();
-        let mut totals = Vec::new();
-        let mut applies = Vec::new();
+        let mut out = Series::default();
         for k in 0..samples + 3 {
             let round = self.next_round();
             let i = (round * 7919) % n;
@@ -1027,21 +1076,21 @@ impl World {
                 Change::Ingress => apply(changed_ingress(i, round)),
                 Change::Endpoints => apply(changed_slice(i, round)),
             };
+            let mut calls = 0;
             let s = self.measure(|p| {
-                let t = Instant::now();
-                let r = p.apply([event]);
-                if std::env::var_os("XDS_DEBUG").is_some() {
-                    eprintln!("DEBUG apply {:?} {:?}", t.elapsed(), r);
-                }
+                calls = p.apply([event]).translation.calls;
             })?;
             if k >= 3 {
-                totals.push(s.total);
-                applies.push(s.apply);
+                out.totals.push(s.total);
+                out.applies.push(s.apply);
+                out.clones.push(s.clone);
+                out.calls = out.calls.max(calls);
             }
         }
-        totals.sort();
-        applies.sort();
-        Ok((totals, applies))
+        out.totals.sort();
+        out.applies.sort();
+        out.clones.sort();
+        Ok(out)
     }
 
     fn stop(mut self, rt: &tokio::runtime::Runtime) {
@@ -1052,31 +1101,45 @@ impl World {
     }
 }
 
+#[derive(Default)]
+struct Series {
+    /// Change applied to the last ACK, sorted.
+    totals: Vec<Duration>,
+    /// Pipeline apply, sorted.
+    applies: Vec<Duration>,
+    /// Snapshot clone, sorted.
+    clones: Vec<Duration>,
+    /// Most plugin calls one change made.
+    calls: usize,
+}
+
 #[derive(Clone, Copy)]
 enum Change {
     Ingress,
     Endpoints,
 }
 
-fn report(
-    what: &str,
-    result: Result<(Vec<Duration>, Vec<Duration>), String>,
-    goal_p99: Option<Duration>,
-) {
+fn report(what: &str, result: Result<Series, String>, goal_p99: Option<Duration>) {
     match result {
-        Ok((totals, applies)) => {
-            let p99 = percentile(&totals, 0.99);
+        Ok(s) => {
+            let p99 = percentile(&s.totals, 0.99);
             let g = goal_p99
                 .map(|g| format!("  [goal p99 ≤ {}: {}]", ms(g), goal(p99 <= g)))
                 .unwrap_or_default();
             println!(
-                "{what}: p50 {}  p99 {}  max {}  (n={}; of which pipeline apply + snapshot clone p50 {} p99 {}){g}",
-                ms(percentile(&totals, 0.5)),
+                "{what}: p50 {}  p99 {}  max {}  (n={}){g}\n  of which pipeline apply p50 {} p99 {} ({} plugin call(s) per change), snapshot clone p50 {} p99 {}, \
+                 the rest (push, client decode, ACK) p50 {}",
+                ms(percentile(&s.totals, 0.5)),
                 ms(p99),
-                ms(*totals.last().unwrap()),
-                totals.len(),
-                ms(percentile(&applies, 0.5)),
-                ms(percentile(&applies, 0.99)),
+                ms(*s.totals.last().unwrap()),
+                s.totals.len(),
+                ms(percentile(&s.applies, 0.5)),
+                ms(percentile(&s.applies, 0.99)),
+                s.calls,
+                ms(percentile(&s.clones, 0.5)),
+                ms(percentile(&s.clones, 0.99)),
+                ms(percentile(&s.totals, 0.5)
+                    .saturating_sub(percentile(&s.applies, 0.5) + percentile(&s.clones, 0.5))),
             );
         }
         Err(e) => println!("{what}: FAILED: {e}"),
@@ -1093,73 +1156,87 @@ fn built_pipeline(n: usize) -> (Pipeline, Duration) {
 }
 
 fn samples() -> usize {
-    if quick() { 8 } else { 40 }
+    if quick() { 8 } else { 30 }
 }
 
 // ---- 2 (1k): endpoint change at 1k Ingresses, SotW and delta --------------------------
 
-fn endpoints_small(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
-    let (p, built) = built_pipeline(n);
-    println!(
-        "\n== {n} Ingresses: pipeline built in {} -> {}",
-        ms(built),
-        describe_snapshot(p.snapshot())
-    );
-    let mut w = World::start(rt, p);
+/// Reports series of each kind of change with the world's current streams.
+fn changes(w: &mut World, proto: Proto, kinds: &[Change]) {
+    let n = w.ingresses();
+    let k = w.streams;
+    let all = if k == 1 {
+        "the 1".to_string()
+    } else {
+        format!("all {k}")
+    };
+    for kind in kinds {
+        let (what, goal) = match kind {
+            Change::Endpoints => (
+                "endpoint-only change -> CLA",
+                Some(Duration::from_millis(20)),
+            ),
+            Change::Ingress if k >= 100 => (
+                "one Ingress change -> RDS",
+                Some(Duration::from_millis(100)),
+            ),
+            Change::Ingress => ("one Ingress change -> RDS", None),
+        };
+        report(
+            &format!(
+                "{what} ACKed by {all} {} {} at {n:>5} Ingresses",
+                proto.as_str(),
+                if k == 1 { "stream" } else { "streams" }
+            ),
+            w.series(samples(), *kind),
+            goal,
+        );
+    }
+}
+
+/// 1, 2 and 4 on one served pipeline: SotW then delta, each with 1 stream
+/// and then `streams`; then plugin swaps (`swaps`: plugin, note) with
+/// `streams` live SotW streams, and one more series of Ingress changes on
+/// the swapped-in pipeline. The world may already have one SotW stream.
+fn suite(
+    rt: &tokio::runtime::Runtime,
+    w: &mut World,
+    streams: usize,
+    runtime: &Runtime,
+    swaps: &[(&str, &str)],
+) {
     for proto in [Proto::Sotw, Proto::Delta] {
-        let took = w.connect(rt, streams, proto);
+        if w.streams == 0 {
+            w.connect(rt, 1, proto);
+        }
+        changes(w, proto, &[Change::Ingress, Change::Endpoints]);
+        let took = w.connect(rt, streams - 1, proto);
         println!(
-            "{streams} {} streams connected and synced in {}",
+            "{} more {} streams connected and synced in {}",
+            streams - 1,
             proto.as_str(),
             ms(took)
         );
-        report(
-            &format!(
-                "endpoint-only change -> CLA ACKed by all {streams} {} streams at {n:>5} Ingresses",
-                proto.as_str()
-            ),
-            w.series(samples(), Change::Endpoints),
-            Some(Duration::from_millis(20)),
-        );
-        report(
-            &format!(
-                "one Ingress change -> RDS ACKed by all {streams} {} streams at {n:>5} Ingresses",
-                proto.as_str()
-            ),
-            w.series(samples(), Change::Ingress),
-            Some(Duration::from_millis(100)),
-        );
-        if proto == Proto::Sotw {
-            // 4 at the small size: a fresh engine, so the first swap compiles.
-            let runtime = Runtime::new(Limits::default(), None).expect("engine");
-            hot_swap(
-                &mut w,
-                &runtime,
-                "isobar-plugin-faults",
-                "new component: compiled now",
-            );
-            hot_swap(
-                &mut w,
-                &runtime,
-                "isobar-plugin-ingress",
-                "new component: compiled now",
-            );
-            hot_swap(
-                &mut w,
-                &runtime,
-                "isobar-plugin-faults",
-                "component already compiled by this engine",
-            );
-            hot_swap(
-                &mut w,
-                &runtime,
-                "isobar-plugin-ingress",
-                "back; component already compiled by this engine",
-            );
-        }
+        changes(w, proto, &[Change::Ingress, Change::Endpoints]);
         w.disconnect(rt);
     }
-    w.stop(rt);
+    let took = w.connect(rt, streams, Proto::Sotw);
+    println!(
+        "-- plugin hot swaps at {} Ingresses with {streams} live SotW streams (connected and synced in {}); \
+         the faults plugin emits a different, valid fragment",
+        w.ingresses(),
+        ms(took)
+    );
+    for (plugin, note) in swaps {
+        hot_swap(w, runtime, plugin, note);
+    }
+    println!("after the swaps (a pipeline built by the swap, the first one dropped):");
+    changes(w, Proto::Sotw, &[Change::Ingress]);
+    let (opened, closed, nacks) = w.tracker.counts();
+    println!(
+        "server events: streams opened {opened}, closed {closed} (all by the bench, between phases), NACKs {nacks}, events dropped {}",
+        w.server.dropped_events()
+    );
 }
 
 // ---- 3: cold start -----------------------------------------------------------------
@@ -1239,7 +1316,7 @@ fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
                 goal(total <= Duration::from_secs(3))
             );
             println!(
-                "  stages: read+parse manifests {}, engine + plugin compile {}, store load {}, translate+merge+compile (rebuild) {}, snapshot clone+publish {}, serve to ACK {}",
+                "  stages: read+parse manifests {}, new engine + Wasm compile {}, store load {}, translate + merge + build resources (rebuild) {}, snapshot clone+publish {}, serve to ACK {}",
                 ms(read),
                 ms(compile),
                 ms(store),
@@ -1289,7 +1366,7 @@ fn hot_swap(w: &mut World, runtime: &Runtime, crate_name: &str, note: &str) {
     match result {
         Ok(s) => println!(
             "plugin hot swap at {n} Ingresses to {crate_name} ({note}) -> all {streams} SotW streams ACKed the new version of {}: {}  [goal ≤ 500 ms: {}]; \
-             streams dropped {} (active {active}), NACKs {nacks}\n  stages: compile {}, translate whole store + compile {}, snapshot clone {}, push to last ACK {}",
+             streams dropped {} (active {active}), NACKs {nacks}\n  stages: Wasm compile {}, translate whole store + merge + build resources {}, snapshot clone {}, push to last ACK {}",
             s.types
                 .iter()
                 .map(|t| t.rsplit('.').next().unwrap())
@@ -1300,8 +1377,8 @@ fn hot_swap(w: &mut World, runtime: &Runtime, crate_name: &str, note: &str) {
             closed_after - closed_before,
             ms(compile),
             ms(rebuild),
-            ms(s.apply.saturating_sub(compile + rebuild)),
-            ms(s.total.saturating_sub(s.apply)),
+            ms(s.clone),
+            ms(s.total.saturating_sub(s.apply + s.clone)),
         ),
         Err(e) => println!(
             "plugin hot swap to {crate_name}: FAILED: {e}; streams dropped {}",
@@ -1321,7 +1398,7 @@ fn server_child(n: usize) {
         .unwrap();
     let (p, _) = built_pipeline(n);
     let mut w = World::start(&rt, p);
-    println!("ready {} {}", w.addr, w.published.version);
+    println!("ready {} {:.0}", w.addr, resource_kib(&w.published, RDS).1);
     let mut out = std::io::stdout();
     out.flush().unwrap();
     for line in std::io::stdin().lock().lines() {
@@ -1351,7 +1428,7 @@ fn server_child(n: usize) {
                 }) {
                     Ok(s) => println!(
                         "changed {} {} {}",
-                        s.apply.as_nanos(),
+                        (s.apply + s.clone).as_nanos(),
                         s.total.as_nanos(),
                         w.server.dropped_events()
                     ),
@@ -1364,11 +1441,35 @@ fn server_child(n: usize) {
     }
 }
 
-fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
-    println!(
-        "\n== {streams} concurrent SotW streams, with a smaller universe of {n} Ingresses (to keep the run tractable); \
-         the server runs alone in a child process, the clients here"
-    );
+/// CPU time (user + system) a process has used.
+fn cpu_time(pid: u32) -> Duration {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may contain spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        rest.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_secs_f64((field(14) + field(15)) as f64 / ticks as f64)
+}
+
+/// 5: `streams` SotW streams on a server that runs alone in a child process
+/// (so its RSS and CPU time are its own); the clients are here.
+fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize, push: bool, note: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--server-child", &n.to_string()])
         .stdin(Stdio::piped())
@@ -1387,19 +1488,26 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
     let ready = read_line();
     let mut words = ready.split_whitespace().skip(1);
     let addr: SocketAddr = words.next().expect("child address").parse().unwrap();
+    let route_kib = words.next().unwrap_or("?").to_string();
+    println!(
+        "\n== {streams} concurrent SotW streams at {n} Ingresses ({note}; RDS {route_kib} KiB); \
+         the server runs alone in a child process, the clients here"
+    );
     let rss0 = status_kib(pid, "VmRSS:");
 
     // One stream first, so what every stream shares (the prepared snapshot,
-    // the server's first allocations) is not charged to the thousand.
+    // the server's first allocations) is not charged to the others.
     let one = Fleet::spawn(rt, addr, 1, Proto::Sotw, 0);
     one.wait_connected(rt);
     writeln!(stdin, "sync 1").unwrap();
-    let synced = read_line();
+    let synced_one = read_line();
     let rss1 = status_kib(pid, "VmRSS:");
 
     let t = Instant::now();
+    let cpu = cpu_time(pid);
     let rest = Fleet::spawn(rt, addr, streams - 1, Proto::Sotw, 1);
     let (ok, failed) = rest.wait_connected(rt);
+    rest.report_retries();
     let total = ok + 1;
     if failed > 0 {
         println!(
@@ -1411,11 +1519,19 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
     writeln!(stdin, "sync {total}").unwrap();
     let synced_all = read_line();
     let sync_time = t.elapsed();
+    let sync_cpu = cpu_time(pid).saturating_sub(cpu);
     let rss_all = status_kib(pid, "VmRSS:");
-    let client_synced = rest.state.synced(1) + one.state.synced(1);
+    let holding = rest.state.synced(1) + one.state.synced(1);
+    let ok = |line: &str| line.split_whitespace().nth(1) == Some("0");
     println!(
-        "{total} streams connected and synced in {} (server: {synced_all}; before: {synced}; clients holding every type: {client_synced})",
-        ms(sync_time)
+        "{total} streams connected and synced in {} (server CPU {}){}",
+        ms(sync_time),
+        ms(sync_cpu),
+        if ok(&synced_all) && ok(&synced_one) && holding == total {
+            String::new()
+        } else {
+            format!(" !! incomplete: server {synced_all:?}, clients holding every type {holding}")
+        }
     );
     let per_stream = (rss_all.saturating_sub(rss1)) as f64 / (total - 1).max(1) as f64;
     println!(
@@ -1426,41 +1542,47 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
         goal(per_stream <= 256.0)
     );
 
-    let mut times = Vec::new();
-    let mut applies = Vec::new();
-    let rounds = if quick() { 3 } else { 10 };
-    for k in 0..rounds + 1 {
-        writeln!(stdin, "change {total}").unwrap();
-        let r = read_line();
-        let f: Vec<&str> = r.split_whitespace().collect();
-        if f.first() != Some(&"changed") {
-            println!("  !! change failed: {r}");
-            break;
+    if push {
+        let mut times = Vec::new();
+        let mut applies = Vec::new();
+        let rounds = if quick() { 3 } else { 10 };
+        let mut cpu = Duration::ZERO;
+        for k in 0..rounds + 1 {
+            let before = cpu_time(pid);
+            writeln!(stdin, "change {total}").unwrap();
+            let r = read_line();
+            let f: Vec<&str> = r.split_whitespace().collect();
+            if f.first() != Some(&"changed") {
+                println!("  !! change failed: {r}");
+                break;
+            }
+            if k > 0 {
+                applies.push(Duration::from_nanos(f[1].parse().unwrap()));
+                times.push(Duration::from_nanos(f[2].parse().unwrap()));
+                cpu += cpu_time(pid).saturating_sub(before);
+            }
         }
-        if k > 0 {
-            applies.push(Duration::from_nanos(f[1].parse().unwrap()));
-            times.push(Duration::from_nanos(f[2].parse().unwrap()));
+        let rss_after = status_kib(pid, "VmRSS:");
+        let hwm = status_kib(pid, "VmHWM:");
+        if !times.is_empty() {
+            times.sort();
+            applies.sort();
+            println!(
+                "one Ingress change -> RDS ACKed by all {total} streams: p50 {}  max {}  (n={}; pipeline apply + snapshot clone p50 {}; server CPU per change {})",
+                ms(percentile(&times, 0.5)),
+                ms(*times.last().unwrap()),
+                times.len(),
+                ms(percentile(&applies, 0.5)),
+                ms(cpu / times.len() as u32),
+            );
         }
-    }
-    let rss_after = status_kib(pid, "VmRSS:");
-    let hwm = status_kib(pid, "VmHWM:");
-    if !times.is_empty() {
-        times.sort();
-        applies.sort();
         println!(
-            "one Ingress change -> RDS ACKed by all {total} streams: p50 {}  max {}  (n={}; pipeline apply + snapshot clone p50 {})",
-            ms(percentile(&times, 0.5)),
-            ms(*times.last().unwrap()),
-            times.len(),
-            ms(percentile(&applies, 0.5))
+            "server RSS after the pushes: {} MiB ({:.0} KiB per stream over the 1-stream figure), peak {} MiB",
+            rss_after / 1024,
+            rss_after.saturating_sub(rss1) as f64 / (total - 1).max(1) as f64,
+            hwm / 1024
         );
     }
-    println!(
-        "server RSS after the pushes: {} MiB ({:.0} KiB per stream over the 1-stream figure), peak {} MiB",
-        rss_after / 1024,
-        rss_after.saturating_sub(rss1) as f64 / (total - 1).max(1) as f64,
-        hwm / 1024
-    );
     drop(stdin);
     one.stop(rt);
     rest.stop(rt);
@@ -1470,62 +1592,6 @@ fn many_streams(rt: &tokio::runtime::Runtime, n: usize, streams: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--profile-apply") {
-        let variant = args
-            .iter()
-            .position(|a| a == "--profile-apply")
-            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
-            .unwrap_or_default();
-        let (mut p, built) = if variant == "files" || variant == "world" {
-            let (dir, _) = write_manifests(10_000);
-            let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
-            let runtime = Runtime::new(Limits::default(), None).expect("engine");
-            let plugin = runtime
-                .load_file(&plugin_path("isobar-plugin-ingress"))
-                .expect("plugin");
-            let t = Instant::now();
-            let mut p = Pipeline::new(plugin);
-            p.load(loaded.events());
-            p.rebuild();
-            (p, t.elapsed())
-        } else {
-            built_pipeline(10_000)
-        };
-        eprintln!("built {built:?} variant {variant:?}");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _w = if variant == "world" {
-            let mut w = World::start(&rt, Pipeline::new(ingress_plugin()));
-            w.connect(&rt, 1, Proto::Sotw);
-            w.pipeline = p;
-            let s = w.publish();
-            w.published(s);
-            std::thread::sleep(Duration::from_secs(2));
-            p = std::mem::replace(&mut w.pipeline, Pipeline::new(ingress_plugin()));
-            Some(w)
-        } else {
-            None
-        };
-        for round in 1..20 {
-            let i = (round * 7919) % 10_000;
-            let t = Instant::now();
-            let r = p.apply([apply(changed_ingress(i, round))]);
-            let a = t.elapsed();
-            let t = Instant::now();
-            let s = Arc::new(p.snapshot().clone());
-            eprintln!("apply {a:?} clone {:?} {r:?}", t.elapsed());
-            drop(s);
-        }
-        for round in 1..20 {
-            let i = (round * 7919) % 10_000;
-            let t = Instant::now();
-            let r = p.apply([apply(changed_slice(i, round))]);
-            eprintln!("slice apply {:?} {r:?}", t.elapsed());
-        }
-        return;
-    }
     if let Some(i) = args.iter().position(|a| a == "--server-child") {
         server_child(args[i + 1].parse().unwrap());
         return;
@@ -1542,101 +1608,78 @@ fn main() {
         (1_000, 10_000, 100, 1_000)
     };
 
-    // 2 at the small size: endpoint-only changes, SotW and delta.
-    if std::env::var_os("XDS_DEBUG").is_none() {
-        endpoints_small(&rt, small, streams);
+    // 1, 2 and 4 at the small size, with a fresh engine so that the
+    // first swaps compile.
+    {
+        let (p, built) = built_pipeline(small);
+        println!(
+            "\n== {small} Ingresses: pipeline built in {} -> {}",
+            ms(built),
+            describe_snapshot(p.snapshot())
+        );
+        let mut w = World::start(&rt, p);
+        let runtime = Runtime::new(Limits::default(), None).expect("engine");
+        suite(
+            &rt,
+            &mut w,
+            streams,
+            &runtime,
+            &[
+                ("isobar-plugin-faults", "new component: compiled now"),
+                ("isobar-plugin-ingress", "new component: compiled now"),
+                (
+                    "isobar-plugin-faults",
+                    "component already compiled by this engine",
+                ),
+                (
+                    "isobar-plugin-ingress",
+                    "back; component already compiled by this engine",
+                ),
+            ],
+        );
+        w.stop(&rt);
     }
 
-    // 3: cold start at the large size; the world it leaves serves the rest.
+    // 3: cold start at the large size; the world it leaves serves 1, 2 and
+    // 4 at the large size (its engine has compiled only the Ingress plugin).
     let (mut w, runtime) = cold_start(&rt, big);
-    if std::env::var_os("XDS_DEBUG").is_some() {
-        report("debug", w.series(5, Change::Ingress), None);
-        return;
-    }
-    let mut route_kib = resource_kib(&w.published, RDS).1;
-
-    // 1: one Ingress change, 1 stream and then `streams`.
-    report(
-        &format!("one Ingress change -> RDS ACKed by the 1 SotW stream at {big} Ingresses"),
-        w.series(samples(), Change::Ingress),
-        None,
-    );
-    let took = w.connect(&rt, streams - 1, Proto::Sotw);
     println!(
-        "{} more SotW streams connected and synced in {}",
-        streams - 1,
-        ms(took)
+        "(every route change re-sends the whole RouteConfiguration ingress_http: {:.0} KiB per stream)",
+        resource_kib(&w.published, RDS).1
     );
-    report(
-        &format!(
-            "one Ingress change -> RDS ACKed by all {streams} SotW streams at {big} Ingresses (RDS {route_kib:.0} KiB per push per stream)"
-        ),
-        w.series(samples(), Change::Ingress),
-        Some(Duration::from_millis(100)),
-    );
-
-    // 2 at the large size, SotW.
-    report(
-        &format!(
-            "endpoint-only change -> CLA ACKed by all {streams} SotW streams at {big} Ingresses"
-        ),
-        w.series(samples(), Change::Endpoints),
-        Some(Duration::from_millis(20)),
-    );
-
-    // 4: hot swaps with every stream live.
-    println!(
-        "\n== plugin hot swap at {big} Ingresses with {streams} live SotW streams (the faults plugin emits a different, valid fragment)"
-    );
-    hot_swap(
+    suite(
+        &rt,
         &mut w,
+        streams,
         &runtime,
-        "isobar-plugin-faults",
-        "new component: compiled now",
-    );
-    route_kib = resource_kib(&w.published, RDS).1;
-    println!(
-        "  (after the swap: {}; RDS {route_kib:.0} KiB)",
-        describe_snapshot(&w.published)
-    );
-    hot_swap(
-        &mut w,
-        &runtime,
-        "isobar-plugin-ingress",
-        "back; component already compiled by this engine",
-    );
-
-    // 2 at the large size, delta.
-    w.disconnect(&rt);
-    let took = w.connect(&rt, streams, Proto::Delta);
-    println!(
-        "\n{streams} delta streams connected and synced in {}",
-        ms(took)
-    );
-    report(
-        &format!(
-            "endpoint-only change -> CLA ACKed by all {streams} delta streams at {big} Ingresses"
-        ),
-        w.series(samples(), Change::Endpoints),
-        Some(Duration::from_millis(20)),
-    );
-    report(
-        &format!(
-            "one Ingress change -> RDS ACKed by all {streams} delta streams at {big} Ingresses"
-        ),
-        w.series(samples(), Change::Ingress),
-        Some(Duration::from_millis(100)),
-    );
-    let (opened, closed, nacks) = w.tracker.counts();
-    println!(
-        "server events at {big}: streams opened {opened}, closed {closed} (all by the bench), NACKs {nacks}, events dropped {}",
-        w.server.dropped_events()
+        &[
+            ("isobar-plugin-faults", "new component: compiled now"),
+            (
+                "isobar-plugin-ingress",
+                "back; component already compiled by this engine",
+            ),
+        ],
     );
     w.stop(&rt);
     drop(runtime);
 
-    // 5: many streams, memory per stream, in a child process.
-    many_streams(&rt, small, many);
+    // 5: many streams, memory per stream, in a child process; then the same
+    // with a tiny universe, to tell the fixed cost of a stream from the part
+    // that grows with the largest resource it is sent.
+    many_streams(
+        &rt,
+        small,
+        many,
+        true,
+        "a smaller universe than 10k, to keep the run tractable",
+    );
+    many_streams(
+        &rt,
+        small / 10,
+        many,
+        false,
+        "a tiny universe: the fixed cost of a stream",
+    );
 
     println!("\nload average at the end: {}", loadavg());
     println!("bench wall time: {:.1} s", started.elapsed().as_secs_f64());
