@@ -290,3 +290,55 @@ pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
 }
+
+/// What the benchmarks share: the machine they ran on, percentiles.
+pub mod bench {
+    use std::time::Duration;
+
+    /// Prints the machine, so figures are never quoted without it.
+    pub fn machine() {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().next().map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .unwrap_or("0")
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                        / 1024
+                        / 1024
+                })
+            })
+            .unwrap_or(0);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        println!(
+            "machine: {cpu}, {cores} cores, {mem} GiB, {} {}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        println!(
+            "build: {}",
+            if cfg!(debug_assertions) {
+                "debug assertions ON (numbers are pessimistic)"
+            } else {
+                "optimised"
+            }
+        );
+    }
+
+    /// The `p` quantile of sorted samples.
+    pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+}

@@ -9,6 +9,7 @@ use isobar::pipeline::Pipeline;
 use isobar::store::{Event, KindKey, Object, Store};
 use isobar_guest::Translator;
 use isobar_plugin_ingress::IngressTranslator;
+use isobar_tests::bench::{machine, percentile};
 use isobar_tests::*;
 use serde_json::{Value, json};
 
@@ -111,57 +112,12 @@ fn roots(store: &Store) -> Vec<Arc<Object>> {
         .collect()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn machine() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0)
-                    / 1024
-                    / 1024
-            })
-        })
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!(
-        "machine: {cpu}, {cores} cores, {mem} GiB, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    );
-    println!(
-        "build: {}",
-        if cfg!(debug_assertions) {
-            "debug assertions ON (numbers are pessimistic)"
-        } else {
-            "optimised"
-        }
-    );
 }
 
 fn status_kib(field: &str) -> u64 {

@@ -28,6 +28,7 @@ use isobar::pipeline::Pipeline;
 use isobar::plugin::{Limits, Runtime};
 use isobar::store::Event;
 use isobar::xds::{self, Snapshot, XdsEvent, XdsServer, type_url};
+use isobar_tests::bench::{machine, percentile};
 use isobar_tests::*;
 use prost::Message;
 use serde_json::{Value, json};
@@ -131,82 +132,12 @@ fn changed_slice(i: usize, round: usize) -> Value {
 
 // ---- figures ----------------------------------------------------------------
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn goal(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
-}
-
-fn machine() {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0)
-                    / 1024
-                    / 1024
-            })
-        })
-        .unwrap_or(0);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!(
-        "machine: {cpu}, {cores} cores, {mem} GiB, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    );
-    println!(
-        "build: {}",
-        if cfg!(debug_assertions) {
-            "debug assertions ON (numbers are pessimistic)"
-        } else {
-            "optimised"
-        }
-    );
-    let nofile = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .map(|l| {
-                    l.split_whitespace()
-                        .skip(3)
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-        })
-        .unwrap_or_else(|| "unknown".into());
-    println!("open files limit (soft/hard): {nofile}");
-    println!("load average at start: {}", loadavg());
-    println!(
-        "clients: tonic ADS over TCP loopback, one connection per stream, in this process (they share the cores with the server); \
-         SotW clients subscribe CDS and LDS by wildcard, then EDS for the clusters received and RDS for the route configs the listeners name, \
-         and ACK every response with their full subscription, as Envoy does (Envoy's 256 MiB HTTP/2 windows); delta clients likewise with subscribe/unsubscribe deltas"
-    );
-    println!(
-        "timing: from applying the change to the pipeline (on a plain thread, not an async worker) to the server seeing the ACK of the new version \
-         from every stream, for every type the change touched; includes translate, merge, building Envoy resources, snapshot clone + publish, push, client decode, ACK"
-    );
 }
 
 /// Other work on the machine skews every figure here: say how busy it was.
