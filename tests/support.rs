@@ -295,6 +295,10 @@ pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 pub mod bench {
     use std::time::Duration;
 
+    use serde_json::{Value, json};
+
+    use super::{ingress, ingress_class, service, slice};
+
     /// Prints the machine, so figures are never quoted without it.
     pub fn machine() {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -340,5 +344,67 @@ pub mod bench {
     /// The `p` quantile of sorted samples.
     pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
         sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+
+    /// n Ingresses, each one host and three paths, with its Service and
+    /// EndpointSlice, spread over 10 namespaces.
+    pub fn universe(n: usize) -> Vec<Value> {
+        let mut out = vec![ingress_class("isobar", false)];
+        out.extend((0..n).flat_map(app));
+        out
+    }
+
+    /// The Service, EndpointSlice and Ingress of app `i`.
+    pub fn app(i: usize) -> [Value; 3] {
+        let ns = format!("ns{}", i % 10);
+        let svc = format!("svc{i}");
+        let host = format!("app{i}.example.com");
+        [
+            service(&ns, &svc, &[("http", 80, json!("http"))]),
+            slice(
+                &ns,
+                &svc,
+                "a",
+                "http",
+                8080,
+                &[
+                    &format!("10.{}.{}.1", i / 250, i % 250),
+                    &format!("10.{}.{}.2", i / 250, i % 250),
+                ],
+            ),
+            ingress(
+                &ns,
+                &format!("ing{i}"),
+                &[(
+                    host.as_str(),
+                    &[
+                        ("/", "Prefix", svc.as_str(), json!(80)),
+                        ("/api", "Prefix", svc.as_str(), json!("http")),
+                        ("/healthz", "Exact", svc.as_str(), json!(80)),
+                    ],
+                )],
+            ),
+        ]
+    }
+
+    /// Ingress `ing{i}` with its second path renamed for `round`: one virtual
+    /// host's routes change, nothing else.
+    pub fn changed_ingress(i: usize, round: usize) -> Value {
+        let ns = format!("ns{}", i % 10);
+        let svc = format!("svc{i}");
+        let host = format!("app{i}.example.com");
+        let extra = format!("/v{round}");
+        ingress(
+            &ns,
+            &format!("ing{i}"),
+            &[(
+                host.as_str(),
+                &[
+                    ("/", "Prefix", svc.as_str(), json!(80)),
+                    (extra.as_str(), "Prefix", svc.as_str(), json!("http")),
+                    ("/healthz", "Exact", svc.as_str(), json!(80)),
+                ],
+            )],
+        )
     }
 }

@@ -9,9 +9,9 @@ use isobar::pipeline::Pipeline;
 use isobar::store::{Event, KindKey, Object, Store};
 use isobar_guest::Translator;
 use isobar_plugin_ingress::IngressTranslator;
-use isobar_tests::bench::{machine, percentile};
+use isobar_tests::bench::{app, changed_ingress, machine, percentile, universe};
 use isobar_tests::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The guest SDK's store trait over the host's store, so the native plugin
 /// reads exactly what the Wasm one reads through its imports.
@@ -54,47 +54,6 @@ impl isobar_guest::Store for NativeStore<'_> {
             .map(|o| to_guest(o))
             .collect()
     }
-}
-
-/// n Ingresses, each one host and three paths, with its Service and
-/// EndpointSlice, spread over 10 namespaces.
-fn universe(n: usize) -> Vec<Value> {
-    let mut out = vec![ingress_class("isobar", false)];
-    out.extend((0..n).flat_map(app));
-    out
-}
-
-/// The Service, EndpointSlice and Ingress of app `i`.
-fn app(i: usize) -> [Value; 3] {
-    let ns = format!("ns{}", i % 10);
-    let svc = format!("svc{i}");
-    let host = format!("app{i}.example.com");
-    [
-        service(&ns, &svc, &[("http", 80, json!("http"))]),
-        slice(
-            &ns,
-            &svc,
-            "a",
-            "http",
-            8080,
-            &[
-                &format!("10.{}.{}.1", i / 250, i % 250),
-                &format!("10.{}.{}.2", i / 250, i % 250),
-            ],
-        ),
-        ingress(
-            &ns,
-            &format!("ing{i}"),
-            &[(
-                host.as_str(),
-                &[
-                    ("/", "Prefix", svc.as_str(), json!(80)),
-                    ("/api", "Prefix", svc.as_str(), json!("http")),
-                    ("/healthz", "Exact", svc.as_str(), json!(80)),
-                ],
-            )],
-        ),
-    ]
 }
 
 fn store_of(objects: &[Value]) -> Arc<Store> {
@@ -199,22 +158,7 @@ fn incremental(n: usize) {
     let mut times = Vec::new();
     for round in 0..60 {
         let i = (round * 7919) % n;
-        let ns = format!("ns{}", i % 10);
-        let svc = format!("svc{i}");
-        let host = format!("app{i}.example.com");
-        let extra = format!("/v{round}");
-        let changed = ingress(
-            &ns,
-            &format!("ing{i}"),
-            &[(
-                host.as_str(),
-                &[
-                    ("/", "Prefix", svc.as_str(), json!(80)),
-                    (extra.as_str(), "Prefix", svc.as_str(), json!("http")),
-                    ("/healthz", "Exact", svc.as_str(), json!(80)),
-                ],
-            )],
-        );
+        let changed = changed_ingress(i, round);
         let t = Instant::now();
         let r = p.apply([apply(changed)]);
         times.push(t.elapsed());

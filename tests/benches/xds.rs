@@ -28,10 +28,10 @@ use isobar::pipeline::Pipeline;
 use isobar::plugin::{Limits, Runtime};
 use isobar::store::Event;
 use isobar::xds::{self, Snapshot, XdsEvent, XdsServer, type_url};
-use isobar_tests::bench::{machine, percentile};
+use isobar_tests::bench::{changed_ingress, machine, percentile, universe};
 use isobar_tests::*;
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -52,64 +52,7 @@ fn quick() -> bool {
     std::env::var_os("ISOBAR_BENCH_QUICK").is_some()
 }
 
-// ---- the universe (as in benches/translate.rs) --------------------------------
-
-/// n Ingresses, each one host and three paths, with its Service and
-/// EndpointSlice, spread over 10 namespaces.
-fn universe(n: usize) -> Vec<Value> {
-    let mut out = vec![ingress_class("isobar", false)];
-    for i in 0..n {
-        let ns = format!("ns{}", i % 10);
-        let svc = format!("svc{i}");
-        out.push(service(&ns, &svc, &[("http", 80, json!("http"))]));
-        out.push(slice(
-            &ns,
-            &svc,
-            "a",
-            "http",
-            8080,
-            &[
-                &format!("10.{}.{}.1", i / 250, i % 250),
-                &format!("10.{}.{}.2", i / 250, i % 250),
-            ],
-        ));
-        let host = format!("app{i}.example.com");
-        out.push(ingress(
-            &ns,
-            &format!("ing{i}"),
-            &[(
-                host.as_str(),
-                &[
-                    ("/", "Prefix", svc.as_str(), json!(80)),
-                    ("/api", "Prefix", svc.as_str(), json!("http")),
-                    ("/healthz", "Exact", svc.as_str(), json!(80)),
-                ],
-            )],
-        ));
-    }
-    out
-}
-
-/// Ingress `ing{i}` with its second path renamed for `round`: one virtual
-/// host's routes change, nothing else.
-fn changed_ingress(i: usize, round: usize) -> Value {
-    let ns = format!("ns{}", i % 10);
-    let svc = format!("svc{i}");
-    let host = format!("app{i}.example.com");
-    let extra = format!("/v{round}");
-    ingress(
-        &ns,
-        &format!("ing{i}"),
-        &[(
-            host.as_str(),
-            &[
-                ("/", "Prefix", svc.as_str(), json!(80)),
-                (extra.as_str(), "Prefix", svc.as_str(), json!("http")),
-                ("/healthz", "Exact", svc.as_str(), json!(80)),
-            ],
-        )],
-    )
-}
+// ---- the universe: isobar_tests::bench --------------------------------------
 
 /// The EndpointSlice of `svc{i}` with a third endpoint for `round`: one
 /// ClusterLoadAssignment changes, no route, no cluster, no plugin call.
