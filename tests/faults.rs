@@ -26,7 +26,11 @@ fn faulty_ingress(fault: Option<&str>) -> Value {
 
 /// A pipeline serving the good output, then the same root turned bad.
 fn good_then(fault: &str) -> Pipeline {
-    let mut p = Pipeline::new(faults());
+    good_then_with(faults(), fault)
+}
+
+fn good_then_with(plugin: isobar::plugin::Plugin, fault: &str) -> Pipeline {
+    let mut p = Pipeline::new(plugin);
     p.load(
         [
             ingress_class("isobar", false),
@@ -84,17 +88,7 @@ fn memory_bomb_hits_the_memory_cap() {
     let plugin = runtime
         .load_file(&plugin_path("isobar-plugin-faults"))
         .unwrap();
-    let mut p = Pipeline::new(plugin);
-    p.load(
-        [
-            ingress_class("isobar", false),
-            service("shop", "web", &[("http", 80, json!(80))]),
-            faulty_ingress(None),
-        ]
-        .map(apply),
-    );
-    p.rebuild();
-    p.apply([apply(faulty_ingress(Some("oom")))]);
+    let p = good_then_with(plugin, "oom");
     assert_last_good_kept(&p);
     let d = only_diagnostic(&p);
     assert_eq!(d.reason, "PluginMemoryLimit");
