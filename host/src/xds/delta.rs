@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tracing::{debug, warn};
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
-use super::snapshot::Resource;
+use super::snapshot::{Resource, Resources, Snapshot};
 use super::stream::{
     Handler, MAX_PENDING, Prepared, StreamCtx, legacy_wildcard, nack_subjects, push_rank,
 };
@@ -48,8 +48,9 @@ struct TypeState {
     known: HashMap<String, String>,
     /// Bumped on every subscription change.
     generation: u64,
-    /// (type digest, generation) at the last diff: equal means nothing to do.
-    synced: Option<([u8; 16], u64)>,
+    /// The snapshot `known` was brought to, and the subscription generation
+    /// then: from there only the snapshot's changes need looking at.
+    synced: Option<(Arc<Snapshot>, u64)>,
     /// Responses not yet ACKed or NACKed, oldest first.
     pending: VecDeque<Pending>,
     responded: bool,
@@ -249,47 +250,24 @@ impl TypeState {
         }
     }
 
+    /// Whether the subscription covers `r`: a wildcard sees everything but
+    /// `named_only` resources (API listeners), which need naming.
+    fn sees(&self, r: &Resource) -> bool {
+        (self.wildcard && !r.named_only) || self.names.contains(&r.name)
+    }
+
     /// Brings the client up to `current`: the response to send, if any.
     fn push(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Option<DeltaResponse> {
-        let digest = current.digest(&self.type_url);
-        let mut resources = Vec::new();
-        let mut removed = Vec::new();
-        if self.synced != Some((digest, self.generation)) {
-            let of_type = current.snapshot.of_type(&self.type_url);
-            let mut consider = |r: &Arc<Resource>| {
-                if self.known.get(&r.name) != Some(&r.version) {
-                    self.known.insert(r.name.clone(), r.version.clone());
-                    resources.push(r.clone());
-                }
-            };
-            if let Some(of_type) = of_type {
-                if self.wildcard {
-                    // `named_only` resources (API listeners) only when named.
-                    let names = &self.names;
-                    of_type
-                        .values()
-                        .filter(|r| !r.named_only || names.contains(&r.name))
-                        .for_each(&mut consider);
-                } else {
-                    self.names
-                        .iter()
-                        .filter_map(|n| of_type.get(n))
-                        .for_each(&mut consider);
-                }
+        let of_type = current.snapshot.of_type(&self.type_url);
+        let (resources, mut removed) = match &self.synced {
+            Some((at, generation)) if *generation == self.generation => {
+                let changes = current.changes_since(at, &self.type_url);
+                self.sync_changes(of_type, &changes.updated, &changes.removed)
             }
-            let (wildcard, names) = (self.wildcard, &self.names);
-            self.known.retain(|name, _| {
-                let visible = of_type
-                    .and_then(|m| m.get(name))
-                    .is_some_and(|r| (wildcard && !r.named_only) || names.contains(name));
-                if !visible {
-                    removed.push(name.clone());
-                }
-                visible
-            });
-            removed.sort();
-            self.synced = Some((digest, self.generation));
-        }
+            _ => self.sync_all(of_type),
+        };
+        self.synced = Some((current.snapshot.clone(), self.generation));
+        removed.sort();
         if resources.is_empty() && removed.is_empty() && self.responded {
             return None;
         }
@@ -331,5 +309,70 @@ impl TypeState {
             resources,
             removed,
         })
+    }
+
+    /// Compares every subscribed resource with what the client has.
+    fn sync_all(&mut self, of_type: Option<&Resources>) -> (Vec<Arc<Resource>>, Vec<String>) {
+        let mut resources = Vec::new();
+        if let Some(of_type) = of_type {
+            let visible: Vec<&Arc<Resource>> = if self.wildcard {
+                of_type
+                    .values()
+                    .filter(|r| !r.named_only || self.names.contains(&r.name))
+                    .collect()
+            } else {
+                self.names.iter().filter_map(|n| of_type.get(n)).collect()
+            };
+            for r in visible {
+                if self.known.get(&r.name) != Some(&r.version) {
+                    self.known.insert(r.name.clone(), r.version.clone());
+                    resources.push(r.clone());
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        let (wildcard, names) = (self.wildcard, &self.names);
+        self.known.retain(|name, _| {
+            let visible = of_type
+                .and_then(|m| m.get(name))
+                .is_some_and(|r| (wildcard && !r.named_only) || names.contains(name));
+            if !visible {
+                removed.push(name.clone());
+            }
+            visible
+        });
+        (resources, removed)
+    }
+
+    /// Looks only at the names that changed since the last sync.
+    fn sync_changes(
+        &mut self,
+        of_type: Option<&Resources>,
+        updated: &BTreeSet<String>,
+        gone: &BTreeSet<String>,
+    ) -> (Vec<Arc<Resource>>, Vec<String>) {
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for name in updated {
+            match of_type.and_then(|m| m.get(name)) {
+                Some(r) if self.sees(r) => {
+                    if self.known.get(name) != Some(&r.version) {
+                        self.known.insert(name.clone(), r.version.clone());
+                        resources.push(r.clone());
+                    }
+                }
+                _ => {
+                    if self.known.remove(name).is_some() {
+                        removed.push(name.clone());
+                    }
+                }
+            }
+        }
+        for name in gone {
+            if self.known.remove(name).is_some() {
+                removed.push(name.clone());
+            }
+        }
+        (resources, removed)
     }
 }

@@ -4,9 +4,13 @@
 //! - Nothing is sent for a type until the client asks for it.
 //! - Subscriptions are per type: a wildcard (`*`, or for Listener and
 //!   Cluster an initial request without names: the legacy wildcard, which
-//!   ends once the client names resources) or a set of names. A response
-//!   carries every subscribed resource that exists, so for Listener and
-//!   Cluster leaving one out removes it.
+//!   ends once the client names resources) or a set of names. A Listener or
+//!   Cluster response carries every subscribed resource that exists (leaving
+//!   one out removes it). For the other types the spec lets a response carry
+//!   only what changed: after the first response of a subscription, a
+//!   RouteConfiguration, ClusterLoadAssignment or Secret update carries just
+//!   the resources that changed, so one endpoint change is one small message
+//!   per stream, however many clusters there are.
 //! - `version_info` is the snapshot version; every response has a fresh
 //!   nonce. A request whose `response_nonce` is not the latest sent for its
 //!   type is stale and ignored entirely.
@@ -26,7 +30,9 @@ use tracing::{debug, warn};
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
 use super::snapshot::{Resource, Resources};
-use super::stream::{Handler, Prepared, StreamCtx, legacy_wildcard, nack_subjects, push_rank};
+use super::stream::{
+    Handler, Prepared, StreamCtx, full_state, legacy_wildcard, nack_subjects, push_rank,
+};
 use super::wire::{Selection, SotwResponse};
 
 #[derive(Default)]
@@ -47,10 +53,9 @@ struct TypeState {
 /// The latest response sent for a type.
 struct Sent {
     nonce: String,
+    /// The snapshot the client has been brought to.
     prepared: Arc<Prepared>,
-    /// Digest of every resource of the type, and of what a wildcard sees.
-    digest: [u8; 16],
-    wildcard_digest: [u8; 16],
+    /// What the response carried.
     selection: Selection,
 }
 
@@ -153,7 +158,7 @@ impl Handler for Sotw {
             .chain(resource_locators.into_iter().map(|l| l.name));
         let widened = state.resubscribe(names);
         match current {
-            Some(p) if state.last.is_none() || widened => vec![state.respond(ctx, p)],
+            Some(p) if state.last.is_none() || widened => vec![state.respond(ctx, p, None)],
             _ => Vec::new(),
         }
     }
@@ -163,14 +168,15 @@ impl Handler for Sotw {
         states.sort_by(|a, b| push_rank(&a.type_url).cmp(&push_rank(&b.type_url)));
         states
             .into_iter()
-            .filter(|s| s.needs_push(current))
-            .map(|s| s.respond(ctx, current))
+            .filter_map(|s| s.update(ctx, current))
             .collect()
     }
 }
 
-fn version_of<'a>(resources: Option<&'a Resources>, name: &str) -> Option<&'a str> {
-    resources?.get(name).map(|r| r.version.as_str())
+fn selected(resources: Option<&Resources>, name: &str, selection: &Selection) -> bool {
+    resources
+        .and_then(|m| m.get(name))
+        .is_some_and(|r| selection.includes(r))
 }
 
 impl TypeState {
@@ -225,35 +231,54 @@ impl TypeState {
         }
     }
 
-    /// Whether `current` changes what this subscription sees compared with
-    /// the latest response.
-    fn needs_push(&self, current: &Arc<Prepared>) -> bool {
+    /// The response that brings the client from the latest response to
+    /// `current`, if the subscription sees any change: the whole subscribed
+    /// set for full-state types, only the changed resources for the others.
+    fn update(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Option<SotwResponse> {
         let Some(last) = &self.last else {
             // Asked before the first snapshot was ready.
-            return true;
+            return Some(self.respond(ctx, current, None));
         };
         if Arc::ptr_eq(&last.prepared, current) {
-            return false;
+            return None;
         }
-        let digest = current.digest(&self.type_url);
-        if digest == last.digest {
-            return false;
+        let changes = current.changes_since(&last.prepared.snapshot, &self.type_url);
+        if changes.is_empty() {
+            return None;
         }
-        // A wildcard sees everything but `named_only` resources, which it
-        // sees only when it also names them (the loop below).
-        if self.wildcard && current.wildcard_digest(&self.type_url) != last.wildcard_digest {
-            return true;
-        }
+        let selection = self.selection();
         let old = last.prepared.snapshot.of_type(&self.type_url);
         let new = current.snapshot.of_type(&self.type_url);
-        self.names
+        if full_state(&self.type_url) {
+            let visible = changes
+                .updated
+                .iter()
+                .any(|n| selected(new, n, &selection) || selected(old, n, &selection))
+                || changes.removed.iter().any(|n| selected(old, n, &selection));
+            return visible.then(|| self.respond(ctx, current, None));
+        }
+        let changed: BTreeSet<String> = changes
+            .updated
             .iter()
-            .any(|n| version_of(old, n) != version_of(new, n))
+            .filter(|n| selected(new, n, &selection))
+            .cloned()
+            .collect();
+        (!changed.is_empty()).then(|| self.respond(ctx, current, Some(Arc::new(changed))))
     }
 
-    fn respond(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> SotwResponse {
+    /// Sends `only` (changed resources of a type that allows partial
+    /// responses) or, without it, everything the subscription sees.
+    fn respond(
+        &mut self,
+        ctx: &mut StreamCtx,
+        current: &Arc<Prepared>,
+        only: Option<Arc<BTreeSet<String>>>,
+    ) -> SotwResponse {
         let nonce = ctx.next_nonce();
-        let selection = self.selection();
+        let selection = match only {
+            Some(names) => Selection::Named(names),
+            None => self.selection(),
+        };
         let response = SotwResponse {
             version_info: current.version.clone(),
             type_url: self.type_url.clone(),
@@ -284,8 +309,6 @@ impl TypeState {
         self.last = Some(Sent {
             nonce,
             prepared: current.clone(),
-            digest: current.digest(&self.type_url),
-            wildcard_digest: current.wildcard_digest(&self.type_url),
             selection,
         });
         response

@@ -2,20 +2,19 @@
 //! computed once for all streams, the event channel, and the task that runs
 //! one stream (requests and snapshots in, responses out).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 use super::event::{Protocol, XdsEvent};
-use super::snapshot::{Resource, Snapshot, type_url};
+use super::snapshot::{Resource, Snapshot, TypeChanges, type_url};
 use crate::store::ObjectKey;
 
 /// Responses a stream may have queued before it stops reading requests.
@@ -24,73 +23,57 @@ const STREAM_QUEUE: usize = 16;
 /// Unacknowledged delta responses remembered per type (for NACK reports).
 pub(crate) const MAX_PENDING: usize = 32;
 
-/// A snapshot as the streams see it: its version as text and a digest of
-/// every type's (name, version) set, computed once and shared, so a stream
-/// tells "nothing of this type changed" in O(1).
+/// A snapshot as the streams see it: its version as text and, computed once
+/// for every stream, what changed since the snapshot prepared before it, so
+/// a stream that was up to date works in O(changes), not O(resources).
 pub(crate) struct Prepared {
     pub snapshot: Arc<Snapshot>,
     pub version: Arc<str>,
-    digests: HashMap<String, [u8; 16]>,
-    /// The same, leaving out `named_only` resources: what a wildcard
-    /// subscription sees (present only for types that have such resources).
-    wildcard_digests: HashMap<String, [u8; 16]>,
+    /// The snapshot `changes` start from (the previously prepared one).
+    base: Option<Arc<Snapshot>>,
+    changes: BTreeMap<String, Arc<TypeChanges>>,
 }
 
-const EMPTY_DIGEST: [u8; 16] = [0; 16];
-
 impl Prepared {
-    fn new(snapshot: Arc<Snapshot>) -> Self {
-        fn digest<'a>(resources: impl Iterator<Item = &'a Arc<Resource>>) -> [u8; 16] {
-            let mut h = Sha256::new();
-            let mut any = false;
-            for r in resources {
-                any = true;
-                h.update((r.name.len() as u64).to_le_bytes());
-                h.update(r.name.as_bytes());
-                h.update((r.version.len() as u64).to_le_bytes());
-                h.update(r.version.as_bytes());
-            }
-            if !any {
-                return EMPTY_DIGEST;
-            }
-            let mut d = [0u8; 16];
-            d.copy_from_slice(&h.finalize()[..16]);
-            d
-        }
-        let mut digests = HashMap::new();
-        let mut wildcard_digests = HashMap::new();
-        for (type_url, resources) in &snapshot.resources {
-            if resources.is_empty() {
-                continue;
-            }
-            digests.insert(type_url.clone(), digest(resources.values()));
-            if resources.values().any(|r| r.named_only) {
-                wildcard_digests.insert(
-                    type_url.clone(),
-                    digest(resources.values().filter(|r| !r.named_only)),
-                );
-            }
-        }
+    fn new(snapshot: Arc<Snapshot>, previous: Option<&Prepared>) -> Self {
+        let base = previous.map(|p| p.snapshot.clone());
+        let changes = base
+            .as_ref()
+            .map(|b| {
+                b.changes_to(&snapshot)
+                    .into_iter()
+                    .map(|(t, c)| (t, Arc::new(c)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Prepared {
             version: snapshot.version.to_string().into(),
             snapshot,
-            digests,
-            wildcard_digests,
+            base,
+            changes,
         }
     }
 
-    /// Digest of the type's resources; the same for "absent" and "empty".
-    pub fn digest(&self, type_url: &str) -> [u8; 16] {
-        self.digests.get(type_url).copied().unwrap_or(EMPTY_DIGEST)
-    }
-
-    /// Digest of the resources a wildcard subscription sees (every resource
-    /// of the type but the `named_only` ones).
-    pub fn wildcard_digest(&self, type_url: &str) -> [u8; 16] {
-        match self.wildcard_digests.get(type_url) {
-            Some(d) => *d,
-            None => self.digest(type_url),
+    /// What changed in `type_url` from `from` (a snapshot a stream last
+    /// brought its client to) to this one: shared when `from` is the
+    /// previous snapshot, else computed (cheap within one pipeline's
+    /// lineage, since the maps share structure).
+    pub fn changes_since(&self, from: &Arc<Snapshot>, type_url: &str) -> Arc<TypeChanges> {
+        static NONE: std::sync::LazyLock<Arc<TypeChanges>> = std::sync::LazyLock::new(Arc::default);
+        if Arc::ptr_eq(from, &self.snapshot) {
+            return NONE.clone();
         }
+        if self.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, from)) {
+            return self
+                .changes
+                .get(type_url)
+                .cloned()
+                .unwrap_or_else(|| NONE.clone());
+        }
+        Arc::new(TypeChanges::between(
+            from.of_type(type_url),
+            self.snapshot.of_type(type_url),
+        ))
     }
 }
 
@@ -151,7 +134,7 @@ impl Shared {
         {
             return p.clone();
         }
-        let p = Arc::new(Prepared::new(snapshot));
+        let p = Arc::new(Prepared::new(snapshot, cached.as_deref()));
         *cached = Some(p.clone());
         p
     }
@@ -357,6 +340,17 @@ pub(crate) fn legacy_wildcard(type_url: &str) -> bool {
     type_url == type_url::LISTENER || type_url == type_url::CLUSTER
 }
 
+/// Types whose SotW responses must carry every subscribed resource (a
+/// resource left out is deleted). The spec says so of Listener and Cluster;
+/// for the others a response may carry only what changed. Types the host
+/// does not know (raw resources) are sent whole, to be safe.
+pub(crate) fn full_state(type_url: &str) -> bool {
+    !matches!(
+        type_url,
+        type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET
+    )
+}
+
 /// Sort key giving make-before-break order; types outside PUSH_ORDER (raw
 /// resources) go last, by name.
 pub(crate) fn push_rank(type_url: &str) -> (usize, &str) {
@@ -428,6 +422,67 @@ mod tests {
         ));
         assert!(!mentions("cluster web.internal rejected", "web"));
         assert!(!mentions("anything", ""));
+    }
+
+    fn snapshot(version: u64, endpoints: &[(&str, &'static [u8])]) -> Arc<Snapshot> {
+        let mut s = Snapshot {
+            version,
+            ..Default::default()
+        };
+        for (name, body) in endpoints {
+            s.resources
+                .entry(type_url::ENDPOINT.to_string())
+                .or_default()
+                .insert(
+                    name.to_string(),
+                    Arc::new(Resource::new(
+                        type_url::ENDPOINT,
+                        name.to_string(),
+                        bytes::Bytes::from_static(body),
+                        vec![],
+                    )),
+                );
+        }
+        Arc::new(s)
+    }
+
+    #[test]
+    fn changes_since_a_snapshot_missed_in_between() {
+        let shared = Shared::new(tokio::sync::watch::channel(Arc::default()).1, None);
+        let s1 = snapshot(1, &[("a", b"1"), ("b", b"1"), ("c", b"1")]);
+        let s2 = snapshot(2, &[("a", b"2"), ("b", b"1"), ("c", b"1")]);
+        let s3 = snapshot(3, &[("a", b"2"), ("b", b"2")]);
+        let p1 = shared.prepare(s1.clone());
+        let p2 = shared.prepare(s2.clone());
+        let p3 = shared.prepare(s3.clone());
+        assert!(
+            Arc::ptr_eq(&p3, &shared.prepare(s3.clone())),
+            "prepared once"
+        );
+        let names = |c: &TypeChanges| {
+            (
+                c.updated.iter().cloned().collect::<Vec<_>>(),
+                c.removed.iter().cloned().collect::<Vec<_>>(),
+            )
+        };
+        // From the previous snapshot: the shared change set.
+        let from2 = p3.changes_since(&s2, type_url::ENDPOINT);
+        assert!(Arc::ptr_eq(
+            &from2,
+            &p3.changes_since(&s2, type_url::ENDPOINT)
+        ));
+        assert_eq!(names(&from2), (vec!["b".into()], vec!["c".into()]));
+        // From further back (the stream missed 2): everything since 1.
+        assert_eq!(
+            names(&p3.changes_since(&s1, type_url::ENDPOINT)),
+            (vec!["a".into(), "b".into()], vec!["c".into()])
+        );
+        assert_eq!(
+            names(&p2.changes_since(&s1, type_url::ENDPOINT)).0,
+            vec!["a".to_string()]
+        );
+        assert!(p1.changes_since(&s1, type_url::ENDPOINT).is_empty());
+        assert!(p3.changes_since(&s2, type_url::CLUSTER).is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! expected snapshot version. A stream handles requests and snapshots in
 //! order, so any push that was due would have arrived before that answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -627,14 +627,121 @@ async fn sotw_named_subscriptions() {
     );
     c.ack(&rds2, &["r-http", "r-https"]).await;
 
-    // A subscribed resource coming into existence is pushed.
+    // A subscribed resource coming into existence is pushed, alone:
+    // endpoints may be updated partially.
     h.publish(world.set(EDS, "missing", "v1").snapshot(3));
     let eds2 = c.recv().await;
     assert_eq!(
         (eds2.type_url.as_str(), eds2.version_info.as_str()),
         (EDS, "3")
     );
-    assert_eq!(names(&eds2), ["missing", "shop"]);
+    assert_eq!(names(&eds2), ["missing"]);
+}
+
+/// Routes, endpoints and secrets go out as partial updates (only what
+/// changed); listeners and clusters always as the whole subscribed set.
+#[tokio::test]
+async fn sotw_partial_updates_except_listeners_and_clusters() {
+    let mut world = World::base();
+    let h = Harness::start(world.snapshot(1)).await;
+    let mut c = h.sotw("node-a").await;
+    let mut last = BTreeMap::new();
+    for (t, subscribe) in [
+        (CDS, &[][..]),
+        (EDS, &["shop", "cart"][..]),
+        (SDS, &["cert"][..]),
+        (LDS, &[][..]),
+        (RDS, &["r-http", "r-https"][..]),
+    ] {
+        c.subscribe(t, subscribe).await;
+        let r = c.recv().await;
+        c.ack(&r, subscribe).await;
+        last.insert(t, subscribe);
+    }
+    c.sync("1").await;
+
+    h.publish(
+        world
+            .set(EDS, "cart", "v2")
+            .set(RDS, "r-https", "v2")
+            .set(CDS, "shop", "v2")
+            .set(LDS, "http", "v2")
+            .set(SDS, "cert", "v2")
+            .snapshot(2),
+    );
+    let mut got = BTreeMap::new();
+    for _ in 0..5 {
+        let r = c.recv().await;
+        assert_eq!(r.version_info, "2");
+        c.ack(&r, last[r.type_url.as_str()]).await;
+        got.insert(r.type_url.clone(), names(&r));
+    }
+    let expect: BTreeMap<String, Vec<String>> = [
+        (CDS, vec!["cart", "shop"]),
+        (EDS, vec!["cart"]),
+        (SDS, vec!["cert"]),
+        (LDS, vec!["http", "https"]),
+        (RDS, vec!["r-https"]),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_string(), n.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(got, expect);
+    c.sync("2").await;
+
+    // A removed endpoint assignment is not "sent" (SotW has no removals
+    // outside Listener and Cluster); removing a cluster resends the rest.
+    h.publish(world.remove(EDS, "cart").remove(CDS, "cart").snapshot(3));
+    let cds = c.recv().await;
+    assert_eq!(
+        (cds.type_url.as_str(), names(&cds)),
+        (CDS, vec!["shop".to_string()])
+    );
+    c.ack(&cds, &[]).await;
+    c.sync("3").await;
+}
+
+/// Snapshots published back to back: whether a stream sees each or only the
+/// last (then it is brought up to date with everything since the one it saw,
+/// which `stream::tests::changes_since_a_snapshot_missed_in_between` pins
+/// down), every change reaches it.
+#[tokio::test]
+async fn lagging_streams_get_every_change_since_their_last_snapshot() {
+    let mut world = World::base();
+    let h = Harness::start(world.snapshot(1)).await;
+    let mut s = h.sotw("sotw").await;
+    s.subscribe(EDS, &["shop", "cart"]).await;
+    let r = s.recv().await;
+    s.ack(&r, &["shop", "cart"]).await;
+    let mut d = h.delta("delta").await;
+    d.subscribe(EDS, &["shop", "cart"], &[]).await;
+    let r = d.recv().await;
+    d.ack(&r).await;
+    s.sync("1").await;
+    d.sync("1").await;
+
+    // Published back to back: streams may see 2 and 3, or only 3.
+    h.publish(world.set(EDS, "shop", "v2").snapshot(2));
+    h.publish(world.set(EDS, "cart", "v2").snapshot(3));
+    let mut sotw_names = BTreeSet::new();
+    while !sotw_names.contains("cart") || !sotw_names.contains("shop") {
+        let r = s.recv().await;
+        assert_eq!(r.type_url, EDS);
+        s.ack(&r, &["shop", "cart"]).await;
+        sotw_names.extend(names(&r));
+    }
+    let mut delta_names = BTreeSet::new();
+    while !delta_names.contains("cart") || !delta_names.contains("shop") {
+        let r = d.recv().await;
+        assert_eq!(r.type_url, EDS);
+        d.ack(&r).await;
+        for res in &r.resources {
+            assert_eq!(res.version, world.version_of(EDS, &res.name));
+            delta_names.insert(res.name.clone());
+        }
+    }
+    s.sync("3").await;
+    d.sync("3").await;
 }
 
 #[tokio::test]
