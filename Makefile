@@ -10,7 +10,7 @@ INTEROP_VENV := $(TARGET_DIR)/interop-venv
 # `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
 SERVE_FLAGS ?=
 
-.PHONY: all plugins build run serve translate test interop-venv bench fmt
+.PHONY: all plugins plugins-js build run serve translate test interop-venv bench fmt
 
 all: build
 
@@ -19,6 +19,12 @@ plugins:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 	@ls -l $(WASM_DIR)/*.wasm
+
+## plugins-js: build the JavaScript example plugin (plugins/canary-js) with
+## componentize-js into $(WASM_DIR); needs Node.js 20+ and npm. Skipped while
+## its sources, the WIT and the lockfile are unchanged.
+plugins-js:
+	OUT=$(WASM_DIR)/isobar_plugin_canary_js.wasm sh plugins/canary-js/build.sh
 
 build: plugins
 	$(CARGO) build -p isobar

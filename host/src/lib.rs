@@ -7,6 +7,7 @@ pub mod dump;
 pub mod envoy;
 pub mod pipeline;
 pub mod plugin;
+pub mod queue;
 pub mod serve;
 pub mod source;
 pub mod store;

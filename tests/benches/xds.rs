@@ -1154,18 +1154,27 @@ fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
     w.connect(rt, 1, Proto::Sotw);
     let wasm = plugin_path("isobar-plugin-ingress");
 
+    // As `isobar serve` starts: the manifests are parsed (on every core)
+    // while the plugin compiles.
     let t0 = Instant::now();
-    let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
-    let read = t0.elapsed();
+    let ((loaded, read), (runtime, plugin, compile)) = std::thread::scope(|s| {
+        let parse = s.spawn(|| {
+            let loaded = isobar::source::files::load_paths(&[dir.path().to_path_buf()]);
+            (loaded, t0.elapsed())
+        });
+        let runtime = Runtime::new(Limits::default(), None).expect("engine");
+        let plugin = runtime.load_file(&wasm).expect("plugin");
+        let compile = t0.elapsed();
+        (
+            parse.join().expect("parse thread"),
+            (runtime, plugin, compile),
+        )
+    });
     assert!(
         loaded.errors.is_empty(),
         "manifest errors: {:?}",
         loaded.errors.first()
     );
-    let t = Instant::now();
-    let runtime = Runtime::new(Limits::default(), None).expect("engine");
-    let plugin = runtime.load_file(&wasm).expect("plugin");
-    let compile = t.elapsed();
     let t = Instant::now();
     let mut p = Pipeline::new(plugin);
     p.load(loaded.events());
@@ -1183,14 +1192,14 @@ fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
         Ok(done) => {
             let total = done.saturating_duration_since(t0);
             let serve =
-                done.saturating_duration_since(t0 + read + compile + store + rebuild + publish);
+                done.saturating_duration_since(t0 + read.max(compile) + store + rebuild + publish);
             println!(
                 "cold start {n} Ingresses -> first complete snapshot (CDS, EDS, LDS, RDS) ACKed: {}  [goal ≤ 3 s: {}]",
                 ms(total),
                 goal(total <= Duration::from_secs(3))
             );
             println!(
-                "  stages: read+parse manifests {}, new engine + Wasm compile {}, store load {}, translate + merge + build resources (rebuild) {}, snapshot clone+publish {}, serve to ACK {}",
+                "  stages (parse and compile at once): read+parse manifests {}, new engine + Wasm compile {}, store load {}, translate + merge + build resources (rebuild) {}, snapshot clone+publish {}, serve to ACK {}",
                 ms(read),
                 ms(compile),
                 ms(store),

@@ -22,6 +22,9 @@ impl Backoff {
 
     /// `base * 2^failures`, capped at `max`.
     pub(super) fn delay(&self, failures: u32) -> Duration {
+        if self.base.is_zero() {
+            return Duration::ZERO;
+        }
         // Anything that overflows u128 nanoseconds is past any cap.
         let nanos = 1u128
             .checked_shl(failures)

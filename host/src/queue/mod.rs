@@ -168,16 +168,15 @@ impl<K: Key> WorkQueue<K> {
         metrics: &QueueMetrics,
     ) -> Result<Self, QueueError> {
         let name = name.into();
-        // `!(x > 0)` also rejects NaN.
-        if !(config.qps > 0.0) {
+        // NaN is neither greater nor less: rejected too.
+        if config.qps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(QueueError::InvalidConfig(format!(
                 "qps must be positive, got {}",
                 config.qps
             )));
         }
-        let interval = Duration::try_from_secs_f64(1.0 / config.qps).map_err(|_| {
-            QueueError::InvalidConfig(format!("qps {} is too small", config.qps))
-        })?;
+        let interval = Duration::try_from_secs_f64(1.0 / config.qps)
+            .map_err(|_| QueueError::InvalidConfig(format!("qps {} is too small", config.qps)))?;
         let handles = metrics.handles(&name);
         handles.depth.set(0);
         Ok(WorkQueue {
@@ -224,7 +223,9 @@ impl<K: Key> WorkQueue<K> {
     }
 
     /// Records a failure of `key` and requeues it after its backoff or the
-    /// global bucket's delay, whichever is longer; returns that delay.
+    /// global bucket's delay, whichever is longer; returns that delay. As
+    /// with [`add_after`](Self::add_after), a sooner pending run wins: a
+    /// new event for a failing key is not held back by its backoff.
     pub fn add_rate_limited(&self, key: K) -> Result<Duration, QueueError> {
         let mut st = self.inner.state.lock();
         self.inner.check_open(&st)?;
@@ -338,7 +339,9 @@ impl<K: Key> WorkQueue<K> {
     /// counts as an error and is retried with backoff.
     ///
     /// The bound is per call: two `run`s on one queue may run twice as many
-    /// workers, though still never two on one key.
+    /// workers, though still never two on one key. CPU-bound work (a Wasm
+    /// call) belongs in `spawn_blocking` inside the worker, so it does not
+    /// hold a runtime thread.
     pub async fn run<F, Fut, E>(&self, concurrency: NonZeroUsize, worker: F)
     where
         F: Fn(K) -> Fut + Send + Sync + 'static,
@@ -532,18 +535,16 @@ impl<K: Key> Lease<K> {
                 // Shut down: nothing more to do for this key.
                 let _ = q.add_after(key.clone(), after);
             }
-            Outcome::Error(err) => {
-                match q.add_rate_limited(key.clone()) {
-                    Ok(retry_in) => warn!(
-                        queue = %q.name(), key = ?key, error = %err, ?retry_in,
-                        requeues = q.num_requeues(key), "work failed, retrying"
-                    ),
-                    Err(_) => warn!(
-                        queue = %q.name(), key = ?key, error = %err,
-                        "work failed, queue shut down: not retrying"
-                    ),
-                }
-            }
+            Outcome::Error(err) => match q.add_rate_limited(key.clone()) {
+                Ok(retry_in) => warn!(
+                    queue = %q.name(), key = ?key, error = %err, ?retry_in,
+                    requeues = q.num_requeues(key), "work failed, retrying"
+                ),
+                Err(_) => warn!(
+                    queue = %q.name(), key = ?key, error = %err,
+                    "work failed, queue shut down: not retrying"
+                ),
+            },
         }
     }
 }

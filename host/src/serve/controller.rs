@@ -93,6 +93,8 @@ pub(crate) struct Controller {
     snapshots: watch::Sender<Arc<Snapshot>>,
     status: Arc<Status>,
     debounce: Debounce,
+    /// The manifest directory as read while the plugin compiled.
+    prescanned: Option<Vec<Event>>,
 }
 
 fn kinds_of(plugin: &Plugin) -> HashSet<KindKey> {
@@ -110,11 +112,17 @@ impl Controller {
         snapshots: watch::Sender<Arc<Snapshot>>,
         status: Arc<Status>,
         debounce: Debounce,
+        prescanned: Option<(ManifestSet, Vec<Event>)>,
     ) -> Self {
+        let (manifests, prescanned) = match prescanned {
+            Some((set, events)) => (set, Some(events)),
+            None => (ManifestSet::new(watched.manifests.clone()), None),
+        };
         Controller {
             runtime,
             kinds: kinds_of(&plugin),
-            manifests: ManifestSet::new(watched.manifests.clone()),
+            manifests,
+            prescanned,
             pipeline: Pipeline::new(plugin),
             watched,
             snapshots,
@@ -154,7 +162,10 @@ impl Controller {
 
     fn initial(&mut self) {
         let started = Instant::now();
-        let events = self.manifests.rescan();
+        let events = match self.prescanned.take() {
+            Some(events) => events,
+            None => self.manifests.rescan(),
+        };
         let plugin = self.pipeline.plugin().clone();
         self.status.plugin_loaded(&plugin);
         let events: Vec<Event> = events.into_iter().filter(|e| self.wanted(e)).collect();

@@ -155,21 +155,44 @@ impl Server {
         }
         let plugin_path = canonical_file(&config.plugin)?;
 
-        // Compiling is CPU-bound: not on the runtime's workers.
+        // Watch before the first read, so nothing written meanwhile is lost.
+        let watched = Watched {
+            manifests: manifests.clone(),
+            plugin: plugin_path.clone(),
+        };
+        let (inputs, inputs_rx) = std::sync::mpsc::channel();
+        let watcher = watch::start(&watched, inputs.clone())
+            .context("watching the manifest directory and plugin")?;
+
+        // Compiling the plugin and parsing the manifests are CPU-bound and
+        // independent: both at once, off the runtime's workers. (With a
+        // first-build gate the controller reads the directory once it opens.)
         let (limits, cache_dir, path) = (
             config.limits.clone(),
             config.cache_dir.clone(),
             plugin_path.clone(),
         );
-        let (runtime, plugin) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let compile = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
             let plugin = runtime
                 .load_file(&path)
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("loading plugin {}", path.display()))?;
             Ok((runtime, plugin))
-        })
-        .await??;
+        });
+        let prescan = config.first_build_gate.is_none().then(|| {
+            let root = manifests.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut set = manifests::ManifestSet::new(root);
+                let events = set.rescan();
+                (set, events)
+            })
+        });
+        let (runtime, plugin) = compile.await??;
+        let prescanned = match prescan {
+            Some(task) => Some(task.await?),
+            None => None,
+        };
         info!(plugin = %plugin.info.name, version = %plugin.info.version, digest = %plugin.digest, "plugin loaded");
 
         let xds_listener = TcpListener::bind(config.xds_listen)
@@ -210,14 +233,6 @@ impl Server {
         ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
-        // Watch before the first read, so nothing written meanwhile is lost.
-        let watched = Watched {
-            manifests,
-            plugin: plugin_path,
-        };
-        let (inputs, inputs_rx) = std::sync::mpsc::channel();
-        let watcher = watch::start(&watched, inputs.clone())
-            .context("watching the manifest directory and plugin")?;
         let controller = controller::Controller::new(
             runtime,
             plugin,
@@ -225,6 +240,7 @@ impl Server {
             snapshots_tx,
             status.clone(),
             config.debounce,
+            prescanned,
         );
         let gate = config.first_build_gate.clone();
         let wait = gate.clone();

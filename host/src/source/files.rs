@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use crate::store::{Event, Object};
 
 /// A manifest problem a user can act on: which file, which line, what.
@@ -77,26 +79,36 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Reads every manifest under each path.
 pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
+    let mut files = Vec::new();
     for path in paths {
         match manifest_files(path) {
-            Ok(files) => {
-                for file in files {
-                    match std::fs::read_to_string(&file) {
-                        Ok(text) => parse_into(&file, &text, &mut loaded),
-                        Err(e) => loaded.errors.push(ManifestError {
-                            file,
-                            line: 0,
-                            message: e.to_string(),
-                        }),
-                    }
-                }
-            }
+            Ok(found) => files.extend(found),
             Err(e) => loaded.errors.push(ManifestError {
                 file: path.clone(),
                 line: 0,
                 message: e.to_string(),
             }),
         }
+    }
+    // YAML parsing is CPU-bound: files on every core, results in file order.
+    let parsed: Vec<Loaded> = files
+        .into_par_iter()
+        .map(|file| {
+            let mut one = Loaded::default();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => parse_into(&file, &text, &mut one),
+                Err(e) => one.errors.push(ManifestError {
+                    file,
+                    line: 0,
+                    message: e.to_string(),
+                }),
+            }
+            one
+        })
+        .collect();
+    for one in parsed {
+        loaded.manifests.extend(one.manifests);
+        loaded.errors.extend(one.errors);
     }
     loaded
 }

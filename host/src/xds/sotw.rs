@@ -193,6 +193,17 @@ impl TypeState {
     /// Applies the request's resource names; true when the client now sees
     /// something it did not before.
     fn resubscribe(&mut self, names: impl Iterator<Item = String>) -> bool {
+        let names: Vec<String> = names.collect();
+        // Every SotW request repeats the whole subscription (an Envoy ACKing
+        // endpoints names every cluster): the same names in the same order
+        // are the common case, told apart without building a set.
+        if self.explicit
+            && !self.wildcard
+            && !names.is_empty()
+            && names.iter().eq(self.names.iter())
+        {
+            return false;
+        }
         let mut star = false;
         let mut named = BTreeSet::new();
         for name in names {
