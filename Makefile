@@ -56,7 +56,10 @@ interop-venv:
 ## test: every test in the workspace, against the real plugin components
 ## (and gRPC's own xDS client, from the interop venv)
 test: plugins interop-venv
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-js; \
+	else echo "WARNING: npm not found: the JavaScript plugin test will be SKIPPED"; fi
 	$(CARGO) test --workspace --no-fail-fast
+	@if command -v npm >/dev/null 2>&1; then CARGO_TARGET_DIR=$(TARGET_DIR) npm test --prefix plugins/canary-js; fi
 	$(CARGO) test -p isobar-tests --benches --no-run
 
 ## bench: translation benchmarks (Wasm vs native side by side, incremental, per call, memory)

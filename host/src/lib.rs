@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
+pub mod reconcile;
 pub mod serve;
 pub mod source;
 pub mod store;

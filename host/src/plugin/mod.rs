@@ -7,6 +7,7 @@
 pub mod bindings;
 mod cache;
 mod call;
+pub mod reconciler;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,11 +24,13 @@ use crate::store::{Object, ObjectKey, Store};
 use bindings::{Translator, TranslatorPre};
 use call::CallState;
 pub use call::Reads;
+pub use reconciler::{ReconcileOutcome, ReconcilerPlugin};
 
 /// The contract this host speaks.
 pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
 pub const CONTRACT_VERSION: &str = "0.1.0";
 const TRANSLATION_EXPORT: &str = "isobar:plugin/translation@0.1.0";
+const RECONCILIATION_EXPORT: &str = "isobar:plugin/reconciliation@0.1.0";
 
 /// Bytes of each memory slot kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -78,6 +81,8 @@ pub enum PluginError {
         "plugin was built against contract {found}; this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
     )]
     ContractMismatch { found: String },
+    #[error("plugin exports {found}, not {wanted}: it is another kind of plugin")]
+    WrongWorld { wanted: String, found: String },
     #[error("plugin needs imports this host does not grant: {0}")]
     Link(String),
     #[error("plugin exceeded its deadline of {0:?}")]
@@ -97,6 +102,7 @@ impl PluginError {
             PluginError::Io { .. } => "PluginUnreadable",
             PluginError::Invalid(_) => "PluginInvalid",
             PluginError::ContractMismatch { .. } => "ContractMismatch",
+            PluginError::WrongWorld { .. } => "WrongPluginKind",
             PluginError::Link(_) => "PluginLinkError",
             PluginError::Timeout(_) => "PluginTimeout",
             PluginError::MemoryLimit(_) => "PluginMemoryLimit",
@@ -206,7 +212,7 @@ impl Runtime {
             .shared
             .cache
             .get_or_compile(&self.shared.engine, &digest, bytes)?;
-        check_contract(&self.shared.engine, &component)?;
+        check_contract(&self.shared.engine, &component, TRANSLATION_EXPORT)?;
         let pre = self
             .shared
             .linker
@@ -257,15 +263,24 @@ fn spawn_ticker(shared: Weak<EngineShared>) {
 
 /// Names the contract a component was built against, so a user learns
 /// "built for isobar:plugin@0.0.9", not "missing export".
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+fn check_contract(engine: &Engine, component: &Component, wanted: &str) -> Result<(), PluginError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name.to_string())
         .collect();
-    if exports.iter().any(|e| e == TRANSLATION_EXPORT) {
+    if exports.iter().any(|e| e == wanted) {
         return Ok(());
+    }
+    let other_world = [TRANSLATION_EXPORT, RECONCILIATION_EXPORT]
+        .into_iter()
+        .find(|e| *e != wanted && exports.iter().any(|x| x == e));
+    if let Some(other) = other_world {
+        return Err(PluginError::WrongWorld {
+            wanted: wanted.to_string(),
+            found: other.to_string(),
+        });
     }
     let found = exports
         .iter()

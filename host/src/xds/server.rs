@@ -290,6 +290,12 @@ where
     };
     info!(addr = ?local, tls = tls.is_some(), mtls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "xDS server listening");
     builder
+        // A SotW request repeats the whole subscription: an Envoy ACKing
+        // endpoints names every cluster (hundreds of KiB at 10k clusters).
+        // With the fixed 64 KiB default window every such request waits
+        // for window updates; a window sized by measured bandwidth-delay
+        // (as gRPC's own servers do) takes it in one go.
+        .http2_adaptive_window(Some(true))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(server.service())

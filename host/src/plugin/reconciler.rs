@@ -1,0 +1,174 @@
+//! Reconciler plugins (world `reconciler`): loaded and called like
+//! translators (same engine, cache, limits, fresh instance per call), but
+//! they return actions for the host to carry out rather than routing IR.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::bindings::reconciler::exports::isobar::plugin::reconciliation;
+use super::bindings::reconciler::{Reconciler, ReconcilerPre};
+use super::call::{self, CallState};
+use super::{EngineShared, Grants, PluginError, RECONCILIATION_EXPORT, Reads, Runtime};
+use crate::store::{KindKey, Object, Store};
+
+pub use reconciliation::{Action, Event, EventType, ObjectId, ReconcilerInfo};
+
+/// A loaded reconciler component, ready to be called. Cheap to clone.
+#[derive(Clone)]
+pub struct ReconcilerPlugin {
+    shared: Arc<EngineShared>,
+    pre: ReconcilerPre<CallState>,
+    pub info: ReconcilerInfo,
+    pub digest: String,
+    pub source: String,
+    grants: Arc<Grants>,
+}
+
+/// The result of one `reconcile` call and what it read.
+#[derive(Debug)]
+pub struct ReconcileOutcome {
+    pub result: Result<Vec<Action>, PluginError>,
+    pub reads: Reads,
+    pub dropped_logs: usize,
+    pub elapsed: Duration,
+}
+
+impl Runtime {
+    /// Compiles (or takes from the cache) a reconciler component and asks it
+    /// to describe itself.
+    pub fn load_reconciler(
+        &self,
+        bytes: &[u8],
+        source: &str,
+    ) -> Result<ReconcilerPlugin, PluginError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self
+            .shared
+            .cache
+            .get_or_compile(&self.shared.engine, &digest, bytes)?;
+        super::check_contract(&self.shared.engine, &component, RECONCILIATION_EXPORT)?;
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let pre = ReconcilerPre::new(pre).map_err(|e| PluginError::ContractMismatch {
+            found: format!("{e:#}"),
+        })?;
+        let mut plugin = ReconcilerPlugin {
+            shared: self.shared.clone(),
+            pre,
+            info: ReconcilerInfo {
+                name: String::new(),
+                version: String::new(),
+                reconciles: crate::ir::KindRef {
+                    api_version: String::new(),
+                    kind: String::new(),
+                },
+                owns: vec![],
+                watches: vec![],
+            },
+            digest,
+            source: source.to_string(),
+            grants: Arc::new(Grants::default()),
+        };
+        plugin.info = plugin.describe()?;
+        Ok(plugin)
+    }
+
+    pub fn load_reconciler_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<ReconcilerPlugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        self.load_reconciler(&bytes, &path.display().to_string())
+    }
+}
+
+impl ReconcilerPlugin {
+    pub fn describe(&self) -> Result<ReconcilerInfo, PluginError> {
+        let mut store = call::new_store(&self.shared, None, &self.info.name, &self.grants);
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i: Reconciler| i.isobar_plugin_reconciliation().call_describe(&mut store));
+        result.map_err(|e| call::classify(e, &store, &self.shared.limits))
+    }
+
+    /// Reconciles one object against `store`, recording every read.
+    pub fn reconcile(&self, store: &Arc<Store>, object: &Object) -> ReconcileOutcome {
+        let started = Instant::now();
+        let mut wstore = call::new_store(
+            &self.shared,
+            Some(store.clone()),
+            &self.info.name,
+            &self.grants,
+        );
+        let arg = call::to_wit(object);
+        let result = self.pre.instantiate(&mut wstore).and_then(|i| {
+            i.isobar_plugin_reconciliation()
+                .call_reconcile(&mut wstore, &arg)
+        });
+        let result = match result {
+            Ok(Ok(actions)) => Ok(actions),
+            Ok(Err(e)) => Err(PluginError::Rejected {
+                reason: e.reason,
+                message: e.message,
+            }),
+            Err(e) => Err(call::classify(e, &wstore, &self.shared.limits)),
+        };
+        let state = wstore.into_data();
+        ReconcileOutcome {
+            result,
+            dropped_logs: state.dropped_logs,
+            reads: state.reads,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The reconciled kind.
+    pub fn kind(&self) -> KindKey {
+        KindKey::new(
+            &self.info.reconciles.api_version,
+            &self.info.reconciles.kind,
+        )
+    }
+
+    pub fn owned_kinds(&self) -> Vec<KindKey> {
+        self.info
+            .owns
+            .iter()
+            .map(|k| KindKey::new(&k.api_version, &k.kind))
+            .collect()
+    }
+
+    /// Every kind the plugin needs in the store: reconciled, owned, read.
+    pub fn watched_kinds(&self) -> Vec<KindKey> {
+        let mut kinds = vec![self.kind()];
+        kinds.extend(self.owned_kinds());
+        kinds.extend(
+            self.info
+                .watches
+                .iter()
+                .map(|k| KindKey::new(&k.api_version, &k.kind)),
+        );
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+}
+
+impl std::fmt::Debug for ReconcilerPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReconcilerPlugin")
+            .field("name", &self.info.name)
+            .field("version", &self.info.version)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}

@@ -1,0 +1,407 @@
+//! Where a reconciler's actions land. The host carries them out with its own
+//! credentials; a plugin never holds any. [`MemoryCluster`] is the cluster
+//! the host keeps when it has none (a manifest directory, tests, the
+//! benchmark): an API server's write semantics over an in-memory object set,
+//! whose writes come back as watch events, as a real cluster's do.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::store::{Event as StoreEvent, Object, ObjectKey};
+
+/// Did a write change anything? Unchanged writes are skipped before they
+/// reach the API server (and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Changed,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClusterError {
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    #[error("{key} is owned by {owner}, not by {wanted}")]
+    Conflict {
+        key: ObjectKey,
+        owner: String,
+        wanted: String,
+    },
+    #[error("API request failed: {0}")]
+    Api(String),
+}
+
+/// A Kubernetes Event as the host records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub regarding: ObjectKey,
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+    pub reporting_controller: String,
+}
+
+/// The writes a reconciler's actions turn into.
+pub trait Cluster: Send + Sync + 'static {
+    /// Server-side apply of `object` by `manager`.
+    fn apply<'a>(
+        &'a self,
+        object: Value,
+        manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    /// Server-side apply of `status` to the status subresource of `key`.
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        status: Value,
+        manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    fn set_finalizer<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        finalizer: &'a str,
+        present: bool,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>>;
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<ObjectKey, Value>,
+    events: Vec<RecordedEvent>,
+    resource_version: u64,
+    writes: u64,
+    skipped: u64,
+}
+
+/// An in-memory API server: server-side apply (fields of the applied object
+/// replace the stored ones; `status` is kept; conditions merge by type),
+/// finalizers holding deletion (a deletion timestamp instead), owner
+/// references garbage-collected on delete, a resourceVersion per write.
+/// Every change is sent on the events channel, as a watch would see it.
+pub struct MemoryCluster {
+    state: Mutex<State>,
+    events: mpsc::UnboundedSender<StoreEvent>,
+}
+
+impl MemoryCluster {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<StoreEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            MemoryCluster {
+                state: Mutex::new(State::default()),
+                events: tx,
+            },
+            rx,
+        )
+    }
+
+    /// Creates or replaces an object as a user would (`kubectl apply`).
+    pub fn put(&self, mut object: Value) -> Result<ObjectKey, ClusterError> {
+        let mut state = self.state.lock();
+        let key = key_of(&object)?;
+        if let Some(old) = state.objects.get(&key) {
+            // Users do not write status.
+            if let Some(status) = old.get("status").cloned() {
+                object["status"] = status;
+            }
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            let spec_changed = old.get("spec") != object.get("spec");
+            object["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
+            for k in ["uid", "finalizers", "ownerReferences", "deletionTimestamp"] {
+                if let Some(v) = old["metadata"].get(k).cloned() {
+                    object["metadata"][k] = v;
+                }
+            }
+        } else {
+            object["metadata"]["generation"] = json!(1);
+            object["metadata"]["uid"] = json!(format!("uid-{}", state.resource_version + 1));
+        }
+        self.store(&mut state, key.clone(), object);
+        Ok(key)
+    }
+
+    /// Deletes as a user would (honouring finalizers).
+    pub fn remove(&self, key: &ObjectKey) -> Result<Write, ClusterError> {
+        let mut state = self.state.lock();
+        self.delete_locked(&mut state, key)
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Value> {
+        self.state.lock().objects.get(key).cloned()
+    }
+
+    pub fn objects(&self) -> BTreeMap<ObjectKey, Value> {
+        self.state.lock().objects.clone()
+    }
+
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        self.state.lock().events.clone()
+    }
+
+    /// (writes that changed something, writes skipped as unchanged).
+    pub fn write_counts(&self) -> (u64, u64) {
+        let s = self.state.lock();
+        (s.writes, s.skipped)
+    }
+
+    fn store(&self, state: &mut State, key: ObjectKey, mut object: Value) {
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        state.writes += 1;
+        state.objects.insert(key, object.clone());
+        if let Ok(o) = Object::from_value(object) {
+            let _ = self.events.send(StoreEvent::Apply(o.into()));
+        }
+    }
+
+    fn unchanged(&self, state: &mut State) -> Write {
+        state.skipped += 1;
+        Write::Unchanged
+    }
+
+    fn delete_locked(&self, state: &mut State, key: &ObjectKey) -> Result<Write, ClusterError> {
+        let Some(obj) = state.objects.get(key).cloned() else {
+            return Ok(self.unchanged(state));
+        };
+        let has_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if obj["metadata"].get("deletionTimestamp").is_some() {
+                return Ok(self.unchanged(state));
+            }
+            let mut obj = obj;
+            obj["metadata"]["deletionTimestamp"] = json!(now());
+            self.store(state, key.clone(), obj);
+            return Ok(Write::Changed);
+        }
+        state.objects.remove(key);
+        state.writes += 1;
+        let _ = self.events.send(StoreEvent::Delete(key.clone()));
+        // Garbage collection: dependents whose owner is gone.
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let dependents: Vec<ObjectKey> = state
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for d in dependents {
+            self.delete_locked(state, &d)?;
+        }
+        Ok(Write::Changed)
+    }
+}
+
+fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
+    let o = Object::from_value(object.clone()).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    Ok(o.key())
+}
+
+/// RFC 3339 UTC, seconds precision, as the API server writes times.
+pub(crate) fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Merges `update` into `base`: objects field by field, `conditions` lists
+/// by `type` (the API's list-map key), anything else replaced.
+fn merge(base: &mut Value, update: Value) {
+    match (base, update) {
+        (Value::Object(b), Value::Object(u)) => {
+            for (k, v) in u {
+                if k == "conditions"
+                    && let (Some(Value::Array(old)), Value::Array(new)) = (b.get_mut(&k), &v)
+                {
+                    let mut by_type: Vec<Value> = old.clone();
+                    for c in new {
+                        match by_type.iter_mut().find(|o| o["type"] == c["type"]) {
+                            Some(o) => *o = c.clone(),
+                            None => by_type.push(c.clone()),
+                        }
+                    }
+                    *old = by_type;
+                    continue;
+                }
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, u) => *b = u,
+    }
+}
+
+fn managed_by(obj: &Value) -> Option<&str> {
+    obj["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|m| m["operation"] == "Apply" && m.get("subresource").is_none())?["manager"]
+        .as_str()
+}
+
+impl Cluster for MemoryCluster {
+    fn apply<'a>(
+        &'a self,
+        object: Value,
+        manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock();
+            let key = key_of(&object)?;
+            let mut next = object;
+            match state.objects.get(&key) {
+                Some(old) => {
+                    if let Some(owner) = managed_by(old)
+                        && owner != manager
+                    {
+                        return Err(ClusterError::Conflict {
+                            key,
+                            owner: owner.to_string(),
+                            wanted: manager.to_string(),
+                        });
+                    }
+                    // The applied fields are the manager's whole intent; what the
+                    // server owns (status, uid, resourceVersion, ...) stays.
+                    let mut merged = next.clone();
+                    for k in [
+                        "uid",
+                        "resourceVersion",
+                        "generation",
+                        "finalizers",
+                        "deletionTimestamp",
+                        "managedFields",
+                    ] {
+                        if let Some(v) = old["metadata"].get(k).cloned() {
+                            merged["metadata"][k] = v;
+                        }
+                    }
+                    if let Some(status) = old.get("status").cloned() {
+                        merged["status"] = status;
+                    }
+                    let spec_changed = old.get("spec") != merged.get("spec");
+                    if spec_changed {
+                        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                        merged["metadata"]["generation"] = json!(g + 1);
+                    }
+                    if &merged == old {
+                        return Ok(self.unchanged(&mut state));
+                    }
+                    next = merged;
+                }
+                None => {
+                    next["metadata"]["generation"] = json!(1);
+                    next["metadata"]["uid"] = json!(format!("uid-{}", state.resource_version + 1));
+                    next["metadata"]["creationTimestamp"] = json!(now());
+                    next["metadata"]["managedFields"] =
+                        json!([{"manager": manager, "operation": "Apply"}]);
+                }
+            }
+            self.store(&mut state, key, next);
+            Ok(Write::Changed)
+        })
+    }
+
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        status: Value,
+        _manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock();
+            let Some(old) = state.objects.get(key).cloned() else {
+                return Err(ClusterError::NotFound(key.clone()));
+            };
+            let mut next = old.clone();
+            if !next.get("status").is_some_and(Value::is_object) {
+                next["status"] = Value::Object(Map::new());
+            }
+            merge(&mut next["status"], status);
+            if next == old {
+                return Ok(self.unchanged(&mut state));
+            }
+            self.store(&mut state, key.clone(), next);
+            Ok(Write::Changed)
+        })
+    }
+
+    fn set_finalizer<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        finalizer: &'a str,
+        present: bool,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock();
+            let Some(mut obj) = state.objects.get(key).cloned() else {
+                return Err(ClusterError::NotFound(key.clone()));
+            };
+            let mut list: Vec<Value> = obj["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let has = list.iter().any(|f| f == finalizer);
+            if has == present {
+                return Ok(self.unchanged(&mut state));
+            }
+            if present {
+                if obj["metadata"].get("deletionTimestamp").is_some() {
+                    return Err(ClusterError::Invalid(format!(
+                        "{key} is being deleted: no new finalizers"
+                    )));
+                }
+                list.push(json!(finalizer));
+            } else {
+                list.retain(|f| f != finalizer);
+            }
+            let deleting = obj["metadata"].get("deletionTimestamp").is_some();
+            if list.is_empty() && deleting {
+                // The last finalizer of a deleted object: it goes now.
+                obj["metadata"]["finalizers"] = json!([]);
+                state.objects.insert(key.clone(), obj);
+                return self.delete_locked(&mut state, key);
+            }
+            obj["metadata"]["finalizers"] = Value::Array(list);
+            self.store(&mut state, key.clone(), obj);
+            Ok(Write::Changed)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock();
+            self.delete_locked(&mut state, key)
+        })
+    }
+
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>> {
+        Box::pin(async move {
+            self.state.lock().events.push(event);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,523 @@
+//! Runs reconciler plugins: the operator half of the host.
+//!
+//! ```text
+//!  watch events ─► store ─► work queue ─► reconcile (Wasm, in parallel) ─► actions ─► Cluster
+//!        ▲        (reads,   (dedup, backoff,                               (apply, status,     │
+//!        │         owners)   requeue-after)                                 events, finalizers) │
+//!        └────────────────────────── the writes come back as watch events ◄──────────────────────┘
+//! ```
+//!
+//! What enqueues an object: a change to it; a change to an object it owns
+//! (controller owner reference); a change to anything its last reconcile
+//! read through `store` (gets, and lists by kind and namespace); its own
+//! `requeue-after`; a failure (backoff). One worker per object at a time
+//! (the queue's leases). The plugin never holds credentials: the host
+//! carries out the actions, applying with field manager `isobar/<plugin>`,
+//! setting the owner reference on every child, refusing to delete what the
+//! object does not own, and stamping `lastTransitionTime` and
+//! `observedGeneration` on the conditions a plugin writes (plugins have no
+//! clock). A failed reconcile (plugin error, trap, timeout, refused action)
+//! is retried with backoff and shows as a `Reconciled=False` condition.
+
+pub mod cluster;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+pub use cluster::{Cluster, ClusterError, MemoryCluster, RecordedEvent, Write};
+
+use crate::plugin::reconciler::{Action, EventType};
+use crate::plugin::{PluginError, Reads, ReconcilerPlugin};
+use crate::queue::{Lease, Outcome, QueueConfig, QueueMetrics, WorkQueue};
+use crate::store::{Event as StoreEvent, KindKey, Object, ObjectKey, Store};
+
+/// The condition the host writes when reconciling an object fails.
+pub const RECONCILED_CONDITION: &str = "Reconciled";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Plugin calls at once.
+    pub concurrency: NonZeroUsize,
+    pub queue: QueueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            concurrency: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+/// What the reconciler has done so far, for tests, benchmarks and the admin
+/// endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Plugin calls made.
+    pub reconciles: u64,
+    pub failures: u64,
+    /// Writes carried out, and writes skipped because nothing changed.
+    pub writes: u64,
+    pub unchanged_writes: u64,
+    /// The last error per object still failing.
+    pub failing: BTreeMap<ObjectKey, String>,
+}
+
+/// Why a reconcile of one object did not complete.
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("action refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl ReconcileError {
+    fn reason(&self) -> String {
+        match self {
+            ReconcileError::Plugin(e) => e.reason().to_string(),
+            ReconcileError::Refused(_) => "ActionRefused".into(),
+            ReconcileError::Cluster(_) => "ApplyFailed".into(),
+        }
+    }
+}
+
+/// Which reconciled objects read what, from their last reconcile.
+#[derive(Default)]
+struct ReadIndex {
+    gets: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    lists: HashMap<(KindKey, Option<String>), BTreeSet<ObjectKey>>,
+    by_reader: HashMap<ObjectKey, Reads>,
+}
+
+impl ReadIndex {
+    fn record(&mut self, reader: &ObjectKey, reads: Reads) {
+        self.forget(reader);
+        for g in &reads.gets {
+            self.gets
+                .entry(g.clone())
+                .or_default()
+                .insert(reader.clone());
+        }
+        for l in &reads.lists {
+            self.lists
+                .entry(l.clone())
+                .or_default()
+                .insert(reader.clone());
+        }
+        self.by_reader.insert(reader.clone(), reads);
+    }
+
+    fn forget(&mut self, reader: &ObjectKey) {
+        let Some(old) = self.by_reader.remove(reader) else {
+            return;
+        };
+        for g in old.gets {
+            if let Some(set) = self.gets.get_mut(&g) {
+                set.remove(reader);
+                if set.is_empty() {
+                    self.gets.remove(&g);
+                }
+            }
+        }
+        for l in old.lists {
+            if let Some(set) = self.lists.get_mut(&l) {
+                set.remove(reader);
+                if set.is_empty() {
+                    self.lists.remove(&l);
+                }
+            }
+        }
+    }
+
+    fn readers_of(&self, key: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
+        let by_get = self.gets.get(key).into_iter().flatten();
+        let all = self
+            .lists
+            .get(&(key.kind.clone(), None))
+            .into_iter()
+            .flatten();
+        let ns = self
+            .lists
+            .get(&(key.kind.clone(), Some(key.namespace.clone())))
+            .into_iter()
+            .flatten();
+        by_get.chain(all).chain(ns)
+    }
+}
+
+/// One reconciler plugin driven by a work queue, writing to a [`Cluster`].
+pub struct Reconciler<C: Cluster> {
+    plugin: ReconcilerPlugin,
+    cluster: Arc<C>,
+    store: Arc<Store>,
+    queue: WorkQueue<ObjectKey>,
+    reads: ReadIndex,
+    kind: KindKey,
+    owned: BTreeSet<KindKey>,
+    manager: String,
+    concurrency: usize,
+    progress: watch::Sender<Progress>,
+}
+
+impl<C: Cluster> Reconciler<C> {
+    pub fn new(
+        plugin: ReconcilerPlugin,
+        cluster: Arc<C>,
+        config: Config,
+        metrics: &QueueMetrics,
+    ) -> Result<Self, crate::queue::QueueError> {
+        let queue = WorkQueue::new(plugin.info.name.clone(), config.queue, metrics)?;
+        Ok(Reconciler {
+            kind: plugin.kind(),
+            owned: plugin.owned_kinds().into_iter().collect(),
+            manager: format!("isobar/{}", plugin.info.name),
+            plugin,
+            cluster,
+            store: Arc::new(Store::new()),
+            queue,
+            reads: ReadIndex::default(),
+            concurrency: config.concurrency.get(),
+            progress: watch::channel(Progress::default()).0,
+        })
+    }
+
+    /// Follows what the reconciler has done (updated after every batch).
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Every kind this reconciler needs to see: what a source must watch.
+    pub fn kinds(&self) -> Vec<KindKey> {
+        self.plugin.watched_kinds()
+    }
+
+    /// Serves until `stop` turns true (or every event sender is gone and the
+    /// queue has nothing left).
+    pub async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<StoreEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut events_open = true;
+        loop {
+            // Take in everything that happened; no call holds the store now.
+            while let Ok(e) = events.try_recv() {
+                self.observe(e);
+            }
+            let mut batch = Vec::new();
+            while batch.len() < self.concurrency && !self.queue.is_empty() {
+                match self.queue.get().await {
+                    Some(lease) => batch.push(lease),
+                    None => return,
+                }
+            }
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = stop.changed() => {
+                        if *stop.borrow() { break; }
+                    }
+                    e = events.recv(), if events_open => match e {
+                        Some(e) => self.observe(e),
+                        None => events_open = false,
+                    },
+                    lease = self.queue.get() => match lease {
+                        Some(lease) => batch.push(lease),
+                        None => break,
+                    },
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+            }
+            self.work(batch).await;
+        }
+        self.queue.shutdown();
+    }
+
+    /// Applies a watch event to the store and enqueues whoever cares.
+    fn observe(&mut self, event: StoreEvent) {
+        let key = match &event {
+            StoreEvent::Apply(o) => o.key(),
+            StoreEvent::Delete(k) => k.clone(),
+        };
+        // Owners are read from the object as it was (deletes) or is.
+        let before = self.store.get(&key).cloned();
+        let store = Arc::make_mut(&mut self.store);
+        if store.apply(event).is_none() {
+            return;
+        }
+        let after = self.store.get(&key).cloned();
+        let mut wake: BTreeSet<ObjectKey> = BTreeSet::new();
+        if key.kind == self.kind {
+            if after.is_some() {
+                wake.insert(key.clone());
+            } else {
+                self.reads.forget(&key);
+                self.queue.forget(&key);
+            }
+        }
+        if self.owned.contains(&key.kind) {
+            for o in before.iter().chain(after.iter()) {
+                wake.extend(self.controller_owner(o));
+            }
+        }
+        wake.extend(self.reads.readers_of(&key).cloned());
+        for k in wake {
+            if self.store.get(&k).is_some() {
+                let _ = self.queue.add(k);
+            }
+        }
+    }
+
+    /// The reconciled object named by `o`'s controller owner reference.
+    fn controller_owner(&self, o: &Object) -> Option<ObjectKey> {
+        let v: Value = serde_json::from_str(&o.json).ok()?;
+        let refs = v["metadata"]["ownerReferences"].as_array()?;
+        refs.iter()
+            .find(|r| {
+                r["controller"] == true
+                    && r["kind"] == self.kind.kind.as_str()
+                    && KindKey::new(
+                        r["apiVersion"].as_str().unwrap_or_default(),
+                        &self.kind.kind,
+                    ) == self.kind
+            })
+            .and_then(|r| r["name"].as_str())
+            .map(|name| ObjectKey {
+                kind: self.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Reconciles a batch of objects at once, then carries out their
+    /// actions in order.
+    async fn work(&mut self, batch: Vec<Lease<ObjectKey>>) {
+        let store = self.store.clone();
+        let calls = batch.iter().map(|lease| {
+            let (plugin, store) = (self.plugin.clone(), store.clone());
+            let object = store.get(lease.key()).cloned();
+            tokio::task::spawn_blocking(move || object.map(|o| (plugin.reconcile(&store, &o), o)))
+        });
+        let outcomes = futures::future::join_all(calls).await;
+        drop(store);
+        for (lease, outcome) in batch.into_iter().zip(outcomes) {
+            let key = lease.key().clone();
+            let Ok(Some((outcome, object))) = outcome else {
+                // Gone since it was queued (or the call panicked: retry).
+                lease.finish(Outcome::<String>::Done);
+                continue;
+            };
+            self.reads.record(&key, outcome.reads);
+            let result = match outcome.result {
+                Ok(actions) => self.carry_out(&object, actions).await,
+                Err(e) => Err(ReconcileError::Plugin(e)),
+            };
+            let mut progress = self.progress.borrow().clone();
+            progress.reconciles += 1;
+            let (writes, skipped) = match &result {
+                Ok((_, w, s)) => (*w, *s),
+                Err(_) => (0, 0),
+            };
+            progress.writes += writes;
+            progress.unchanged_writes += skipped;
+            match result {
+                Ok((requeue, _, _)) => {
+                    if progress.failing.remove(&key).is_some() {
+                        self.set_reconciled(&object, None).await;
+                    }
+                    debug!(plugin = %self.plugin.info.name, object = %key, writes, "reconciled");
+                    lease.finish(match requeue {
+                        Some(after) => Outcome::<String>::Requeue(after),
+                        None => Outcome::Done,
+                    });
+                }
+                Err(e) => {
+                    progress.failures += 1;
+                    warn!(plugin = %self.plugin.info.name, object = %key, error = %e, "reconcile failed; retrying with backoff");
+                    progress.failing.insert(key.clone(), e.to_string());
+                    self.set_reconciled(&object, Some(&e)).await;
+                    lease.finish(Outcome::Error(e.to_string()));
+                }
+            }
+            self.progress.send_replace(progress);
+        }
+    }
+
+    /// Carries out a plugin's actions in order; the first failure stops.
+    /// Returns the requeue-after asked for and (writes, unchanged writes).
+    async fn carry_out(
+        &self,
+        object: &Object,
+        actions: Vec<Action>,
+    ) -> Result<(Option<Duration>, u64, u64), ReconcileError> {
+        let key = object.key();
+        let (mut writes, mut skipped) = (0, 0);
+        let mut count = |w: Write| match w {
+            Write::Changed => writes += 1,
+            Write::Unchanged => skipped += 1,
+        };
+        let mut requeue: Option<Duration> = None;
+        for action in actions {
+            match action {
+                Action::Apply(json) => {
+                    let child = self.child(object, &json)?;
+                    count(self.cluster.apply(child, &self.manager).await?);
+                }
+                Action::PatchStatus(json) => {
+                    let status = self.stamp(object, &json)?;
+                    count(
+                        self.cluster
+                            .apply_status(&key, status, &self.manager)
+                            .await?,
+                    );
+                }
+                Action::Event(e) => {
+                    let type_ = match e.type_ {
+                        EventType::Normal => "Normal",
+                        EventType::Warning => "Warning",
+                    };
+                    self.cluster
+                        .event(RecordedEvent {
+                            regarding: key.clone(),
+                            type_: type_.into(),
+                            reason: e.reason,
+                            message: e.message,
+                            reporting_controller: self.manager.clone(),
+                        })
+                        .await?;
+                }
+                Action::AddFinalizer(f) => count(self.cluster.set_finalizer(&key, &f, true).await?),
+                Action::RemoveFinalizer(f) => {
+                    count(self.cluster.set_finalizer(&key, &f, false).await?)
+                }
+                Action::Delete(id) => {
+                    let target = ObjectKey {
+                        kind: KindKey::new(&id.api_version, &id.kind),
+                        namespace: id.namespace,
+                        name: id.name,
+                    };
+                    if let Some(existing) = self.store.get(&target)
+                        && self.controller_owner_uid(existing).as_deref()
+                            != Some(object.uid.as_str())
+                    {
+                        return Err(ReconcileError::Refused(format!(
+                            "{target} is not owned by {key}: a plugin deletes only what its object owns"
+                        )));
+                    }
+                    count(self.cluster.delete(&target).await?);
+                }
+                Action::RequeueAfterMs(ms) => {
+                    let d = Duration::from_millis(ms);
+                    requeue = Some(requeue.map_or(d, |r| r.min(d)));
+                }
+            }
+        }
+        Ok((requeue, writes, skipped))
+    }
+
+    fn controller_owner_uid(&self, o: &Object) -> Option<String> {
+        let v: Value = serde_json::from_str(&o.json).ok()?;
+        v["metadata"]["ownerReferences"]
+            .as_array()?
+            .iter()
+            .find(|r| r["controller"] == true)
+            .and_then(|r| r["uid"].as_str())
+            .map(String::from)
+    }
+
+    /// A child object as the plugin gave it, with the owner reference set
+    /// and its namespace checked (owner references do not cross namespaces).
+    fn child(&self, owner: &Object, json: &str) -> Result<Value, ReconcileError> {
+        let mut child: Value = serde_json::from_str(json)
+            .map_err(|e| ReconcileError::Refused(format!("apply: not JSON: {e}")))?;
+        if !child.is_object() || !child["metadata"].is_object() {
+            return Err(ReconcileError::Refused(
+                "apply: an object with metadata is needed".into(),
+            ));
+        }
+        match child["metadata"]["namespace"].as_str() {
+            None | Some("") => child["metadata"]["namespace"] = json!(owner.namespace),
+            Some(ns) if ns == owner.namespace => {}
+            Some(ns) => {
+                return Err(ReconcileError::Refused(format!(
+                    "apply: child in namespace {ns}, owner in {}: owner references do not cross namespaces",
+                    owner.namespace
+                )));
+            }
+        }
+        child["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "name": owner.name,
+            "uid": owner.uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+        Ok(child)
+    }
+
+    /// The status a plugin wrote, with the fields only the host can fill:
+    /// a condition keeps its lastTransitionTime while its status stays.
+    fn stamp(&self, object: &Object, json: &str) -> Result<Value, ReconcileError> {
+        let mut status: Value = serde_json::from_str(json)
+            .map_err(|e| ReconcileError::Refused(format!("patch-status: not JSON: {e}")))?;
+        let current: Value = serde_json::from_str(&object.json).unwrap_or_default();
+        let generation = current["metadata"]["generation"].clone();
+        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in conditions {
+                let previous = current["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|p| p["type"] == c["type"]));
+                if c.get("lastTransitionTime").is_none() {
+                    c["lastTransitionTime"] = match previous {
+                        Some(p)
+                            if p["status"] == c["status"]
+                                && p.get("lastTransitionTime").is_some() =>
+                        {
+                            p["lastTransitionTime"].clone()
+                        }
+                        _ => json!(cluster::now()),
+                    };
+                }
+                if c.get("observedGeneration").is_none() && !generation.is_null() {
+                    c["observedGeneration"] = generation.clone();
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    /// Writes (or clears) the host's own condition on a failing object.
+    async fn set_reconciled(&self, object: &Object, error: Option<&ReconcileError>) {
+        let condition = match error {
+            Some(e) => {
+                json!({"type": RECONCILED_CONDITION, "status": "False", "reason": e.reason(), "message": e.to_string()})
+            }
+            None => {
+                json!({"type": RECONCILED_CONDITION, "status": "True", "reason": "Reconciled", "message": ""})
+            }
+        };
+        let status = json!({"conditions": [condition]}).to_string();
+        let Ok(status) = self.stamp(object, &status) else {
+            return;
+        };
+        if let Err(e) = self
+            .cluster
+            .apply_status(&object.key(), status, &self.manager)
+            .await
+        {
+            debug!(object = %object.key(), error = %e, "could not write the Reconciled condition");
+        }
+    }
+}
