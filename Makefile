@@ -4,13 +4,13 @@
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
-PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-old-contract
+PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached
 
 INTEROP_VENV := $(TARGET_DIR)/interop-venv
 # `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
 SERVE_FLAGS ?=
 
-.PHONY: all plugins plugins-js build run serve translate test interop-venv bench fmt
+.PHONY: all plugins plugins-js plugins-py build run serve translate test interop-venv bench fmt
 
 all: build
 
@@ -25,6 +25,13 @@ plugins:
 ## its sources, the WIT and the lockfile are unchanged.
 plugins-js:
 	OUT=$(WASM_DIR)/isobar_plugin_canary_js.wasm sh plugins/canary-js/build.sh
+
+## plugins-py: build the Python example plugin (plugins/memcached/python) with
+## componentize-py into $(WASM_DIR); needs python3 with venv and pip (the
+## locked tooling goes into $(TARGET_DIR)/py-plugins-venv). Skipped while its
+## sources, the WIT and requirements.txt are unchanged.
+plugins-py:
+	CARGO_TARGET_DIR=$(TARGET_DIR) OUT=$(WASM_DIR)/isobar_plugin_memcached_py.wasm sh plugins/memcached/python/build.sh
 
 build: plugins
 	$(CARGO) build -p isobar

@@ -437,3 +437,168 @@ suite!(
     deletion_runs_the_finalizer,
     a_settled_object_causes_no_writes,
 );
+
+// ---- the host's side of failures: a reconciler that misbehaves on request ----
+
+fn faults() -> ReconcilerPlugin {
+    static P: OnceLock<ReconcilerPlugin> = OnceLock::new();
+    P.get_or_init(|| {
+        runtime()
+            .load_reconciler_file(&plugin_path("isobar-plugin-faults-reconciler"))
+            .expect("faults reconciler")
+    })
+    .clone()
+}
+
+fn fault(name: &str, mode: &str) -> Value {
+    json!({"apiVersion": "test.isobar.dev/v1", "kind": "Fault",
+           "metadata": {"namespace": "default", "name": name},
+           "spec": {"fault": mode}})
+}
+
+fn fault_key(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: KindKey::new("test.isobar.dev/v1", "Fault"),
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn config_map_key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: KindKey::new("v1", "ConfigMap"),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+/// The host's own condition on a reconciled object.
+fn reconciled(c: &MemoryCluster, name: &str) -> Option<(String, String)> {
+    let o = c.get(&fault_key(name))?;
+    let cond = o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|x| x["type"] == "Reconciled")?
+        .clone();
+    Some((
+        cond["status"].as_str()?.to_string(),
+        cond["reason"].as_str()?.to_string(),
+    ))
+}
+
+fn is(status: &str, reason: &str) -> Option<(String, String)> {
+    Some((status.to_string(), reason.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reconcile_is_a_condition_retried_with_backoff_until_it_recovers() {
+    let mut op = Operator::start(faults());
+    op.cluster.put(fault("f", "error")).unwrap();
+    op.until("Reconciled=False and retries", |c| {
+        reconciled(c, "f") == is("False", "AskedToFail")
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while op.progress.borrow().failures < 3 {
+        tokio::time::timeout_at(deadline, op.progress.changed())
+            .await
+            .expect("retries")
+            .unwrap();
+    }
+    let p = op.progress.borrow().clone();
+    assert!(p.failing.contains_key(&fault_key("f")), "{p:?}");
+    assert!(p.failing[&fault_key("f")].contains("spec.fault is error"));
+    assert!(op.cluster.get(&config_map_key("default", "f")).is_none());
+
+    // The user fixes the object: it reconciles and the condition clears.
+    op.cluster.put(fault("f", "none")).unwrap();
+    op.until("Reconciled=True and the child", |c| {
+        reconciled(c, "f") == is("True", "Reconciled")
+            && c.get(&config_map_key("default", "f")).is_some()
+    })
+    .await;
+    assert!(op.progress.borrow().failing.is_empty());
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_and_timeouts_fail_one_object_not_the_host() {
+    let mut op = Operator::start(faults());
+    op.cluster.put(fault("trap", "trap")).unwrap();
+    op.cluster.put(fault("loop", "loop")).unwrap();
+    op.cluster.put(fault("fine", "none")).unwrap();
+    op.until(
+        "both failures reported and the good object reconciled",
+        |c| {
+            reconciled(c, "trap") == is("False", "PluginTrap")
+                && reconciled(c, "loop") == is("False", "PluginTimeout")
+                && c.get(&config_map_key("default", "fine")).is_some()
+        },
+    )
+    .await;
+    assert!(op.progress.borrow().failing[&fault_key("trap")].contains("asked to trap"));
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_beyond_the_objects_own_are_refused() {
+    let mut op = Operator::start(faults());
+    // Someone else's ConfigMap, which the plugin will try to delete.
+    op.cluster
+        .put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"namespace": "default", "name": "not-mine"}}))
+        .unwrap();
+    op.cluster.put(fault("deleter", "foreign-delete")).unwrap();
+    op.cluster.put(fault("escaper", "cross-namespace")).unwrap();
+    op.until("both refused", |c| {
+        reconciled(c, "deleter") == is("False", "ActionRefused")
+            && reconciled(c, "escaper") == is("False", "ActionRefused")
+    })
+    .await;
+    assert!(
+        op.cluster
+            .get(&config_map_key("default", "not-mine"))
+            .is_some()
+    );
+    assert!(
+        op.cluster
+            .get(&config_map_key("elsewhere", "escaper"))
+            .is_none()
+    );
+    let failing = op.progress.borrow().failing.clone();
+    assert!(
+        failing[&fault_key("deleter")].contains("not owned"),
+        "{failing:?}"
+    );
+    assert!(
+        failing[&fault_key("escaper")].contains("do not cross namespaces"),
+        "{failing:?}"
+    );
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_after_calls_again_without_any_change() {
+    let mut op = Operator::start(faults());
+    op.cluster.put(fault("timer", "requeue")).unwrap();
+    op.until("the first status", |c| {
+        c.get(&fault_key("timer"))
+            .is_some_and(|o| o["status"]["ok"] == true)
+    })
+    .await;
+    let writes = op.progress.borrow().writes;
+    let start = op.progress.borrow().reconciles;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while op.progress.borrow().reconciles < start + 3 {
+        tokio::time::timeout_at(deadline, op.progress.changed())
+            .await
+            .expect("requeued reconciles")
+            .unwrap();
+    }
+    assert_eq!(
+        op.progress.borrow().writes,
+        writes,
+        "nothing changed meanwhile"
+    );
+    op.stop().await;
+}

@@ -526,7 +526,30 @@ async fn initial_sync_over_sotw_and_delta() {
         "{r:?}"
     );
     let api = listener(&grpc.held.snapshot, "shop.example.com").unwrap();
-    assert!(api.api_listener.is_some());
+    let hcm = api.api_listener.unwrap().api_listener.unwrap();
+    let hcm = envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(&hcm.value[..]).unwrap();
+    let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+        panic!("the API listener names its routes over RDS: {hcm:?}");
+    };
+    // Its own route configuration: this host only, not the whole listener's.
+    assert_eq!(rds.route_config_name, "grpc:ingress_http/shop.example.com");
+    grpc.subscribe(RDS, &[&rds.route_config_name]).await;
+    grpc.until("the host's routes", |h| {
+        names(&h.snapshot, RDS) == ["grpc:ingress_http/shop.example.com"]
+    })
+    .await;
+    let rc = route_config(&grpc.held.snapshot, &rds.route_config_name).unwrap();
+    assert_eq!(rc.virtual_hosts.len(), 1);
+    assert_eq!(
+        routes(
+            &grpc.held.snapshot,
+            &rds.route_config_name,
+            "shop.example.com"
+        ),
+        routes(&envoy.held.snapshot, "ingress_http", "shop.example.com")
+    );
+    // And Envoy, subscribed to every route configuration, never sees it.
+    assert_eq!(names(&envoy.held.snapshot, RDS), ["ingress_http"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,13 @@
-//! Write Isobar translator plugins in Rust.
+//! Write Isobar plugins in Rust: translators and reconcilers.
 //!
-//! A plugin is one type implementing [`Translator`]. The same code compiles
-//! two ways:
+//! A plugin is one type implementing [`Translator`] (world `translator`:
+//! Kubernetes objects to routing IR) or [`Reconciler`] (world `reconciler`:
+//! an operator returning actions). The same code compiles two ways:
 //!
-//! * for `wasm32-wasip2`, where [`export_translator!`] turns it into a
-//!   component exporting `isobar:plugin/translation@0.1.0`, reading objects
-//!   through the host's `store` import ([`HostStore`]);
+//! * for `wasm32-wasip2`, where [`export_translator!`] or
+//!   [`export_reconciler!`] turns it into a component exporting
+//!   `isobar:plugin/translation@0.1.0` or `isobar:plugin/reconciliation@0.1.0`,
+//!   reading objects through the host's `store` import ([`HostStore`]);
 //! * natively, where tests (and benchmarks) call the trait directly with a
 //!   [`MemoryStore`].
 //!
@@ -45,6 +47,51 @@
 //! # Ok::<(), Error>(())
 //! ```
 //!
+//! A reconciler returns [`Action`]s, built with
+//! `Action::apply`, `Action::patch_status`, `Action::event`,
+//! `Action::delete`, `Action::add_finalizer` / `remove_finalizer` and
+//! `Action::requeue_after`; [`FinalizerState`] decides the finalizer
+//! protocol. A component exports one world: use one export macro, once.
+//!
+//! ```
+//! use isobar_guest::k8s_openapi::api::core::v1::ConfigMap;
+//! use isobar_guest::prelude::*;
+//! use isobar_guest::serde_json::json;
+//!
+//! pub struct Greeter;
+//!
+//! impl Reconciler for Greeter {
+//!     fn describe() -> ReconcilerInfo {
+//!         ReconcilerInfo::new("greeter", "0.1.0", KindRef::new("example.com/v1", "Greeting"))
+//!             .owns::<ConfigMap>()
+//!     }
+//!
+//!     fn reconcile(object: &Object, store: &dyn Store) -> Result<Vec<Action>, Error> {
+//!         let greeting = object.value()?;
+//!         let exists = store.get("v1", "ConfigMap", &object.namespace, &object.name).is_some();
+//!         let mut actions = vec![Action::apply(&json!({
+//!             "apiVersion": "v1", "kind": "ConfigMap",
+//!             "metadata": {"namespace": object.namespace, "name": object.name},
+//!             "data": {"text": greeting["spec"]["text"]},
+//!         }))];
+//!         if !exists {
+//!             actions.push(Action::event(EventType::Normal, "Created", "Created ConfigMap"));
+//!         }
+//!         Ok(actions)
+//!     }
+//! }
+//!
+//! isobar_guest::export_reconciler!(Greeter);
+//!
+//! let greeting = Object::from_json(json!({
+//!     "apiVersion": "example.com/v1", "kind": "Greeting",
+//!     "metadata": {"namespace": "default", "name": "hi"}, "spec": {"text": "hello"},
+//! }))?;
+//! let actions = Greeter::reconcile(&greeting, &MemoryStore::new())?;
+//! assert_eq!(actions.len(), 2);
+//! # Ok::<(), Error>(())
+//! ```
+//!
 //! The WIT imports are only real inside a component: natively wit-bindgen
 //! compiles them to stubs that panic, so nothing in this crate calls them
 //! unless it is built for `wasm32`.
@@ -56,9 +103,11 @@ extern crate self as isobar_guest;
 mod ir;
 pub mod log;
 mod object;
+mod reconcile;
 mod store;
 
 pub use k8s_openapi;
+pub use reconcile::FinalizerState;
 pub use serde_json;
 #[cfg(target_arch = "wasm32")]
 pub use store::HostStore;
@@ -77,6 +126,31 @@ pub mod bindings {
         // compared as values or as JSON.
         additional_derives: [PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize],
     });
+
+    /// Bindings for world `reconciler`. Only its own interface
+    /// (`reconciliation`) is generated here: `types`, `store` and `log` are
+    /// the translator bindings' above, so [`Object`](crate::types::Object),
+    /// [`Store`](crate::Store), `HostStore` and [`log`](crate::log) are one
+    /// set of types for both worlds. (Both worlds import the same
+    /// `isobar:plugin/store@0.1.0`, so one import serves either.)
+    pub mod reconciler {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "reconciler",
+            // Keeps this world's exports out of translator components (and
+            // the translator's out of reconcilers): with a public export
+            // macro, wit-bindgen describes the exports in a custom section
+            // emitted by `export!` in the plugin crate, only imports here.
+            pub_export_macro: true,
+            default_bindings_module: "isobar_guest::bindings::reconciler",
+            with: {
+                "isobar:plugin/types@0.1.0": isobar_guest::bindings::isobar::plugin::types,
+                "isobar:plugin/store@0.1.0": isobar_guest::bindings::isobar::plugin::store,
+                "isobar:plugin/log@0.1.0": isobar_guest::bindings::isobar::plugin::log,
+            },
+            additional_derives: [PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize],
+        });
+    }
 }
 
 /// The contract's vocabulary: objects, the routing IR, diagnostics, errors.
@@ -85,15 +159,18 @@ pub mod bindings {
 /// individual types).
 pub mod types {
     pub use crate::bindings::isobar::plugin::types::*;
+    pub use crate::bindings::reconciler::exports::isobar::plugin::reconciliation::{
+        Action, Event, EventType, ObjectId, ReconcilerInfo,
+    };
 }
 
 /// Everything a plugin usually needs: `use isobar_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::types::*;
-    pub use crate::{MemoryStore, Store, Translator};
+    pub use crate::{FinalizerState, MemoryStore, Reconciler, Store, Translator};
 }
 
-use types::{Error, Fragment, Object, PluginInfo};
+use types::{Action, Error, Fragment, Object, PluginInfo, ReconcilerInfo};
 
 /// The one trait a translator plugin implements.
 ///
@@ -141,11 +218,75 @@ macro_rules! export_translator {
     };
 }
 
-/// Glue for [`export_translator!`]; not a public API.
+/// The one trait a reconciler plugin (an operator) implements.
+///
+/// Like [`Translator`], both functions are associated functions: the host
+/// gives every call a fresh instance, so the object and the store are the
+/// only state there is.
+pub trait Reconciler {
+    /// Name, version, the kind reconciled and the kinds owned and read.
+    fn describe() -> ReconcilerInfo;
+
+    /// Says, for one object, what the world should look like: the actions
+    /// (apply children, patch status, events, finalizers, requeue) the host
+    /// carries out, in order. Must be idempotent: the host may call again at
+    /// any time. An `Err` is retried with backoff and shown on the object.
+    fn reconcile(object: &Object, store: &dyn Store) -> Result<Vec<Action>, Error>;
+}
+
+/// Exports a [`Reconciler`] as the component's `reconciliation` interface
+/// (world `reconciler`).
+///
+/// Expands to nothing on targets other than `wasm32`, like
+/// [`export_translator!`]. A component exports one world: invoke either this
+/// or [`export_translator!`], once.
+#[macro_export]
+macro_rules! export_reconciler {
+    ($reconciler:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __IsobarReconcilerExport;
+
+            impl $crate::bindings::reconciler::exports::isobar::plugin::reconciliation::Guest
+                for __IsobarReconcilerExport
+            {
+                fn describe() -> $crate::types::ReconcilerInfo {
+                    $crate::__private::describe_reconciler::<$reconciler>()
+                }
+
+                fn reconcile(
+                    object: $crate::types::Object,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<$crate::types::Action>,
+                    $crate::types::Error,
+                > {
+                    $crate::__private::reconcile::<$reconciler>(object)
+                }
+            }
+
+            $crate::bindings::reconciler::export!(
+                __IsobarReconcilerExport with_types_in $crate::bindings::reconciler
+            );
+        };
+    };
+}
+
+/// Glue for [`export_translator!`] and [`export_reconciler!`]; not a public
+/// API.
 #[doc(hidden)]
 #[cfg(target_arch = "wasm32")]
 pub mod __private {
     use super::*;
+
+    pub fn describe_reconciler<R: Reconciler>() -> ReconcilerInfo {
+        log::install_panic_hook();
+        R::describe()
+    }
+
+    pub fn reconcile<R: Reconciler>(object: Object) -> Result<Vec<Action>, Error> {
+        log::install_panic_hook();
+        R::reconcile(&object, &HostStore)
+    }
 
     pub fn describe<T: Translator>() -> PluginInfo {
         log::install_panic_hook();

@@ -56,7 +56,7 @@ impl dyn Store + '_ {
 
 /// Cluster-scoped objects are indexed without a namespace; callers need not
 /// remember which kinds those are.
-fn scoped<K: Resource + 'static>(namespace: &str) -> &str {
+pub(crate) fn scoped<K: Resource + 'static>(namespace: &str) -> &str {
     if TypeId::of::<K::Scope>() == TypeId::of::<ClusterResourceScope>() {
         ""
     } else {

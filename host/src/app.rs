@@ -129,18 +129,49 @@ pub fn translate_manifests(plugin: Plugin, paths: &[PathBuf]) -> Translated {
 #[derive(serde::Serialize)]
 pub struct Inspection {
     pub contract: String,
+    /// `translator` or `reconciler`.
+    pub world: &'static str,
     pub digest: String,
-    pub info: ir::PluginInfo,
+    pub info: serde_json::Value,
+}
+
+fn contract() -> String {
+    format!(
+        "{}@{}",
+        crate::plugin::CONTRACT_PACKAGE,
+        crate::plugin::CONTRACT_VERSION
+    )
 }
 
 pub fn inspect(plugin: &Plugin) -> Inspection {
     Inspection {
-        contract: format!(
-            "{}@{}",
-            crate::plugin::CONTRACT_PACKAGE,
-            crate::plugin::CONTRACT_VERSION
-        ),
+        contract: contract(),
+        world: "translator",
         digest: format!("sha256:{}", plugin.digest),
-        info: plugin.info.clone(),
+        info: serde_json::to_value(&plugin.info).unwrap_or_default(),
+    }
+}
+
+/// Inspects a component of either world.
+pub fn inspect_file(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
+    match load_plugin(runtime, Some(path)) {
+        Ok(plugin) => Ok(inspect(&plugin)),
+        Err(e)
+            if e.root_cause()
+                .downcast_ref::<PluginError>()
+                .is_some_and(|e| matches!(e, PluginError::WrongWorld { .. })) =>
+        {
+            let plugin = runtime
+                .load_reconciler_file(path)
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("loading plugin {}", path.display()))?;
+            Ok(Inspection {
+                contract: contract(),
+                world: "reconciler",
+                digest: format!("sha256:{}", plugin.digest),
+                info: serde_json::to_value(&plugin.info).unwrap_or_default(),
+            })
+        }
+        Err(e) => Err(e),
     }
 }

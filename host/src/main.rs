@@ -240,8 +240,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: PluginCommand::Inspect { path, output },
         } => {
             let runtime = app::runtime(Limits::default())?;
-            let plugin = app::load_plugin(&runtime, Some(&path))?;
-            print(&app::inspect(&plugin), output)?;
+            print(&app::inspect_file(&runtime, &path)?, output)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -64,6 +64,14 @@ pub fn https_route_config(listener: &str, domain: &str) -> String {
     format!("{listener}/{domain}")
 }
 
+/// The route configuration of the API listener (proxyless gRPC) for
+/// `domain` on plain-HTTP `listener`: that domain's virtual host only.
+/// Never `{listener}` or `{listener}/...`, which the listener's own route
+/// configurations use.
+pub fn api_route_config(listener: &str, domain: &str) -> String {
+    format!("grpc:{listener}/{domain}")
+}
+
 /// The route configuration a virtual host of `domain` belongs to on
 /// `listener`.
 pub fn route_config(listener: &ir::Listener, domain: &str) -> String {

@@ -489,13 +489,15 @@ impl Pipeline {
                 }
             }
         }
+        let mut owns_api_listener = false;
         for name in &c.api_listeners {
             // One domain on two plain-HTTP listeners: the first keeps it.
             if self.api_owners.contains_key(name) {
                 continue;
             }
+            owns_api_listener = true;
             self.api_owners.insert(name.clone(), key.clone());
-            let rc = envoy::names::http_route_config(&key.0);
+            let rc = envoy::names::api_route_config(&key.0, &key.1);
             let mut res = Resource::encode(
                 type_url::LISTENER,
                 name.clone(),
@@ -508,6 +510,17 @@ impl Pipeline {
                 .entry(type_url::LISTENER)
                 .or_default()
                 .insert(name.clone());
+        }
+        if owns_api_listener && let Some(encoded) = &c.encoded {
+            // The domain's own route configuration: a gRPC client resolving
+            // `xds:///domain` fetches this one host, not the listener's
+            // thousands.
+            let rc = envoy::names::api_route_config(&key.0, &key.1);
+            let body = envoy::encode_route_configuration(&rc, [encoded.as_ref()]);
+            let mut res = Resource::new(type_url::ROUTE, rc.clone(), body, c.roots.clone());
+            res.named_only = true;
+            self.put(res);
+            touched.entry(type_url::ROUTE).or_default().insert(rc);
         }
         for s in &c.services {
             self.service_vhosts
@@ -568,8 +581,10 @@ impl Pipeline {
                 }
             }
         }
+        let mut owned_api_listener = false;
         for name in &c.api_listeners {
             if self.api_owners.get(name) == Some(key) {
+                owned_api_listener = true;
                 self.api_owners.remove(name);
                 self.remove(type_url::LISTENER, name);
                 touched
@@ -577,6 +592,11 @@ impl Pipeline {
                     .or_default()
                     .insert(name.clone());
             }
+        }
+        if owned_api_listener {
+            let rc = envoy::names::api_route_config(&key.0, &key.1);
+            self.remove(type_url::ROUTE, &rc);
+            touched.entry(type_url::ROUTE).or_default().insert(rc);
         }
         for s in &c.services {
             if let Some(set) = self.service_vhosts.get_mut(s) {

@@ -291,6 +291,7 @@ impl Cluster for MemoryCluster {
                         "uid",
                         "resourceVersion",
                         "generation",
+                        "creationTimestamp",
                         "finalizers",
                         "deletionTimestamp",
                         "managedFields",
@@ -403,5 +404,125 @@ impl Cluster for MemoryCluster {
             self.state.lock().events.push(event);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KindKey;
+
+    fn key(kind: &str, api: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: KindKey::new(api, kind),
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    fn owner() -> Value {
+        json!({"apiVersion": "example.com/v1", "kind": "Owner", "metadata": {"namespace": "ns", "name": "o"}})
+    }
+
+    fn child(replicas: i64, owner_uid: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"namespace": "ns", "name": "c",
+                            "ownerReferences": [{"uid": owner_uid, "controller": true}]},
+               "spec": {"replicas": replicas}})
+    }
+
+    #[tokio::test]
+    async fn apply_creates_then_skips_the_same_intent_and_keeps_status() {
+        let (c, mut events) = MemoryCluster::new();
+        let k = key("Deployment", "apps/v1", "c");
+        assert_eq!(c.apply(child(1, "u"), "isobar/p").await, Ok(Write::Changed));
+        assert!(matches!(events.try_recv(), Ok(StoreEvent::Apply(_))));
+        c.apply_status(&k, json!({"availableReplicas": 1}), "kube")
+            .await
+            .unwrap();
+        assert_eq!(
+            c.apply(child(1, "u"), "isobar/p").await,
+            Ok(Write::Unchanged)
+        );
+        assert_eq!(c.apply(child(2, "u"), "isobar/p").await, Ok(Write::Changed));
+        let d = c.get(&k).unwrap();
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(d["status"]["availableReplicas"], 1, "apply keeps status");
+        assert_eq!(d["metadata"]["generation"], 2);
+        // Another manager may not take the object over.
+        assert!(matches!(
+            c.apply(child(3, "u"), "isobar/other").await,
+            Err(ClusterError::Conflict { .. })
+        ));
+        assert_eq!(c.write_counts(), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn status_conditions_merge_by_type() {
+        let (c, _events) = MemoryCluster::new();
+        let k = c.put(owner()).unwrap();
+        c.apply_status(
+            &k,
+            json!({"conditions": [{"type": "A", "status": "True"}], "nodes": ["x"]}),
+            "m",
+        )
+        .await
+        .unwrap();
+        c.apply_status(
+            &k,
+            json!({"conditions": [{"type": "B", "status": "False"}]}),
+            "m",
+        )
+        .await
+        .unwrap();
+        c.apply_status(
+            &k,
+            json!({"conditions": [{"type": "A", "status": "False"}]}),
+            "m",
+        )
+        .await
+        .unwrap();
+        let o = c.get(&k).unwrap();
+        assert_eq!(
+            o["status"],
+            json!({"conditions": [{"type": "A", "status": "False"}, {"type": "B", "status": "False"}], "nodes": ["x"]})
+        );
+        assert_eq!(
+            c.apply_status(&key("Owner", "example.com/v1", "missing"), json!({}), "m")
+                .await,
+            Err(ClusterError::NotFound(key(
+                "Owner",
+                "example.com/v1",
+                "missing"
+            )))
+        );
+    }
+
+    #[tokio::test]
+    async fn finalizers_hold_deletion_and_dependents_are_collected() {
+        let (c, _events) = MemoryCluster::new();
+        let k = c.put(owner()).unwrap();
+        let uid = c.get(&k).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        c.apply(child(1, &uid), "isobar/p").await.unwrap();
+        assert_eq!(c.set_finalizer(&k, "f", true).await, Ok(Write::Changed));
+        assert_eq!(c.set_finalizer(&k, "f", true).await, Ok(Write::Unchanged));
+
+        assert_eq!(c.remove(&k), Ok(Write::Changed));
+        let held = c.get(&k).expect("held by its finalizer");
+        assert!(held["metadata"]["deletionTimestamp"].is_string());
+        assert!(
+            c.set_finalizer(&k, "g", true).await.is_err(),
+            "no new finalizers while deleting"
+        );
+        assert!(c.get(&key("Deployment", "apps/v1", "c")).is_some());
+
+        // The last finalizer goes: so does the object, and what it owns.
+        assert_eq!(c.set_finalizer(&k, "f", false).await, Ok(Write::Changed));
+        assert!(c.get(&k).is_none());
+        assert!(c.get(&key("Deployment", "apps/v1", "c")).is_none());
+        assert_eq!(c.delete(&k).await, Ok(Write::Unchanged));
     }
 }
