@@ -715,19 +715,26 @@ async fn plugin_hot_swap_under_live_streams() {
         after > before,
         "the version must go on: {before} -> {after}"
     );
-    // SotW and delta resend only the types that changed: clusters, endpoints
-    // and routes here (the listener is the same).
-    let faults =
-        |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
+    // SotW and delta resend only the types that changed: clusters and
+    // routes here (the listener is the same). The api endpoints go away:
+    // delta says so (`removed_resources`); SotW has no removals for
+    // endpoints, whose cluster's removal is what tells Envoy.
+    let sotw_faults =
+        |h: &Held| h.min_version(&[CDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
+    let delta_faults = |h: &Held| {
+        h.min_version(&[CDS, EDS, RDS]) >= after
+            && names(&h.snapshot, CDS) == [WEB]
+            && names(&h.snapshot, EDS) == [WEB]
+    };
     let all = futures::future::join(
         futures::future::join_all(
             sotw.iter_mut()
-                .map(|s| s.until("the faults plugin's output", faults)),
+                .map(|s| s.until("the faults plugin's output", sotw_faults)),
         ),
         futures::future::join_all(
             delta
                 .iter_mut()
-                .map(|d| d.until("the faults plugin's output", faults)),
+                .map(|d| d.until("the faults plugin's output", delta_faults)),
         ),
     );
     all.await;
@@ -753,16 +760,19 @@ async fn plugin_hot_swap_under_live_streams() {
     .await;
     let back = f.version();
     assert!(back > after);
-    let ingress_again = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= back && has_shop(h);
+    // (A SotW client already holds the api endpoints, unchanged: only the
+    // cluster and routes come again.)
+    let sotw_again = |h: &Held| h.min_version(&[CDS, RDS]) >= back && has_shop(h);
+    let delta_again = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= back && has_shop(h);
     futures::future::join_all(
         sotw.iter_mut()
-            .map(|s| s.until("the ingress plugin's output", ingress_again)),
+            .map(|s| s.until("the ingress plugin's output", sotw_again)),
     )
     .await;
     futures::future::join_all(
         delta
             .iter_mut()
-            .map(|d| d.until("the ingress plugin's output", ingress_again)),
+            .map(|d| d.until("the ingress plugin's output", delta_again)),
     )
     .await;
     assert_eq!(f.server.active_streams(), STREAMS);
@@ -774,6 +784,15 @@ async fn plugin_hot_swap_under_live_streams() {
         .map(|a| a["result"].as_str().unwrap())
         .collect();
     assert_eq!(results, ["loaded", "loaded", "loaded"]);
+}
+
+/// The shop's routes as a client holds them (none before they arrive).
+fn shop_routes(h: &Held) -> Vec<(String, String)> {
+    if h.domains("ingress_http").contains("shop.example.com") {
+        routes(&h.snapshot, "ingress_http", "shop.example.com")
+    } else {
+        Vec::new()
+    }
 }
 
 /// A routing policy written in JavaScript (`plugins/canary-js`, built with
@@ -816,10 +835,11 @@ async fn javascript_canary_policy_swapped_in_live() {
     let mut delta = Delta::open_envoy(addr, "delta").await;
     // The Rust Ingress plugin knows nothing of canaries.
     let plain = pairs(&[
-        ("prefix=/api", "cluster=default/api/80"),
+        ("path=/api", "cluster=default/api/80"),
+        ("prefix=/api/", "cluster=default/api/80"),
         ("prefix=/", "cluster=default/web/80"),
     ]);
-    let is_plain = |h: &Held| routes(&h.snapshot, "ingress_http", "shop.example.com") == plain;
+    let is_plain = |h: &Held| shop_routes(h) == plain;
     sotw.until("the plain routes", is_plain).await;
     delta.until("the plain routes", is_plain).await;
 
@@ -838,7 +858,11 @@ async fn javascript_canary_policy_swapped_in_live() {
     );
     let split = pairs(&[
         (
-            "prefix=/api",
+            "path=/api",
+            "weighted=default/api/80:80,default/web-canary/80:20",
+        ),
+        (
+            "prefix=/api/",
             "weighted=default/api/80:80,default/web-canary/80:20",
         ),
         (
@@ -846,7 +870,7 @@ async fn javascript_canary_policy_swapped_in_live() {
             "weighted=default/web/80:80,default/web-canary/80:20",
         ),
     ]);
-    let is_split = |h: &Held| routes(&h.snapshot, "ingress_http", "shop.example.com") == split;
+    let is_split = |h: &Held| shop_routes(h) == split;
     sotw.until("the canary split", is_split).await;
     delta.until("the canary split", is_split).await;
     assert!(names(&sotw.held.snapshot, CDS).contains(&"default/web-canary/80".to_string()));
@@ -858,7 +882,11 @@ async fn javascript_canary_policy_swapped_in_live() {
     f.write("10-shop.yaml", &yaml(&[heavier]));
     let half = pairs(&[
         (
-            "prefix=/api",
+            "path=/api",
+            "weighted=default/api/80:50,default/web-canary/80:50",
+        ),
+        (
+            "prefix=/api/",
             "weighted=default/api/80:50,default/web-canary/80:50",
         ),
         (
@@ -866,7 +894,7 @@ async fn javascript_canary_policy_swapped_in_live() {
             "weighted=default/web/80:50,default/web-canary/80:50",
         ),
     ]);
-    let half = |h: &Held| routes(&h.snapshot, "ingress_http", "shop.example.com") == half;
+    let half = |h: &Held| shop_routes(h) == half;
     sotw.until("the 50/50 split", half).await;
     delta.until("the 50/50 split", half).await;
 }
