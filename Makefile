@@ -65,8 +65,11 @@ interop-venv:
 test: plugins interop-venv
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-js; \
 	else echo "WARNING: npm not found: the JavaScript plugin test will be SKIPPED"; fi
+	@if command -v python3 >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-py; \
+	else echo "WARNING: python3 not found: the Python operator tests will be SKIPPED"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@if command -v npm >/dev/null 2>&1; then CARGO_TARGET_DIR=$(TARGET_DIR) npm test --prefix plugins/canary-js; fi
+	@if command -v python3 >/dev/null 2>&1; then cd plugins/memcached/python && python3 -m unittest -q; fi
 	$(CARGO) test -p isobar-tests --benches --no-run
 
 ## bench: translation benchmarks (Wasm vs native side by side, incremental, per call, memory)

@@ -167,6 +167,10 @@ pub struct Reconciler<C: Cluster> {
     manager: String,
     concurrency: usize,
     progress: watch::Sender<Progress>,
+    /// The last event emitted per object: a reconcile that says the same
+    /// thing again (it runs again after its own writes) is not a new event,
+    /// as client-go's event correlator would also decide.
+    last_event: HashMap<ObjectKey, (String, String, String)>,
 }
 
 impl<C: Cluster> Reconciler<C> {
@@ -188,6 +192,7 @@ impl<C: Cluster> Reconciler<C> {
             reads: ReadIndex::default(),
             concurrency: config.concurrency.get(),
             progress: watch::channel(Progress::default()).0,
+            last_event: HashMap::new(),
         })
     }
 
@@ -264,6 +269,7 @@ impl<C: Cluster> Reconciler<C> {
             } else {
                 self.reads.forget(&key);
                 self.queue.forget(&key);
+                self.last_event.remove(&key);
             }
         }
         if self.owned.contains(&key.kind) {
@@ -357,7 +363,7 @@ impl<C: Cluster> Reconciler<C> {
     /// Carries out a plugin's actions in order; the first failure stops.
     /// Returns the requeue-after asked for and (writes, unchanged writes).
     async fn carry_out(
-        &self,
+        &mut self,
         object: &Object,
         actions: Vec<Action>,
     ) -> Result<(Option<Duration>, u64, u64), ReconcileError> {
@@ -387,15 +393,20 @@ impl<C: Cluster> Reconciler<C> {
                         EventType::Normal => "Normal",
                         EventType::Warning => "Warning",
                     };
+                    let said = (type_.to_string(), e.reason, e.message);
+                    if self.last_event.get(&key) == Some(&said) {
+                        continue;
+                    }
                     self.cluster
                         .event(RecordedEvent {
                             regarding: key.clone(),
-                            type_: type_.into(),
-                            reason: e.reason,
-                            message: e.message,
+                            type_: said.0.clone(),
+                            reason: said.1.clone(),
+                            message: said.2.clone(),
                             reporting_controller: self.manager.clone(),
                         })
                         .await?;
+                    self.last_event.insert(key.clone(), said);
                 }
                 Action::AddFinalizer(f) => count(self.cluster.set_finalizer(&key, &f, true).await?),
                 Action::RemoveFinalizer(f) => {
