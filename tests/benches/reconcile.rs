@@ -155,6 +155,12 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
             println!("{label}: not built ({}): skipped", path.display());
             continue;
         }
+        // ISOBAR_BENCH_LANGS=rust (or python) runs one side only.
+        if let Ok(only) = std::env::var("ISOBAR_BENCH_LANGS")
+            && !only.to_lowercase().contains(&label.to_lowercase())
+        {
+            continue;
+        }
         let plugin = runtime().load_reconciler_file(&path).expect("load");
         let (cluster, events) = MemoryCluster::new();
         let cluster = Arc::new(cluster);
@@ -179,16 +185,17 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
         }
         let task = rt.spawn(r.run(events, stop_rx));
         let done = |c: &MemoryCluster| {
-            let objects = c.objects();
-            let with_status = objects
-                .values()
-                .filter(|o| o["kind"] == "Memcached" && o["status"]["conditions"].is_array())
-                .count();
-            let deployments = objects
-                .values()
-                .filter(|o| o["kind"] == "Deployment")
-                .count();
-            with_status == n && deployments == n
+            c.inspect(|objects| {
+                let with_status = objects
+                    .values()
+                    .filter(|o| o["kind"] == "Memcached" && o["status"]["conditions"].is_array())
+                    .count();
+                let deployments = objects
+                    .values()
+                    .filter(|o| o["kind"] == "Deployment")
+                    .count();
+                with_status == n && deployments == n
+            })
         };
         let finished = rt.block_on(async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
@@ -242,7 +249,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    per_call_and_compile();
+    // ISOBAR_BENCH_ONLY=throughput skips the per-call part (for profiling).
+    if std::env::var("ISOBAR_BENCH_ONLY").as_deref() != Ok("throughput") {
+        per_call_and_compile();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -142,6 +142,12 @@ impl MemoryCluster {
         self.state.lock().objects.clone()
     }
 
+    /// Looks at every object without copying them (holding the lock: keep
+    /// `f` short).
+    pub fn inspect<R>(&self, f: impl FnOnce(&BTreeMap<ObjectKey, Value>) -> R) -> R {
+        f(&self.state.lock().objects)
+    }
+
     pub fn events(&self) -> Vec<RecordedEvent> {
         self.state.lock().events.clone()
     }

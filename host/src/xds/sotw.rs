@@ -53,10 +53,18 @@ struct TypeState {
 /// The latest response sent for a type.
 struct Sent {
     nonce: String,
-    /// The snapshot the client has been brought to.
-    prepared: Arc<Prepared>,
+    /// The snapshot version the response carried: what an ACK names.
+    version: Arc<str>,
+    /// The type's resources when it was sent (a persistent map: sharing
+    /// structure with later ones), for telling what a NACK is about.
+    sent: Option<Resources>,
     /// What the response carried.
     selection: Selection,
+    /// The latest snapshot the client is known to be up to date with for
+    /// this type: the response's, or a later one that changed nothing it
+    /// sees. Diffs start here, so a type that rarely changes never diffs
+    /// against an old snapshot (nor keeps one alive).
+    basis: Arc<Prepared>,
 }
 
 impl Handler for Sotw {
@@ -106,7 +114,7 @@ impl Handler for Sotw {
                 );
                 return Vec::new();
             }
-            let version = last.prepared.version.to_string();
+            let version = last.version.to_string();
             if let Some(error) = error_detail {
                 let (resource_names, sources) =
                     nack_subjects(&error.message, state.resources_of(last).into_iter());
@@ -250,31 +258,39 @@ impl TypeState {
             // Asked before the first snapshot was ready.
             return Some(self.respond(ctx, current, None));
         };
-        if Arc::ptr_eq(&last.prepared, current) {
+        if Arc::ptr_eq(&last.basis, current) {
             return None;
         }
-        let changes = current.changes_since(&last.prepared.snapshot, &self.type_url);
-        if changes.is_empty() {
-            return None;
-        }
+        let changes = current.changes_since(&last.basis.snapshot, &self.type_url);
         let selection = self.selection();
-        let old = last.prepared.snapshot.of_type(&self.type_url);
+        let old = last.basis.snapshot.of_type(&self.type_url);
         let new = current.snapshot.of_type(&self.type_url);
-        if full_state(&self.type_url) {
+        let response = if full_state(&self.type_url) {
             let visible = changes
                 .updated
                 .iter()
                 .any(|n| selected(new, n, &selection) || selected(old, n, &selection))
                 || changes.removed.iter().any(|n| selected(old, n, &selection));
-            return visible.then(|| self.respond(ctx, current, None));
+            visible.then_some(None)
+        } else {
+            let changed: BTreeSet<String> = changes
+                .updated
+                .iter()
+                .filter(|n| selected(new, n, &selection))
+                .cloned()
+                .collect();
+            (!changed.is_empty()).then(|| Some(Arc::new(changed)))
+        };
+        match response {
+            Some(only) => Some(self.respond(ctx, current, only)),
+            None => {
+                // Nothing it sees changed: it is up to date with `current`.
+                if let Some(last) = &mut self.last {
+                    last.basis = current.clone();
+                }
+                None
+            }
         }
-        let changed: BTreeSet<String> = changes
-            .updated
-            .iter()
-            .filter(|n| selected(new, n, &selection))
-            .cloned()
-            .collect();
-        (!changed.is_empty()).then(|| self.respond(ctx, current, Some(Arc::new(changed))))
     }
 
     /// Sends `only` (changed resources of a type that allows partial
@@ -319,15 +335,17 @@ impl TypeState {
         }));
         self.last = Some(Sent {
             nonce,
-            prepared: current.clone(),
+            version: current.version.clone(),
+            sent: current.snapshot.of_type(&self.type_url).cloned(),
             selection,
+            basis: current.clone(),
         });
         response
     }
 
     /// The resources a sent response carried.
     fn resources_of<'a>(&self, sent: &'a Sent) -> Vec<&'a Arc<Resource>> {
-        let Some(resources) = sent.prepared.snapshot.of_type(&self.type_url) else {
+        let Some(resources) = &sent.sent else {
             return Vec::new();
         };
         match &sent.selection {

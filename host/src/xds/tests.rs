@@ -234,7 +234,11 @@ impl Harness {
     }
 
     fn publish(&self, snapshot: Snapshot) {
-        self.snapshots.send_replace(Arc::new(snapshot));
+        self.publish_arc(Arc::new(snapshot));
+    }
+
+    fn publish_arc(&self, snapshot: Arc<Snapshot>) {
+        self.snapshots.send_replace(snapshot);
     }
 
     async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
@@ -699,6 +703,41 @@ async fn sotw_partial_updates_except_listeners_and_clusters() {
     );
     c.ack(&cds, &[]).await;
     c.sync("3").await;
+}
+
+/// A SotW stream lets go of a snapshot once a newer one changed nothing its
+/// subscription sees: it diffs from the newest it is up to date with (and
+/// does not keep old snapshots, or a swapped-out pipeline's, alive).
+#[tokio::test]
+async fn sotw_streams_move_on_from_snapshots_they_are_up_to_date_with() {
+    let mut world = World::base();
+    let h = Harness::start(world.snapshot(1)).await;
+    let mut c = h.sotw("node-a").await;
+    for (t, names) in [(CDS, &[][..]), (EDS, &["shop"][..])] {
+        c.subscribe(t, names).await;
+        let r = c.recv().await;
+        c.ack(&r, names).await;
+    }
+    let two = Arc::new(world.set(RDS, "r-http", "v2").snapshot(2));
+    h.publish_arc(two.clone());
+    c.sync("2").await;
+    // Nothing the stream sees changed in 3 either: it holds neither 2 nor 1.
+    h.publish(world.set(EDS, "cart", "v2").snapshot(3));
+    c.sync("3").await;
+    h.publish(world.set(EDS, "cart", "v3").snapshot(4));
+    c.sync("4").await;
+    assert_eq!(
+        Arc::strong_count(&two),
+        1,
+        "snapshot 2 is still held by the stream"
+    );
+    // And what it does see still arrives.
+    h.publish(world.set(EDS, "shop", "v2").snapshot(5));
+    let r = c.recv().await;
+    assert_eq!(
+        (r.type_url.as_str(), names(&r)),
+        (EDS, vec!["shop".to_string()])
+    );
 }
 
 /// Snapshots published back to back: whether a stream sees each or only the
