@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod queue;
 pub mod reconcile;
+pub mod scaffold;
 pub mod serve;
 pub mod source;
 pub mod store;

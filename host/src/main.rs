@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use isobar::ir::Severity;
-use isobar::{app, dump, plugin::Limits, serve};
+use isobar::{app, dump, plugin::Limits, scaffold, serve};
 
 #[derive(Parser)]
 #[command(
@@ -142,6 +142,24 @@ enum PluginCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: Format,
     },
+    /// Create a plugin project that builds into a component and passes its
+    /// own tests.
+    New {
+        /// The plugin's name (and its directory's): lowercase letters,
+        /// digits and '-', starting with a letter.
+        name: String,
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        #[arg(long, value_enum, default_value = "translator")]
+        world: scaffold::World,
+        /// Where to create the project's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The guest SDK a Rust plugin depends on (default: this build's
+        /// repository's guest-sdk).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
 }
 
 fn print(value: &impl serde::Serialize, format: Format) -> anyhow::Result<()> {
@@ -241,6 +259,32 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let runtime = app::runtime(Limits::default())?;
             print(&app::inspect_file(&runtime, &path)?, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    world,
+                    dir,
+                    sdk_path,
+                },
+        } => {
+            let mut project = scaffold::Project::new(name, lang, world);
+            if let Some(sdk_path) = sdk_path {
+                project.sdk_path = std::path::absolute(&sdk_path)
+                    .with_context(|| format!("resolving {}", sdk_path.display()))?;
+            }
+            let created = project.create(&dir)?;
+            println!(
+                "Created the {lang} {world} plugin {:?} in {}.\n\nNext steps:",
+                project.name,
+                created.display()
+            );
+            for line in project.next_steps(&created).lines() {
+                println!("  {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -149,3 +149,68 @@ fn a_missing_plugin_file_is_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+/// `isobar plugin new` makes, for every language and world, a project that
+/// passes its own tests. (Building the components takes minutes and the
+/// network, so it is not done here.) A language whose toolchain is missing
+/// is skipped, and says so.
+#[test]
+fn plugin_new_makes_projects_that_pass_their_own_tests() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let parent = tempfile::tempdir().unwrap();
+    for (lang, test) in [
+        ("rust", [cargo.as_str(), "test", "--offline"].as_slice()),
+        ("python", &["python3", "-m", "unittest"]),
+        ("js", &["node", "--test", "test/"]),
+    ] {
+        if Command::new(test[0]).arg("--version").output().is_err() {
+            eprintln!("## SKIPPED plugin new --lang {lang}: no {} ##", test[0]);
+            continue;
+        }
+        for world in ["translator", "reconciler"] {
+            let name = format!("new-{lang}-{world}");
+            let new = |name: &str| {
+                Command::new(env!("CARGO_BIN_EXE_isobar"))
+                    .args(["plugin", "new", "--lang", lang, "--world", world, name])
+                    .arg("--dir")
+                    .arg(parent.path())
+                    .output()
+                    .expect("running isobar")
+            };
+            let out = new(&name);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let dir = parent.path().join(&name);
+            let stdout = text(&out.stdout);
+            assert!(
+                stdout.contains(&format!("cd {}", dir.display())),
+                "{stdout}"
+            );
+            assert!(stdout.contains("isobar plugin inspect"), "{stdout}");
+
+            let run = Command::new(test[0])
+                .args(&test[1..])
+                .current_dir(&dir)
+                // Rust: the target directory this test runs from, so the
+                // dependencies the workspace compiled are reused.
+                .env("CARGO_TARGET_DIR", target_dir())
+                .output()
+                .expect("running the project's tests");
+            assert!(
+                run.status.success(),
+                "{lang} {world}: {:?} failed\n{}\n{}",
+                test,
+                text(&run.stdout),
+                text(&run.stderr)
+            );
+
+            // The same name again: refused, the project left as it is.
+            let again = new(&name);
+            assert!(!again.status.success());
+            assert!(
+                text(&again.stderr).contains("already exists"),
+                "{}",
+                text(&again.stderr)
+            );
+        }
+    }
+}
