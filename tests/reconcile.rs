@@ -115,6 +115,19 @@ impl Operator {
         }
     }
 
+    /// Waits (bounded) until the reconciler's progress satisfies `cond`.
+    async fn until_progress(&mut self, what: &str, cond: impl Fn(&Progress) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !cond(&self.progress.borrow()) {
+            let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
+            assert!(
+                matches!(changed, Ok(Ok(()))),
+                "timed out waiting for {what}; progress {:?}",
+                *self.progress.borrow()
+            );
+        }
+    }
+
     async fn stop(self) {
         self.stop.send_replace(true);
         tokio::time::timeout(WAIT, self.task)
@@ -385,13 +398,8 @@ async fn a_settled_object_causes_no_writes(lang: Lang) {
     let settled = op.progress.borrow().clone();
     op.cluster.put(pod("other-a", "other")).unwrap();
     let target = settled.reconciles + 1;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while op.progress.borrow().reconciles < target {
-        tokio::time::timeout_at(deadline, op.progress.changed())
-            .await
-            .expect("another reconcile")
-            .unwrap();
-    }
+    op.until_progress("another reconcile", |p| p.reconciles >= target)
+        .await;
     let now = op.progress.borrow().clone();
     assert_eq!(
         now.writes, settled.writes,
@@ -498,13 +506,7 @@ async fn a_failing_reconcile_is_a_condition_retried_with_backoff_until_it_recove
         reconciled(c, "f") == is("False", "AskedToFail")
     })
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while op.progress.borrow().failures < 3 {
-        tokio::time::timeout_at(deadline, op.progress.changed())
-            .await
-            .expect("retries")
-            .unwrap();
-    }
+    op.until_progress("retries", |p| p.failures >= 3).await;
     let p = op.progress.borrow().clone();
     assert!(p.failing.contains_key(&fault_key("f")), "{p:?}");
     assert!(p.failing[&fault_key("f")].contains("spec.fault is error"));
@@ -588,13 +590,8 @@ async fn requeue_after_calls_again_without_any_change() {
     .await;
     let writes = op.progress.borrow().writes;
     let start = op.progress.borrow().reconciles;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while op.progress.borrow().reconciles < start + 3 {
-        tokio::time::timeout_at(deadline, op.progress.changed())
-            .await
-            .expect("requeued reconciles")
-            .unwrap();
-    }
+    op.until_progress("requeued reconciles", |p| p.reconciles >= start + 3)
+        .await;
     assert_eq!(
         op.progress.borrow().writes,
         writes,

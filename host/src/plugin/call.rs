@@ -84,6 +84,34 @@ pub(super) fn new_store(
     wstore
 }
 
+/// One call on a fresh instance against `store`: `f` instantiates and
+/// calls; the guest's `err` becomes `Rejected`, a trap its typed cause.
+pub(super) fn call<T>(
+    shared: &EngineShared,
+    store: &Arc<Store>,
+    plugin: &str,
+    grants: &Grants,
+    f: impl FnOnce(&mut wasmtime::Store<CallState>) -> wasmtime::Result<Result<T, types::Error>>,
+) -> super::CallOutcome<T> {
+    let started = std::time::Instant::now();
+    let mut wstore = new_store(shared, Some(store.clone()), plugin, grants);
+    let result = match f(&mut wstore) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(PluginError::Rejected {
+            reason: e.reason,
+            message: e.message,
+        }),
+        Err(e) => Err(classify(e, &wstore, &shared.limits)),
+    };
+    let state = wstore.into_data();
+    super::CallOutcome {
+        result,
+        dropped_logs: state.dropped_logs,
+        reads: state.reads,
+        elapsed: started.elapsed(),
+    }
+}
+
 /// Turns a wasmtime error into the typed cause.
 pub(super) fn classify(
     err: wasmtime::Error,

@@ -315,10 +315,10 @@ pub struct Plugin {
     grants: Arc<Grants>,
 }
 
-/// The result of one `translate` call and what it read.
+/// The result of one plugin call (`translate` by default) and what it read.
 #[derive(Debug)]
-pub struct CallOutcome {
-    pub result: Result<ir::Fragment, PluginError>,
+pub struct CallOutcome<T = ir::Fragment> {
+    pub result: Result<T, PluginError>,
     pub reads: Reads,
     /// Log lines dropped because the call exceeded its log budget.
     pub dropped_logs: usize,
@@ -339,33 +339,13 @@ impl Plugin {
 
     /// Translates one root against `store`, recording every read.
     pub fn translate(&self, store: &Arc<Store>, root: &Object) -> CallOutcome {
-        let started = std::time::Instant::now();
-        let mut wstore = call::new_store(
-            &self.shared,
-            Some(store.clone()),
-            &self.info.name,
-            &self.grants,
-        );
-        let root_wit = call::to_wit(root);
-        let result = self.pre.instantiate(&mut wstore).and_then(|i| {
-            i.isobar_plugin_translation()
-                .call_translate(&mut wstore, &root_wit)
-        });
-        let result = match result {
-            Ok(Ok(fragment)) => Ok(fragment),
-            Ok(Err(e)) => Err(PluginError::Rejected {
-                reason: e.reason,
-                message: e.message,
-            }),
-            Err(e) => Err(call::classify(e, &wstore, &self.shared.limits)),
-        };
-        let state = wstore.into_data();
-        CallOutcome {
-            result,
-            dropped_logs: state.dropped_logs,
-            reads: state.reads,
-            elapsed: started.elapsed(),
-        }
+        let root = call::to_wit(root);
+        call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
+            self.pre
+                .instantiate(&mut *ws)?
+                .isobar_plugin_translation()
+                .call_translate(ws, &root)
+        })
     }
 
     /// The root kinds, as store keys.

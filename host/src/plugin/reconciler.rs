@@ -3,14 +3,13 @@
 //! they return actions for the host to carry out rather than routing IR.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::bindings::reconciler::exports::isobar::plugin::reconciliation;
 use super::bindings::reconciler::{Reconciler, ReconcilerPre};
 use super::call::{self, CallState};
-use super::{EngineShared, Grants, PluginError, RECONCILIATION_EXPORT, Reads, Runtime};
+use super::{EngineShared, Grants, PluginError, RECONCILIATION_EXPORT, Runtime};
 use crate::store::{KindKey, Object, Store};
 
 pub use reconciliation::{Action, Event, EventType, ObjectId, ReconcilerInfo};
@@ -27,13 +26,7 @@ pub struct ReconcilerPlugin {
 }
 
 /// The result of one `reconcile` call and what it read.
-#[derive(Debug)]
-pub struct ReconcileOutcome {
-    pub result: Result<Vec<Action>, PluginError>,
-    pub reads: Reads,
-    pub dropped_logs: usize,
-    pub elapsed: Duration,
-}
+pub type ReconcileOutcome = super::CallOutcome<Vec<Action>>;
 
 impl Runtime {
     /// Compiles (or takes from the cache) a reconciler component and asks it
@@ -102,33 +95,13 @@ impl ReconcilerPlugin {
 
     /// Reconciles one object against `store`, recording every read.
     pub fn reconcile(&self, store: &Arc<Store>, object: &Object) -> ReconcileOutcome {
-        let started = Instant::now();
-        let mut wstore = call::new_store(
-            &self.shared,
-            Some(store.clone()),
-            &self.info.name,
-            &self.grants,
-        );
-        let arg = call::to_wit(object);
-        let result = self.pre.instantiate(&mut wstore).and_then(|i| {
-            i.isobar_plugin_reconciliation()
-                .call_reconcile(&mut wstore, &arg)
-        });
-        let result = match result {
-            Ok(Ok(actions)) => Ok(actions),
-            Ok(Err(e)) => Err(PluginError::Rejected {
-                reason: e.reason,
-                message: e.message,
-            }),
-            Err(e) => Err(call::classify(e, &wstore, &self.shared.limits)),
-        };
-        let state = wstore.into_data();
-        ReconcileOutcome {
-            result,
-            dropped_logs: state.dropped_logs,
-            reads: state.reads,
-            elapsed: started.elapsed(),
-        }
+        let object = call::to_wit(object);
+        call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
+            self.pre
+                .instantiate(&mut *ws)?
+                .isobar_plugin_reconciliation()
+                .call_reconcile(ws, &object)
+        })
     }
 
     /// The reconciled kind.
