@@ -23,13 +23,14 @@ pub enum Write {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClusterError {
+    /// The object, as `ObjectKey` displays it.
     #[error("{0} not found")]
-    NotFound(ObjectKey),
+    NotFound(String),
     #[error("invalid object: {0}")]
     Invalid(String),
     #[error("{key} is owned by {owner}, not by {wanted}")]
     Conflict {
-        key: ObjectKey,
+        key: String,
         owner: String,
         wanted: String,
     },
@@ -285,7 +286,7 @@ impl Cluster for MemoryCluster {
                         && owner != manager
                     {
                         return Err(ClusterError::Conflict {
-                            key,
+                            key: key.to_string(),
                             owner: owner.to_string(),
                             wanted: manager.to_string(),
                         });
@@ -341,7 +342,7 @@ impl Cluster for MemoryCluster {
         Box::pin(async move {
             let mut state = self.state.lock();
             let Some(old) = state.objects.get(key).cloned() else {
-                return Err(ClusterError::NotFound(key.clone()));
+                return Err(ClusterError::NotFound(key.to_string()));
             };
             let mut next = old.clone();
             if !next.get("status").is_some_and(Value::is_object) {
@@ -365,7 +366,7 @@ impl Cluster for MemoryCluster {
         Box::pin(async move {
             let mut state = self.state.lock();
             let Some(mut obj) = state.objects.get(key).cloned() else {
-                return Err(ClusterError::NotFound(key.clone()));
+                return Err(ClusterError::NotFound(key.to_string()));
             };
             let mut list: Vec<Value> = obj["metadata"]["finalizers"]
                 .as_array()
@@ -496,11 +497,9 @@ mod tests {
         assert_eq!(
             c.apply_status(&key("Owner", "example.com/v1", "missing"), json!({}), "m")
                 .await,
-            Err(ClusterError::NotFound(key(
-                "Owner",
-                "example.com/v1",
-                "missing"
-            )))
+            Err(ClusterError::NotFound(
+                key("Owner", "example.com/v1", "missing").to_string()
+            ))
         );
     }
 
