@@ -7,6 +7,7 @@
 pub mod bindings;
 mod cache;
 mod call;
+mod reads;
 pub mod reconciler;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use crate::store::{Object, ObjectKey, Store};
 use bindings::{Translator, TranslatorPre};
 use call::CallState;
 pub use call::Reads;
+pub use reads::ReadIndex;
 pub use reconciler::{ReconcileOutcome, ReconcilerPlugin};
 
 /// The contract this host speaks.

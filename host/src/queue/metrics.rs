@@ -2,23 +2,16 @@
 //! process, one series per queue name, so a dashboard can compare plugins.
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+// The same buckets as the host's other latencies.
+use crate::admin::metrics::LatencyBuckets;
 
 /// `queue="<name>"`.
 type QueueLabel = [(&'static str, String); 1];
-
-/// 100 µs to ~52 s, doubling: the same buckets as the host's other latencies.
-#[derive(Clone, Copy, Debug, Default)]
-struct Buckets;
-
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-    }
-}
 
 /// The `isobar_queue_*` families. Cheap to clone (shared handles); create
 /// one per process, [`register`](Self::register) it once, and pass it to
@@ -29,8 +22,8 @@ pub struct QueueMetrics {
     depth: Family<QueueLabel, Gauge>,
     adds: Family<QueueLabel, Counter>,
     retries: Family<QueueLabel, Counter>,
-    latency: Family<QueueLabel, Histogram, Buckets>,
-    work_duration: Family<QueueLabel, Histogram, Buckets>,
+    latency: Family<QueueLabel, Histogram, LatencyBuckets>,
+    work_duration: Family<QueueLabel, Histogram, LatencyBuckets>,
 }
 
 impl Default for QueueMetrics {
@@ -45,8 +38,8 @@ impl QueueMetrics {
             depth: Family::default(),
             adds: Family::default(),
             retries: Family::default(),
-            latency: Family::new_with_constructor(Buckets),
-            work_duration: Family::new_with_constructor(Buckets),
+            latency: Family::new_with_constructor(LatencyBuckets),
+            work_duration: Family::new_with_constructor(LatencyBuckets),
         }
     }
 

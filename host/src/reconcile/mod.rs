@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 pub use cluster::{Cluster, ClusterError, MemoryCluster, RecordedEvent, Write};
 
 use crate::plugin::reconciler::{Action, EventType};
-use crate::plugin::{PluginError, Reads, ReconcilerPlugin};
+use crate::plugin::{PluginError, ReadIndex, Reads, ReconcilerPlugin};
 use crate::queue::{Lease, Outcome, QueueConfig, QueueMetrics, WorkQueue};
 use crate::store::{Event as StoreEvent, KindKey, Object, ObjectKey, Store};
 
@@ -91,77 +91,15 @@ impl ReconcileError {
     }
 }
 
-/// Which reconciled objects read what, from their last reconcile.
-#[derive(Default)]
-struct ReadIndex {
-    gets: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    lists: HashMap<(KindKey, Option<String>), BTreeSet<ObjectKey>>,
-    by_reader: HashMap<ObjectKey, Reads>,
-}
-
-impl ReadIndex {
-    fn record(&mut self, reader: &ObjectKey, reads: Reads) {
-        self.forget(reader);
-        for g in &reads.gets {
-            self.gets
-                .entry(g.clone())
-                .or_default()
-                .insert(reader.clone());
-        }
-        for l in &reads.lists {
-            self.lists
-                .entry(l.clone())
-                .or_default()
-                .insert(reader.clone());
-        }
-        self.by_reader.insert(reader.clone(), reads);
-    }
-
-    fn forget(&mut self, reader: &ObjectKey) {
-        let Some(old) = self.by_reader.remove(reader) else {
-            return;
-        };
-        for g in old.gets {
-            if let Some(set) = self.gets.get_mut(&g) {
-                set.remove(reader);
-                if set.is_empty() {
-                    self.gets.remove(&g);
-                }
-            }
-        }
-        for l in old.lists {
-            if let Some(set) = self.lists.get_mut(&l) {
-                set.remove(reader);
-                if set.is_empty() {
-                    self.lists.remove(&l);
-                }
-            }
-        }
-    }
-
-    fn readers_of(&self, key: &ObjectKey) -> impl Iterator<Item = &ObjectKey> {
-        let by_get = self.gets.get(key).into_iter().flatten();
-        let all = self
-            .lists
-            .get(&(key.kind.clone(), None))
-            .into_iter()
-            .flatten();
-        let ns = self
-            .lists
-            .get(&(key.kind.clone(), Some(key.namespace.clone())))
-            .into_iter()
-            .flatten();
-        by_get.chain(all).chain(ns)
-    }
-}
-
 /// One reconciler plugin driven by a work queue, writing to a [`Cluster`].
 pub struct Reconciler<C: Cluster> {
     plugin: ReconcilerPlugin,
     cluster: Arc<C>,
     store: Arc<Store>,
     queue: WorkQueue<ObjectKey>,
-    reads: ReadIndex,
+    /// Who read what, and each object's reads from its last reconcile.
+    readers: ReadIndex,
+    reads: HashMap<ObjectKey, Reads>,
     kind: KindKey,
     owned: BTreeSet<KindKey>,
     manager: String,
@@ -189,7 +127,8 @@ impl<C: Cluster> Reconciler<C> {
             cluster,
             store: Arc::new(Store::new()),
             queue,
-            reads: ReadIndex::default(),
+            readers: ReadIndex::default(),
+            reads: HashMap::new(),
             concurrency: config.concurrency.get(),
             progress: watch::channel(Progress::default()).0,
             last_event: HashMap::new(),
@@ -267,7 +206,9 @@ impl<C: Cluster> Reconciler<C> {
             if after.is_some() {
                 wake.insert(key.clone());
             } else {
-                self.reads.forget(&key);
+                if let Some(old) = self.reads.remove(&key) {
+                    self.readers.unindex(&key, &old);
+                }
                 self.queue.forget(&key);
                 self.last_event.remove(&key);
             }
@@ -277,7 +218,7 @@ impl<C: Cluster> Reconciler<C> {
                 wake.extend(self.controller_owner(o));
             }
         }
-        wake.extend(self.reads.readers_of(&key).cloned());
+        wake.extend(self.readers.readers_of(&key).cloned());
         for k in wake {
             if self.store.get(&k).is_some() {
                 let _ = self.queue.add(k);
@@ -324,7 +265,11 @@ impl<C: Cluster> Reconciler<C> {
                 lease.finish(Outcome::<String>::Done);
                 continue;
             };
-            self.reads.record(&key, outcome.reads);
+            if let Some(old) = self.reads.remove(&key) {
+                self.readers.unindex(&key, &old);
+            }
+            self.readers.index(&key, &outcome.reads);
+            self.reads.insert(key.clone(), outcome.reads);
             let result = match outcome.result {
                 Ok(actions) => self.carry_out(&object, actions).await,
                 Err(e) => Err(ReconcileError::Plugin(e)),

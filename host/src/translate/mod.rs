@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::ir;
-use crate::plugin::{Plugin, PluginError, Reads};
+use crate::plugin::{Plugin, PluginError, ReadIndex, Reads};
 use crate::store::{Change, KindKey, Object, ObjectKey, Store};
 
 /// Orders roots for conflict resolution: the oldest wins, then
@@ -74,8 +74,7 @@ pub struct Translations {
     plugin: Plugin,
     root_kinds: Vec<KindKey>,
     roots: HashMap<ObjectKey, RootState>,
-    by_get: HashMap<ObjectKey, HashSet<ObjectKey>>,
-    by_list: HashMap<(KindKey, Option<String>), HashSet<ObjectKey>>,
+    readers: ReadIndex,
 }
 
 impl Translations {
@@ -85,8 +84,7 @@ impl Translations {
             plugin,
             root_kinds,
             roots: HashMap::new(),
-            by_get: HashMap::new(),
-            by_list: HashMap::new(),
+            readers: ReadIndex::default(),
         }
     }
 
@@ -139,36 +137,14 @@ impl Translations {
             if self.root_kinds.contains(&key.kind) {
                 dirty.insert(key.clone());
             }
-            if let Some(roots) = self.by_get.get(key) {
-                dirty.extend(roots.iter().cloned());
-            }
-            for ns in [Some(key.namespace.clone()), None] {
-                if let Some(roots) = self.by_list.get(&(key.kind.clone(), ns)) {
-                    dirty.extend(roots.iter().cloned());
-                }
-            }
+            dirty.extend(self.readers.readers_of(key).cloned());
         }
         self.retranslate(store, dirty.into_iter().collect())
     }
 
     /// Which roots `changes` would translate again; for tests and tracing.
     pub fn dependents(&self, key: &ObjectKey) -> Vec<ObjectKey> {
-        let mut out: Vec<ObjectKey> = self
-            .by_get
-            .get(key)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        for ns in [Some(key.namespace.clone()), None] {
-            out.extend(
-                self.by_list
-                    .get(&(key.kind.clone(), ns))
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-        }
+        let mut out: Vec<ObjectKey> = self.readers.readers_of(key).cloned().collect();
         out.sort();
         out.dedup();
         out
@@ -187,7 +163,7 @@ impl Translations {
             dirty.into_iter().partition(|k| store.get(k).is_some());
         for key in gone {
             if let Some(state) = self.roots.remove(&key) {
-                self.unindex(&key, &state.reads);
+                self.readers.unindex(&key, &state.reads);
                 changes.push(OutputChange {
                     root: key,
                     old: Some(state.output),
@@ -207,7 +183,7 @@ impl Translations {
             stats.call_durations.push(outcome.elapsed);
             let previous = self.roots.remove(&key);
             if let Some(prev) = &previous {
-                self.unindex(&key, &prev.reads);
+                self.readers.unindex(&key, &prev.reads);
             }
             let (output, reads) = match outcome.result {
                 Ok(fragment) => (
@@ -247,7 +223,7 @@ impl Translations {
                     )
                 }
             };
-            self.index(&key, &reads);
+            self.readers.index(&key, &reads);
             let old = previous.map(|p| p.output);
             if old.as_ref() != Some(&output) {
                 changes.push(OutputChange {
@@ -259,40 +235,6 @@ impl Translations {
             self.roots.insert(key, RootState { output, reads });
         }
         (changes, stats)
-    }
-
-    fn index(&mut self, root: &ObjectKey, reads: &Reads) {
-        for k in &reads.gets {
-            self.by_get
-                .entry(k.clone())
-                .or_default()
-                .insert(root.clone());
-        }
-        for k in &reads.lists {
-            self.by_list
-                .entry(k.clone())
-                .or_default()
-                .insert(root.clone());
-        }
-    }
-
-    fn unindex(&mut self, root: &ObjectKey, reads: &Reads) {
-        for k in &reads.gets {
-            if let Some(set) = self.by_get.get_mut(k) {
-                set.remove(root);
-                if set.is_empty() {
-                    self.by_get.remove(k);
-                }
-            }
-        }
-        for k in &reads.lists {
-            if let Some(set) = self.by_list.get_mut(k) {
-                set.remove(root);
-                if set.is_empty() {
-                    self.by_list.remove(k);
-                }
-            }
-        }
     }
 
     /// Every root's outputs in root order, for a full merge.
