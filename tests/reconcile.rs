@@ -6,18 +6,14 @@
 //! API server's do. Every wait is on a condition, bounded.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use isobar::plugin::ReconcilerPlugin;
-use isobar::queue::QueueMetrics;
-use isobar::reconcile::{Config, MemoryCluster, Progress, Reconciler};
+use isobar::reconcile::MemoryCluster;
 use isobar::store::{KindKey, ObjectKey};
+use isobar_tests::operator::Operator;
 use isobar_tests::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
-
-const WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug)]
 enum Lang {
@@ -68,73 +64,6 @@ fn load(lang: Lang) -> Option<ReconcilerPlugin> {
         )
     })
     .clone()
-}
-
-struct Operator {
-    cluster: Arc<MemoryCluster>,
-    progress: watch::Receiver<Progress>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Operator {
-    fn start(plugin: ReconcilerPlugin) -> Self {
-        let (cluster, events) = MemoryCluster::new();
-        let cluster = Arc::new(cluster);
-        let r = Reconciler::new(
-            plugin,
-            cluster.clone(),
-            Config::default(),
-            &QueueMetrics::new(),
-        )
-        .expect("reconciler");
-        let progress = r.progress();
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(r.run(events, stop_rx));
-        Operator {
-            cluster,
-            progress,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits (bounded) until `cond` holds of the cluster, re-checking after
-    /// every batch the reconciler finishes.
-    async fn until(&mut self, what: &str, cond: impl Fn(&MemoryCluster) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !cond(&self.cluster) {
-            let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
-            assert!(
-                matches!(changed, Ok(Ok(()))),
-                "timed out waiting for {what}; progress {:?}; objects {:#?}; events {:#?}",
-                *self.progress.borrow(),
-                self.cluster.objects(),
-                self.cluster.events()
-            );
-        }
-    }
-
-    /// Waits (bounded) until the reconciler's progress satisfies `cond`.
-    async fn until_progress(&mut self, what: &str, cond: impl Fn(&Progress) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !cond(&self.progress.borrow()) {
-            let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
-            assert!(
-                matches!(changed, Ok(Ok(()))),
-                "timed out waiting for {what}; progress {:?}",
-                *self.progress.borrow()
-            );
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("reconciler stops")
-            .expect("reconciler task");
-    }
 }
 
 fn memcached(name: &str, size: Value) -> Value {

@@ -408,3 +408,87 @@ pub mod bench {
         )
     }
 }
+
+/// A reconciler plugin running against an in-memory cluster: the harness of
+/// `tests/reconcile.rs` and of the reconcile benchmark. Objects go in as a
+/// user would write them (`cluster.put`); the reconciler's writes come back
+/// as watch events. Every wait is bounded by [`operator::WAIT`].
+pub mod operator {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use isobar::plugin::ReconcilerPlugin;
+    use isobar::queue::QueueMetrics;
+    use isobar::reconcile::{Config, MemoryCluster, Progress, Reconciler};
+    use tokio::sync::watch;
+
+    pub const WAIT: Duration = Duration::from_secs(120);
+
+    pub struct Operator {
+        pub cluster: Arc<MemoryCluster>,
+        pub progress: watch::Receiver<Progress>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Operator {
+        /// Starts `plugin` against a new in-memory cluster.
+        pub fn start(plugin: ReconcilerPlugin) -> Self {
+            let (cluster, events) = MemoryCluster::new();
+            let cluster = Arc::new(cluster);
+            let r = Reconciler::new(
+                plugin,
+                cluster.clone(),
+                Config::default(),
+                &QueueMetrics::new(),
+            )
+            .expect("reconciler");
+            let progress = r.progress();
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(r.run(events, stop_rx));
+            Operator {
+                cluster,
+                progress,
+                stop,
+                task,
+            }
+        }
+
+        /// Waits (bounded) until `cond` holds of the cluster, re-checking after
+        /// every batch the reconciler finishes.
+        pub async fn until(&mut self, what: &str, cond: impl Fn(&MemoryCluster) -> bool) {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !cond(&self.cluster) {
+                let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
+                assert!(
+                    matches!(changed, Ok(Ok(()))),
+                    "timed out waiting for {what}; progress {:?}; objects {:#?}; events {:#?}",
+                    *self.progress.borrow(),
+                    self.cluster.objects(),
+                    self.cluster.events()
+                );
+            }
+        }
+
+        /// Waits (bounded) until the reconciler's progress satisfies `cond`.
+        pub async fn until_progress(&mut self, what: &str, cond: impl Fn(&Progress) -> bool) {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !cond(&self.progress.borrow()) {
+                let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
+                assert!(
+                    matches!(changed, Ok(Ok(()))),
+                    "timed out waiting for {what}; progress {:?}",
+                    *self.progress.borrow()
+                );
+            }
+        }
+
+        pub async fn stop(self) {
+            self.stop.send_replace(true);
+            tokio::time::timeout(WAIT, self.task)
+                .await
+                .expect("reconciler stops")
+                .expect("reconciler task");
+        }
+    }
+}

@@ -11,16 +11,14 @@
 //! reported as such and skipped.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isobar::plugin::{Limits, Runtime};
-use isobar::queue::QueueMetrics;
-use isobar::reconcile::{Config, MemoryCluster, Reconciler};
+use isobar::reconcile::MemoryCluster;
 use isobar_tests::bench::{machine, percentile};
+use isobar_tests::operator::Operator;
 use isobar_tests::*;
 use serde_json::json;
-use tokio::sync::watch;
 
 fn wasm(file: &str) -> PathBuf {
     target_dir()
@@ -162,20 +160,10 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
             continue;
         }
         let plugin = runtime().load_reconciler_file(&path).expect("load");
-        let (cluster, events) = MemoryCluster::new();
-        let cluster = Arc::new(cluster);
-        let r = Reconciler::new(
-            plugin,
-            cluster.clone(),
-            Config::default(),
-            &QueueMetrics::new(),
-        )
-        .expect("reconciler");
-        let mut progress = r.progress();
-        let (stop, stop_rx) = watch::channel(false);
         let t = Instant::now();
+        let mut op = rt.block_on(async { Operator::start(plugin) });
         for i in 0..n {
-            cluster
+            op.cluster
                 .put(json!({
                     "apiVersion": "cache.example.com/v1alpha1", "kind": "Memcached",
                     "metadata": {"namespace": format!("ns-{}", i % 100), "name": format!("cache-{i}")},
@@ -183,7 +171,6 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
                 }))
                 .unwrap();
         }
-        let task = rt.spawn(r.run(events, stop_rx));
         let done = |c: &MemoryCluster| {
             c.inspect(|objects| {
                 let with_status = objects
@@ -202,14 +189,14 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
             // Checking walks every object: do it once per 1% of the calls.
             let mut next_check = 0u64;
             loop {
-                let calls = progress.borrow().reconciles;
+                let calls = op.progress.borrow().reconciles;
                 if calls >= next_check {
-                    if done(&cluster) {
+                    if done(&op.cluster) {
                         return true;
                     }
                     next_check = calls + (n as u64 / 100).max(1);
                 }
-                if tokio::time::timeout_at(deadline, progress.changed())
+                if tokio::time::timeout_at(deadline, op.progress.changed())
                     .await
                     .is_err()
                 {
@@ -218,9 +205,8 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
             }
         });
         let took = t.elapsed();
-        let p = progress.borrow().clone();
-        stop.send_replace(true);
-        let _ = rt.block_on(task);
+        let p = op.progress.borrow().clone();
+        rt.block_on(op.stop());
         if !finished {
             println!("{label}: did not finish within 30 min ({p:?})");
             continue;

@@ -183,10 +183,7 @@ impl Runtime {
     /// Reads, compiles (or fetches from the cache), checks the contract and
     /// asks the plugin to describe itself.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let bytes = read_component(path)?;
         self.load(&bytes, &path.display().to_string())
     }
 
@@ -209,17 +206,7 @@ impl Runtime {
                 });
             }
         }
-        let digest = hex::encode(Sha256::digest(bytes));
-        let component = self
-            .shared
-            .cache
-            .get_or_compile(&self.shared.engine, &digest, bytes)?;
-        check_contract(&self.shared.engine, &component, TRANSLATION_EXPORT)?;
-        let pre = self
-            .shared
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let (digest, pre) = self.prepare(bytes, TRANSLATION_EXPORT)?;
         let pre = TranslatorPre::new(pre).map_err(|e| PluginError::ContractMismatch {
             found: format!("{e:#}"),
         })?;
@@ -239,6 +226,36 @@ impl Runtime {
         plugin.info = plugin.describe()?;
         Ok(plugin)
     }
+}
+
+impl Runtime {
+    /// Compiles (or takes from the cache) a component exporting `export`
+    /// and links it: what loading either kind of plugin starts with.
+    fn prepare(
+        &self,
+        bytes: &[u8],
+        export: &str,
+    ) -> Result<(String, wasmtime::component::InstancePre<CallState>), PluginError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self
+            .shared
+            .cache
+            .get_or_compile(&self.shared.engine, &digest, bytes)?;
+        check_contract(&self.shared.engine, &component, export)?;
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        Ok((digest, pre))
+    }
+}
+
+fn read_component(path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|e| PluginError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl Drop for EngineShared {

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use super::bindings::reconciler::exports::isobar::plugin::reconciliation;
 use super::bindings::reconciler::{Reconciler, ReconcilerPre};
 use super::call::{self, CallState};
@@ -36,17 +34,7 @@ impl Runtime {
         bytes: &[u8],
         source: &str,
     ) -> Result<ReconcilerPlugin, PluginError> {
-        let digest = hex::encode(Sha256::digest(bytes));
-        let component = self
-            .shared
-            .cache
-            .get_or_compile(&self.shared.engine, &digest, bytes)?;
-        super::check_contract(&self.shared.engine, &component, RECONCILIATION_EXPORT)?;
-        let pre = self
-            .shared
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let (digest, pre) = self.prepare(bytes, RECONCILIATION_EXPORT)?;
         let pre = ReconcilerPre::new(pre).map_err(|e| PluginError::ContractMismatch {
             found: format!("{e:#}"),
         })?;
@@ -75,10 +63,7 @@ impl Runtime {
         &self,
         path: &std::path::Path,
     ) -> Result<ReconcilerPlugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let bytes = super::read_component(path)?;
         self.load_reconciler(&bytes, &path.display().to_string())
     }
 }

@@ -91,6 +91,16 @@ impl ReconcileError {
     }
 }
 
+/// An object's controller owner reference (there is at most one).
+fn controller_ref(o: &Object) -> Option<Value> {
+    let v: Value = serde_json::from_str(&o.json).ok()?;
+    v["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .cloned()
+}
+
 /// One reconciler plugin driven by a work queue, writing to a [`Cluster`].
 pub struct Reconciler<C: Cluster> {
     plugin: ReconcilerPlugin,
@@ -228,23 +238,16 @@ impl<C: Cluster> Reconciler<C> {
 
     /// The reconciled object named by `o`'s controller owner reference.
     fn controller_owner(&self, o: &Object) -> Option<ObjectKey> {
-        let v: Value = serde_json::from_str(&o.json).ok()?;
-        let refs = v["metadata"]["ownerReferences"].as_array()?;
-        refs.iter()
-            .find(|r| {
-                r["controller"] == true
-                    && r["kind"] == self.kind.kind.as_str()
-                    && KindKey::new(
-                        r["apiVersion"].as_str().unwrap_or_default(),
-                        &self.kind.kind,
-                    ) == self.kind
-            })
-            .and_then(|r| r["name"].as_str())
-            .map(|name| ObjectKey {
-                kind: self.kind.clone(),
-                namespace: o.namespace.clone(),
-                name: name.to_string(),
-            })
+        let r = controller_ref(o)?;
+        let kind = KindKey::new(
+            r["apiVersion"].as_str().unwrap_or_default(),
+            r["kind"].as_str().unwrap_or_default(),
+        );
+        (kind == self.kind).then(|| ObjectKey {
+            kind,
+            namespace: o.namespace.clone(),
+            name: r["name"].as_str().unwrap_or_default().to_string(),
+        })
     }
 
     /// Reconciles a batch of objects at once, then carries out their
@@ -364,8 +367,7 @@ impl<C: Cluster> Reconciler<C> {
                         name: id.name,
                     };
                     if let Some(existing) = self.store.get(&target)
-                        && self.controller_owner_uid(existing).as_deref()
-                            != Some(object.uid.as_str())
+                        && controller_ref(existing).is_none_or(|r| r["uid"] != object.uid.as_str())
                     {
                         return Err(ReconcileError::Refused(format!(
                             "{target} is not owned by {key}: a plugin deletes only what its object owns"
@@ -380,16 +382,6 @@ impl<C: Cluster> Reconciler<C> {
             }
         }
         Ok((requeue, writes, skipped))
-    }
-
-    fn controller_owner_uid(&self, o: &Object) -> Option<String> {
-        let v: Value = serde_json::from_str(&o.json).ok()?;
-        v["metadata"]["ownerReferences"]
-            .as_array()?
-            .iter()
-            .find(|r| r["controller"] == true)
-            .and_then(|r| r["uid"].as_str())
-            .map(String::from)
     }
 
     /// A child object as the plugin gave it, with the owner reference set
