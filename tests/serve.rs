@@ -3,33 +3,23 @@
 //! through a real tonic ADS client (envoy-types) over loopback, on ephemeral
 //! ports. Every wait is on a condition and bounded by `WAIT`; nothing sleeps.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use isobar::serve::{Config, Gate, Server};
-use isobar::xds::{Resource, Snapshot, type_url};
+use isobar::xds::Snapshot;
+use isobar_tests::ads::*;
 use isobar_tests::*;
 use prost::Message;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
-
-const WAIT: Duration = Duration::from_secs(60);
-const LDS: &str = type_url::LISTENER;
-const RDS: &str = type_url::ROUTE;
-const CDS: &str = type_url::CLUSTER;
-const EDS: &str = type_url::ENDPOINT;
 
 // ---- manifests ----------------------------------------------------------------
 
@@ -155,329 +145,14 @@ fn atomic_write(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    timeout(
-        WAIT,
-        AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")),
-    )
-    .await
-    .expect("connect timed out")
-    .expect("connect")
-}
-
-/// A minimal HTTP/1.1 GET (the admin endpoint is plain HTTP).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    timeout(WAIT, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (code, body)
-    })
-    .await
-    .expect("admin request timed out")
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
-fn node(id: &str) -> Option<Node> {
-    Some(Node {
-        id: id.into(),
-        ..Default::default()
-    })
-}
-
-/// Decodes the name every served type carries in field 1.
-fn name_of(body: &[u8]) -> String {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Named {
-        #[prost(string, tag = "1")]
-        name: String,
-    }
-    Named::decode(body).expect("resource decodes").name
-}
-
-/// What a client holds: per type, the latest version and resources, as a
-/// `Snapshot` so the support readers (`routes`, `names`, ...) apply.
-#[derive(Default)]
-struct Held {
-    versions: BTreeMap<String, String>,
-    snapshot: Snapshot,
-}
-
-impl Held {
-    fn version(&self, t: &str) -> u64 {
-        self.versions
-            .get(t)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// The lowest version over the types held: the version the client is
-    /// fully on.
-    fn min_version(&self, types: &[&str]) -> u64 {
-        types.iter().map(|t| self.version(t)).min().unwrap_or(0)
-    }
-
-    fn set(&mut self, t: &str, name: String, body: Vec<u8>) {
-        let r = Resource::new(t, name.clone(), body.into(), vec![]);
-        self.snapshot
-            .resources
-            .entry(t.to_string())
-            .or_default()
-            .insert(name, Arc::new(r));
-    }
-
-    fn domains(&self, route_config_name: &str) -> BTreeSet<String> {
-        domains(&self.snapshot, route_config_name)
-    }
-}
-
-/// A state-of-the-world ADS client that behaves like Envoy: it subscribes
-/// and ACKs every response.
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: tonic::Streaming<DiscoveryResponse>,
-    node: String,
-    held: Held,
-    subscriptions: BTreeMap<String, Vec<String>>,
-}
-
-impl Sotw {
-    async fn open(addr: SocketAddr, node_id: &str) -> Self {
-        let mut c = client(addr).await;
-        let (tx, rx) = mpsc::channel(64);
-        let rx = timeout(WAIT, c.stream_aggregated_resources(ReceiverStream::new(rx)))
-            .await
-            .expect("open timed out")
-            .expect("open")
-            .into_inner();
-        Sotw {
-            tx,
-            rx,
-            node: node_id.into(),
-            held: Held::default(),
-            subscriptions: BTreeMap::new(),
-        }
-    }
-
-    /// Envoy's subscriptions: listeners and clusters by (legacy) wildcard,
-    /// routes and endpoints by `*`.
-    async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
-        let mut c = Self::open(addr, node_id).await;
-        for (t, names) in [
-            (CDS, &[][..]),
-            (EDS, &["*"][..]),
-            (LDS, &[][..]),
-            (RDS, &["*"][..]),
-        ] {
-            c.subscribe(t, names).await;
-        }
-        c
-    }
-
-    async fn send(&self, r: DiscoveryRequest) {
-        self.tx
-            .send(DiscoveryRequest {
-                node: node(&self.node),
-                ..r
-            })
-            .await
-            .expect("request stream open");
-    }
-
-    async fn subscribe(&mut self, t: &str, names: &[&str]) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        self.subscriptions.insert(t.to_string(), names.clone());
-        self.send(DiscoveryRequest {
-            type_url: t.into(),
-            resource_names: names,
-            ..Default::default()
-        })
-        .await;
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        timeout(WAIT, self.rx.message())
-            .await
-            .expect("timed out waiting for a response")
-            .expect("stream failed")
-            .expect("stream ended")
-    }
-
-    /// Takes one response in, ACKs it, returns it.
-    async fn step(&mut self) -> DiscoveryResponse {
-        let r = self.recv().await;
-        let t = r.type_url.clone();
-        // Listeners and clusters come whole (what is left out is gone);
-        // routes and endpoints may come as just what changed.
-        if t == LDS || t == CDS {
-            self.held.snapshot.resources.remove(&t);
-        }
-        for any in &r.resources {
-            self.held.set(&t, name_of(&any.value), any.value.clone());
-        }
-        self.held.versions.insert(t.clone(), r.version_info.clone());
-        let names = self.subscriptions.get(&t).cloned().unwrap_or_default();
-        self.send(DiscoveryRequest {
-            type_url: t,
-            resource_names: names,
-            version_info: r.version_info.clone(),
-            response_nonce: r.nonce.clone(),
-            ..Default::default()
-        })
-        .await;
-        r
-    }
-
-    /// Takes responses in until `cond` holds.
-    async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond(&self.held) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out waiting for {what}",
-                self.node
-            );
-            self.step().await;
-        }
-    }
-}
-
-/// An incremental ADS client; it ACKs every response.
-struct Delta {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: tonic::Streaming<DeltaDiscoveryResponse>,
-    node: String,
-    held: Held,
-}
-
-impl Delta {
-    async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
-        let mut c = client(addr).await;
-        let (tx, rx) = mpsc::channel(64);
-        let rx = timeout(WAIT, c.delta_aggregated_resources(ReceiverStream::new(rx)))
-            .await
-            .expect("open timed out")
-            .expect("open")
-            .into_inner();
-        let d = Delta {
-            tx,
-            rx,
-            node: node_id.into(),
-            held: Held::default(),
-        };
-        for t in [CDS, EDS, LDS, RDS] {
-            d.send(DeltaDiscoveryRequest {
-                type_url: t.into(),
-                resource_names_subscribe: vec!["*".into()],
-                ..Default::default()
-            })
-            .await;
-        }
-        d
-    }
-
-    async fn send(&self, r: DeltaDiscoveryRequest) {
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                node: node(&self.node),
-                ..r
-            })
-            .await
-            .expect("request stream open");
-    }
-
-    async fn step(&mut self) -> DeltaDiscoveryResponse {
-        let r = timeout(WAIT, self.rx.message())
-            .await
-            .expect("timed out waiting for a response")
-            .expect("stream failed")
-            .expect("stream ended");
-        let t = r.type_url.clone();
-        for res in &r.resources {
-            let body = res
-                .resource
-                .as_ref()
-                .map(|a| a.value.clone())
-                .unwrap_or_default();
-            self.held.set(&t, res.name.clone(), body);
-        }
-        if let Some(m) = self.held.snapshot.resources.get_mut(&t) {
-            for gone in &r.removed_resources {
-                m.remove(gone);
-            }
-        }
-        self.held
-            .versions
-            .insert(t.clone(), r.system_version_info.clone());
-        self.send(DeltaDiscoveryRequest {
-            type_url: t,
-            response_nonce: r.nonce.clone(),
-            ..Default::default()
-        })
-        .await;
-        r
-    }
-
-    async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond(&self.held) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out waiting for {what}",
-                self.node
-            );
-            self.step().await;
-        }
-    }
-}
-
 fn has_shop(h: &Held) -> bool {
     shop_in(&h.snapshot)
 }
 
 fn shop_in(s: &Snapshot) -> bool {
-    domains(s, "ingress_http").contains("shop.example.com")
+    domains_of(s, "ingress_http").contains("shop.example.com")
         && names(s, CDS) == [API, WEB]
         && names(s, EDS) == [API, WEB]
-}
-
-fn domains(s: &Snapshot, route_config_name: &str) -> BTreeSet<String> {
-    route_config(s, route_config_name)
-        .map(|rc| {
-            rc.virtual_hosts
-                .into_iter()
-                .filter_map(|v| v.domains.into_iter().next())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 // ---- tests ------------------------------------------------------------------------
@@ -1172,92 +847,13 @@ async fn envoy_bootstrap_points_at_serve_defaults() {
     );
 }
 
-/// Certificates made by the openssl CLI: a CA, a server certificate for
-/// `isobar` and 127.0.0.1, a client certificate.
-fn make_certs(dir: &Path) -> bool {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:isobar,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=isobar-test-ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat())
-        && ["server", "client"].iter().all(|who| {
-            run(&[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    &format!("{who}.key"),
-                    "-out",
-                    &format!("{who}.csr"),
-                    "-subj",
-                    &format!("/CN={who}"),
-                ],
-            ]
-            .concat())
-                && run(&[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{who}.csr"),
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-out",
-                    &format!("{who}.pem"),
-                    "-extfile",
-                    &format!("{who}.ext"),
-                ])
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_over_mutual_tls() {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    // The certificates `isobar certgen` issues (as PEM files).
     let certs = tempfile::tempdir().unwrap();
-    if !make_certs(certs.path()) {
-        eprintln!("SKIPPED xds_over_mutual_tls: the openssl command is missing or failed");
-        return;
-    }
+    let issued = isobar::certgen::generate(&isobar::certgen::CertgenConfig::default()).unwrap();
+    isobar::certgen::write_files(certs.path(), &issued, false).unwrap();
     let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
     let manifests = tempfile::tempdir().unwrap();
     std::fs::write(manifests.path().join("00-backends.yaml"), backends()).unwrap();
@@ -1268,9 +864,9 @@ async fn xds_over_mutual_tls() {
     config.cache_dir = Some(target_dir().join("isobar-test-cache"));
     config.xds_tls = Some(
         isobar::serve::tls_from_files(
-            &certs.path().join("server.pem"),
+            &certs.path().join("server.crt"),
             &certs.path().join("server.key"),
-            Some(&certs.path().join("ca.pem")),
+            Some(&certs.path().join("ca.crt")),
         )
         .unwrap(),
     );
@@ -1280,10 +876,10 @@ async fn xds_over_mutual_tls() {
 
     let channel = |identity: bool| {
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .ca_certificate(Certificate::from_pem(read("ca.crt")))
             .domain_name("isobar");
         if identity {
-            tls = tls.identity(Identity::from_pem(read("client.pem"), read("client.key")));
+            tls = tls.identity(Identity::from_pem(read("client.crt"), read("client.key")));
         }
         Channel::from_shared(format!("https://{addr}"))
             .unwrap()

@@ -278,6 +278,18 @@ pub fn routes(s: &Snapshot, route_config_name: &str, domain: &str) -> Vec<(Strin
 }
 
 /// Diagnostics as (object name, reason).
+/// The first domain of each virtual host of a route configuration.
+pub fn domains_of(s: &Snapshot, route_config_name: &str) -> std::collections::BTreeSet<String> {
+    route_config(s, route_config_name)
+        .map(|rc| {
+            rc.virtual_hosts
+                .into_iter()
+                .filter_map(|v| v.domains.into_iter().next())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn reasons(diags: &[ir::Diagnostic]) -> Vec<(String, String)> {
     diags
         .iter()
@@ -490,5 +502,502 @@ pub mod operator {
                 .expect("reconciler stops")
                 .expect("reconciler task");
         }
+    }
+}
+
+/// ADS clients that behave like Envoy (state of the world and delta) and a
+/// plain HTTP/1.1 GET for the admin endpoint: what the serve and kube
+/// feature tests read xDS through.
+pub mod ads {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    };
+    use isobar::xds::{Resource, Snapshot, type_url};
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::domains_of as domains;
+
+    pub const WAIT: Duration = Duration::from_secs(60);
+    pub const LDS: &str = type_url::LISTENER;
+    pub const RDS: &str = type_url::ROUTE;
+    pub const CDS: &str = type_url::CLUSTER;
+    pub const EDS: &str = type_url::ENDPOINT;
+
+    pub async fn client(
+        addr: SocketAddr,
+    ) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        timeout(
+            WAIT,
+            AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+    }
+
+    /// A minimal HTTP/1.1 GET (the admin endpoint is plain HTTP).
+    pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        timeout(WAIT, async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.unwrap();
+            let text = String::from_utf8(raw).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+            let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let body = if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(body)
+            } else {
+                body.to_string()
+            };
+            (code, body)
+        })
+        .await
+        .expect("admin request timed out")
+    }
+
+    pub fn dechunk(mut body: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&rest[..n]);
+            body = &rest[n + 2..];
+        }
+        out
+    }
+
+    pub fn node(id: &str) -> Option<Node> {
+        Some(Node {
+            id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Decodes the name every served type carries in field 1.
+    pub fn name_of(body: &[u8]) -> String {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Named {
+            #[prost(string, tag = "1")]
+            name: String,
+        }
+        Named::decode(body).expect("resource decodes").name
+    }
+
+    /// What a client holds: per type, the latest version and resources, as a
+    /// `Snapshot` so the support readers (`routes`, `names`, ...) apply.
+    #[derive(Default)]
+    pub struct Held {
+        pub versions: BTreeMap<String, String>,
+        pub snapshot: Snapshot,
+    }
+
+    impl Held {
+        pub fn version(&self, t: &str) -> u64 {
+            self.versions
+                .get(t)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }
+
+        /// The lowest version over the types held: the version the client is
+        /// fully on.
+        pub fn min_version(&self, types: &[&str]) -> u64 {
+            types.iter().map(|t| self.version(t)).min().unwrap_or(0)
+        }
+
+        pub fn set(&mut self, t: &str, name: String, body: Vec<u8>) {
+            let r = Resource::new(t, name.clone(), body.into(), vec![]);
+            self.snapshot
+                .resources
+                .entry(t.to_string())
+                .or_default()
+                .insert(name, Arc::new(r));
+        }
+
+        pub fn domains(&self, route_config_name: &str) -> BTreeSet<String> {
+            domains(&self.snapshot, route_config_name)
+        }
+    }
+
+    /// A state-of-the-world ADS client that behaves like Envoy: it subscribes
+    /// and ACKs every response.
+    pub struct Sotw {
+        pub tx: mpsc::Sender<DiscoveryRequest>,
+        pub rx: tonic::Streaming<DiscoveryResponse>,
+        pub node: String,
+        pub held: Held,
+        pub subscriptions: BTreeMap<String, Vec<String>>,
+    }
+
+    impl Sotw {
+        pub async fn open(addr: SocketAddr, node_id: &str) -> Self {
+            let mut c = client(addr).await;
+            let (tx, rx) = mpsc::channel(64);
+            let rx = timeout(WAIT, c.stream_aggregated_resources(ReceiverStream::new(rx)))
+                .await
+                .expect("open timed out")
+                .expect("open")
+                .into_inner();
+            Sotw {
+                tx,
+                rx,
+                node: node_id.into(),
+                held: Held::default(),
+                subscriptions: BTreeMap::new(),
+            }
+        }
+
+        /// Envoy's subscriptions: listeners and clusters by (legacy) wildcard,
+        /// routes and endpoints by `*`.
+        pub async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
+            let mut c = Self::open(addr, node_id).await;
+            for (t, names) in [
+                (CDS, &[][..]),
+                (EDS, &["*"][..]),
+                (LDS, &[][..]),
+                (RDS, &["*"][..]),
+            ] {
+                c.subscribe(t, names).await;
+            }
+            c
+        }
+
+        pub async fn send(&self, r: DiscoveryRequest) {
+            self.tx
+                .send(DiscoveryRequest {
+                    node: node(&self.node),
+                    ..r
+                })
+                .await
+                .expect("request stream open");
+        }
+
+        pub async fn subscribe(&mut self, t: &str, names: &[&str]) {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            self.subscriptions.insert(t.to_string(), names.clone());
+            self.send(DiscoveryRequest {
+                type_url: t.into(),
+                resource_names: names,
+                ..Default::default()
+            })
+            .await;
+        }
+
+        pub async fn recv(&mut self) -> DiscoveryResponse {
+            timeout(WAIT, self.rx.message())
+                .await
+                .expect("timed out waiting for a response")
+                .expect("stream failed")
+                .expect("stream ended")
+        }
+
+        /// Takes one response in, ACKs it, returns it.
+        pub async fn step(&mut self) -> DiscoveryResponse {
+            let r = self.recv().await;
+            let t = r.type_url.clone();
+            // Listeners and clusters come whole (what is left out is gone);
+            // routes and endpoints may come as just what changed.
+            if t == LDS || t == CDS {
+                self.held.snapshot.resources.remove(&t);
+            }
+            for any in &r.resources {
+                self.held.set(&t, name_of(&any.value), any.value.clone());
+            }
+            self.held.versions.insert(t.clone(), r.version_info.clone());
+            let names = self.subscriptions.get(&t).cloned().unwrap_or_default();
+            self.send(DiscoveryRequest {
+                type_url: t,
+                resource_names: names,
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            })
+            .await;
+            r
+        }
+
+        /// Takes responses in until `cond` holds.
+        pub async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
+            let deadline = Instant::now() + WAIT;
+            while !cond(&self.held) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: timed out waiting for {what}",
+                    self.node
+                );
+                self.step().await;
+            }
+        }
+    }
+
+    /// An incremental ADS client; it ACKs every response.
+    pub struct Delta {
+        pub tx: mpsc::Sender<DeltaDiscoveryRequest>,
+        pub rx: tonic::Streaming<DeltaDiscoveryResponse>,
+        pub node: String,
+        pub held: Held,
+    }
+
+    impl Delta {
+        pub async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
+            let mut c = client(addr).await;
+            let (tx, rx) = mpsc::channel(64);
+            let rx = timeout(WAIT, c.delta_aggregated_resources(ReceiverStream::new(rx)))
+                .await
+                .expect("open timed out")
+                .expect("open")
+                .into_inner();
+            let d = Delta {
+                tx,
+                rx,
+                node: node_id.into(),
+                held: Held::default(),
+            };
+            for t in [CDS, EDS, LDS, RDS] {
+                d.send(DeltaDiscoveryRequest {
+                    type_url: t.into(),
+                    resource_names_subscribe: vec!["*".into()],
+                    ..Default::default()
+                })
+                .await;
+            }
+            d
+        }
+
+        pub async fn send(&self, r: DeltaDiscoveryRequest) {
+            self.tx
+                .send(DeltaDiscoveryRequest {
+                    node: node(&self.node),
+                    ..r
+                })
+                .await
+                .expect("request stream open");
+        }
+
+        pub async fn step(&mut self) -> DeltaDiscoveryResponse {
+            let r = timeout(WAIT, self.rx.message())
+                .await
+                .expect("timed out waiting for a response")
+                .expect("stream failed")
+                .expect("stream ended");
+            let t = r.type_url.clone();
+            for res in &r.resources {
+                let body = res
+                    .resource
+                    .as_ref()
+                    .map(|a| a.value.clone())
+                    .unwrap_or_default();
+                self.held.set(&t, res.name.clone(), body);
+            }
+            if let Some(m) = self.held.snapshot.resources.get_mut(&t) {
+                for gone in &r.removed_resources {
+                    m.remove(gone);
+                }
+            }
+            self.held
+                .versions
+                .insert(t.clone(), r.system_version_info.clone());
+            self.send(DeltaDiscoveryRequest {
+                type_url: t,
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            })
+            .await;
+            r
+        }
+
+        pub async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
+            let deadline = Instant::now() + WAIT;
+            while !cond(&self.held) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: timed out waiting for {what}",
+                    self.node
+                );
+                self.step().await;
+            }
+        }
+    }
+}
+
+/// A cluster whose watches the test scripts: per kind, the kube-runtime
+/// `watcher::Event`s an API server would produce (the kube source's event
+/// interface, as Contour's feature tests feed its informer handlers).
+pub mod cluster {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use futures::StreamExt;
+    use futures::future::BoxFuture;
+    use isobar::source::kube::{Resolved, SourceError, WatchSpec, WatchStream, Watches};
+    use isobar::store::KindKey;
+    use kube::api::{ApiResource, DynamicObject};
+    use kube::runtime::watcher::Event as WatchEvent;
+    use serde_json::{Value, json};
+    use tokio::sync::{Notify, mpsc};
+
+    use super::ads::WAIT;
+
+    #[derive(Default)]
+    pub struct Streams {
+        pub senders: HashMap<KindKey, mpsc::UnboundedSender<WatchEvent<DynamicObject>>>,
+        pub receivers: HashMap<KindKey, mpsc::UnboundedReceiver<WatchEvent<DynamicObject>>>,
+        pub watched: HashSet<KindKey>,
+    }
+
+    /// Watch streams the test writes to, per kind. A kind may be fed before
+    /// its watch starts: events wait in its channel.
+    #[derive(Default)]
+    pub struct Script {
+        pub streams: Mutex<Streams>,
+        pub not_served: HashSet<KindKey>,
+        pub started: Notify,
+    }
+
+    pub fn kind_of(api_version: &str, kind: &str) -> KindKey {
+        KindKey::new(api_version, kind)
+    }
+
+    /// The served version of the kinds these tests use.
+    pub fn api_version(kind: &KindKey) -> &'static str {
+        match (kind.group.as_str(), kind.kind.as_str()) {
+            ("networking.k8s.io", _) => "networking.k8s.io/v1",
+            ("discovery.k8s.io", _) => "discovery.k8s.io/v1",
+            ("", _) => "v1",
+            other => panic!("no version for {other:?}"),
+        }
+    }
+
+    impl Script {
+        pub fn channel(
+            streams: &mut Streams,
+            kind: &KindKey,
+        ) -> mpsc::UnboundedSender<WatchEvent<DynamicObject>> {
+            if !streams.senders.contains_key(kind) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                streams.senders.insert(kind.clone(), tx);
+                streams.receivers.insert(kind.clone(), rx);
+            }
+            streams.senders[kind].clone()
+        }
+
+        pub fn feed(&self, kind: &KindKey, event: WatchEvent<DynamicObject>) {
+            let tx = Self::channel(&mut self.streams.lock().unwrap(), kind);
+            tx.send(event).expect("the watch is running");
+        }
+
+        /// A full list: Init, each object, InitDone (what a (re)list looks like).
+        pub fn list(&self, kind: &KindKey, objects: &[Value]) {
+            self.feed(kind, WatchEvent::Init);
+            for o in objects {
+                self.feed(kind, WatchEvent::InitApply(dynamic(o)));
+            }
+            self.feed(kind, WatchEvent::InitDone);
+        }
+
+        pub fn apply(&self, o: &Value) {
+            self.feed(&kind_key(o), WatchEvent::Apply(dynamic(o)));
+        }
+
+        pub fn delete(&self, o: &Value) {
+            self.feed(&kind_key(o), WatchEvent::Delete(dynamic(o)));
+        }
+
+        pub async fn wait_watched(&self, kind: &KindKey) {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let started = self.started.notified();
+                if self.streams.lock().unwrap().watched.contains(kind) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{kind} was never watched");
+                let _ = tokio::time::timeout(WAIT, started).await;
+            }
+        }
+    }
+
+    impl Watches for Script {
+        fn resolve(&self, kind: &KindKey) -> BoxFuture<'_, Result<Resolved, SourceError>> {
+            let kind = kind.clone();
+            Box::pin(async move {
+                if self.not_served.contains(&kind) {
+                    return Err(SourceError::NotServed(kind));
+                }
+                let av = api_version(&kind);
+                let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
+                Ok(Resolved {
+                    resource: ApiResource {
+                        group: group.into(),
+                        version: version.into(),
+                        api_version: av.into(),
+                        kind: kind.kind.clone(),
+                        plural: format!("{}s", kind.kind.to_lowercase()),
+                    },
+                    namespaced: kind.kind != "IngressClass",
+                })
+            })
+        }
+
+        fn watch(&self, _resolved: &Resolved, spec: &WatchSpec) -> WatchStream {
+            let mut streams = self.streams.lock().unwrap();
+            Self::channel(&mut streams, &spec.kind);
+            streams.watched.insert(spec.kind.clone());
+            let rx = streams
+                .receivers
+                .remove(&spec.kind)
+                .expect("one watch per kind at a time");
+            drop(streams);
+            self.started.notify_waiters();
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+                .map(Ok)
+                .boxed()
+        }
+    }
+
+    pub fn dynamic(v: &Value) -> DynamicObject {
+        serde_json::from_value(v.clone()).expect("a Kubernetes object")
+    }
+
+    pub fn kind_key(v: &Value) -> KindKey {
+        kind_of(
+            v["apiVersion"].as_str().unwrap(),
+            v["kind"].as_str().unwrap(),
+        )
+    }
+
+    /// What the API server adds: uid and resourceVersion.
+    pub fn stored(mut v: Value, rv: u32) -> Value {
+        let uid = format!(
+            "uid-{}-{}",
+            v["kind"].as_str().unwrap(),
+            v["metadata"]["name"].as_str().unwrap()
+        );
+        v["metadata"]["uid"] = json!(uid);
+        v["metadata"]["resourceVersion"] = json!(rv.to_string());
+        v["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        v
     }
 }

@@ -42,7 +42,8 @@ pub fn default_plugin_path() -> Option<PathBuf> {
             candidates.push(target.join("wasm32-wasip2/release/isobar_plugin_ingress.wasm"));
         }
     }
-    candidates.push(PathBuf::from("/usr/lib/isobar/plugins/ingress.wasm"));
+    // Where the container image (deploy/Dockerfile) puts it.
+    candidates.push(PathBuf::from("/plugins/isobar_plugin_ingress.wasm"));
     candidates.into_iter().find(|p| p.exists())
 }
 

@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod certgen;
 pub mod dump;
 pub mod envoy;
+pub mod leader;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
@@ -14,6 +16,7 @@ pub mod serve;
 pub mod source;
 pub mod store;
 pub mod translate;
+pub mod writeback;
 pub mod xds;
 
 /// The routing IR plugins return: the contract's `types` interface as the

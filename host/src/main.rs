@@ -83,6 +83,108 @@ impl LimitArgs {
     }
 }
 
+/// Serving a cluster (ignored with --manifests).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
+    /// Watch only this namespace (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Label selector narrowing the plugin's root objects (e.g. Ingresses).
+    #[arg(long)]
+    label_selector: Option<String>,
+    /// Initial lists streamed over the watch (Kubernetes WatchList).
+    #[arg(long, value_enum, default_value = "auto")]
+    streaming_lists: isobar::source::kube::StreamingLists,
+    /// Address(es) written to Ingress status.loadBalancer (IP or hostname).
+    #[arg(long, value_delimiter = ',', conflicts_with = "ingress_status_service")]
+    ingress_status_address: Vec<String>,
+    /// NAMESPACE/NAME of a LoadBalancer Service (Envoy's) whose addresses
+    /// go into Ingress status.
+    #[arg(long)]
+    ingress_status_service: Option<String>,
+    /// Never write status (read-only).
+    #[arg(long)]
+    no_status: bool,
+    /// Status writes per second, and how many may go at once.
+    #[arg(long, default_value_t = 20.0)]
+    status_qps: f64,
+    #[arg(long, default_value_t = 50)]
+    status_burst: u32,
+    /// Write status without a leader election (one replica only).
+    #[arg(long)]
+    disable_leader_election: bool,
+    /// Namespace of the leader Lease (default: this pod's, else "default").
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "isobar")]
+    leader_election_lease: String,
+    /// This replica's identity in the election (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+}
+
+impl ClusterArgs {
+    fn options(self) -> anyhow::Result<serve::cluster::ClusterOptions> {
+        use isobar::writeback::{IngressAddress, WritebackConfig};
+        let identity = self
+            .leader_election_identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("isobar-{}", std::process::id()));
+        let ingress_address = match (
+            &self.ingress_status_service,
+            self.ingress_status_address.is_empty(),
+        ) {
+            (Some(s), _) => {
+                let (namespace, name) = s.split_once('/').with_context(|| {
+                    format!("--ingress-status-service wants NAMESPACE/NAME, got {s:?}")
+                })?;
+                IngressAddress::Service {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                }
+            }
+            (None, false) => IngressAddress::Fixed(self.ingress_status_address.clone()),
+            (None, true) => IngressAddress::None,
+        };
+        let writeback = (!self.no_status).then(|| WritebackConfig {
+            ingress_address,
+            qps: self.status_qps,
+            burst: self.status_burst,
+            instance: Some(identity.clone()),
+            ..WritebackConfig::default()
+        });
+        let leader = (!self.no_status && !self.disable_leader_election).then(|| {
+            let namespace = self
+                .leader_election_namespace
+                .clone()
+                .or_else(isobar::leader::own_namespace)
+                .unwrap_or_else(|| "default".into());
+            let mut l = isobar::leader::LeaderConfig::new(namespace, identity);
+            l.lease = self.leader_election_lease.clone();
+            l
+        });
+        Ok(serve::cluster::ClusterOptions {
+            kubeconfig: self.kubeconfig,
+            context: self.context,
+            watch: isobar::source::kube::WatchConfig {
+                namespace: self.namespace,
+                label_selector: self.label_selector,
+                streaming_lists: self.streaming_lists,
+            },
+            writeback,
+            leader,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Translate manifests through a plugin and print the Envoy resources.
@@ -100,12 +202,18 @@ enum Command {
         #[command(flatten)]
         grants: GrantArgs,
     },
-    /// Serve a directory of manifests over xDS, translated by a plugin;
-    /// both are watched, and a new plugin file is hot-swapped in.
+    /// Serve a directory of manifests, or a cluster, over xDS, translated
+    /// by a plugin; the plugin file is watched and hot-swapped.
     Serve {
-        /// The directory of manifests (watched recursively).
+        /// The directory of manifests (watched recursively). Without it,
+        /// the cluster from --kubeconfig, $KUBECONFIG or in-cluster config.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Where compiled plugins are cached (default: ~/.cache/isobar/components).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// The translator plugin (default: the Ingress plugin); watched.
         #[arg(long)]
         plugin: Option<PathBuf>,
@@ -126,6 +234,32 @@ enum Command {
         xds_tls_ca: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Issue the CA and certificates that secure xDS with mutual TLS, as
+    /// Secrets (isobar-xds-ca, isobar-xds-server, isobar-xds-client) or files.
+    Certgen {
+        /// Namespace of the Secrets and of isobar's Service.
+        #[arg(long, default_value = "isobar-system")]
+        namespace: String,
+        /// Name of isobar's xDS Service (its DNS names are in the server certificate).
+        #[arg(long, default_value = "isobar")]
+        service: String,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Validity of the certificates in days (the CA: five times as long).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Write PEM files here instead of Secrets.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Replace existing Secrets or files.
+        #[arg(long)]
+        overwrite: bool,
+        /// Use the pod's service account (the default when in a cluster).
+        #[arg(long)]
+        in_cluster: bool,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Work with plugins.
     Plugin {
@@ -227,8 +361,40 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Certgen {
+            namespace,
+            service,
+            cluster_domain,
+            days,
+            output_dir,
+            overwrite,
+            in_cluster: _,
+            kubeconfig,
+        } => {
+            let config = isobar::certgen::CertgenConfig {
+                namespace: namespace.clone(),
+                service,
+                cluster_domain,
+                days,
+            };
+            let certs = isobar::certgen::generate(&config)?;
+            match output_dir {
+                Some(dir) => isobar::certgen::write_files(&dir, &certs, overwrite)?,
+                None => {
+                    let runtime =
+                        tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                    runtime.block_on(async {
+                        let client = serve::cluster::client(kubeconfig.as_ref(), None).await?;
+                        isobar::certgen::write_secrets(client, &namespace, &certs, overwrite).await
+                    })?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             manifests,
+            cluster,
+            cache_dir,
             plugin,
             xds_listen,
             admin_listen,
@@ -243,14 +409,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
                 )?,
             };
-            let mut config = serve::Config::new(manifests, plugin);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let source = match manifests {
+                Some(dir) => serve::Source::Manifests(dir),
+                None => {
+                    let options = cluster.options()?;
+                    serve::Source::Cluster(runtime.block_on(serve::cluster::connect(options))?)
+                }
+            };
+            let mut config = serve::Config::with_source(source, plugin);
+            if cache_dir.is_some() {
+                config.cache_dir = cache_dir;
+            }
             config.xds_listen = xds_listen;
             config.admin_listen = admin_listen;
             config.limits = limits.limits();
             if let (Some(cert), Some(key)) = (xds_tls_cert, xds_tls_key) {
                 config.xds_tls = Some(serve::tls_from_files(&cert, &key, xds_tls_ca.as_deref())?);
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve::run(config, serve::shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -61,6 +61,16 @@ pub struct Metrics {
     pub manifest_errors: Gauge,
     pub diagnostics: Family<Labels<1>, Gauge>,
     pub ready: Gauge,
+    /// Watch stream errors by kind (each is retried with backoff).
+    pub kube_watch_errors: Family<Labels<1>, Counter>,
+    /// Objects the kube source holds, by kind.
+    pub kube_objects: Family<Labels<1>, Gauge>,
+    /// Status writes by kind and result ("written", "unchanged", "failed").
+    pub status_writes: Family<Labels<2>, Counter>,
+    /// Kubernetes Events published for diagnostics, by reason.
+    pub status_events: Family<Labels<1>, Counter>,
+    /// 1 while this replica holds the leader lease (writes status).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +100,11 @@ impl Metrics {
             manifest_errors: Gauge::default(),
             diagnostics: Family::default(),
             ready: Gauge::default(),
+            kube_watch_errors: Family::default(),
+            kube_objects: Family::default(),
+            status_writes: Family::default(),
+            status_events: Family::default(),
+            leader: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register_with_unit(
@@ -181,6 +196,31 @@ impl Metrics {
             "ready",
             "1 once the first complete snapshot is served",
             m.ready.clone(),
+        );
+        r.register(
+            "kube_watch_errors",
+            "Kubernetes watch errors by kind (retried with backoff)",
+            m.kube_watch_errors.clone(),
+        );
+        r.register(
+            "kube_objects",
+            "Objects held from the Kubernetes API by kind",
+            m.kube_objects.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Status write-back by kind and result (written, unchanged, failed)",
+            m.status_writes.clone(),
+        );
+        r.register(
+            "status_events",
+            "Kubernetes Events published for diagnostics by reason",
+            m.status_events.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lease and writes status",
+            m.leader.clone(),
         );
         m
     }

@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::envoy;
 use crate::ir;
 use crate::plugin::Plugin;
-use crate::store::{Change, Event, KindKey, ObjectKey, Store};
+use crate::store::{Change, Event, KindKey, Object, ObjectKey, Store};
 use crate::translate::merge::{self, MergedListener, MergedRaw, Merger, RawKey, VhostKey};
 use crate::translate::{OutputChange, RoundStats, Translations};
 use crate::xds::{Resource, Snapshot, type_url};
@@ -137,6 +137,27 @@ impl Pipeline {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Every root object with whether the plugin claimed it: produced
+    /// anything (configuration or diagnostics) or failed on it. A root the
+    /// plugin ignores (another controller's Ingress class) gets no status.
+    pub fn roots(&self) -> Vec<(Arc<Object>, bool)> {
+        let mut out: Vec<(Arc<Object>, bool)> = self
+            .translations
+            .outputs()
+            .filter_map(|(key, output)| {
+                let f = &output.fragment;
+                let claimed = output.error.is_some()
+                    || !f.listeners.is_empty()
+                    || !f.virtual_hosts.is_empty()
+                    || !f.raw.is_empty()
+                    || !f.diagnostics.is_empty();
+                self.store.get(key).map(|o| (o.clone(), claimed))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.key().cmp(&b.0.key()));
+        out
     }
 
     pub fn plugin(&self) -> &Plugin {

@@ -45,7 +45,7 @@ impl Backoff {
 /// is down. Every reservation takes a token, borrowing from the future when
 /// the bucket is empty; the delay is how long until that token exists.
 #[derive(Debug, Clone)]
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// Time for one token to refill (1/qps); zero means unlimited.
     interval: Duration,
     /// Time to refill a whole burst.
@@ -55,7 +55,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(interval: Duration, burst: u32) -> Self {
+    pub(crate) fn new(interval: Duration, burst: u32) -> Self {
         TokenBucket {
             interval,
             window: interval.checked_mul(burst).unwrap_or(Duration::MAX),
@@ -64,7 +64,7 @@ impl TokenBucket {
     }
 
     /// Takes one token and returns how long to wait before using it.
-    pub(super) fn reserve(&mut self, now: Instant) -> Duration {
+    pub(crate) fn reserve(&mut self, now: Instant) -> Duration {
         let start = match self.full_at {
             Some(t) if t > now => t,
             _ => now,

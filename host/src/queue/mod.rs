@@ -17,7 +17,7 @@
 //! is no background task: whoever waits in [`WorkQueue::get`] also sleeps
 //! until the next deadline.
 
-mod limit;
+pub(crate) mod limit;
 mod metrics;
 mod owners;
 #[cfg(test)]

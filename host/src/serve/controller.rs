@@ -6,13 +6,18 @@
 //! async runtime that serves xDS; streams only ever see finished snapshots
 //! through the `watch` channel, so a slow plugin never stalls them.
 //!
+//! Objects come from a manifest directory or from the cluster (the kube
+//! source's watches); either way they reach the store as events. In the
+//! cluster the first snapshot waits until every watch has listed once, so
+//! `/readyz` means "serving what the cluster holds".
+//!
 //! Hot swap: the new component is compiled, checked against the contract,
 //! and translates the whole current store in a pipeline of its own. Only if
 //! every call succeeded does it replace the old pipeline, and its snapshot
 //! (whose version continues the old one's) is published. Any failure keeps
 //! the old plugin and snapshot and records why.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -29,7 +34,8 @@ use crate::admin::metrics::{labels1, labels2, secs, short_type};
 use crate::app::host_kinds;
 use crate::pipeline::{Pipeline, Round};
 use crate::plugin::{Plugin, Runtime};
-use crate::store::{Event, KindKey};
+use crate::source::kube::{KubeSource, WatchSpec};
+use crate::store::{Event, KindKey, Object, ObjectKey};
 use crate::xds::Snapshot;
 
 /// How the controller batches file events.
@@ -55,6 +61,9 @@ impl Default for Debounce {
 struct Batch {
     first_at: Option<Instant>,
     manifests: BTreeSet<PathBuf>,
+    /// Events from the cluster, in the order they came.
+    objects: Vec<Event>,
+    synced: Vec<KindKey>,
     plugin: bool,
     rescan: bool,
     stop: bool,
@@ -78,15 +87,90 @@ impl Batch {
                 self.rescan = true;
                 self.plugin = true;
             }
+            Input::Objects(update) => {
+                self.first_at.get_or_insert(update.at);
+                self.objects.extend(update.events);
+                if update.first_sync {
+                    self.synced.push(update.kind);
+                }
+            }
             Input::Stop => self.stop = true,
         }
     }
 }
 
+/// Where the controller's objects come from.
+pub(crate) enum Origin {
+    Files(ManifestSet),
+    Cluster(ClusterObjects),
+}
+
+/// Everything the kube source has reported, whatever the current plugin
+/// reads (a swap may want more), and which kinds have listed once.
+pub(crate) struct ClusterObjects {
+    source: KubeSource,
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
+    synced: HashSet<KindKey>,
+    /// A plugin compiled and waiting for the first list of kinds it adds.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    plugin: Plugin,
+    source: String,
+    at: Option<Instant>,
+    kinds: HashSet<KindKey>,
+}
+
+impl ClusterObjects {
+    pub fn new(source: KubeSource) -> Self {
+        ClusterObjects {
+            source,
+            objects: BTreeMap::new(),
+            synced: HashSet::new(),
+            pending: None,
+        }
+    }
+
+    fn record(&mut self, event: &Event) {
+        match event {
+            Event::Apply(o) => {
+                self.objects.insert(o.key(), o.clone());
+            }
+            Event::Delete(k) => {
+                self.objects.remove(k);
+            }
+        }
+    }
+
+    fn all_synced(&self, kinds: &HashSet<KindKey>) -> bool {
+        kinds.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// Stops holding kinds nobody reads any more.
+    fn retain_kinds(&mut self, kinds: &HashSet<KindKey>) {
+        self.objects.retain(|k, _| kinds.contains(&k.kind));
+        self.synced.retain(|k| kinds.contains(k));
+    }
+}
+
+/// The watches a plugin needs: its roots (which a label selector narrows),
+/// what it reads, and what the host reads itself.
+pub(crate) fn watch_specs(plugin: &Plugin) -> Vec<WatchSpec> {
+    let roots: HashSet<KindKey> = plugin.root_kinds().into_iter().collect();
+    kinds_of(plugin)
+        .into_iter()
+        .map(|kind| WatchSpec {
+            root: roots.contains(&kind),
+            kind,
+        })
+        .collect()
+}
+
 pub(crate) struct Controller {
     runtime: Runtime,
     watched: Watched,
-    manifests: ManifestSet,
+    origin: Origin,
     pipeline: Pipeline,
     /// Kinds the current plugin or the host reads: what reaches the store.
     kinds: HashSet<KindKey>,
@@ -112,16 +196,13 @@ impl Controller {
         snapshots: watch::Sender<Arc<Snapshot>>,
         status: Arc<Status>,
         debounce: Debounce,
-        prescanned: Option<(ManifestSet, Vec<Event>)>,
+        origin: Origin,
+        prescanned: Option<Vec<Event>>,
     ) -> Self {
-        let (manifests, prescanned) = match prescanned {
-            Some((set, events)) => (set, Some(events)),
-            None => (ManifestSet::new(watched.manifests.clone()), None),
-        };
         Controller {
             runtime,
             kinds: kinds_of(&plugin),
-            manifests,
+            origin,
             prescanned,
             pipeline: Pipeline::new(plugin),
             watched,
@@ -134,7 +215,15 @@ impl Controller {
     /// Builds the first snapshot, then serves batches until told to stop
     /// (or every sender is gone).
     pub fn run(mut self, inputs: Receiver<Input>) {
+        let mut early = Batch::default();
+        if !self.wait_for_sync(&inputs, &mut early) {
+            info!("controller stopped before the first snapshot");
+            return;
+        }
         self.initial();
+        if early.plugin {
+            self.swap(early.first_at);
+        }
         while let Ok(first) = inputs.recv() {
             let mut batch = Batch::default();
             batch.add(first, &self.watched);
@@ -160,11 +249,67 @@ impl Controller {
         info!("controller stopped");
     }
 
+    /// In the cluster: takes the source's updates until every watch the
+    /// plugin needs has listed once. A plugin change meanwhile is kept in
+    /// `early` for after the first snapshot. False when told to stop.
+    fn wait_for_sync(&mut self, inputs: &Receiver<Input>, early: &mut Batch) -> bool {
+        const LOG_EVERY: Duration = Duration::from_secs(10);
+        let started = Instant::now();
+        loop {
+            let Origin::Cluster(cluster) = &mut self.origin else {
+                return true;
+            };
+            if cluster.all_synced(&self.kinds) {
+                info!(
+                    kinds = self.kinds.len(),
+                    objects = cluster.objects.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "every watch has synced"
+                );
+                return true;
+            }
+            match inputs.recv_timeout(LOG_EVERY) {
+                Ok(Input::Objects(update)) => {
+                    for e in &update.events {
+                        cluster.record(e);
+                    }
+                    if update.first_sync {
+                        cluster.synced.insert(update.kind);
+                    }
+                }
+                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(other) => early.add(other, &self.watched),
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut waiting: Vec<String> = self
+                        .kinds
+                        .iter()
+                        .filter(|k| !cluster.synced.contains(*k))
+                        .map(|k| k.to_string())
+                        .collect();
+                    waiting.sort();
+                    info!(
+                        ?waiting,
+                        "waiting for watches to list before the first snapshot"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every object the source holds, whatever its kind.
+    fn all_objects(&self) -> Vec<Arc<Object>> {
+        match &self.origin {
+            Origin::Files(set) => set.objects(),
+            Origin::Cluster(c) => c.objects.values().cloned().collect(),
+        }
+    }
+
     fn initial(&mut self) {
         let started = Instant::now();
-        let events = match self.prescanned.take() {
-            Some(events) => events,
-            None => self.manifests.rescan(),
+        let events = match (self.prescanned.take(), &mut self.origin) {
+            (Some(events), _) => events,
+            (None, Origin::Files(set)) => set.rescan(),
+            (None, Origin::Cluster(c)) => c.objects.values().cloned().map(Event::Apply).collect(),
         };
         let plugin = self.pipeline.plugin().clone();
         self.status.plugin_loaded(&plugin);
@@ -189,8 +334,11 @@ impl Controller {
     /// Says which kinds in the manifests nobody reads (kept aside: a
     /// plugin swapped in later may read them).
     fn log_unread_kinds(&self) {
+        let Origin::Files(set) = &self.origin else {
+            return;
+        };
         let mut unread: std::collections::BTreeMap<String, usize> = Default::default();
-        for o in self.manifests.objects() {
+        for o in set.objects() {
             if !self.kinds.contains(&o.kind_key()) {
                 *unread.entry(o.kind_key().to_string()).or_default() += 1;
             }
@@ -210,12 +358,21 @@ impl Controller {
 
     fn process(&mut self, batch: Batch) {
         let at = batch.first_at;
-        if batch.rescan || !batch.manifests.is_empty() {
-            let events = if batch.rescan {
-                self.manifests.rescan()
-            } else {
-                self.manifests.refresh(&batch.manifests)
-            };
+        let changed = match &mut self.origin {
+            Origin::Files(set) if batch.rescan => Some(set.rescan()),
+            Origin::Files(set) if !batch.manifests.is_empty() => {
+                Some(set.refresh(&batch.manifests))
+            }
+            Origin::Files(_) => None,
+            Origin::Cluster(cluster) => {
+                for e in &batch.objects {
+                    cluster.record(e);
+                }
+                cluster.synced.extend(batch.synced.iter().cloned());
+                (!batch.objects.is_empty()).then_some(batch.objects)
+            }
+        };
+        if let Some(events) = changed {
             let events: Vec<Event> = events.into_iter().filter(|e| self.wanted(e)).collect();
             if events.is_empty() {
                 // Nothing the store holds changed; errors may have.
@@ -232,13 +389,37 @@ impl Controller {
                     resources_changed = round.resources_changed,
                     version = round.version,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "manifests applied"
+                    "objects applied"
                 );
-                self.after_round(at, "manifests");
+                self.after_round(at, self.trigger());
             }
         }
+        self.swap_when_synced();
         if batch.plugin {
             self.swap(at);
+        }
+    }
+
+    fn trigger(&self) -> &'static str {
+        match self.origin {
+            Origin::Files(_) => "manifests",
+            Origin::Cluster(_) => "cluster",
+        }
+    }
+
+    /// Completes a swap that waited for the watches of kinds it adds.
+    fn swap_when_synced(&mut self) {
+        let Origin::Cluster(cluster) = &mut self.origin else {
+            return;
+        };
+        if cluster
+            .pending
+            .as_ref()
+            .is_some_and(|p| cluster.all_synced(&p.kinds))
+            && let Some(p) = cluster.pending.take()
+        {
+            info!(plugin = %p.plugin.info.name, "the kinds the new plugin reads have synced");
+            self.commit_swap(p.plugin, p.source, p.at, Instant::now(), Duration::ZERO);
         }
     }
 
@@ -267,15 +448,46 @@ impl Controller {
             Err(e) => return self.reject(source, Some(digest), e.reason(), e.to_string()),
         };
         let compiled = started.elapsed();
+        if let Origin::Cluster(cluster) = &mut self.origin {
+            // A previous candidate still waiting for its watches is superseded.
+            cluster.pending = None;
+            let kinds = kinds_of(&plugin);
+            if !cluster.all_synced(&kinds) {
+                // Watch what it adds (keeping what the loaded plugin reads),
+                // and swap once those kinds have listed.
+                let mut specs = watch_specs(self.pipeline.plugin());
+                specs.extend(watch_specs(&plugin));
+                info!(plugin = %plugin.info.name, "starting the watches the new plugin needs before swapping");
+                cluster.source.want(specs);
+                cluster.pending = Some(Pending {
+                    plugin,
+                    source,
+                    at,
+                    kinds,
+                });
+                return;
+            }
+        }
+        self.commit_swap(plugin, source, at, started, compiled);
+    }
 
-        // Translate the whole current store with it, off to the side.
+    /// Translates the whole current store with `plugin`, off to the side,
+    /// and swaps it in only if every call succeeded.
+    fn commit_swap(
+        &mut self,
+        plugin: Plugin,
+        source: String,
+        at: Option<Instant>,
+        started: Instant,
+        compiled: Duration,
+    ) {
+        let digest = plugin.digest.clone();
         let kinds = kinds_of(&plugin);
         let mut next = Pipeline::new(plugin.clone());
         let old_version = self.pipeline.snapshot().version;
         next.continue_after(old_version);
         next.load(
-            self.manifests
-                .objects()
+            self.all_objects()
                 .into_iter()
                 .filter(|o| kinds.contains(&o.kind_key()))
                 .map(Event::Apply),
@@ -316,6 +528,10 @@ impl Controller {
             next.continue_after(old_version + 1);
         }
         let old = std::mem::replace(&mut self.pipeline, next);
+        if let Origin::Cluster(cluster) = &mut self.origin {
+            cluster.source.want(watch_specs(&plugin));
+            cluster.retain_kinds(&kinds);
+        }
         self.kinds = kinds;
         self.status
             .metrics
@@ -417,13 +633,13 @@ impl Controller {
     }
 
     fn publish_problems(&self) {
-        self.status.set_manifest_errors(
-            self.manifests
-                .errors()
-                .iter()
-                .map(ManifestProblem::from)
-                .collect(),
-        );
+        if self.status.wants_roots() {
+            self.status.set_roots(self.pipeline.roots());
+        }
+        if let Origin::Files(set) = &self.origin {
+            self.status
+                .set_manifest_errors(set.errors().iter().map(ManifestProblem::from).collect());
+        }
         self.status.set_diagnostics(self.pipeline.diagnostics());
     }
 }

@@ -12,6 +12,7 @@
 //! addresses back), loads the plugin, and returns while the controller
 //! builds the first snapshot; `/readyz` turns 200 once it is served.
 
+pub mod cluster;
 mod controller;
 mod events;
 pub mod manifests;
@@ -33,14 +34,52 @@ pub use controller::Debounce;
 pub use status::Status;
 
 use crate::plugin::{Limits, Runtime};
+use crate::source::kube::{KubeSource, Watches};
+use crate::writeback::WritebackConfig;
 use crate::xds::{self, Snapshot, TlsConfig, XdsServer};
 use watch::{Input, Watched};
+
+/// Where objects come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of manifests (watched recursively): the default.
+    Manifests(PathBuf),
+    /// A Kubernetes cluster: watches, and status written back.
+    Cluster(Cluster),
+}
+
+/// What `isobar serve` needs of a cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    /// Resolves and watches kinds ([`ApiWatches`](crate::source::kube::ApiWatches),
+    /// or a test's script).
+    pub watches: Arc<dyn Watches>,
+    /// Status write-back; none to only read the cluster.
+    pub writeback: Option<Writeback>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("writeback", &self.writeback.as_ref().map(|w| &w.config))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Status write-back to the cluster: the client it writes with, the
+/// settings, and whether this replica may write (the leader lease).
+#[derive(Clone)]
+pub struct Writeback {
+    pub client: kube::Client,
+    pub config: WritebackConfig,
+    pub leader: tokio_watch::Receiver<bool>,
+}
 
 /// Everything `isobar serve` is told.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The directory of manifests to serve (watched recursively).
-    pub manifests: PathBuf,
+    /// Where objects come from.
+    pub source: Source,
     /// The translator plugin (watched: a new file is hot-swapped in).
     pub plugin: PathBuf,
     pub xds_listen: SocketAddr,
@@ -97,8 +136,17 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 impl Config {
     /// The defaults: xDS on 127.0.0.1:18000, admin on 127.0.0.1:9901.
     pub fn new(manifests: impl Into<PathBuf>, plugin: impl Into<PathBuf>) -> Self {
+        Self::with_source(Source::Manifests(manifests.into()), plugin)
+    }
+
+    /// Serving what a cluster holds.
+    pub fn cluster(cluster: Cluster, plugin: impl Into<PathBuf>) -> Self {
+        Self::with_source(Source::Cluster(cluster), plugin)
+    }
+
+    pub fn with_source(source: Source, plugin: impl Into<PathBuf>) -> Self {
         Config {
-            manifests: manifests.into(),
+            source,
             plugin: plugin.into(),
             xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
@@ -125,6 +173,8 @@ pub struct Server {
     xds_task: Option<JoinHandle<Result<(), xds::ServeError>>>,
     admin_task: Option<JoinHandle<std::io::Result<()>>>,
     events_task: JoinHandle<()>,
+    /// The kube source's manager and the status writer, when serving a cluster.
+    cluster_tasks: Vec<JoinHandle<()>>,
 }
 
 /// The path as the kernel will report it in events: absolute, with
@@ -146,13 +196,18 @@ impl Server {
     /// starts building the first snapshot. Fails if the plugin cannot be
     /// loaded, the manifest directory does not exist, or a port is taken.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let manifests = config
-            .manifests
-            .canonicalize()
-            .with_context(|| format!("manifest directory {}", config.manifests.display()))?;
-        if !manifests.is_dir() {
-            bail!("{} is not a directory", config.manifests.display());
-        }
+        let manifests = match &config.source {
+            Source::Manifests(dir) => {
+                let abs = dir
+                    .canonicalize()
+                    .with_context(|| format!("manifest directory {}", dir.display()))?;
+                if !abs.is_dir() {
+                    bail!("{} is not a directory", dir.display());
+                }
+                Some(abs)
+            }
+            Source::Cluster(_) => None,
+        };
         let plugin_path = canonical_file(&config.plugin)?;
 
         // Watch before the first read, so nothing written meanwhile is lost.
@@ -180,14 +235,16 @@ impl Server {
                 .with_context(|| format!("loading plugin {}", path.display()))?;
             Ok((runtime, plugin))
         });
-        let prescan = config.first_build_gate.is_none().then(|| {
-            let root = manifests.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut set = manifests::ManifestSet::new(root);
-                let events = set.rescan();
-                (set, events)
-            })
-        });
+        let prescan = manifests
+            .clone()
+            .filter(|_| config.first_build_gate.is_none())
+            .map(|root| {
+                tokio::task::spawn_blocking(move || {
+                    let mut set = manifests::ManifestSet::new(root);
+                    let events = set.rescan();
+                    (set, events)
+                })
+            });
         let (runtime, plugin) = compile.await??;
         let prescanned = match prescan {
             Some(task) => Some(task.await?),
@@ -233,6 +290,44 @@ impl Server {
         ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
+        let mut cluster_tasks = Vec::new();
+        let (origin, prescanned) = match (&config.source, prescanned) {
+            (Source::Manifests(_), Some((set, events))) => {
+                (controller::Origin::Files(set), Some(events))
+            }
+            (Source::Manifests(_), None) => (
+                controller::Origin::Files(manifests::ManifestSet::new(
+                    manifests
+                        .clone()
+                        .expect("a manifest source has a directory"),
+                )),
+                None,
+            ),
+            (Source::Cluster(cluster), _) => {
+                let sink = inputs.clone();
+                let (source, task) = KubeSource::start(
+                    cluster.watches.clone(),
+                    move |update| {
+                        let _ = sink.send(Input::Objects(update));
+                    },
+                    status.clone(),
+                );
+                source.want(controller::watch_specs(&plugin));
+                cluster_tasks.push(task);
+                if let Some(wb) = &cluster.writeback {
+                    cluster_tasks.push(tokio::spawn(crate::writeback::run(
+                        wb.client.clone(),
+                        wb.config.clone(),
+                        status.clone(),
+                        wb.leader.clone(),
+                    )));
+                }
+                (
+                    controller::Origin::Cluster(controller::ClusterObjects::new(source)),
+                    None,
+                )
+            }
+        };
         let controller = controller::Controller::new(
             runtime,
             plugin,
@@ -240,6 +335,7 @@ impl Server {
             snapshots_tx,
             status.clone(),
             config.debounce,
+            origin,
             prescanned,
         );
         let gate = config.first_build_gate.clone();
@@ -267,6 +363,7 @@ impl Server {
             xds_task: Some(xds_task),
             admin_task: Some(admin_task),
             events_task,
+            cluster_tasks,
         })
     }
 
@@ -368,6 +465,9 @@ impl Server {
             }
         }
         self.events_task.abort();
+        for task in self.cluster_tasks.drain(..) {
+            task.abort();
+        }
         if let Some(controller) = self.controller.take() {
             // The controller may be in the middle of a round: wait off the runtime.
             let joined = tokio::task::spawn_blocking(move || controller.join());
@@ -388,6 +488,9 @@ impl Server {
 impl Drop for Server {
     /// A server dropped without `shutdown` still stops serving.
     fn drop(&mut self) {
+        for task in &self.cluster_tasks {
+            task.abort();
+        }
         self.watcher.take();
         let _ = self.inputs.send(Input::Stop);
         if let Some(gate) = &self.gate {

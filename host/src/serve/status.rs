@@ -135,9 +135,17 @@ struct Inner {
     failed: Option<String>,
 }
 
+/// The roots of the served plugin, for status write-back: each object as
+/// last seen, and whether the plugin claimed it.
+pub type Roots = Arc<Vec<(Arc<crate::store::Object>, bool)>>;
+
 /// Shared state of a running `isobar serve`.
 pub struct Status {
     pub metrics: Metrics,
+    /// Set when a status writer reads [`roots`](Self::roots): building the
+    /// list costs a pass over the roots each round.
+    wants_roots: std::sync::atomic::AtomicBool,
+    roots: watch::Sender<Roots>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
     /// Bumped on every change, so waiters re-check their condition.
@@ -150,6 +158,8 @@ impl Status {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
         Status {
             metrics: Metrics::new(),
+            wants_roots: Default::default(),
+            roots: watch::channel(Roots::default()).0,
             snapshots,
             ready: watch::channel(false).0,
             generation: watch::channel(0).0,
@@ -160,6 +170,34 @@ impl Status {
 
     fn changed(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Notified on every change (plugins, diagnostics, NACKs, streams).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The roots as of the latest round; subscribing asks the controller
+    /// to publish them from now on.
+    pub fn subscribe_roots(&self) -> watch::Receiver<Roots> {
+        self.wants_roots
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.roots.subscribe()
+    }
+
+    pub(crate) fn wants_roots(&self) -> bool {
+        self.wants_roots.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_roots(&self, roots: Vec<(Arc<crate::store::Object>, bool)>) {
+        self.roots.send_if_modified(|current| {
+            if **current == roots {
+                false
+            } else {
+                *current = Arc::new(roots);
+                true
+            }
+        });
     }
 
     /// The snapshot being served.
@@ -480,5 +518,11 @@ mod tests {
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
         assert_eq!(at(1_767_225_599), "2025-12-31T23:59:59.000Z");
+    }
+}
+
+impl AsRef<Metrics> for Status {
+    fn as_ref(&self) -> &Metrics {
+        &self.metrics
     }
 }

@@ -10,6 +10,8 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, warn};
 
+use crate::source::kube::SourceUpdate;
+
 /// What the controller thread is told.
 #[derive(Debug)]
 pub(crate) enum Input {
@@ -17,6 +19,8 @@ pub(crate) enum Input {
     Paths { paths: Vec<PathBuf>, at: Instant },
     /// Events may have been lost: read everything again.
     Rescan { at: Instant },
+    /// Objects from the cluster (the kube source).
+    Objects(SourceUpdate),
     /// Shut down.
     Stop,
 }
@@ -24,13 +28,20 @@ pub(crate) enum Input {
 /// Where the watched things are, as the kernel reports them (canonical).
 #[derive(Clone, Debug)]
 pub(crate) struct Watched {
-    pub manifests: PathBuf,
+    /// The manifest directory; none when objects come from the cluster.
+    pub manifests: Option<PathBuf>,
     pub plugin: PathBuf,
 }
 
 impl Watched {
+    /// The plugin file itself, or anything else in its directory (outside
+    /// the manifests): a ConfigMap volume swaps a hidden `..data` link and
+    /// never names the file. The swap compares digests, so a false alarm
+    /// costs a read.
     pub fn is_plugin(&self, p: &Path) -> bool {
         p == self.plugin
+            || (p.parent() == self.plugin.parent()
+                && !self.manifests.as_ref().is_some_and(|m| p.starts_with(m)))
     }
 }
 
@@ -56,7 +67,9 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
                 let paths: Vec<PathBuf> = event
                     .paths
                     .into_iter()
-                    .filter(|p| p.starts_with(&w.manifests) || w.is_plugin(p))
+                    .filter(|p| {
+                        w.manifests.as_ref().is_some_and(|m| p.starts_with(m)) || w.is_plugin(p)
+                    })
                     .collect();
                 if paths.is_empty() {
                     return;
@@ -73,9 +86,15 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
         // The controller is gone when we are shutting down.
         let _ = tx.send(input);
     })?;
-    watcher.watch(&watched.manifests, RecursiveMode::Recursive)?;
+    if let Some(manifests) = &watched.manifests {
+        watcher.watch(manifests, RecursiveMode::Recursive)?;
+    }
     let plugin_dir = watched.plugin.parent().unwrap_or(Path::new("/"));
-    if !plugin_dir.starts_with(&watched.manifests) {
+    if !watched
+        .manifests
+        .as_ref()
+        .is_some_and(|m| plugin_dir.starts_with(m))
+    {
         watcher.watch(plugin_dir, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)

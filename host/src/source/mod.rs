@@ -2,3 +2,4 @@
 //! drive the pipeline the same way a watcher does.
 
 pub mod files;
+pub mod kube;

@@ -1,0 +1,349 @@
+//! Status write-back against a mocked API server (tower-test behind a real
+//! `kube::Client`): the requests are the real ones, paths, field manager,
+//! bodies and all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use http::{Request, Response};
+use kube::client::Body;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::*;
+use crate::serve::status::NackRecord;
+use crate::xds::Snapshot;
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    uri: String,
+    body: Value,
+}
+
+/// A fake API server: records every request and answers with `code`
+/// (echoing the body, which is what kube decodes).
+struct ApiServer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    code: Arc<AtomicU16>,
+}
+
+impl ApiServer {
+    fn start() -> (ApiServer, kube::Client) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let code = Arc::new(AtomicU16::new(200));
+        let (s, c) = (seen.clone(), code.clone());
+        tokio::spawn(async move {
+            while let Some((request, reply)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                s.lock().push(Seen {
+                    method,
+                    uri,
+                    body: body.clone(),
+                });
+                let code = c.load(Ordering::SeqCst);
+                let answer = if code == 200 {
+                    body
+                } else {
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": "injected", "reason": "InternalError", "code": code})
+                };
+                reply.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (
+            ApiServer { seen, code },
+            kube::Client::new(service, "default"),
+        )
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock())
+    }
+}
+
+fn status() -> Arc<Status> {
+    let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    Arc::new(Status::new(rx))
+}
+
+fn ingress(rv: &str, status: Value) -> Arc<Object> {
+    Arc::new(
+        Object::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
+            "spec": {}, "status": status,
+        }))
+        .unwrap(),
+    )
+}
+
+fn route(rv: &str, status: Value) -> Arc<Object> {
+    Arc::new(
+        Object::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "shop", "uid": "u2", "generation": 1, "resourceVersion": rv},
+            "spec": {}, "status": status,
+        }))
+        .unwrap(),
+    )
+}
+
+fn diag(kind: &str, name: &str, reason: &str, message: &str) -> ir::Diagnostic {
+    ir::Diagnostic {
+        object: ir::ObjectRef {
+            kind: kind.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+        },
+        severity: ir::Severity::Error,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn writes(status: &Status, result: &str) -> u64 {
+    let text = status.metrics.encode();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("isobar_status_writes_total{")
+                && l.contains(&format!("result=\"{result}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn addresses() -> Vec<String> {
+    vec!["192.0.2.10".to_string()]
+}
+
+const INGRESS_STATUS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/web/status?&force=true&fieldManager=isobar";
+
+#[tokio::test]
+async fn ingress_address_is_applied_once_with_the_field_manager() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let roots = vec![(ingress("1", json!({})), true)];
+    w.pass(&roots, Some(&addresses())).await;
+    let seen = api.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PATCH");
+    assert_eq!(seen[0].uri, INGRESS_STATUS);
+    assert_eq!(seen[0].body["kind"], "Ingress");
+    assert_eq!(
+        seen[0].body["metadata"],
+        json!({"name": "web", "namespace": "shop"})
+    );
+    assert_eq!(
+        seen[0].body["status"],
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}})
+    );
+
+    // The same inputs again, and the watch echo of what was written:
+    // nothing to do.
+    w.pass(&roots, Some(&addresses())).await;
+    let echoed = vec![(ingress("2", seen[0].body["status"].clone()), true)];
+    w.pass(&echoed, Some(&addresses())).await;
+    assert!(api.take().is_empty());
+    assert_eq!(writes(&st, "written"), 1);
+    assert_eq!(writes(&st, "unchanged"), 1);
+}
+
+#[tokio::test]
+async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let shown = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
+    w.pass(&[(ingress("1", shown), true)], Some(&addresses()))
+        .await;
+    // Another controller's Ingress (the plugin did not claim it).
+    w.pass(&[(ingress("3", json!({})), false)], Some(&addresses()))
+        .await;
+    // No address known yet.
+    let mut w2 = Writer::new(kube_client_unused(), WritebackConfig::default(), st.clone());
+    w2.pass(&[(ingress("4", json!({})), true)], None).await;
+    assert!(api.take().is_empty());
+    assert_eq!(writes(&st, "written"), 0);
+}
+
+/// A client whose every request would hang: proves no request is made.
+fn kube_client_unused() -> kube::Client {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    std::mem::forget(handle);
+    kube::Client::new(service, "default")
+}
+
+#[tokio::test]
+async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    st.set_diagnostics(vec![diag(
+        "Ingress",
+        "web",
+        "BackendNotFound",
+        "service shop/api not found",
+    )]);
+    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let shown = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
+    let roots = vec![(ingress("1", shown), true)];
+    w.pass(&roots, Some(&addresses())).await;
+    let seen = api.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(
+        seen[0].uri,
+        "/apis/events.k8s.io/v1/namespaces/shop/events?"
+    );
+    assert_eq!(seen[0].body["reason"], "BackendNotFound");
+    assert_eq!(seen[0].body["note"], "service shop/api not found");
+    assert_eq!(seen[0].body["type"], "Warning");
+    assert_eq!(seen[0].body["regarding"]["uid"], "u1");
+    assert_eq!(seen[0].body["reportingController"], "isobar");
+
+    w.pass(&roots, Some(&addresses())).await;
+    assert!(api.take().is_empty(), "announced once");
+
+    st.set_diagnostics(vec![]);
+    w.pass(&roots, Some(&addresses())).await;
+    st.set_diagnostics(vec![diag(
+        "Ingress",
+        "web",
+        "BackendNotFound",
+        "service shop/api not found",
+    )]);
+    w.pass(&roots, Some(&addresses())).await;
+    let again = api.take();
+    assert_eq!(
+        again.len(),
+        1,
+        "announced again after it came back: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn other_kinds_get_conditions_and_a_nack_turns_programmed_false() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let roots = vec![(route("1", json!({})), true)];
+    w.pass(&roots, None).await;
+    let seen = api.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].uri,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status?&force=true&fieldManager=isobar"
+    );
+    let conditions = &seen[0].body["status"]["conditions"];
+    assert_eq!(conditions[0]["type"], "Accepted");
+    assert_eq!(conditions[1]["type"], "Programmed");
+    assert_eq!(conditions[1]["status"], "True");
+
+    // A data plane rejects what this route produced.
+    st.record_nack(NackRecord {
+        stream: 7,
+        node: "envoy-1".into(),
+        protocol: "sotw",
+        type_url: crate::xds::type_url::ROUTE.into(),
+        version: "3".into(),
+        message: "invalid regex".into(),
+        resources: vec!["ingress_http".into()],
+        objects: vec![roots[0].0.key()],
+        at: "2026-01-01T00:00:00Z".into(),
+    });
+    w.pass(&roots, None).await;
+    let seen = api.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let programmed = &seen[0].body["status"]["conditions"][1];
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "RejectedByDataPlane");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid regex")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_is_counted_and_retried() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let roots = vec![(ingress("1", json!({})), true)];
+    api.code.store(500, Ordering::SeqCst);
+    w.pass(&roots, Some(&addresses())).await;
+    assert_eq!(writes(&st, "failed"), 1);
+    assert!(w.retry_at.is_some());
+    api.code.store(200, Ordering::SeqCst);
+    w.pass(&roots, Some(&addresses())).await;
+    assert_eq!(writes(&st, "written"), 1);
+    assert!(w.retry_at.is_none());
+    // Both attempts reached the server: kube-client retries nothing itself.
+    let seen = api.take();
+    assert!(seen.len() >= 2 && seen.iter().all(|s| s.uri == INGRESS_STATUS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_leader_writes_and_a_new_leader_catches_up() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    let (leader_tx, leader) = watch::channel(false);
+    let task = tokio::spawn(run(
+        client,
+        WritebackConfig {
+            ingress_address: IngressAddress::Fixed(addresses()),
+            ..WritebackConfig::default()
+        },
+        st.clone(),
+        leader,
+    ));
+    // Virtual time: sleeping lets every task run until all are idle.
+    let settle = || tokio::time::sleep(Duration::from_secs(5));
+    settle().await;
+    st.set_roots(vec![(ingress("1", json!({})), true)]);
+    settle().await;
+    assert!(api.take().is_empty(), "a follower writes nothing");
+    assert_eq!(st.metrics.leader.get(), 0);
+
+    leader_tx.send_replace(true);
+    settle().await;
+    let seen = api.take();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, INGRESS_STATUS);
+    assert_eq!(st.metrics.leader.get(), 1);
+
+    // Losing the lease stops writing...
+    leader_tx.send_replace(false);
+    settle().await;
+    let both = vec![
+        (ingress("1", json!({})), true),
+        (route("1", json!({})), true),
+    ];
+    st.set_roots(both);
+    settle().await;
+    assert!(api.take().is_empty());
+    assert_eq!(st.metrics.leader.get(), 0);
+    // ...and taking it back resumes: what changed meanwhile is written.
+    leader_tx.send_replace(true);
+    settle().await;
+    let seen = api.take();
+    let uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    assert!(
+        uris.iter().any(|u| u.contains("/httproutes/r/status")),
+        "{uris:?}"
+    );
+    assert!(!task.is_finished(), "the writer keeps running");
+    task.abort();
+}

@@ -1,0 +1,177 @@
+//! End to end against a real cluster: runs only when `ISOBAR_E2E_KUBECONFIG`
+//! names a kubeconfig (kind, k3d, a dev cluster). It creates a namespace of
+//! its own, applies an IngressClass, a Service with an EndpointSlice and an
+//! Ingress, runs `isobar serve` (in-process, the library the binary calls)
+//! against the cluster scoped to that namespace, and checks the served xDS
+//! and the written status; then changes and deletes objects and checks
+//! again. Everything it created is deleted at the end.
+//!
+//! Without the variable every test prints that it was SKIPPED and passes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use isobar::serve::cluster::{ClusterOptions, connect};
+use isobar::serve::{Config, Server};
+use isobar::source::kube::WatchConfig;
+use isobar::writeback::{IngressAddress, WritebackConfig};
+use isobar_tests::ads::*;
+use isobar_tests::*;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const ENV: &str = "ISOBAR_E2E_KUBECONFIG";
+
+fn kubeconfig() -> Option<PathBuf> {
+    match std::env::var_os(ENV) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!(
+                "SKIPPED: the end-to-end suite needs a cluster; set {ENV} to a kubeconfig to run it"
+            );
+            None
+        }
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("a valid object")
+}
+
+/// Polls `check` until it returns Some, at most `WAIT`.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        // Polling a real API server: there is no event to wait on here.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_and_writes_status_for_a_real_cluster() {
+    let Some(path) = kubeconfig() else { return };
+    let client = isobar::serve::cluster::client(Some(&path), None)
+        .await
+        .expect("a client for the e2e cluster");
+    let ns = format!("isobar-e2e-{}", std::process::id());
+    let class = format!("isobar-e2e-{}", std::process::id());
+    let pp = PostParams::default();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&pp, &typed(json!({"metadata": {"name": ns}})))
+        .await
+        .expect("creating the test namespace");
+    let classes: Api<IngressClass> = Api::all(client.clone());
+    classes
+        .create(
+            &pp,
+            &typed(json!({"metadata": {"name": class},
+                          "spec": {"controller": "isobar.dev/ingress-controller"}})),
+        )
+        .await
+        .expect("creating the IngressClass");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let mut web = service(&ns, "web", &[("http", 80, json!(8080))]);
+    web["spec"]["type"] = json!("ClusterIP");
+    services
+        .create(&pp, &typed(web))
+        .await
+        .expect("creating the Service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    slices
+        .create(
+            &pp,
+            &typed(slice(&ns, "web", "1", "http", 8080, &["10.0.0.1"])),
+        )
+        .await
+        .expect("creating the EndpointSlice");
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let mut shop = ingress(
+        &ns,
+        "shop",
+        &[("shop.e2e.example", &[("/", "Prefix", "web", json!(80))])],
+    );
+    shop["spec"]["ingressClassName"] = json!(class);
+    ingresses
+        .create(&pp, &typed(shop.clone()))
+        .await
+        .expect("creating the Ingress");
+
+    let cluster = connect(ClusterOptions {
+        kubeconfig: Some(path.clone()),
+        context: None,
+        watch: WatchConfig {
+            namespace: Some(ns.clone()),
+            ..WatchConfig::default()
+        },
+        writeback: Some(WritebackConfig {
+            ingress_address: IngressAddress::Fixed(vec!["192.0.2.77".into()]),
+            ..WritebackConfig::default()
+        }),
+        leader: Some(isobar::leader::LeaderConfig::new(&ns, "e2e")),
+    })
+    .await
+    .expect("connecting to the cluster");
+    let mut config = Config::cluster(cluster, plugin_path("isobar-plugin-ingress"));
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    let server = Server::start(config).await.expect("serve starts");
+    assert!(server.ready(WAIT).await, "every watch synced");
+
+    let mut envoy = Sotw::open_envoy(server.xds_addr(), "e2e").await;
+    envoy
+        .until("the shop from the cluster", |h| {
+            h.domains("ingress_http").contains("shop.e2e.example")
+        })
+        .await;
+
+    // The leader wrote the address into the Ingress status.
+    eventually("the Ingress status", async || {
+        let i = ingresses.get("shop").await.ok()?;
+        let ip = i.status?.load_balancer?.ingress?.first()?.ip.clone()?;
+        (ip == "192.0.2.77").then_some(())
+    })
+    .await;
+
+    // Change the host; then delete the Ingress.
+    let moved = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "shop", "namespace": ns},
+        "spec": {"rules": [{"host": "store.e2e.example", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+    ingresses
+        .patch(
+            "shop",
+            &PatchParams::apply("isobar-e2e").force(),
+            &Patch::Apply(moved),
+        )
+        .await
+        .expect("changing the Ingress");
+    envoy
+        .until("the moved host", |h| {
+            let d = h.domains("ingress_http");
+            d.contains("store.e2e.example") && !d.contains("shop.e2e.example")
+        })
+        .await;
+    ingresses
+        .delete("shop", &DeleteParams::default())
+        .await
+        .expect("deleting the Ingress");
+    envoy
+        .until("the Ingress gone", |h| {
+            !h.domains("ingress_http").contains("store.e2e.example")
+        })
+        .await;
+
+    server.shutdown().await.expect("clean shutdown");
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}

@@ -1,0 +1,398 @@
+//! The kube source, feature-tested as Contour's are: `isobar serve` runs
+//! in-process against a cluster whose watches are scripted. Every kind's
+//! watch stream is fed the kube-runtime `watcher::Event`s an API server
+//! would produce (lists, applies, deletes, relists after 410 Gone), and xDS
+//! is read through a real tonic ADS client. Status write-back goes to a
+//! mocked API server (tower-test) behind a real `kube::Client`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use http::{Request, Response};
+use isobar::serve::{Cluster, Config, Server, Writeback};
+use isobar::store::KindKey;
+use isobar::writeback::{IngressAddress, WritebackConfig};
+use isobar_tests::ads::*;
+use isobar_tests::cluster::*;
+use isobar_tests::*;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+fn ingresses() -> KindKey {
+    kind_of("networking.k8s.io/v1", "Ingress")
+}
+fn classes() -> KindKey {
+    kind_of("networking.k8s.io/v1", "IngressClass")
+}
+fn services() -> KindKey {
+    kind_of("v1", "Service")
+}
+fn slices() -> KindKey {
+    kind_of("discovery.k8s.io/v1", "EndpointSlice")
+}
+fn secrets() -> KindKey {
+    kind_of("v1", "Secret")
+}
+
+fn shop() -> Value {
+    stored(
+        ingress(
+            "default",
+            "shop",
+            &[(
+                "shop.example.com",
+                &[
+                    ("/", "Prefix", "web", json!(80)),
+                    ("/api", "Prefix", "api", json!(80)),
+                ],
+            )],
+        ),
+        10,
+    )
+}
+
+fn blog() -> Value {
+    stored(
+        ingress(
+            "default",
+            "blog",
+            &[("blog.example.com", &[("/", "Prefix", "web", json!(80))])],
+        ),
+        11,
+    )
+}
+
+fn web_service() -> Value {
+    stored(service("default", "web", &[("http", 80, json!(8080))]), 2)
+}
+fn api_service() -> Value {
+    stored(service("default", "api", &[("http", 80, json!(8080))]), 3)
+}
+fn web_slice(ip: &str, rv: u32) -> Value {
+    stored(slice("default", "web", "1", "http", 8080, &[ip]), rv)
+}
+fn api_slice() -> Value {
+    stored(slice("default", "api", "1", "http", 8080, &["10.0.0.2"]), 5)
+}
+
+const WEB: &str = "default/web/80";
+const API: &str = "default/api/80";
+
+struct Fixture {
+    script: Arc<Script>,
+    server: Server,
+}
+
+impl Fixture {
+    async fn start(not_served: &[KindKey], writeback: Option<Writeback>) -> Fixture {
+        let script = Arc::new(Script {
+            not_served: not_served.iter().cloned().collect(),
+            ..Script::default()
+        });
+        let cluster = Cluster {
+            watches: script.clone(),
+            writeback,
+        };
+        let mut config = Config::cluster(cluster, plugin_path("isobar-plugin-ingress"));
+        config.xds_listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+        let server = Server::start(config).await.expect("serve starts");
+        Fixture { script, server }
+    }
+
+    /// Lists every kind the Ingress plugin and the host watch.
+    async fn sync_all(&self, ingresses_listed: &[Value]) {
+        let s = &self.script;
+        s.list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
+        s.list(&services(), &[web_service(), api_service()]);
+        s.list(&slices(), &[web_slice("10.0.0.1", 4), api_slice()]);
+        s.list(&secrets(), &[]);
+        s.list(&ingresses(), ingresses_listed);
+        assert!(
+            self.server.ready(WAIT).await,
+            "ready once every watch listed"
+        );
+    }
+
+    async fn envoy(&self, id: &str) -> Sotw {
+        Sotw::open_envoy(self.server.xds_addr(), id).await
+    }
+}
+
+fn domains(h: &Held) -> Vec<String> {
+    h.domains("ingress_http").into_iter().collect()
+}
+
+// ---- the behaviours ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_cluster_once_every_watch_has_listed() {
+    let f = Fixture::start(&[], None).await;
+    for kind in [ingresses(), classes(), services(), slices(), secrets()] {
+        f.script.wait_watched(&kind).await;
+    }
+    let s = &f.script;
+    s.list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
+    s.list(&services(), &[web_service(), api_service()]);
+    s.list(&slices(), &[web_slice("10.0.0.1", 4), api_slice()]);
+    s.list(&ingresses(), &[shop()]);
+    // Secrets have not listed: a snapshot now would be built from a partial
+    // cluster, so none is served and /readyz says so.
+    let (code, _) = http_get(f.server.admin_addr(), "/readyz").await;
+    assert_eq!(code, 503);
+    assert_eq!(f.server.status().snapshot().version, 0);
+
+    s.list(&secrets(), &[]);
+    assert!(f.server.ready(WAIT).await);
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop from the cluster", |h| {
+            domains(h) == ["shop.example.com"] && names(&h.snapshot, CDS) == [API, WEB]
+        })
+        .await;
+    let cla = load_assignment(&envoy.held.snapshot, WEB).expect("web endpoints");
+    assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+    let (_, metrics) = http_get(f.server.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains(r#"isobar_kube_objects{kind="Ingress.networking.k8s.io"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_adds_updates_and_deletes_reach_clients() {
+    let f = Fixture::start(&[], None).await;
+    f.sync_all(&[shop()]).await;
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+
+    // Add.
+    f.script.apply(&blog());
+    envoy
+        .until("the blog added", |h| {
+            domains(h) == ["blog.example.com", "shop.example.com"]
+        })
+        .await;
+    // Update: the shop moves host.
+    let mut moved = shop();
+    moved["spec"]["rules"][0]["host"] = json!("store.example.com");
+    moved["metadata"]["resourceVersion"] = json!("20");
+    f.script.apply(&moved);
+    envoy
+        .until("the shop moved", |h| {
+            domains(h) == ["blog.example.com", "store.example.com"]
+        })
+        .await;
+    // Delete; and an endpoint-only change.
+    f.script.delete(&blog());
+    f.script.apply(&web_slice("10.0.0.9", 30));
+    envoy
+        .until("the blog gone and web's endpoint moved", |h| {
+            domains(h) == ["store.example.com"]
+                && load_assignment(&h.snapshot, WEB).is_some_and(|c| {
+                    format!("{c:?}").contains("10.0.0.9") && !format!("{c:?}").contains("10.0.0.1")
+                })
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_any_order_converge() {
+    let f = Fixture::start(&[], None).await;
+    // The Ingress lists before anything it refers to exists.
+    let s = &f.script;
+    s.list(&ingresses(), &[shop()]);
+    s.list(&slices(), &[]);
+    s.list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
+    s.list(&secrets(), &[]);
+    s.list(&services(), &[]);
+    assert!(f.server.ready(WAIT).await);
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop, without backends", |h| {
+            domains(h) == ["shop.example.com"] && names(&h.snapshot, CDS).is_empty()
+        })
+        .await;
+    // A delete for something never seen, then the slice before its Service.
+    s.delete(&stored(
+        service("default", "ghost", &[("http", 80, json!(80))]),
+        1,
+    ));
+    s.apply(&web_slice("10.0.0.1", 4));
+    s.apply(&web_service());
+    s.apply(&api_slice());
+    s.apply(&api_service());
+    envoy
+        .until("both backends with endpoints", |h| {
+            names(&h.snapshot, CDS) == [API, WEB]
+                && names(&h.snapshot, EDS) == [API, WEB]
+                && load_assignment(&h.snapshot, API).is_some_and(|c| !c.endpoints.is_empty())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_after_the_watch_expired_removes_the_vanished_and_adds_the_new() {
+    let f = Fixture::start(&[], None).await;
+    f.sync_all(&[shop()]).await;
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+    // 410 Gone: the watcher relists. The shop was deleted and the blog
+    // created while the watch was down; the deletes were never seen.
+    f.script.list(&ingresses(), &[blog()]);
+    envoy
+        .until("only the blog", |h| domains(h) == ["blog.example.com"])
+        .await;
+    let (_, dump) = http_get(f.server.admin_addr(), "/debug/config_dump").await;
+    assert!(!dump.contains("shop.example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_the_server_does_not_serve_counts_as_empty() {
+    // No Secrets API (a locked-down cluster, or a CRD not installed).
+    let f = Fixture::start(&[secrets()], None).await;
+    let s = &f.script;
+    s.list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
+    s.list(&services(), &[web_service(), api_service()]);
+    s.list(&slices(), &[web_slice("10.0.0.1", 4), api_slice()]);
+    s.list(&ingresses(), &[shop()]);
+    assert!(
+        f.server.ready(WAIT).await,
+        "ready without the kind nobody serves"
+    );
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+}
+
+// ---- status write-back ------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    uri: String,
+    body: Value,
+}
+
+/// A mocked API server for status writes: records requests, echoes bodies.
+fn api_server() -> (kube::Client, watch::Receiver<Vec<Seen>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        while let Some((request, reply)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let uri = request.uri().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            tx.send_modify(|seen| {
+                seen.push(Seen {
+                    method,
+                    uri,
+                    body: body.clone(),
+                })
+            });
+            reply.send_response(Response::new(Body::from(
+                serde_json::to_vec(&body).unwrap(),
+            )));
+        }
+    });
+    (kube::Client::new(service, "default"), rx)
+}
+
+async fn wait_for_request(
+    seen: &mut watch::Receiver<Vec<Seen>>,
+    what: &str,
+    pred: impl Fn(&Seen) -> bool,
+) -> Seen {
+    let waited = tokio::time::timeout(WAIT, seen.wait_for(|all| all.iter().any(&pred)))
+        .await
+        .map(|r| {
+            r.expect("the API server is up")
+                .iter()
+                .find(|s| pred(s))
+                .cloned()
+        });
+    match waited {
+        Ok(found) => found.unwrap(),
+        Err(_) => panic!("timed out waiting for {what}: {:?}", seen.borrow()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_back_by_the_leader_and_a_nack_becomes_an_event() {
+    let (client, mut seen) = api_server();
+    let (leader_tx, leader) = watch::channel(false);
+    let writeback = Writeback {
+        client,
+        config: WritebackConfig {
+            ingress_address: IngressAddress::Fixed(vec!["192.0.2.7".into()]),
+            ..WritebackConfig::default()
+        },
+        leader,
+    };
+    let f = Fixture::start(&[], Some(writeback)).await;
+    f.sync_all(&[shop()]).await;
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+    assert!(seen.borrow().is_empty(), "a follower writes nothing");
+
+    leader_tx.send_replace(true);
+    let patch = wait_for_request(&mut seen, "the Ingress status", |s| s.method == "PATCH").await;
+    assert_eq!(
+        patch.uri,
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses/shop/status?&force=true&fieldManager=isobar"
+    );
+    assert_eq!(
+        patch.body["status"],
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}})
+    );
+
+    // A data plane rejects the routes built from the shop.
+    let mut picky = Sotw::open(f.server.xds_addr(), "envoy-picky").await;
+    picky.subscribe(RDS, &["ingress_http"]).await;
+    let rds = picky.recv().await;
+    assert_eq!(rds.type_url, RDS);
+    let nacked_at = Instant::now();
+    picky
+        .send(DiscoveryRequest {
+            type_url: RDS.into(),
+            resource_names: vec!["ingress_http".into()],
+            response_nonce: rds.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "unsupported field".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    let event = wait_for_request(&mut seen, "the rejection event", |s| {
+        s.method == "POST" && s.body["reason"] == "RejectedByDataPlane"
+    })
+    .await;
+    // Reported, not asserted (timing belongs in benchmarks): the issue
+    // asks for under 2 s.
+    eprintln!("NACK to Event on the Ingress: {:?}", nacked_at.elapsed());
+    assert_eq!(
+        event.uri,
+        "/apis/events.k8s.io/v1/namespaces/default/events?"
+    );
+    assert_eq!(event.body["regarding"]["name"], "shop");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported field")
+    );
+}
