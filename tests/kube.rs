@@ -84,6 +84,8 @@ const API: &str = "default/api/80";
 struct Fixture {
     script: Arc<Script>,
     server: Server,
+    /// Holds the plugin file the server watches.
+    plugin_dir: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -96,12 +98,35 @@ impl Fixture {
             watches: script.clone(),
             writeback,
         };
-        let mut config = Config::cluster(cluster, plugin_path("isobar-plugin-ingress"));
+        let plugin_dir = tempfile::tempdir().unwrap();
+        let plugin = plugin_dir.path().join("plugin.wasm");
+        std::fs::copy(plugin_path("isobar-plugin-ingress"), &plugin).unwrap();
+        let mut config = Config::cluster(cluster, &plugin);
         config.xds_listen = "127.0.0.1:0".parse().unwrap();
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(target_dir().join("isobar-test-cache"));
         let server = Server::start(config).await.expect("serve starts");
-        Fixture { script, server }
+        Fixture {
+            script,
+            server,
+            plugin_dir,
+        }
+    }
+
+    /// Replaces the plugin file as a deployment would (write aside, rename).
+    fn install_plugin(&self, crate_name: &str) {
+        let tmp = self.plugin_dir.path().join(".plugin.wasm.tmp");
+        std::fs::copy(plugin_path(crate_name), &tmp).unwrap();
+        std::fs::rename(&tmp, self.plugin_dir.path().join("plugin.wasm")).unwrap();
+    }
+
+    async fn wait_plugin(&self, name: &str) {
+        let ok = self
+            .server
+            .status()
+            .wait_until(WAIT, |s| s.plugin().is_some_and(|p| p.name == name))
+            .await;
+        assert!(ok, "plugin {name} never became the served one");
     }
 
     /// Lists every kind the Ingress plugin and the host watch.
@@ -271,6 +296,36 @@ async fn a_kind_the_server_does_not_serve_counts_as_empty() {
     let mut envoy = f.envoy("envoy-1").await;
     envoy
         .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_follows_the_kinds_the_new_plugin_reads() {
+    let f = Fixture::start(&[], None).await;
+    f.sync_all(&[shop()]).await;
+    let mut envoy = f.envoy("envoy-1").await;
+    envoy
+        .until("the shop", |h| domains(h) == ["shop.example.com"])
+        .await;
+
+    // The faults plugin reads Ingresses and Services, not IngressClasses:
+    // after the swap nobody reads them, so their watch stops.
+    f.install_plugin("isobar-plugin-faults");
+    f.wait_plugin("faults").await;
+    tokio::time::timeout(WAIT, f.script.stopped(&classes()))
+        .await
+        .expect("the IngressClass watch stops");
+
+    // Back to the Ingress plugin: it needs IngressClasses, so their watch
+    // starts again and the swap waits for it to list.
+    f.install_plugin("isobar-plugin-ingress");
+    f.script.wait_watches(&classes(), 2).await;
+    assert_eq!(f.server.status().plugin().unwrap().name, "faults");
+    f.script
+        .list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
+    f.wait_plugin("ingress").await;
+    envoy
+        .until("the shop, still", |h| domains(h) == ["shop.example.com"])
         .await;
 }
 

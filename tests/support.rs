@@ -865,7 +865,7 @@ pub mod cluster {
     pub struct Streams {
         pub senders: HashMap<KindKey, mpsc::UnboundedSender<WatchEvent<DynamicObject>>>,
         pub receivers: HashMap<KindKey, mpsc::UnboundedReceiver<WatchEvent<DynamicObject>>>,
-        pub watched: HashSet<KindKey>,
+        pub watched: HashMap<KindKey, usize>,
     }
 
     /// Watch streams the test writes to, per kind. A kind may be fed before
@@ -904,6 +904,14 @@ pub mod cluster {
             streams.senders[kind].clone()
         }
 
+        /// Completes when the kind's current watch has stopped.
+        pub async fn stopped(&self, kind: &KindKey) {
+            let tx = self.streams.lock().unwrap().senders.get(kind).cloned();
+            if let Some(tx) = tx {
+                tx.closed().await;
+            }
+        }
+
         pub fn feed(&self, kind: &KindKey, event: WatchEvent<DynamicObject>) {
             let tx = Self::channel(&mut self.streams.lock().unwrap(), kind);
             tx.send(event).expect("the watch is running");
@@ -927,13 +935,30 @@ pub mod cluster {
         }
 
         pub async fn wait_watched(&self, kind: &KindKey) {
+            self.wait_watches(kind, 1).await
+        }
+
+        /// Waits until the kind has been watched `n` times (restarts count).
+        pub async fn wait_watches(&self, kind: &KindKey, n: usize) {
             let deadline = Instant::now() + WAIT;
             loop {
                 let started = self.started.notified();
-                if self.streams.lock().unwrap().watched.contains(kind) {
+                if self
+                    .streams
+                    .lock()
+                    .unwrap()
+                    .watched
+                    .get(kind)
+                    .copied()
+                    .unwrap_or(0)
+                    >= n
+                {
                     return;
                 }
-                assert!(Instant::now() < deadline, "{kind} was never watched");
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind} was never watched {n} times"
+                );
                 let _ = tokio::time::timeout(WAIT, started).await;
             }
         }
@@ -963,12 +988,16 @@ pub mod cluster {
 
         fn watch(&self, _resolved: &Resolved, spec: &WatchSpec) -> WatchStream {
             let mut streams = self.streams.lock().unwrap();
+            // A kind watched again (after its watch stopped) starts afresh.
+            if !streams.receivers.contains_key(&spec.kind) {
+                streams.senders.remove(&spec.kind);
+            }
             Self::channel(&mut streams, &spec.kind);
-            streams.watched.insert(spec.kind.clone());
+            *streams.watched.entry(spec.kind.clone()).or_default() += 1;
             let rx = streams
                 .receivers
                 .remove(&spec.kind)
-                .expect("one watch per kind at a time");
+                .expect("the channel was just made");
             drop(streams);
             self.started.notify_waiters();
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx)

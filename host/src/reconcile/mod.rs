@@ -20,6 +20,7 @@
 //! is retried with backoff and shows as a `Reconciled=False` condition.
 
 pub mod cluster;
+pub mod kube;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;

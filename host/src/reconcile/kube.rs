@@ -1,0 +1,273 @@
+//! A reconciler's actions carried out on a real cluster, with the host's
+//! credentials: server-side apply (field manager `isobar/<plugin>`) for
+//! children and status, finalizers by a merge patch guarded by the object's
+//! resourceVersion, deletes, and Events through kube's recorder.
+//!
+//! Objects are addressed by group and kind; the version comes from API
+//! discovery (cached), as the kube source resolves kinds.
+
+use std::collections::HashMap;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::cluster::{Cluster, ClusterError, RecordedEvent, Write};
+use crate::store::{KindKey, ObjectKey};
+
+pub struct KubeCluster {
+    client: kube::Client,
+    resources: Mutex<HashMap<KindKey, (ApiResource, bool)>>,
+}
+
+impl KubeCluster {
+    pub fn new(client: kube::Client) -> Self {
+        KubeCluster {
+            client,
+            resources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seeds the discovery cache (a kind the caller already resolved, or a
+    /// test without a discovery endpoint).
+    pub fn with_resource(self, kind: KindKey, resource: ApiResource, namespaced: bool) -> Self {
+        self.resources.lock().insert(kind, (resource, namespaced));
+        self
+    }
+
+    async fn resolve(&self, kind: &KindKey) -> Result<(ApiResource, bool), ClusterError> {
+        if let Some(r) = self.resources.lock().get(kind).cloned() {
+            return Ok(r);
+        }
+        let group = kube::discovery::group(&self.client, &kind.group)
+            .await
+            .map_err(api_error)?;
+        let (resource, caps) = group.recommended_kind(&kind.kind).ok_or_else(|| {
+            ClusterError::Invalid(format!("the API server does not serve {kind}"))
+        })?;
+        let namespaced = matches!(caps.scope, kube::discovery::Scope::Namespaced);
+        self.resources
+            .lock()
+            .insert(kind.clone(), (resource.clone(), namespaced));
+        Ok((resource, namespaced))
+    }
+
+    async fn api(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<(Api<DynamicObject>, ApiResource), ClusterError> {
+        let (resource, namespaced) = self.resolve(&key.kind).await?;
+        let api = if namespaced {
+            Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        };
+        Ok((api, resource))
+    }
+}
+
+fn api_error(e: kube::Error) -> ClusterError {
+    ClusterError::Api(e.to_string())
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let (api_version, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
+    if api_version.is_empty() || kind.is_empty() || name.is_empty() {
+        return Err(ClusterError::Invalid(
+            "an applied object needs apiVersion, kind and metadata.name".into(),
+        ));
+    }
+    Ok(ObjectKey {
+        kind: KindKey::new(api_version, kind),
+        namespace: s("/metadata/namespace").to_string(),
+        name: name.to_string(),
+    })
+}
+
+fn resource_version(o: &DynamicObject) -> Option<String> {
+    o.metadata.resource_version.clone()
+}
+
+impl Cluster for KubeCluster {
+    fn apply<'a>(
+        &'a self,
+        object: Value,
+        manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        async move {
+            let key = key_of(&object)?;
+            let api_version = object["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let (group, version) = api_version
+                .rsplit_once('/')
+                .unwrap_or(("", api_version.as_str()));
+            // The object names its version; discovery only says the scope.
+            let (_, namespaced) = self.resolve(&key.kind).await?;
+            let resource =
+                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &key.kind.kind));
+            let api: Api<DynamicObject> = if namespaced {
+                Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
+            } else {
+                Api::all_with(self.client.clone(), &resource)
+            };
+            // A no-op apply leaves the resourceVersion as it was.
+            let before = api
+                .get_opt(&key.name)
+                .await
+                .map_err(api_error)?
+                .and_then(|o| resource_version(&o));
+            let after = api
+                .patch(
+                    &key.name,
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .map_err(api_error)?;
+            Ok(if before.is_some() && before == resource_version(&after) {
+                Write::Unchanged
+            } else {
+                Write::Changed
+            })
+        }
+        .boxed()
+    }
+
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        status: Value,
+        manager: &'a str,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        async move {
+            let (api, resource) = self.api(key).await?;
+            let current = api.get_opt(&key.name).await.map_err(api_error)?;
+            let Some(current) = current else {
+                return Err(ClusterError::NotFound(key.to_string()));
+            };
+            let mut body = json!({
+                "apiVersion": resource.api_version,
+                "kind": resource.kind,
+                "metadata": {"name": key.name},
+                "status": status,
+            });
+            if !key.namespace.is_empty() {
+                body["metadata"]["namespace"] = json!(key.namespace);
+            }
+            let after = api
+                .patch_status(
+                    &key.name,
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .map_err(api_error)?;
+            Ok(if resource_version(&current) == resource_version(&after) {
+                Write::Unchanged
+            } else {
+                Write::Changed
+            })
+        }
+        .boxed()
+    }
+
+    fn set_finalizer<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        finalizer: &'a str,
+        present: bool,
+    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        async move {
+            let (api, _) = self.api(key).await?;
+            let Some(current) = api.get_opt(&key.name).await.map_err(api_error)? else {
+                return Err(ClusterError::NotFound(key.to_string()));
+            };
+            let mut finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+            let has = finalizers.iter().any(|f| f == finalizer);
+            if has == present {
+                return Ok(Write::Unchanged);
+            }
+            if present {
+                finalizers.push(finalizer.to_string());
+            } else {
+                finalizers.retain(|f| f != finalizer);
+            }
+            // The resourceVersion makes this a compare-and-swap: a
+            // concurrent change to the list fails (409) and is retried.
+            let patch = json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": resource_version(&current),
+            }});
+            api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(api_error)?;
+            Ok(Write::Changed)
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>> {
+        async move {
+            let (api, _) = self.api(key).await?;
+            match api.delete(&key.name, &DeleteParams::background()).await {
+                Ok(_) => Ok(Write::Changed),
+                Err(e) if not_found(&e) => Ok(Write::Unchanged),
+                Err(e) => Err(api_error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>> {
+        async move {
+            let (resource, _) = self.resolve(&event.regarding.kind).await?;
+            let recorder = Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: event.reporting_controller.clone(),
+                    instance: None,
+                },
+            );
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(resource.api_version.clone()),
+                kind: Some(resource.kind.clone()),
+                name: Some(event.regarding.name.clone()),
+                namespace: Some(event.regarding.namespace.clone()).filter(|n| !n.is_empty()),
+                ..Default::default()
+            };
+            let e = KubeEvent {
+                type_: if event.type_ == "Warning" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: event.reason.clone(),
+                note: Some(event.message.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            recorder.publish(&e, &reference).await.map_err(api_error)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests;
