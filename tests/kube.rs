@@ -90,6 +90,15 @@ struct Fixture {
 
 impl Fixture {
     async fn start(not_served: &[KindKey], writeback: Option<Writeback>) -> Fixture {
+        Self::start_with(not_served, writeback, None, &[]).await
+    }
+
+    async fn start_with(
+        not_served: &[KindKey],
+        writeback: Option<Writeback>,
+        client: Option<kube::Client>,
+        reconcilers: &[std::path::PathBuf],
+    ) -> Fixture {
         let script = Arc::new(Script {
             not_served: not_served.iter().cloned().collect(),
             ..Script::default()
@@ -97,11 +106,13 @@ impl Fixture {
         let cluster = Cluster {
             watches: script.clone(),
             writeback,
+            client,
         };
         let plugin_dir = tempfile::tempdir().unwrap();
         let plugin = plugin_dir.path().join("plugin.wasm");
         std::fs::copy(plugin_path("isobar-plugin-ingress"), &plugin).unwrap();
         let mut config = Config::cluster(cluster, &plugin);
+        config.reconcilers = reconcilers.to_vec();
         config.xds_listen = "127.0.0.1:0".parse().unwrap();
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(target_dir().join("isobar-test-cache"));
@@ -340,27 +351,69 @@ struct Seen {
 
 /// A mocked API server for status writes: records requests, echoes bodies.
 fn api_server() -> (kube::Client, watch::Receiver<Vec<Seen>>) {
+    fake_api_server(Vec::new())
+}
+
+/// A mocked API server holding `objects` (by path): GETs answer from them
+/// (404 otherwise), writes merge into them and answer the result, other
+/// requests are echoed. Every request is recorded.
+fn fake_api_server(objects: Vec<(&str, Value)>) -> (kube::Client, watch::Receiver<Vec<Seen>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let (tx, rx) = watch::channel(Vec::new());
+    let mut objects: std::collections::HashMap<String, Value> = objects
+        .into_iter()
+        .map(|(p, o)| (p.to_string(), o))
+        .collect();
     tokio::spawn(async move {
         while let Some((request, reply)) = handle.next_request().await {
             let method = request.method().to_string();
-            let uri = request.uri().to_string();
+            let uri = request.uri().clone();
+            let path = uri.path().trim_end_matches("/status").to_string();
             let bytes = request.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             tx.send_modify(|seen| {
                 seen.push(Seen {
-                    method,
-                    uri,
+                    method: method.clone(),
+                    uri: uri.to_string(),
                     body: body.clone(),
                 })
             });
-            reply.send_response(Response::new(Body::from(
-                serde_json::to_vec(&body).unwrap(),
-            )));
+            let (code, answer) = match method.as_str() {
+                "GET" => match objects.get(&path) {
+                    Some(o) => (200, o.clone()),
+                    None => (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404}),
+                    ),
+                },
+                "PATCH" => {
+                    let o = objects.entry(path).or_insert_with(|| json!({}));
+                    merge(o, &body);
+                    (200, o.clone())
+                }
+                _ => (201, body),
+            };
+            reply.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
         }
     });
     (kube::Client::new(service, "default"), rx)
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
 }
 
 async fn wait_for_request(
@@ -449,5 +502,71 @@ async fn status_is_written_back_by_the_leader_and_a_nack_becomes_an_event() {
             .as_str()
             .unwrap()
             .contains("unsupported field")
+    );
+}
+
+// ---- reconcilers on the cluster -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_acts_on_the_cluster_with_the_hosts_credentials() {
+    let cache = stored(
+        json!({"apiVersion": "cache.example.com/v1alpha1", "kind": "Memcached",
+               "metadata": {"namespace": "default", "name": "cache"},
+               "spec": {"size": 2}}),
+        40,
+    );
+    let (client, mut seen) = fake_api_server(vec![(
+        "/apis/cache.example.com/v1alpha1/namespaces/default/memcacheds/cache",
+        cache.clone(),
+    )]);
+    let f = Fixture::start_with(
+        &[],
+        None,
+        Some(client),
+        &[plugin_path("isobar-plugin-memcached")],
+    )
+    .await;
+    let s = &f.script;
+    let memcacheds = kind_of("cache.example.com/v1alpha1", "Memcached");
+    let deployments = kind_of("apps/v1", "Deployment");
+    let pods = kind_of("v1", "Pod");
+    for kind in [&memcacheds, &deployments, &pods] {
+        s.wait_watched(kind).await;
+    }
+    s.list(&memcacheds, &[cache]);
+    s.list(&deployments, &[]);
+    s.list(&pods, &[]);
+    f.sync_all(&[shop()]).await;
+
+    // The finalizer first (a guarded merge patch), then the operator's
+    // Deployment, applied by the host with the plugin's field manager and
+    // the owner reference the host sets.
+    let finalizer = wait_for_request(&mut seen, "the finalizer", |r| {
+        r.method == "PATCH"
+            && r.uri.starts_with(
+                "/apis/cache.example.com/v1alpha1/namespaces/default/memcacheds/cache?",
+            )
+    })
+    .await;
+    assert_eq!(finalizer.body["metadata"]["resourceVersion"], "40");
+    let apply = wait_for_request(&mut seen, "the Deployment applied", |r| {
+        r.method == "PATCH"
+            && r.uri
+                .starts_with("/apis/apps/v1/namespaces/default/deployments/cache?")
+    })
+    .await;
+    assert!(
+        apply.uri.contains("fieldManager=isobar%2Fmemcached"),
+        "{}",
+        apply.uri
+    );
+    assert_eq!(apply.body["spec"]["replicas"], 2);
+    assert_eq!(
+        apply.body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-Memcached-cache"
+    );
+    assert_eq!(
+        apply.body["metadata"]["ownerReferences"][0]["controller"],
+        true
     );
 }

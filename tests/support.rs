@@ -886,6 +886,8 @@ pub mod cluster {
         match (kind.group.as_str(), kind.kind.as_str()) {
             ("networking.k8s.io", _) => "networking.k8s.io/v1",
             ("discovery.k8s.io", _) => "discovery.k8s.io/v1",
+            ("apps", _) => "apps/v1",
+            ("cache.example.com", _) => "cache.example.com/v1alpha1",
             ("", _) => "v1",
             other => panic!("no version for {other:?}"),
         }

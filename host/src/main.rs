@@ -217,6 +217,11 @@ enum Command {
         /// The translator plugin (default: the Ingress plugin); watched.
         #[arg(long)]
         plugin: Option<PathBuf>,
+        /// A reconciler plugin (an operator) to run beside it (repeatable);
+        /// watched and hot-swapped. Serving files, its actions go to an
+        /// in-memory cluster shown at /debug/cluster.
+        #[arg(long = "reconciler")]
+        reconcilers: Vec<PathBuf>,
         /// Where ADS (gRPC, SotW and delta) listens.
         #[arg(long, default_value = serve::DEFAULT_XDS_LISTEN)]
         xds_listen: SocketAddr,
@@ -396,6 +401,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cluster,
             cache_dir,
             plugin,
+            reconcilers,
             xds_listen,
             admin_listen,
             xds_tls_cert,
@@ -418,6 +424,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             let mut config = serve::Config::with_source(source, plugin);
+            config.reconcilers = reconcilers;
             if cache_dir.is_some() {
                 config.cache_dir = cache_dir;
             }

@@ -89,6 +89,7 @@ async fn start(script: Arc<Script>, writeback: Option<Writeback>) -> Server {
         Cluster {
             watches: script,
             writeback,
+            client: None,
         },
         plugin_path("isobar-plugin-ingress"),
     );

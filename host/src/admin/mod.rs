@@ -37,6 +37,8 @@ pub fn router(status: Arc<Status>) -> Router {
         .route("/debug/plugins", get(plugins))
         .route("/debug/diagnostics", get(diagnostics))
         .route("/debug/streams", get(streams))
+        .route("/debug/reconcilers", get(reconcilers))
+        .route("/debug/cluster", get(cluster))
         .with_state(status)
 }
 
@@ -138,4 +140,33 @@ async fn diagnostics(State(status): S) -> Json<serde_json::Value> {
 
 async fn streams(State(status): S) -> Json<serde_json::Value> {
     Json(json!({ "streams": status.streams() }))
+}
+
+async fn reconcilers(State(status): S) -> Json<serde_json::Value> {
+    Json(json!({ "reconcilers": status.reconcilers() }))
+}
+
+/// The in-memory cluster reconcilers write to when serving manifests: what
+/// an operator would have made of them.
+async fn cluster(State(status): S) -> Response {
+    match status.memory_cluster() {
+        Some(c) => {
+            let objects: Vec<serde_json::Value> = c.objects().into_values().collect();
+            let events: Vec<serde_json::Value> = c
+                .events()
+                .into_iter()
+                .map(|e| {
+                    json!({"regarding": e.regarding.to_string(), "type": e.type_,
+                           "reason": e.reason, "message": e.message,
+                           "reportingController": e.reporting_controller})
+                })
+                .collect();
+            Json(json!({ "objects": objects, "events": events })).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            "no in-memory cluster: reconcilers (if any) write to the Kubernetes API\n",
+        )
+            .into_response(),
+    }
 }

@@ -7,6 +7,7 @@
 //! discovery (cached), as the kube source resolves kinds.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -18,11 +19,14 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::cluster::{Cluster, ClusterError, RecordedEvent, Write};
+use crate::source::kube::Watches;
 use crate::store::{KindKey, ObjectKey};
 
 pub struct KubeCluster {
     client: kube::Client,
     resources: Mutex<HashMap<KindKey, (ApiResource, bool)>>,
+    /// Resolves kinds as the kube source does (one discovery path).
+    resolver: Option<Arc<dyn Watches>>,
 }
 
 impl KubeCluster {
@@ -30,7 +34,15 @@ impl KubeCluster {
         KubeCluster {
             client,
             resources: Mutex::new(HashMap::new()),
+            resolver: None,
         }
+    }
+
+    /// Resolves kinds through the source's [`Watches`] instead of asking
+    /// discovery itself.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Watches>) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 
     /// Seeds the discovery cache (a kind the caller already resolved, or a
@@ -43,6 +55,15 @@ impl KubeCluster {
     async fn resolve(&self, kind: &KindKey) -> Result<(ApiResource, bool), ClusterError> {
         if let Some(r) = self.resources.lock().get(kind).cloned() {
             return Ok(r);
+        }
+        if let Some(resolver) = &self.resolver {
+            let r = resolver
+                .resolve(kind)
+                .await
+                .map_err(|e| ClusterError::Api(e.to_string()))?;
+            let out = (r.resource, r.namespaced);
+            self.resources.lock().insert(kind.clone(), out.clone());
+            return Ok(out);
         }
         let group = kube::discovery::group(&self.client, &kind.group)
             .await

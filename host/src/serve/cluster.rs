@@ -79,5 +79,6 @@ pub async fn connect(options: ClusterOptions) -> anyhow::Result<Cluster> {
     Ok(Cluster {
         watches: Arc::new(watches),
         writeback,
+        client: Some(client),
     })
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::manifests::ManifestSet;
+use super::operators::OpInput;
 use super::status::{ManifestProblem, PluginFailure, Published, Status, rfc3339};
 use super::watch::{Input, Watched};
 use crate::admin::metrics::{labels1, labels2, secs, short_type};
@@ -65,6 +66,8 @@ struct Batch {
     objects: Vec<Event>,
     synced: Vec<KindKey>,
     plugin: bool,
+    /// Reconciler files that may have changed, by index.
+    reconcilers: BTreeSet<usize>,
     rescan: bool,
     stop: bool,
 }
@@ -75,11 +78,14 @@ impl Batch {
             Input::Paths { paths, at } => {
                 self.first_at.get_or_insert(at);
                 for p in paths {
-                    if watched.is_plugin(&p) {
-                        self.plugin = true;
-                    } else {
+                    let reconcilers = watched.reconcilers_at(&p);
+                    let is_plugin = watched.is_plugin(&p);
+                    if !is_plugin && reconcilers.is_empty() {
                         self.manifests.insert(p);
+                        continue;
                     }
+                    self.plugin |= is_plugin;
+                    self.reconcilers.extend(reconcilers);
                 }
             }
             Input::Rescan { at } => {
@@ -156,9 +162,11 @@ impl ClusterObjects {
 
 /// The watches a plugin needs: its roots (which a label selector narrows),
 /// what it reads, and what the host reads itself.
-pub(crate) fn watch_specs(plugin: &Plugin) -> Vec<WatchSpec> {
+pub(crate) fn watch_specs(plugin: &Plugin, extra: &HashSet<KindKey>) -> Vec<WatchSpec> {
     let roots: HashSet<KindKey> = plugin.root_kinds().into_iter().collect();
-    kinds_of(plugin)
+    let mut kinds = kinds_of(plugin);
+    kinds.extend(extra.iter().cloned());
+    kinds
         .into_iter()
         .map(|kind| WatchSpec {
             root: roots.contains(&kind),
@@ -179,6 +187,9 @@ pub(crate) struct Controller {
     debounce: Debounce,
     /// The manifest directory as read while the plugin compiled.
     prescanned: Option<Vec<Event>>,
+    /// The kinds reconciler plugins read, and where their objects go.
+    op_kinds: HashSet<KindKey>,
+    ops: Option<tokio::sync::mpsc::UnboundedSender<OpInput>>,
 }
 
 fn kinds_of(plugin: &Plugin) -> HashSet<KindKey> {
@@ -198,8 +209,18 @@ impl Controller {
         debounce: Debounce,
         origin: Origin,
         prescanned: Option<Vec<Event>>,
+        operators: Option<(
+            HashSet<KindKey>,
+            tokio::sync::mpsc::UnboundedSender<OpInput>,
+        )>,
     ) -> Self {
+        let (op_kinds, ops) = match operators {
+            Some((kinds, tx)) => (kinds, Some(tx)),
+            None => (HashSet::new(), None),
+        };
         Controller {
+            op_kinds,
+            ops,
             runtime,
             kinds: kinds_of(&plugin),
             origin,
@@ -223,6 +244,11 @@ impl Controller {
         self.initial();
         if early.plugin {
             self.swap(early.first_at);
+        }
+        if let Some(ops) = &self.ops {
+            for i in std::mem::take(&mut early.reconcilers) {
+                let _ = ops.send(OpInput::Swap(i));
+            }
         }
         while let Ok(first) = inputs.recv() {
             let mut batch = Batch::default();
@@ -259,7 +285,9 @@ impl Controller {
             let Origin::Cluster(cluster) = &mut self.origin else {
                 return true;
             };
-            if cluster.all_synced(&self.kinds) {
+            let mut needed = self.kinds.clone();
+            needed.extend(self.op_kinds.iter().cloned());
+            if cluster.all_synced(&needed) {
                 info!(
                     kinds = self.kinds.len(),
                     objects = cluster.objects.len(),
@@ -280,8 +308,7 @@ impl Controller {
                 Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
                 Ok(other) => early.add(other, &self.watched),
                 Err(RecvTimeoutError::Timeout) => {
-                    let mut waiting: Vec<String> = self
-                        .kinds
+                    let mut waiting: Vec<String> = needed
                         .iter()
                         .filter(|k| !cluster.synced.contains(*k))
                         .map(|k| k.to_string())
@@ -313,6 +340,7 @@ impl Controller {
         };
         let plugin = self.pipeline.plugin().clone();
         self.status.plugin_loaded(&plugin);
+        self.forward(&events);
         let events: Vec<Event> = events.into_iter().filter(|e| self.wanted(e)).collect();
         self.pipeline.load(events);
         let round = self.pipeline.rebuild();
@@ -373,6 +401,7 @@ impl Controller {
             }
         };
         if let Some(events) = changed {
+            self.forward(&events);
             let events: Vec<Event> = events.into_iter().filter(|e| self.wanted(e)).collect();
             if events.is_empty() {
                 // Nothing the store holds changed; errors may have.
@@ -397,6 +426,30 @@ impl Controller {
         self.swap_when_synced();
         if batch.plugin {
             self.swap(at);
+        }
+        if let Some(ops) = &self.ops {
+            for i in batch.reconcilers {
+                let _ = ops.send(OpInput::Swap(i));
+            }
+        }
+    }
+
+    /// Hands the reconcilers' kinds to the operators, in order.
+    fn forward(&self, events: &[Event]) {
+        let Some(ops) = &self.ops else { return };
+        let theirs: Vec<Event> = events
+            .iter()
+            .filter(|e| {
+                let kind = match e {
+                    Event::Apply(o) => o.kind_key(),
+                    Event::Delete(k) => k.kind.clone(),
+                };
+                self.op_kinds.contains(&kind)
+            })
+            .cloned()
+            .collect();
+        if !theirs.is_empty() {
+            let _ = ops.send(OpInput::Objects(theirs));
         }
     }
 
@@ -455,8 +508,8 @@ impl Controller {
             if !cluster.all_synced(&kinds) {
                 // Watch what it adds (keeping what the loaded plugin reads),
                 // and swap once those kinds have listed.
-                let mut specs = watch_specs(self.pipeline.plugin());
-                specs.extend(watch_specs(&plugin));
+                let mut specs = watch_specs(self.pipeline.plugin(), &self.op_kinds);
+                specs.extend(watch_specs(&plugin, &self.op_kinds));
                 info!(plugin = %plugin.info.name, "starting the watches the new plugin needs before swapping");
                 cluster.source.want(specs);
                 cluster.pending = Some(Pending {
@@ -529,8 +582,10 @@ impl Controller {
         }
         let old = std::mem::replace(&mut self.pipeline, next);
         if let Origin::Cluster(cluster) = &mut self.origin {
-            cluster.source.want(watch_specs(&plugin));
-            cluster.retain_kinds(&kinds);
+            cluster.source.want(watch_specs(&plugin, &self.op_kinds));
+            let mut keep = kinds.clone();
+            keep.extend(self.op_kinds.iter().cloned());
+            cluster.retain_kinds(&keep);
         }
         self.kinds = kinds;
         self.status

@@ -16,6 +16,7 @@ pub mod cluster;
 mod controller;
 mod events;
 pub mod manifests;
+pub mod operators;
 pub mod status;
 mod watch;
 
@@ -56,6 +57,9 @@ pub struct Cluster {
     pub watches: Arc<dyn Watches>,
     /// Status write-back; none to only read the cluster.
     pub writeback: Option<Writeback>,
+    /// The client reconciler plugins' actions are carried out with (the
+    /// host's credentials); needed only with reconcilers.
+    pub client: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -82,6 +86,8 @@ pub struct Config {
     pub source: Source,
     /// The translator plugin (watched: a new file is hot-swapped in).
     pub plugin: PathBuf,
+    /// Reconciler plugins (operators), each watched and hot-swapped.
+    pub reconcilers: Vec<PathBuf>,
     pub xds_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub xds_tls: Option<TlsConfig>,
@@ -148,6 +154,7 @@ impl Config {
         Config {
             source,
             plugin: plugin.into(),
+            reconcilers: Vec::new(),
             xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             xds_tls: None,
@@ -209,11 +216,17 @@ impl Server {
             Source::Cluster(_) => None,
         };
         let plugin_path = canonical_file(&config.plugin)?;
+        let reconciler_paths = config
+            .reconcilers
+            .iter()
+            .map(|p| canonical_file(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
         // Watch before the first read, so nothing written meanwhile is lost.
         let watched = Watched {
             manifests: manifests.clone(),
             plugin: plugin_path.clone(),
+            reconcilers: reconciler_paths.clone(),
         };
         let (inputs, inputs_rx) = std::sync::mpsc::channel();
         let watcher = watch::start(&watched, inputs.clone())
@@ -227,13 +240,23 @@ impl Server {
             config.cache_dir.clone(),
             plugin_path.clone(),
         );
+        let reconciler_files = reconciler_paths.clone();
         let compile = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
             let plugin = runtime
                 .load_file(&path)
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("loading plugin {}", path.display()))?;
-            Ok((runtime, plugin))
+            let reconcilers = reconciler_files
+                .iter()
+                .map(|p| {
+                    runtime
+                        .load_reconciler_file(p)
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .with_context(|| format!("loading reconciler {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((runtime, plugin, reconcilers))
         });
         let prescan = manifests
             .clone()
@@ -245,7 +268,7 @@ impl Server {
                     (set, events)
                 })
             });
-        let (runtime, plugin) = compile.await??;
+        let (runtime, plugin, reconcilers) = compile.await??;
         let prescanned = match prescan {
             Some(task) => Some(task.await?),
             None => None,
@@ -291,6 +314,40 @@ impl Server {
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
         let mut cluster_tasks = Vec::new();
+        // Reconcilers: their kinds join the watched ones; their objects go
+        // to the operators task, their actions to the cluster (or, serving
+        // files, to an in-memory one).
+        let op_kinds = operators::kinds_of(&reconcilers);
+        let operators_link = if reconcilers.is_empty() {
+            None
+        } else {
+            let world = match &config.source {
+                Source::Manifests(_) => {
+                    let (memory, writes) = crate::reconcile::MemoryCluster::new();
+                    let memory = Arc::new(memory);
+                    status.set_memory_cluster(memory.clone());
+                    operators::World::Memory(memory, writes)
+                }
+                Source::Cluster(c) => {
+                    let client = c.client.clone().context(
+                        "reconcilers act on the cluster: the cluster source needs a client",
+                    )?;
+                    operators::World::Kube(Arc::new(
+                        crate::reconcile::kube::KubeCluster::new(client)
+                            .with_resolver(c.watches.clone()),
+                    ))
+                }
+            };
+            let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
+            let ops = operators::Operators::new(
+                runtime.clone(),
+                reconciler_paths.clone(),
+                op_kinds.clone(),
+                status.clone(),
+            );
+            cluster_tasks.push(tokio::spawn(ops.run(reconcilers, world, ops_rx)));
+            Some((op_kinds.clone(), ops_tx))
+        };
         let (origin, prescanned) = match (&config.source, prescanned) {
             (Source::Manifests(_), Some((set, events))) => {
                 (controller::Origin::Files(set), Some(events))
@@ -312,7 +369,7 @@ impl Server {
                     },
                     status.clone(),
                 );
-                source.want(controller::watch_specs(&plugin));
+                source.want(controller::watch_specs(&plugin, &op_kinds));
                 cluster_tasks.push(task);
                 if let Some(wb) = &cluster.writeback {
                     cluster_tasks.push(tokio::spawn(crate::writeback::run(
@@ -337,6 +394,7 @@ impl Server {
             config.debounce,
             origin,
             prescanned,
+            operators_link,
         );
         let gate = config.first_build_gate.clone();
         let wait = gate.clone();

@@ -130,6 +130,7 @@ struct Inner {
     history: VecDeque<LoadAttempt>,
     manifest_errors: Vec<ManifestProblem>,
     diagnostics: Vec<ir::Diagnostic>,
+    reconcilers: Vec<super::operators::ReconcilerStatus>,
     nacks: BTreeMap<(u64, String), NackRecord>,
     streams: BTreeMap<u64, StreamStatus>,
     failed: Option<String>,
@@ -145,6 +146,7 @@ pub struct Status {
     /// Set when a status writer reads [`roots`](Self::roots): building the
     /// list costs a pass over the roots each round.
     wants_roots: std::sync::atomic::AtomicBool,
+    memory_cluster: std::sync::OnceLock<Arc<crate::reconcile::MemoryCluster>>,
     roots: watch::Sender<Roots>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
@@ -159,6 +161,7 @@ impl Status {
         Status {
             metrics: Metrics::new(),
             wants_roots: Default::default(),
+            memory_cluster: Default::default(),
             roots: watch::channel(Roots::default()).0,
             snapshots,
             ready: watch::channel(false).0,
@@ -355,6 +358,28 @@ impl Status {
             drop(inner);
             self.changed();
         }
+    }
+
+    // ---- reconcilers -------------------------------------------------------------
+
+    /// The reconciler plugins running, with what they have done.
+    pub fn reconcilers(&self) -> Vec<super::operators::ReconcilerStatus> {
+        self.inner.read().reconcilers.clone()
+    }
+
+    pub(crate) fn set_reconcilers(&self, list: Vec<super::operators::ReconcilerStatus>) {
+        self.inner.write().reconcilers = list;
+        self.changed();
+    }
+
+    /// The in-memory cluster reconcilers write to when serving a manifest
+    /// directory.
+    pub fn memory_cluster(&self) -> Option<Arc<crate::reconcile::MemoryCluster>> {
+        self.memory_cluster.get().cloned()
+    }
+
+    pub(crate) fn set_memory_cluster(&self, cluster: Arc<crate::reconcile::MemoryCluster>) {
+        let _ = self.memory_cluster.set(cluster);
     }
 
     // ---- xDS ------------------------------------------------------------------

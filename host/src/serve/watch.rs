@@ -31,9 +31,26 @@ pub(crate) struct Watched {
     /// The manifest directory; none when objects come from the cluster.
     pub manifests: Option<PathBuf>,
     pub plugin: PathBuf,
+    /// Reconciler plugin files, by index.
+    pub reconcilers: Vec<PathBuf>,
 }
 
 impl Watched {
+    /// The reconcilers a change at `p` may concern: the file itself, or
+    /// anything in its directory (as for the translator).
+    pub fn reconcilers_at(&self, p: &Path) -> Vec<usize> {
+        self.reconcilers
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                p == r.as_path()
+                    || (p.parent() == r.parent()
+                        && !self.manifests.as_ref().is_some_and(|m| p.starts_with(m)))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// The plugin file itself, or anything else in its directory (outside
     /// the manifests): a ConfigMap volume swaps a hidden `..data` link and
     /// never names the file. The swap compares digests, so a false alarm
@@ -68,7 +85,9 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
                     .paths
                     .into_iter()
                     .filter(|p| {
-                        w.manifests.as_ref().is_some_and(|m| p.starts_with(m)) || w.is_plugin(p)
+                        w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
+                            || w.is_plugin(p)
+                            || !w.reconcilers_at(p).is_empty()
                     })
                     .collect();
                 if paths.is_empty() {
@@ -89,13 +108,17 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
     if let Some(manifests) = &watched.manifests {
         watcher.watch(manifests, RecursiveMode::Recursive)?;
     }
-    let plugin_dir = watched.plugin.parent().unwrap_or(Path::new("/"));
-    if !watched
-        .manifests
-        .as_ref()
-        .is_some_and(|m| plugin_dir.starts_with(m))
-    {
-        watcher.watch(plugin_dir, RecursiveMode::NonRecursive)?;
+    let mut dirs: Vec<&Path> = Vec::new();
+    for file in std::iter::once(&watched.plugin).chain(&watched.reconcilers) {
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        let in_manifests = watched
+            .manifests
+            .as_ref()
+            .is_some_and(|m| dir.starts_with(m));
+        if !in_manifests && !dirs.contains(&dir) {
+            dirs.push(dir);
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
     }
     Ok(watcher)
 }
