@@ -112,9 +112,9 @@ struct ClusterArgs {
     #[arg(long)]
     no_status: bool,
     /// Status writes per second, and how many may go at once.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 50.0)]
     status_qps: f64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     status_burst: u32,
     /// Write status without a leader election (one replica only).
     #[arg(long)]

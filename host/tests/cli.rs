@@ -214,3 +214,73 @@ fn plugin_new_makes_projects_that_pass_their_own_tests() {
         }
     }
 }
+
+/// The container arguments of the Deployment or Job named `name` in a
+/// `deploy/` manifest.
+fn deploy_args(file: &str, name: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["metadata"]["name"] == name && v["spec"]["template"].is_object() {
+            return v["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .expect("container args")
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
+        }
+    }
+    panic!("no {name} with a pod template in {}", path.display());
+}
+
+/// What `deploy/` runs must be what the binary accepts: every flag parses
+/// (a trailing --help stops before anything is started).
+#[test]
+fn the_deployment_and_the_certgen_job_pass_flags_the_binary_knows() {
+    for (file, name) in [
+        ("isobar.yaml", "isobar"),
+        ("certgen.yaml", "isobar-certgen"),
+    ] {
+        let mut args = deploy_args(file, name);
+        args.push("--help".into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = isobar(&refs);
+        assert!(
+            out.status.success(),
+            "deploy/{file} passes flags `isobar` rejects: {args:?}\n{}",
+            text(&out.stderr)
+        );
+    }
+    // And a flag the binary does not know is rejected, so the check can fail.
+    let out = isobar(&["serve", "--no-such-flag", "--help"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn certgen_writes_pem_files_that_will_not_be_overwritten_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = isobar(&["certgen", "--output-dir", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+        "client.crt",
+        "client.key",
+    ] {
+        let pem = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(pem.starts_with("-----BEGIN "), "{f}");
+    }
+    let again = isobar(&["certgen", "--output-dir", d]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("--overwrite"));
+    assert!(
+        isobar(&["certgen", "--output-dir", d, "--overwrite"])
+            .status
+            .success()
+    );
+}

@@ -72,8 +72,8 @@ impl Default for WritebackConfig {
     fn default() -> Self {
         WritebackConfig {
             ingress_address: IngressAddress::None,
-            qps: 20.0,
-            burst: 50,
+            qps: 50.0,
+            burst: 100,
             window: Duration::from_millis(100),
             instance: None,
         }
@@ -235,10 +235,16 @@ impl Writer {
         let status = self.status.clone();
         let m = &status.metrics;
         let mut current_announcements = HashSet::new();
-        let mut present = HashSet::new();
-        for (object, claimed) in roots {
+        let present: HashSet<ObjectKey> = roots.iter().map(|(o, _)| o.key()).collect();
+        // Objects with something to say first: a rejection should not wait
+        // behind a backlog of addresses.
+        let mut order: Vec<&(Arc<Object>, bool)> = roots.iter().collect();
+        order.sort_by_key(|(o, _)| {
+            !by_object.contains_key(&(o.kind.as_str(), o.namespace.as_str(), o.name.as_str()))
+        });
+        let mut out_of_tokens = false;
+        for (object, claimed) in order {
             let key = object.key();
-            present.insert(key.clone());
             let diags = by_object
                 .get(&(
                     object.kind.as_str(),
@@ -259,7 +265,7 @@ impl Writer {
                 }
             }
             let print = fingerprint(object, *claimed, &diags);
-            if self.evaluated.get(&key) == Some(&print) {
+            if out_of_tokens || self.evaluated.get(&key) == Some(&print) {
                 continue;
             }
             let kind_label = || labels2("kind", object.kind.clone(), "result", "");
@@ -279,9 +285,14 @@ impl Writer {
                 self.evaluated.insert(key, print);
                 continue;
             }
+            // A pass spends what the bucket holds, then yields: the rest
+            // waits for the next pass (soon), so a new rejection or a lost
+            // lease is seen between writes, not after a whole backlog.
             let wait = self.bucket.reserve(Instant::now());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
+                out_of_tokens = true;
+                self.retry_at = Some(Instant::now());
             }
             let mut l = kind_label();
             match self.write(object, &desired).await {

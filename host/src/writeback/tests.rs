@@ -347,3 +347,61 @@ async fn only_the_leader_writes_and_a_new_leader_catches_up() {
     assert!(!task.is_finished(), "the writer keeps running");
     task.abort();
 }
+
+fn ingress_named(name: &str) -> Arc<Object> {
+    Arc::new(
+        Object::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("u-{name}"), "resourceVersion": "1"},
+            "spec": {},
+        }))
+        .unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_spends_the_token_bucket_then_yields_rejections_first() {
+    let (api, client) = ApiServer::start();
+    let st = status();
+    // The last Ingress has a problem: it goes first.
+    st.set_diagnostics(vec![diag(
+        "Ingress",
+        "i4",
+        "BackendNotFound",
+        "no such service",
+    )]);
+    let config = WritebackConfig {
+        qps: 1.0,
+        burst: 2,
+        ..WritebackConfig::default()
+    };
+    let mut w = Writer::new(client, config, st.clone());
+    let roots: Vec<_> = (0..5)
+        .map(|i| (ingress_named(&format!("i{i}")), true))
+        .collect();
+    w.pass(&roots, Some(&addresses())).await;
+    let patches: Vec<String> = api
+        .take()
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .map(|s| s.uri)
+        .collect();
+    assert_eq!(
+        patches.len(),
+        3,
+        "the burst, then one more after waiting: {patches:?}"
+    );
+    assert!(patches[0].contains("/ingresses/i4/"), "{patches:?}");
+    assert!(w.retry_at.is_some(), "the rest is left for the next pass");
+    // The next passes finish the backlog without rewriting anything.
+    w.pass(&roots, Some(&addresses())).await;
+    w.pass(&roots, Some(&addresses())).await;
+    let rest: Vec<String> = api
+        .take()
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .map(|s| s.uri)
+        .collect();
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!(writes(&st, "written"), 5);
+}
