@@ -158,6 +158,7 @@ async fn memory_child(n: usize) {
     let (_, peak) = rss();
     trim();
     let (after, _) = rss();
+    let (pool, rest) = largest_mapping();
     let snapshot = server.status().snapshot();
     let bytes: usize = isobar::xds::type_url::PUSH_ORDER
         .iter()
@@ -177,12 +178,44 @@ async fn memory_child(n: usize) {
         (after - engine) * 1024.0 / n as f64
     );
     println!(
+        "  of which the Wasm instance pool's reservation holds {pool:.0} MiB resident, the heap and the rest {rest:.0} MiB"
+    );
+    println!(
         "  the snapshot's encoded resources: {:.0} MiB in {} resources; lists to ready: {:.2} s",
         bytes as f64 / (1024.0 * 1024.0),
         snapshot.len(),
         synced.as_secs_f64()
     );
     server.shutdown().await.unwrap();
+}
+
+/// The resident MiB of the largest mapping (the Wasm instance pool's
+/// reservation is one) and of everything else.
+fn largest_mapping() -> (f64, f64) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut sizes: Vec<(u64, u64)> = Vec::new(); // (virtual size kB, rss kB)
+    for line in smaps.lines() {
+        if line.starts_with("Size:") {
+            let kb = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            sizes.push((kb, 0));
+        } else if line.starts_with("Rss:") {
+            let kb = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if let Some(last) = sizes.last_mut() {
+                last.1 = kb;
+            }
+        }
+    }
+    let total: u64 = sizes.iter().map(|s| s.1).sum();
+    let pool = sizes.iter().max_by_key(|s| s.0).map(|s| s.1).unwrap_or(0);
+    (pool as f64 / 1024.0, (total - pool) as f64 / 1024.0)
 }
 
 fn memory(n: usize) {
