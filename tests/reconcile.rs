@@ -76,19 +76,15 @@ fn memcached(name: &str, size: Value) -> Value {
 }
 
 fn memcached_key(name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: KindKey::new("cache.example.com/v1alpha1", "Memcached"),
-        namespace: "default".into(),
-        name: name.into(),
-    }
+    ObjectKey::new(
+        KindKey::new("cache.example.com/v1alpha1", "Memcached"),
+        "default",
+        name,
+    )
 }
 
 fn deployment_key(name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: KindKey::new("apps/v1", "Deployment"),
-        namespace: "default".into(),
-        name: name.into(),
-    }
+    ObjectKey::new(KindKey::new("apps/v1", "Deployment"), "default", name)
 }
 
 fn pod(name: &str, instance: &str) -> Value {
@@ -394,19 +390,11 @@ fn fault(name: &str, mode: &str) -> Value {
 }
 
 fn fault_key(name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: KindKey::new("test.isobar.dev/v1", "Fault"),
-        namespace: "default".into(),
-        name: name.into(),
-    }
+    ObjectKey::new(KindKey::new("test.isobar.dev/v1", "Fault"), "default", name)
 }
 
 fn config_map_key(namespace: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: KindKey::new("v1", "ConfigMap"),
-        namespace: namespace.into(),
-        name: name.into(),
-    }
+    ObjectKey::new(KindKey::new("v1", "ConfigMap"), namespace, name)
 }
 
 /// The host's own condition on a reconciled object.

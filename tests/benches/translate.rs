@@ -36,11 +36,7 @@ impl isobar_guest::Store for NativeStore<'_> {
         namespace: &str,
         name: &str,
     ) -> Option<isobar_guest::types::Object> {
-        let key = isobar::store::ObjectKey {
-            kind: KindKey::new(api_version, kind),
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let key = isobar::store::ObjectKey::new(KindKey::new(api_version, kind), namespace, name);
         self.0.get(&key).map(|o| to_guest(o))
     }
     fn list(

@@ -461,11 +461,7 @@ impl Pipeline {
     }
 
     fn check_backend(&self, b: &ir::Backend) -> Option<(&'static str, String)> {
-        let key = ObjectKey {
-            kind: service_kind(),
-            namespace: b.namespace.clone(),
-            name: b.name.clone(),
-        };
+        let key = ObjectKey::new(service_kind(), b.namespace.clone(), b.name.clone());
         let Some(obj) = self.store.get(&key) else {
             return Some((
                 "BackendNotFound",
@@ -744,11 +740,11 @@ impl Pipeline {
                     touched.entry(type_url::ENDPOINT).or_default().insert(name);
                 }
                 Some(backend) => {
-                    let svc_key = ObjectKey {
-                        kind: service_kind(),
-                        namespace: backend.namespace.clone(),
-                        name: backend.name.clone(),
-                    };
+                    let svc_key = ObjectKey::new(
+                        service_kind(),
+                        backend.namespace.clone(),
+                        backend.name.clone(),
+                    );
                     let sources = vec![svc_key.clone()];
                     let cluster = envoy::cluster(&backend);
                     self.put(Resource::encode(
@@ -811,11 +807,7 @@ impl Pipeline {
                 self.secret_errors.remove(&key);
                 self.remove(type_url::SECRET, &name);
             } else {
-                let obj_key = ObjectKey {
-                    kind: secret_kind(),
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                };
+                let obj_key = ObjectKey::new(secret_kind(), key.0.clone(), key.1.clone());
                 let compiled = match self.store.get(&obj_key) {
                     None => Err(format!("Secret {}/{} does not exist", key.0, key.1)),
                     Some(obj) => match obj.parse::<Secret>() {

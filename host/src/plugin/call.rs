@@ -196,17 +196,11 @@ impl store::Host for CallState {
         namespace: String,
         name: String,
     ) -> Option<types::Object> {
-        let key = ObjectKey {
-            kind: KindKey::new(&api_version, &kind),
-            namespace,
-            name,
-        };
-        let found = self
-            .store
-            .as_ref()
-            .and_then(|s| s.get(&key))
-            .map(|o| to_wit(o));
-        self.reads.gets.insert(key);
+        let key = ObjectKey::new(KindKey::new(&api_version, &kind), namespace, name);
+        let stored = self.store.as_ref().and_then(|s| s.get(&key));
+        let found = stored.map(|o| to_wit(o));
+        // Record the store's own key when there is one: shared, not a copy.
+        self.reads.gets.insert(stored.map_or(key, |o| o.key()));
         found
     }
 

@@ -420,11 +420,7 @@ mod tests {
     use crate::store::KindKey;
 
     fn key(kind: &str, api: &str, name: &str) -> ObjectKey {
-        ObjectKey {
-            kind: KindKey::new(api, kind),
-            namespace: "ns".into(),
-            name: name.into(),
-        }
+        ObjectKey::new(KindKey::new(api, kind), "ns", name)
     }
 
     fn owner() -> Value {

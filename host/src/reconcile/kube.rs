@@ -113,11 +113,11 @@ fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
             "an applied object needs apiVersion, kind and metadata.name".into(),
         ));
     }
-    Ok(ObjectKey {
-        kind: KindKey::new(api_version, kind),
-        namespace: s("/metadata/namespace").to_string(),
-        name: name.to_string(),
-    })
+    Ok(ObjectKey::new(
+        KindKey::new(api_version, kind),
+        s("/metadata/namespace").to_string(),
+        name.to_string(),
+    ))
 }
 
 fn resource_version(o: &DynamicObject) -> Option<String> {

@@ -244,10 +244,12 @@ impl<C: Cluster> Reconciler<C> {
             r["apiVersion"].as_str().unwrap_or_default(),
             r["kind"].as_str().unwrap_or_default(),
         );
-        (kind == self.kind).then(|| ObjectKey {
-            kind,
-            namespace: o.namespace.clone(),
-            name: r["name"].as_str().unwrap_or_default().to_string(),
+        (kind == self.kind).then(|| {
+            ObjectKey::new(
+                kind,
+                o.namespace.clone(),
+                r["name"].as_str().unwrap_or_default().to_string(),
+            )
         })
     }
 
@@ -362,11 +364,11 @@ impl<C: Cluster> Reconciler<C> {
                     count(self.cluster.set_finalizer(&key, &f, false).await?)
                 }
                 Action::Delete(id) => {
-                    let target = ObjectKey {
-                        kind: KindKey::new(&id.api_version, &id.kind),
-                        namespace: id.namespace,
-                        name: id.name,
-                    };
+                    let target = ObjectKey::new(
+                        KindKey::new(&id.api_version, &id.kind),
+                        id.namespace,
+                        id.name,
+                    );
                     if let Some(existing) = self.store.get(&target)
                         && controller_ref(existing).is_none_or(|r| r["uid"] != object.uid.as_str())
                     {

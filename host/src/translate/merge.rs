@@ -447,18 +447,9 @@ mod tests {
     use std::sync::Arc;
 
     fn root(name: &str, created: &str, vhosts: Vec<ir::VirtualHost>) -> (ObjectKey, RootOutput) {
-        let key = ObjectKey {
-            kind: KindKey::new("networking.k8s.io/v1", "Ingress"),
-            namespace: "ns".into(),
-            name: name.into(),
-        };
+        let key = ObjectKey::new(KindKey::new("networking.k8s.io/v1", "Ingress"), "ns", name);
         let out = RootOutput {
-            order: RootOrder {
-                created: created.into(),
-                namespace: "ns".into(),
-                name: name.into(),
-                kind: key.kind.clone(),
-            },
+            order: RootOrder::new(created, key.clone()),
             fragment: Arc::new(ir::Fragment {
                 listeners: vec![],
                 virtual_hosts: vhosts,

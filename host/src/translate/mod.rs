@@ -15,22 +15,50 @@ use crate::store::{Change, KindKey, Object, ObjectKey, Store};
 
 /// Orders roots for conflict resolution: the oldest wins, then
 /// namespace/name. Manifests without creationTimestamp sort first, by name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Holds the root's (shared) key rather than copies of its names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RootOrder {
     pub created: String,
-    pub namespace: String,
-    pub name: String,
-    pub kind: KindKey,
+    pub key: ObjectKey,
 }
 
 impl RootOrder {
     pub fn of(obj: &Object) -> Self {
         RootOrder {
             created: obj.creation_timestamp.clone(),
-            namespace: obj.namespace.clone(),
-            name: obj.name.clone(),
-            kind: obj.kind_key(),
+            key: obj.key(),
         }
+    }
+
+    pub fn new(created: impl Into<String>, key: ObjectKey) -> Self {
+        RootOrder {
+            created: created.into(),
+            key,
+        }
+    }
+}
+
+impl Ord for RootOrder {
+    /// Oldest first, then namespace, name, kind.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (
+            &self.created,
+            &self.key.namespace,
+            &self.key.name,
+            &self.key.kind,
+        )
+            .cmp(&(
+                &other.created,
+                &other.key.namespace,
+                &other.key.name,
+                &other.key.kind,
+            ))
+    }
+}
+
+impl PartialOrd for RootOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 

@@ -45,11 +45,11 @@ const SDS: &str = type_url::SECRET;
 // ---- synthetic snapshots ------------------------------------------------
 
 fn source(name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: KindKey::new("networking.k8s.io/v1", "Ingress"),
-        namespace: "default".into(),
-        name: name.into(),
-    }
+    ObjectKey::new(
+        KindKey::new("networking.k8s.io/v1", "Ingress"),
+        "default",
+        name,
+    )
 }
 
 /// A small Envoy message of the given type whose content depends on `variant`.

@@ -139,11 +139,7 @@ const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/mc";
 const MEMCACHED: &str = "/apis/cache.example.com/v1alpha1/namespaces/shop/memcacheds/mc";
 
 fn key(kind: KindKey) -> ObjectKey {
-    ObjectKey {
-        kind,
-        namespace: "shop".into(),
-        name: "mc".into(),
-    }
+    ObjectKey::new(kind, "shop", "mc")
 }
 
 #[tokio::test]
@@ -200,10 +196,7 @@ async fn status_goes_to_the_status_subresource() {
         Ok(Write::Unchanged)
     );
     // Status for an object that is gone is an error, not a create.
-    let gone = ObjectKey {
-        name: "gone".into(),
-        ..k
-    };
+    let gone = k.with_name("gone");
     assert!(matches!(
         c.apply_status(&gone, json!({}), "isobar/memcached").await,
         Err(ClusterError::NotFound(_))
