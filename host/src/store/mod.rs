@@ -12,29 +12,70 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A kind by API group (not version): `networking.k8s.io/v1` and
 /// `networking.k8s.io/v1beta1` Ingresses are the same objects.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct KindKey {
+///
+/// Interned: a cluster has a handful of kinds and every key names one, so
+/// all keys of a kind share one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KindKey(Arc<KindParts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct KindParts {
     pub group: String,
     pub kind: String,
+}
+
+type Interned = HashMap<String, HashMap<String, Arc<KindParts>>>;
+
+fn intern(group: &str, kind: &str) -> KindKey {
+    static KINDS: std::sync::OnceLock<parking_lot::Mutex<Interned>> = std::sync::OnceLock::new();
+    let mut kinds = KINDS.get_or_init(Default::default).lock();
+    if let Some(k) = kinds.get(group).and_then(|g| g.get(kind)) {
+        return KindKey(k.clone());
+    }
+    let parts = Arc::new(KindParts {
+        group: group.to_string(),
+        kind: kind.to_string(),
+    });
+    kinds
+        .entry(group.to_string())
+        .or_default()
+        .insert(kind.to_string(), parts.clone());
+    KindKey(parts)
 }
 
 impl KindKey {
     pub fn new(api_version: &str, kind: &str) -> Self {
         let group = match api_version.rsplit_once('/') {
-            Some((group, _version)) => group.to_string(),
-            None => String::new(),
+            Some((group, _version)) => group,
+            None => "",
         };
-        KindKey {
-            group,
-            kind: kind.to_string(),
-        }
+        intern(group, kind)
     }
 
     pub fn of<K: k8s_openapi::Resource>() -> Self {
-        KindKey {
-            group: K::GROUP.to_string(),
-            kind: K::KIND.to_string(),
-        }
+        intern(K::GROUP, K::KIND)
+    }
+}
+
+impl std::ops::Deref for KindKey {
+    type Target = KindParts;
+    fn deref(&self) -> &KindParts {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KindKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindKey")
+            .field("group", &self.group)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Serialize for KindKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
