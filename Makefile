@@ -67,6 +67,7 @@ test: plugins interop-venv
 	else echo "WARNING: npm not found: the JavaScript plugin test will be SKIPPED"; fi
 	@if command -v python3 >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-py; \
 	else echo "WARNING: python3 not found: the Python operator tests will be SKIPPED"; fi
+	@if [ -z "$$ISOBAR_E2E_KUBECONFIG" ]; then echo "NOTE: ISOBAR_E2E_KUBECONFIG is not set: the end-to-end suite against a real cluster (tests/e2e.rs) will be SKIPPED"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@if command -v npm >/dev/null 2>&1; then CARGO_TARGET_DIR=$(TARGET_DIR) npm test --prefix plugins/canary-js; fi
 	@if command -v python3 >/dev/null 2>&1; then cd plugins/memcached/python && python3 -m unittest -q; fi
