@@ -30,7 +30,7 @@ use super::event::XdsEvent;
 use super::snapshot::Snapshot;
 use super::sotw::Sotw;
 use super::stream::{self, Shared};
-use super::wire::{DeltaResponse, SotwResponse, WireCodec};
+use super::wire::{DeltaResponse, SotwRequest, SotwResponse, WireCodec};
 
 /// Events buffered for the host before new ones are dropped (and counted).
 pub const EVENT_QUEUE: usize = 4096;
@@ -113,7 +113,7 @@ impl XdsServer {
 
     fn sotw<S>(&self, requests: S) -> mpsc::Receiver<Result<SotwResponse, Status>>
     where
-        S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + 'static,
+        S: Stream<Item = Result<SotwRequest, Status>> + Send + 'static,
     {
         stream::spawn(self.shared.clone(), Sotw::default(), requests)
     }
@@ -142,7 +142,8 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let responses = ReceiverStream::new(self.sotw(request.into_inner()));
+        let requests = request.into_inner().map(|r| r.map(SotwRequest::from));
+        let responses = ReceiverStream::new(self.sotw(requests));
         Ok(Response::new(Box::pin(
             responses.map(|r| r.map(|r| r.to_proto())),
         )))
@@ -172,12 +173,12 @@ impl NamedService for AdsService {
 
 struct SotwCall(XdsServer);
 
-impl StreamingService<DiscoveryRequest> for SotwCall {
+impl StreamingService<SotwRequest> for SotwCall {
     type Response = SotwResponse;
     type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+    fn call(&mut self, request: Request<Streaming<SotwRequest>>) -> Self::Future {
         let responses = ReceiverStream::new(self.0.sotw(request.into_inner()));
         Box::pin(async move { Ok(Response::new(responses)) })
     }
@@ -213,7 +214,7 @@ where
         let server = self.server.clone();
         match request.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(WireCodec::<SotwResponse, DiscoveryRequest>::default());
+                let mut grpc = Grpc::new(WireCodec::<SotwResponse, SotwRequest>::default());
                 Ok(grpc.streaming(SotwCall(server), request).await)
             }),
             DELTA_PATH => Box::pin(async move {

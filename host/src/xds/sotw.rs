@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tracing::{debug, warn};
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
@@ -33,7 +32,7 @@ use super::snapshot::{Resource, Resources};
 use super::stream::{
     Handler, Prepared, StreamCtx, full_state, legacy_wildcard, nack_subjects, push_rank,
 };
-use super::wire::{Selection, SotwResponse};
+use super::wire::{RawNames, Selection, SotwRequest, SotwResponse};
 
 #[derive(Default)]
 pub(crate) struct Sotw {
@@ -47,6 +46,9 @@ struct TypeState {
     /// means "none", no longer the legacy wildcard.
     explicit: bool,
     names: Arc<BTreeSet<String>>,
+    /// The names of the last request, as they came: an ACK that repeats
+    /// them (the common case) is recognised without decoding a string.
+    last_names: RawNames,
     last: Option<Sent>,
 }
 
@@ -68,11 +70,11 @@ struct Sent {
 }
 
 impl Handler for Sotw {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
     type Response = SotwResponse;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+    fn node(request: &SotwRequest) -> Option<&Node> {
         request.node.as_ref()
     }
 
@@ -80,9 +82,9 @@ impl Handler for Sotw {
         &mut self,
         ctx: &mut StreamCtx,
         current: Option<&Arc<Prepared>>,
-        request: DiscoveryRequest,
+        request: SotwRequest,
     ) -> Vec<SotwResponse> {
-        let DiscoveryRequest {
+        let SotwRequest {
             version_info,
             resource_names,
             resource_locators,
@@ -161,10 +163,21 @@ impl Handler for Sotw {
             }
         }
 
-        let names = resource_names
-            .into_iter()
-            .chain(resource_locators.into_iter().map(|l| l.name));
-        let widened = state.resubscribe(names);
+        // The same names as last time leave the subscription as it is.
+        let widened = if resource_locators.is_empty()
+            && state.last.is_some()
+            && resource_names == state.last_names
+        {
+            false
+        } else {
+            let names = resource_names
+                .iter()
+                .map(str::to_string)
+                .chain(resource_locators.into_iter().map(|l| l.name));
+            let widened = state.resubscribe(names);
+            state.last_names = resource_names;
+            widened
+        };
         match current {
             Some(p) if state.last.is_none() || widened => vec![state.respond(ctx, p, None)],
             _ => Vec::new(),
@@ -194,6 +207,7 @@ impl TypeState {
             wildcard: false,
             explicit: false,
             names: Arc::default(),
+            last_names: RawNames::default(),
             last: None,
         }
     }

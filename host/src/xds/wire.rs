@@ -363,9 +363,232 @@ impl<D: prost::Message + Default> Decoder for WireDecoder<D> {
     }
 }
 
+/// A state-of-the-world `DiscoveryRequest` whose `resource_names` stay on
+/// the wire until needed.
+///
+/// Every SotW ACK repeats the whole subscription: an Envoy ACKing endpoints
+/// names every cluster, 10k strings at 10k Services, on every stream, on
+/// every push. Kept raw, an unchanged subscription is told apart by one
+/// comparison of bytes, and no string is allocated. Decodes exactly the
+/// fields of envoy's message; others are skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SotwRequest {
+    pub version_info: String,
+    pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    pub resource_names: RawNames,
+    pub type_url: String,
+    pub response_nonce: String,
+    pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+    pub resource_locators: Vec<envoy_types::pb::envoy::service::discovery::v3::ResourceLocator>,
+}
+
+/// Repeated strings as they came: each one's length (varint) then its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawNames(Vec<u8>);
+
+impl RawNames {
+    /// The names, borrowed from the raw bytes (validated as UTF-8 when
+    /// decoded).
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+            let (name, tail) = rest.split_at(len.min(rest.len()));
+            rest = tail;
+            std::str::from_utf8(name).ok()
+        })
+    }
+
+    fn push(&mut self, name: &[u8]) {
+        encode_varint(name.len() as u64, &mut self.0);
+        self.0.extend_from_slice(name);
+    }
+}
+
+impl FromIterator<String> for RawNames {
+    fn from_iter<I: IntoIterator<Item = String>>(names: I) -> Self {
+        let mut raw = RawNames::default();
+        for n in names {
+            raw.push(n.as_bytes());
+        }
+        raw
+    }
+}
+
+impl From<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest> for SotwRequest {
+    fn from(r: envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest) -> Self {
+        SotwRequest {
+            version_info: r.version_info,
+            node: r.node,
+            resource_names: r.resource_names.into_iter().collect(),
+            type_url: r.type_url,
+            response_nonce: r.response_nonce,
+            error_detail: r.error_detail,
+            resource_locators: r.resource_locators,
+        }
+    }
+}
+
+/// prost's error for a string field that is not UTF-8, made by prost.
+fn not_utf8() -> prost::DecodeError {
+    let mut s = String::new();
+    let bad: &[u8] = &[1, 0xff];
+    prost::encoding::string::merge(
+        WireType::LengthDelimited,
+        &mut s,
+        &mut &bad[..],
+        DecodeContext::default(),
+    )
+    .expect_err("0xff is not UTF-8")
+}
+
+impl prost::Message for SotwRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        use prost::encoding::{message, string};
+        if !self.version_info.is_empty() {
+            string::encode(1, &self.version_info, buf);
+        }
+        if let Some(node) = &self.node {
+            message::encode(2, node, buf);
+        }
+        for name in self.resource_names.iter() {
+            encode_key(3, WireType::LengthDelimited, buf);
+            encode_varint(name.len() as u64, buf);
+            buf.put_slice(name.as_bytes());
+        }
+        if !self.type_url.is_empty() {
+            string::encode(4, &self.type_url, buf);
+        }
+        if !self.response_nonce.is_empty() {
+            string::encode(5, &self.response_nonce, buf);
+        }
+        if let Some(e) = &self.error_detail {
+            message::encode(6, e, buf);
+        }
+        message::encode_repeated(7, &self.resource_locators, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{message, string};
+        match tag {
+            1 => string::merge(wire_type, &mut self.version_info, buf, ctx),
+            2 => message::merge(
+                wire_type,
+                self.node.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            3 => {
+                // prost's own reading (wire type, length, underflow) into a
+                // reused buffer; the name is then only appended.
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with_borrow_mut(|name| {
+                    prost::encoding::bytes::merge(wire_type, name, buf, ctx)?;
+                    if std::str::from_utf8(name).is_err() {
+                        return Err(not_utf8());
+                    }
+                    self.resource_names.push(name);
+                    Ok(())
+                })
+            }
+            4 => string::merge(wire_type, &mut self.type_url, buf, ctx),
+            5 => string::merge(wire_type, &mut self.response_nonce, buf, ctx),
+            6 => message::merge(
+                wire_type,
+                self.error_detail.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            7 => message::merge_repeated(wire_type, &mut self.resource_locators, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{message, string};
+        let names: usize = self
+            .resource_names
+            .iter()
+            .map(|n| key_len(3) + encoded_len_varint(n.len() as u64) + n.len())
+            .sum();
+        (if self.version_info.is_empty() {
+            0
+        } else {
+            string::encoded_len(1, &self.version_info)
+        }) + self.node.as_ref().map_or(0, |n| message::encoded_len(2, n))
+            + names
+            + (if self.type_url.is_empty() {
+                0
+            } else {
+                string::encoded_len(4, &self.type_url)
+            })
+            + (if self.response_nonce.is_empty() {
+                0
+            } else {
+                string::encoded_len(5, &self.response_nonce)
+            })
+            + self
+                .error_detail
+                .as_ref()
+                .map_or(0, |e| message::encoded_len(6, e))
+            + message::encoded_len_repeated(7, &self.resource_locators)
+    }
+
+    fn clear(&mut self) {
+        *self = SotwRequest::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sotw_request_decodes_as_envoys_message_does_and_keeps_names_raw() {
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use prost::Message;
+        let envoy = DiscoveryRequest {
+            version_info: "7".into(),
+            node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+                id: "envoy-1".into(),
+                ..Default::default()
+            }),
+            resource_names: vec!["a".into(), "é/b".into(), String::new(), "c".repeat(300)],
+            type_url: "t".into(),
+            response_nonce: "n".into(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "bad".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        let wire = envoy.encode_to_vec();
+        let ours = SotwRequest::decode(&wire[..]).unwrap();
+        assert_eq!(ours, SotwRequest::from(envoy.clone()));
+        let names: Vec<&str> = ours.resource_names.iter().collect();
+        assert_eq!(names, envoy.resource_names);
+        // And back: byte for byte what envoy's type writes.
+        assert_eq!(ours.encode_to_vec(), wire);
+        assert_eq!(ours.encoded_len(), wire.len());
+        // Not UTF-8: refused, as prost refuses it for a string field.
+        let mut bad = Vec::new();
+        encode_key(3, WireType::LengthDelimited, &mut bad);
+        encode_varint(1, &mut bad);
+        bad.push(0xff);
+        assert!(SotwRequest::decode(&bad[..]).is_err());
+    }
     use crate::xds::snapshot::type_url;
     use prost::Message;
 
