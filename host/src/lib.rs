@@ -6,6 +6,8 @@ pub mod app;
 pub mod certgen;
 pub mod dump;
 pub mod envoy;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_api;
 pub mod leader;
 pub mod pipeline;
 pub mod plugin;

@@ -13,17 +13,15 @@
 //! `ISOBAR_BENCH_CHURN_RATE` (100 changes/s).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use isobar::fake_api::FakeApi;
 use isobar::serve::{Cluster, Config, Server, Writeback};
 use isobar::writeback::{IngressAddress, WritebackConfig};
 use isobar_tests::ads::WAIT;
 use isobar_tests::bench::{app, machine};
 use isobar_tests::cluster::*;
 use isobar_tests::*;
-use kube::client::Body;
 use kube::runtime::watcher::Event as WatchEvent;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -226,21 +224,11 @@ fn memory(n: usize) {
     assert!(out.success(), "memory child failed");
 }
 
-/// A mocked API server that counts what reaches it.
-fn api_server(patches: Arc<AtomicU64>, events: Arc<AtomicU64>) -> kube::Client {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(async move {
-        while let Some((request, reply)) = handle.next_request().await {
-            if request.method() == http::Method::PATCH {
-                patches.fetch_add(1, Ordering::Relaxed);
-            } else {
-                events.fetch_add(1, Ordering::Relaxed);
-            }
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            reply.send_response(Response::new(Body::from(bytes.to_vec())));
-        }
-    });
-    kube::Client::new(service, "default")
+/// (status patches, other requests: Events) the fake API server has seen.
+fn counts(api: &FakeApi) -> (u64, u64) {
+    let seen = api.requests();
+    let patches = seen.iter().filter(|s| s.method == "PATCH").count() as u64;
+    (patches, seen.len() as u64 - patches)
 }
 
 fn metric(server: &Server, result: &str) -> u64 {
@@ -258,9 +246,7 @@ fn metric(server: &Server, result: &str) -> u64 {
 }
 
 async fn churn(n: usize, secs: usize, rate: usize) {
-    let patches = Arc::new(AtomicU64::new(0));
-    let events = Arc::new(AtomicU64::new(0));
-    let client = api_server(patches.clone(), events.clone());
+    let (api, client) = FakeApi::start([]);
     let script = Arc::new(Script::default());
     let (_leader_tx, leader) = watch::channel(true);
     let server = start(
@@ -280,7 +266,7 @@ async fn churn(n: usize, secs: usize, rate: usize) {
     assert!(server.ready(Duration::from_secs(600)).await);
     // The first pass writes every Ingress once (rate-limited).
     let first = Instant::now();
-    while patches.load(Ordering::Relaxed) < n as u64 {
+    while counts(&api).0 < n as u64 {
         assert!(
             first.elapsed() < Duration::from_secs(3600),
             "initial writes"
@@ -288,11 +274,7 @@ async fn churn(n: usize, secs: usize, rate: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let initial = first.elapsed();
-    let (p0, e0, s0) = (
-        patches.load(Ordering::Relaxed),
-        events.load(Ordering::Relaxed),
-        metric(&server, "unchanged"),
-    );
+    let (p0, e0, s0) = (counts(&api).0, counts(&api).1, metric(&server, "unchanged"));
     // Churn: each tick changes one Ingress. Every 10th change points it at
     // a Service that does not exist (a diagnostic: an Event), the next
     // puts it back; the rest change a path (status unchanged).
@@ -327,19 +309,16 @@ async fn churn(n: usize, secs: usize, rate: usize) {
     let mut last = (0, 0, 0);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = (
-            patches.load(Ordering::Relaxed),
-            events.load(Ordering::Relaxed),
-            metric(&server, "unchanged"),
-        );
+        let now = (counts(&api).0, counts(&api).1, metric(&server, "unchanged"));
         if now == last || settle.elapsed() > WAIT {
             break;
         }
         last = now;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let writes = patches.load(Ordering::Relaxed) - p0;
-    let published = events.load(Ordering::Relaxed) - e0;
+    let (patches, events) = counts(&api);
+    let writes = patches - p0;
+    let published = events - e0;
     let skipped = metric(&server, "unchanged") - s0;
     println!(
         "status write-back, {n} Ingresses, churn of {rate} changes/s for {secs} s ({total} changes):"

@@ -215,7 +215,7 @@ impl MemoryCluster {
     }
 }
 
-fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
+pub(super) fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
     let o = Object::from_value(object.clone()).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     Ok(o.key())
 }

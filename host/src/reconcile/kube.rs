@@ -11,14 +11,12 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::cluster::{Cluster, ClusterError, RecordedEvent, Write};
+use super::cluster::{Cluster, ClusterError, RecordedEvent, Write, key_of};
 use crate::source::kube::Watches;
 use crate::store::{KindKey, ObjectKey};
 
@@ -27,6 +25,7 @@ pub struct KubeCluster {
     resources: Mutex<HashMap<KindKey, (ApiResource, bool)>>,
     /// Resolves kinds as the kube source does (one discovery path).
     resolver: Option<Arc<dyn Watches>>,
+    recorders: Mutex<HashMap<String, Recorder>>,
 }
 
 impl KubeCluster {
@@ -35,6 +34,7 @@ impl KubeCluster {
             client,
             resources: Mutex::new(HashMap::new()),
             resolver: None,
+            recorders: Mutex::new(HashMap::new()),
         }
     }
 
@@ -100,26 +100,6 @@ fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
-    let s = |p: &str| {
-        object
-            .pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    };
-    let (api_version, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
-    if api_version.is_empty() || kind.is_empty() || name.is_empty() {
-        return Err(ClusterError::Invalid(
-            "an applied object needs apiVersion, kind and metadata.name".into(),
-        ));
-    }
-    Ok(ObjectKey::new(
-        KindKey::new(api_version, kind),
-        s("/metadata/namespace").to_string(),
-        name.to_string(),
-    ))
-}
-
 fn resource_version(o: &DynamicObject) -> Option<String> {
     o.metadata.resource_version.clone()
 }
@@ -132,17 +112,12 @@ impl Cluster for KubeCluster {
     ) -> BoxFuture<'a, Result<Write, ClusterError>> {
         async move {
             let key = key_of(&object)?;
-            let api_version = object["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let (group, version) = api_version
-                .rsplit_once('/')
-                .unwrap_or(("", api_version.as_str()));
             // The object names its version; discovery only says the scope.
             let (_, namespaced) = self.resolve(&key.kind).await?;
-            let resource =
-                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &key.kind.kind));
+            let resource = crate::source::kube::api_resource(
+                object["apiVersion"].as_str().unwrap_or_default(),
+                &key.kind.kind,
+            );
             let api: Api<DynamicObject> = if namespaced {
                 Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
             } else {
@@ -259,13 +234,22 @@ impl Cluster for KubeCluster {
     fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>> {
         async move {
             let (resource, _) = self.resolve(&event.regarding.kind).await?;
-            let recorder = Recorder::new(
-                self.client.clone(),
-                Reporter {
-                    controller: event.reporting_controller.clone(),
-                    instance: None,
-                },
-            );
+            // One recorder per plugin, kept: its cache folds repeats into a
+            // series instead of a new Event each time.
+            let recorder = self
+                .recorders
+                .lock()
+                .entry(event.reporting_controller.clone())
+                .or_insert_with(|| {
+                    Recorder::new(
+                        self.client.clone(),
+                        Reporter {
+                            controller: event.reporting_controller.clone(),
+                            instance: None,
+                        },
+                    )
+                })
+                .clone();
             let reference = k8s_openapi::api::core::v1::ObjectReference {
                 api_version: Some(resource.api_version.clone()),
                 kind: Some(resource.kind.clone()),

@@ -87,8 +87,6 @@ pub(crate) struct Operators {
     kinds: HashSet<KindKey>,
     status: Arc<Status>,
     metrics: QueueMetrics,
-    /// Why the latest swap was refused (taken by the loop).
-    last_failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl Operators {
@@ -104,7 +102,6 @@ impl Operators {
             kinds,
             status,
             metrics: QueueMetrics::new(),
-            last_failure: Default::default(),
         }
     }
 
@@ -160,14 +157,16 @@ impl Operators {
                         }
                     }
                     Some(OpInput::Swap(index)) => {
-                        if let Some(next) = self.swap(index, &running, cluster.clone(), &objects).await {
-                            let old = std::mem::replace(&mut running[index], next);
-                            progress_changed.push(progress_stream(index, running[index].progress.clone()));
-                            old.stop.send_replace(true);
-                            // The old one finishes its batch; the new one already has the world.
-                            tokio::spawn(async move { let _ = old.task.await; });
-                        } else if let Some(e) = self.last_failure.lock().take() {
-                            running[index].last_swap_error = Some(e);
+                        match self.swap(index, &running, cluster.clone(), &objects).await {
+                            Ok(Some(next)) => {
+                                let old = std::mem::replace(&mut running[index], next);
+                                progress_changed.push(progress_stream(index, running[index].progress.clone()));
+                                old.stop.send_replace(true);
+                                // The old one finishes its batch; the new one already has the world.
+                                tokio::spawn(async move { let _ = old.task.await; });
+                            }
+                            Ok(None) => {}
+                            Err(why) => running[index].last_swap_error = Some(why),
                         }
                         self.publish(&running);
                     }
@@ -208,24 +207,26 @@ impl Operators {
         }
     }
 
-    /// A swapped-in reconciler, started; none (and the reason recorded)
-    /// when the file is unchanged, unreadable or not an acceptable component.
+    /// A swapped-in reconciler, started; none when the file is unchanged or
+    /// gone; why not when it is unreadable or not an acceptable component.
     async fn swap<C: Cluster>(
         &self,
         index: usize,
         running: &[Running],
         cluster: Arc<C>,
         objects: &BTreeMap<ObjectKey, Arc<Object>>,
-    ) -> Option<Running> {
-        let path = self.paths.get(index)?.clone();
+    ) -> Result<Option<Running>, String> {
+        let Some(path) = self.paths.get(index).cloned() else {
+            return Ok(None);
+        };
         let current = &running[index].plugin;
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return self.refuse(&path, format!("unreadable: {e}")),
         };
         if hex::encode(Sha256::digest(&bytes)) == current.digest {
-            return None;
+            return Ok(None);
         }
         let runtime = self.runtime.clone();
         let source = path.display().to_string();
@@ -252,13 +253,12 @@ impl Operators {
             );
         }
         info!(reconciler = %plugin.info.name, digest = %plugin.digest, replaced = %current.digest, "reconciler swapped");
-        Some(self.start(plugin, cluster, objects, None))
+        Ok(Some(self.start(plugin, cluster, objects, None)))
     }
 
-    fn refuse(&self, path: &std::path::Path, why: String) -> Option<Running> {
+    fn refuse(&self, path: &std::path::Path, why: String) -> Result<Option<Running>, String> {
         warn!(reconciler = %path.display(), error = %why, "reconciler not swapped; the loaded one keeps running");
-        *self.last_failure.lock() = Some(format!("{}: {why}", rfc3339(SystemTime::now())));
-        None
+        Err(format!("{}: {why}", rfc3339(SystemTime::now())))
     }
 
     fn publish(&self, running: &[Running]) {

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::truncate;
 use crate::ir;
 use crate::store::Object;
 
@@ -179,17 +180,6 @@ fn comparable(current: &Value, key: &Value) -> Value {
         .cloned()
         .unwrap_or_else(|| json!([]));
     json!({"loadBalancer": {"ingress": lb}})
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -350,8 +350,11 @@ impl Writer {
     }
 
     async fn write(&self, object: &Object, desired: &Desired) -> Result<(), kube::Error> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &object.namespace, &resource_of(object));
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &object.namespace,
+            &crate::source::kube::api_resource(&object.api_version, &object.kind),
+        );
         let body = serde_json::json!({
             "apiVersion": object.api_version,
             "kind": object.kind,
@@ -401,7 +404,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// At most `max` bytes, cut on a character boundary and marked.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -410,16 +414,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
-}
-
-/// The API resource of an object: its apiVersion and kind, the plural
-/// guessed as kube does (ingresses, httproutes).
-fn resource_of(object: &Object) -> ApiResource {
-    let (group, version) = match object.api_version.rsplit_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", object.api_version.as_str()),
-    };
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &object.kind))
 }
 
 /// Follows one Service's load balancer addresses (IPs and hostnames).

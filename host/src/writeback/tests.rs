@@ -1,76 +1,15 @@
-//! Status write-back against a mocked API server (tower-test behind a real
-//! `kube::Client`): the requests are the real ones, paths, field manager,
-//! bodies and all.
+//! Status write-back against the fake API server (`crate::fake_api`): the
+//! requests are the real ones, paths, field manager, bodies and all.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 
-use http::{Request, Response};
-use kube::client::Body;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::*;
+use crate::fake_api::FakeApi;
 use crate::serve::status::NackRecord;
 use crate::xds::Snapshot;
-
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    uri: String,
-    body: Value,
-}
-
-/// A fake API server: records every request and answers with `code`
-/// (echoing the body, which is what kube decodes).
-struct ApiServer {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    code: Arc<AtomicU16>,
-}
-
-impl ApiServer {
-    fn start() -> (ApiServer, kube::Client) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let code = Arc::new(AtomicU16::new(200));
-        let (s, c) = (seen.clone(), code.clone());
-        tokio::spawn(async move {
-            while let Some((request, reply)) = handle.next_request().await {
-                let method = request.method().to_string();
-                let uri = request.uri().to_string();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                s.lock().push(Seen {
-                    method,
-                    uri,
-                    body: body.clone(),
-                });
-                let code = c.load(Ordering::SeqCst);
-                let answer = if code == 200 {
-                    body
-                } else {
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                           "message": "injected", "reason": "InternalError", "code": code})
-                };
-                reply.send_response(
-                    Response::builder()
-                        .status(code)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        (
-            ApiServer { seen, code },
-            kube::Client::new(service, "default"),
-        )
-    }
-
-    fn take(&self) -> Vec<Seen> {
-        std::mem::take(&mut *self.seen.lock())
-    }
-}
 
 fn status() -> Arc<Status> {
     let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -131,7 +70,7 @@ const INGRESS_STATUS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingress
 
 #[tokio::test]
 async fn ingress_address_is_applied_once_with_the_field_manager() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(ingress("1", json!({})), true)];
@@ -162,7 +101,7 @@ async fn ingress_address_is_applied_once_with_the_field_manager() {
 
 #[tokio::test]
 async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
     let shown = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
@@ -172,22 +111,17 @@ async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed()
     w.pass(&[(ingress("3", json!({})), false)], Some(&addresses()))
         .await;
     // No address known yet.
-    let mut w2 = Writer::new(kube_client_unused(), WritebackConfig::default(), st.clone());
+    let (api2, client2) = FakeApi::start([]);
+    let mut w2 = Writer::new(client2, WritebackConfig::default(), st.clone());
     w2.pass(&[(ingress("4", json!({})), true)], None).await;
     assert!(api.take().is_empty());
+    assert!(api2.take().is_empty());
     assert_eq!(writes(&st, "written"), 0);
-}
-
-/// A client whose every request would hang: proves no request is made.
-fn kube_client_unused() -> kube::Client {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    std::mem::forget(handle);
-    kube::Client::new(service, "default")
 }
 
 #[tokio::test]
 async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     st.set_diagnostics(vec![diag(
         "Ingress",
@@ -234,7 +168,7 @@ async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
 
 #[tokio::test]
 async fn other_kinds_get_conditions_and_a_nack_turns_programmed_false() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(route("1", json!({})), true)];
@@ -278,15 +212,15 @@ async fn other_kinds_get_conditions_and_a_nack_turns_programmed_false() {
 
 #[tokio::test]
 async fn a_failed_write_is_counted_and_retried() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(ingress("1", json!({})), true)];
-    api.code.store(500, Ordering::SeqCst);
+    api.fail_with(Some(500));
     w.pass(&roots, Some(&addresses())).await;
     assert_eq!(writes(&st, "failed"), 1);
     assert!(w.retry_at.is_some());
-    api.code.store(200, Ordering::SeqCst);
+    api.fail_with(None);
     w.pass(&roots, Some(&addresses())).await;
     assert_eq!(writes(&st, "written"), 1);
     assert!(w.retry_at.is_none());
@@ -297,7 +231,7 @@ async fn a_failed_write_is_counted_and_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn only_the_leader_writes_and_a_new_leader_catches_up() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     let (leader_tx, leader) = watch::channel(false);
     let task = tokio::spawn(run(
@@ -361,7 +295,7 @@ fn ingress_named(name: &str) -> Arc<Object> {
 
 #[tokio::test(start_paused = true)]
 async fn a_pass_spends_the_token_bucket_then_yields_rejections_first() {
-    let (api, client) = ApiServer::start();
+    let (api, client) = FakeApi::start([]);
     let st = status();
     // The last Ingress has a problem: it goes first.
     st.set_diagnostics(vec![diag(

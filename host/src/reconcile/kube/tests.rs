@@ -1,106 +1,18 @@
-//! KubeCluster against a small fake API server (tower-test behind a real
-//! `kube::Client`): objects by path, resourceVersion bumped only when a
-//! write changes something, 404s as the API server words them.
+//! KubeCluster against the fake API server (`crate::fake_api`): objects by
+//! path, resourceVersion bumped only when a write changes something, 404s
+//! as the API server words them.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use http::{Request, Response, StatusCode};
-use kube::client::Body;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::fake_api::FakeApi;
 
-#[derive(Default)]
-struct Fake {
-    objects: BTreeMap<String, Value>,
-    rv: u64,
-    requests: Vec<(String, String)>,
-}
-
-fn status(code: u16) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-           "reason": if code == 404 { "NotFound" } else { "Conflict" }, "message": "fake"})
-}
-
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (into, patch) => *into = patch.clone(),
-    }
-}
-
-fn start() -> (Arc<Mutex<Fake>>, kube::Client) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let fake = Arc::new(Mutex::new(Fake::default()));
-    let f = fake.clone();
-    tokio::spawn(async move {
-        while let Some((request, reply)) = handle.next_request().await {
-            let method = request.method().to_string();
-            let uri = request.uri().clone();
-            let path = uri.path().to_string();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (code, answer) = {
-                let mut f = f.lock();
-                f.requests.push((method.clone(), uri.to_string()));
-                let object_path = path.trim_end_matches("/status").to_string();
-                match method.as_str() {
-                    "GET" => match f.objects.get(&object_path) {
-                        Some(o) => (200, o.clone()),
-                        None => (404, status(404)),
-                    },
-                    "PATCH" => {
-                        let mut next = f.objects.get(&object_path).cloned().unwrap_or(json!({}));
-                        let before = next.clone();
-                        let mut patch = body.clone();
-                        if let Some(rv) = patch.pointer("/metadata/resourceVersion").cloned() {
-                            if next.pointer("/metadata/resourceVersion") != Some(&rv) {
-                                reply.send_response(
-                                    Response::builder()
-                                        .status(409)
-                                        .body(Body::from(serde_json::to_vec(&status(409)).unwrap()))
-                                        .unwrap(),
-                                );
-                                continue;
-                            }
-                            patch["metadata"]
-                                .as_object_mut()
-                                .unwrap()
-                                .remove("resourceVersion");
-                        }
-                        merge(&mut next, &patch);
-                        if next != before {
-                            f.rv += 1;
-                            next["metadata"]["resourceVersion"] = json!(f.rv.to_string());
-                        }
-                        f.objects.insert(object_path, next.clone());
-                        (200, next)
-                    }
-                    "DELETE" => match f.objects.remove(&object_path) {
-                        Some(_) => (
-                            200,
-                            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                        ),
-                        None => (404, status(404)),
-                    },
-                    _ => (201, body.clone()),
-                }
-            };
-            reply.send_response(
-                Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    (fake, kube::Client::new(service, "default"))
+/// (method, uri) of every request so far.
+fn requests(f: &FakeApi) -> Vec<(String, String)> {
+    f.requests()
+        .into_iter()
+        .map(|s| (s.method, s.uri))
+        .collect()
 }
 
 fn deployments() -> KindKey {
@@ -115,16 +27,12 @@ fn cluster(client: kube::Client) -> KubeCluster {
     KubeCluster::new(client)
         .with_resource(
             deployments(),
-            ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment")),
+            crate::source::kube::api_resource("apps/v1", "Deployment"),
             true,
         )
         .with_resource(
             memcacheds(),
-            ApiResource::from_gvk(&GroupVersionKind::gvk(
-                "cache.example.com",
-                "v1alpha1",
-                "Memcached",
-            )),
+            crate::source::kube::api_resource("cache.example.com/v1alpha1", "Memcached"),
             true,
         )
 }
@@ -144,19 +52,19 @@ fn key(kind: KindKey) -> ObjectKey {
 
 #[tokio::test]
 async fn apply_is_server_side_with_the_plugins_field_manager_and_a_no_op_is_unchanged() {
-    let (fake, client) = start();
+    let (fake, client) = FakeApi::start([]);
     let c = cluster(client);
     assert_eq!(
         c.apply(deployment(3), "isobar/memcached").await,
         Ok(Write::Changed)
     );
-    let requests = fake.lock().requests.clone();
+    let requests = requests(&fake);
     assert_eq!(requests[1].0, "PATCH");
     assert_eq!(
         requests[1].1,
         format!("{DEPLOYMENT}?&force=true&fieldManager=isobar%2Fmemcached")
     );
-    assert_eq!(fake.lock().objects[DEPLOYMENT]["spec"]["replicas"], 3);
+    assert_eq!(fake.object(DEPLOYMENT).unwrap()["spec"]["replicas"], 3);
     assert_eq!(
         c.apply(deployment(3), "isobar/memcached").await,
         Ok(Write::Unchanged)
@@ -169,9 +77,9 @@ async fn apply_is_server_side_with_the_plugins_field_manager_and_a_no_op_is_unch
 
 #[tokio::test]
 async fn status_goes_to_the_status_subresource() {
-    let (fake, client) = start();
-    fake.lock().objects.insert(
-        MEMCACHED.into(),
+    let (fake, client) = FakeApi::start([]);
+    fake.insert(
+        MEMCACHED,
         json!({"apiVersion": "cache.example.com/v1alpha1", "kind": "Memcached",
                "metadata": {"name": "mc", "namespace": "shop", "resourceVersion": "7"}}),
     );
@@ -182,7 +90,7 @@ async fn status_goes_to_the_status_subresource() {
         c.apply_status(&k, st.clone(), "isobar/memcached").await,
         Ok(Write::Changed)
     );
-    let last = fake.lock().requests.last().cloned().unwrap();
+    let last = requests(&fake).last().cloned().unwrap();
     assert_eq!(
         last,
         (
@@ -190,7 +98,7 @@ async fn status_goes_to_the_status_subresource() {
             format!("{MEMCACHED}/status?&force=true&fieldManager=isobar%2Fmemcached")
         )
     );
-    assert_eq!(fake.lock().objects[MEMCACHED]["status"], st);
+    assert_eq!(fake.object(MEMCACHED).unwrap()["status"], st);
     assert_eq!(
         c.apply_status(&k, st, "isobar/memcached").await,
         Ok(Write::Unchanged)
@@ -205,9 +113,9 @@ async fn status_goes_to_the_status_subresource() {
 
 #[tokio::test]
 async fn finalizers_are_a_guarded_merge_patch_and_skipped_when_already_so() {
-    let (fake, client) = start();
-    fake.lock().objects.insert(
-        MEMCACHED.into(),
+    let (fake, client) = FakeApi::start([]);
+    fake.insert(
+        MEMCACHED,
         json!({"metadata": {"name": "mc", "namespace": "shop", "resourceVersion": "7",
                             "finalizers": ["other.io/keep"]}}),
     );
@@ -218,33 +126,29 @@ async fn finalizers_are_a_guarded_merge_patch_and_skipped_when_already_so() {
         Ok(Write::Changed)
     );
     assert_eq!(
-        fake.lock().objects[MEMCACHED]["metadata"]["finalizers"],
+        fake.object(MEMCACHED).unwrap()["metadata"]["finalizers"],
         json!(["other.io/keep", "isobar.dev/cleanup"])
     );
-    let writes = |f: &Fake| f.requests.iter().filter(|r| r.0 == "PATCH").count();
-    let before = writes(&fake.lock());
+    let writes = |f: &FakeApi| requests(f).iter().filter(|r| r.0 == "PATCH").count();
+    let before = writes(&fake);
     assert_eq!(
         c.set_finalizer(&k, "isobar.dev/cleanup", true).await,
         Ok(Write::Unchanged)
     );
-    assert_eq!(
-        writes(&fake.lock()),
-        before,
-        "no write when already present"
-    );
+    assert_eq!(writes(&fake), before, "no write when already present");
     assert_eq!(
         c.set_finalizer(&k, "isobar.dev/cleanup", false).await,
         Ok(Write::Changed)
     );
     assert_eq!(
-        fake.lock().objects[MEMCACHED]["metadata"]["finalizers"],
+        fake.object(MEMCACHED).unwrap()["metadata"]["finalizers"],
         json!(["other.io/keep"])
     );
 }
 
 #[tokio::test]
 async fn deleting_what_is_gone_is_unchanged_and_events_are_published() {
-    let (fake, client) = start();
+    let (fake, client) = FakeApi::start([]);
     let c = cluster(client);
     c.apply(deployment(1), "isobar/memcached").await.unwrap();
     let k = key(deployments());
@@ -260,7 +164,7 @@ async fn deleting_what_is_gone_is_unchanged_and_events_are_published() {
     })
     .await
     .unwrap();
-    let last = fake.lock().requests.last().cloned().unwrap();
+    let last = requests(&fake).last().cloned().unwrap();
     assert_eq!(
         last,
         (

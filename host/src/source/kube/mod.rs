@@ -141,6 +141,13 @@ impl ApiWatches {
     }
 }
 
+/// The API resource of `api_version`/`kind`, the plural guessed as kube does
+/// (ingresses, httproutes): for writing to an object whose version is known.
+pub fn api_resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind))
+}
+
 /// Only TLS Secrets matter to the host (SDS); the API server filters.
 fn is_secret(kind: &KindKey) -> bool {
     kind.group.is_empty() && kind.kind == "Secret"
