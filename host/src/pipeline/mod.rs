@@ -139,6 +139,12 @@ impl Pipeline {
         &self.store
     }
 
+    /// Moves on whenever a round looked at any root; while it stands still
+    /// [`roots`](Self::roots) is the same.
+    pub fn roots_generation(&self) -> u64 {
+        self.translations.generation()
+    }
+
     /// Every root object with whether the plugin claimed it: produced
     /// anything (configuration or diagnostics) or failed on it. A root the
     /// plugin ignores (another controller's Ingress class) gets no status.

@@ -190,6 +190,8 @@ pub(crate) struct Controller {
     /// The kinds reconciler plugins read, and where their objects go.
     op_kinds: HashSet<KindKey>,
     ops: Option<tokio::sync::mpsc::UnboundedSender<OpInput>>,
+    /// The pipeline (by plugin) and roots generation last published.
+    roots_published: Option<(String, u64)>,
 }
 
 fn kinds_of(plugin: &Plugin) -> HashSet<KindKey> {
@@ -221,6 +223,7 @@ impl Controller {
         Controller {
             op_kinds,
             ops,
+            roots_published: None,
             runtime,
             kinds: kinds_of(&plugin),
             origin,
@@ -687,9 +690,16 @@ impl Controller {
         self.publish_problems();
     }
 
-    fn publish_problems(&self) {
-        if self.status.wants_roots() {
+    fn publish_problems(&mut self) {
+        // Roots change only in rounds that translated something: an
+        // endpoint-only round does not rebuild the list.
+        let generation = Some((
+            self.pipeline.plugin().digest.clone(),
+            self.pipeline.roots_generation(),
+        ));
+        if self.status.wants_roots() && self.roots_published != generation {
             self.status.set_roots(self.pipeline.roots());
+            self.roots_published = generation;
         }
         if let Origin::Files(set) = &self.origin {
             self.status

@@ -152,6 +152,9 @@ pub struct Status {
     ready: watch::Sender<bool>,
     /// Bumped on every change, so waiters re-check their condition.
     generation: watch::Sender<u64>,
+    /// Bumped only when diagnostics or outstanding NACKs change: what
+    /// status write-back follows (not every ACK and stream).
+    reports: watch::Sender<u64>,
     inner: RwLock<Inner>,
     published: Mutex<VecDeque<Published>>,
 }
@@ -166,6 +169,7 @@ impl Status {
             snapshots,
             ready: watch::channel(false).0,
             generation: watch::channel(0).0,
+            reports: watch::channel(0).0,
             inner: RwLock::new(Inner::default()),
             published: Mutex::new(VecDeque::new()),
         }
@@ -175,9 +179,14 @@ impl Status {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Notified on every change (plugins, diagnostics, NACKs, streams).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+    /// Notified when diagnostics or outstanding NACKs change.
+    pub fn subscribe_reports(&self) -> watch::Receiver<u64> {
+        self.reports.subscribe()
+    }
+
+    fn reports_changed(&self) {
+        self.reports.send_modify(|g| *g += 1);
+        self.changed();
     }
 
     /// The roots as of the latest round; subscribing asks the controller
@@ -356,7 +365,7 @@ impl Status {
         if inner.diagnostics != diagnostics {
             inner.diagnostics = diagnostics;
             drop(inner);
-            self.changed();
+            self.reports_changed();
         }
     }
 
@@ -444,9 +453,15 @@ impl Status {
     pub(crate) fn stream_closed(&self, stream: u64) {
         let mut inner = self.inner.write();
         inner.streams.remove(&stream);
+        let nacks = inner.nacks.len();
         inner.nacks.retain(|(s, _), _| *s != stream);
+        let cleared = inner.nacks.len() != nacks;
         drop(inner);
-        self.changed();
+        if cleared {
+            self.reports_changed();
+        } else {
+            self.changed();
+        }
     }
 
     pub(crate) fn stream_pushed(&self, stream: u64, type_url: &str, version: &str) {
@@ -460,9 +475,16 @@ impl Status {
         if let Some(s) = inner.streams.get_mut(&stream) {
             s.acked.insert(type_url.to_string(), version.to_string());
         }
-        inner.nacks.remove(&(stream, type_url.to_string()));
+        let cleared = inner
+            .nacks
+            .remove(&(stream, type_url.to_string()))
+            .is_some();
         drop(inner);
-        self.changed();
+        if cleared {
+            self.reports_changed();
+        } else {
+            self.changed();
+        }
     }
 
     pub(crate) fn record_nack(&self, nack: NackRecord) {
@@ -470,7 +492,7 @@ impl Status {
             .write()
             .nacks
             .insert((nack.stream, nack.type_url.clone()), nack);
-        self.changed();
+        self.reports_changed();
     }
 
     // ---- timing -----------------------------------------------------------------

@@ -103,6 +103,9 @@ pub struct Translations {
     root_kinds: Vec<KindKey>,
     roots: HashMap<ObjectKey, RootState>,
     readers: ReadIndex,
+    /// Counts rounds that looked at any root: unchanged, no root (object,
+    /// output or presence) can have changed.
+    generation: u64,
 }
 
 impl Translations {
@@ -113,7 +116,13 @@ impl Translations {
             root_kinds,
             roots: HashMap::new(),
             readers: ReadIndex::default(),
+            generation: 0,
         }
+    }
+
+    /// Moves on whenever a round looked at any root.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn plugin(&self) -> &Plugin {
@@ -185,6 +194,9 @@ impl Translations {
     ) -> (Vec<OutputChange>, RoundStats) {
         dirty.sort();
         dirty.dedup();
+        if !dirty.is_empty() {
+            self.generation += 1;
+        }
         let mut stats = RoundStats::default();
         let mut changes = Vec::new();
         let (present, gone): (Vec<_>, Vec<_>) =

@@ -112,11 +112,15 @@ pub async fn run(
 }
 
 /// What went into a root's last evaluation: when none of it changed, the
-/// root is not looked at again.
+/// root is not looked at again. An object from the API server is told by
+/// its resourceVersion; only one without (never, from a watch) is hashed.
 fn fingerprint(object: &Object, claimed: bool, diagnostics: &[&ir::Diagnostic]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    object.uid.hash(&mut h);
     object.resource_version.hash(&mut h);
-    object.json.hash(&mut h);
+    if object.resource_version.is_empty() {
+        object.json.hash(&mut h);
+    }
     claimed.hash(&mut h);
     for d in diagnostics {
         d.reason.hash(&mut h);
@@ -173,7 +177,7 @@ impl Writer {
         mut addresses: watch::Receiver<Option<Vec<String>>>,
     ) {
         let mut roots = self.status.subscribe_roots();
-        let mut changes = self.status.subscribe();
+        let mut changes = self.status.subscribe_reports();
         let mut was_leader = false;
         loop {
             let is_leader = *leader.borrow_and_update();
