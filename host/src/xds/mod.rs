@@ -1,6 +1,7 @@
 //! Serving snapshots to data planes: ADS over gRPC, state of the world and
 //! delta, each resource encoded once per snapshot and shared by every stream.
 
+mod body;
 mod delta;
 pub mod event;
 pub mod server;

@@ -19,18 +19,19 @@ use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::codegen::{Context, Poll, Service, StdError, http};
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
+use super::body::ResponseBody;
 use super::delta::Delta;
 use super::event::XdsEvent;
 use super::snapshot::Snapshot;
 use super::sotw::Sotw;
 use super::stream::{self, Shared};
-use super::wire::{DeltaResponse, SotwRequest, SotwResponse, WireCodec};
+use super::wire::{DeltaResponse, SotwRequest, SotwResponse, WireDecoder};
 
 /// Events buffered for the host before new ones are dropped (and counted).
 pub const EVENT_QUEUE: usize = 4096;
@@ -171,32 +172,6 @@ impl NamedService for AdsService {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-struct SotwCall(XdsServer);
-
-impl StreamingService<SotwRequest> for SotwCall {
-    type Response = SotwResponse;
-    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<SotwRequest>>) -> Self::Future {
-        let responses = ReceiverStream::new(self.0.sotw(request.into_inner()));
-        Box::pin(async move { Ok(Response::new(responses)) })
-    }
-}
-
-struct DeltaCall(XdsServer);
-
-impl StreamingService<DeltaDiscoveryRequest> for DeltaCall {
-    type Response = DeltaResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaResponse, Status>>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let responses = ReceiverStream::new(self.0.delta(request.into_inner()));
-        Box::pin(async move { Ok(Response::new(responses)) })
-    }
-}
-
 impl<B> Service<http::Request<B>> for AdsService
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -204,39 +179,74 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let server = self.server.clone();
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(WireCodec::<SotwResponse, SotwRequest>::default());
-                Ok(grpc.streaming(SotwCall(server), request).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(WireCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(DeltaCall(server), request).await)
-            }),
-            _ => Box::pin(async move {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(
-                    Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                Ok(response)
-            }),
+        let path = request.uri().path();
+        if path != SOTW_PATH && path != DELTA_PATH {
+            return std::future::ready(Ok(trailers_only(Status::unimplemented(""))));
         }
+        // Data planes do not compress xDS requests, and this server does not
+        // decompress: say so as tonic would rather than fail mid-stream.
+        if let Some(encoding) = request.headers().get("grpc-encoding")
+            && encoding != "identity"
+        {
+            return std::future::ready(Ok(trailers_only(Status::unimplemented(format!(
+                "request compression {encoding:?} is not supported"
+            )))));
+        }
+        let sotw = path == SOTW_PATH;
+        let body = request.into_body();
+        let response = if sotw {
+            let requests = Streaming::new_request(
+                WireDecoder::<SotwRequest>::default(),
+                body,
+                None,
+                Some(MAX_REQUEST),
+            );
+            grpc_response(ResponseBody::new(self.server.sotw(requests)))
+        } else {
+            let requests = Streaming::new_request(
+                WireDecoder::<DeltaDiscoveryRequest>::default(),
+                body,
+                None,
+                Some(MAX_REQUEST),
+            );
+            grpc_response(ResponseBody::new(self.server.delta(requests)))
+        };
+        std::future::ready(Ok(response))
     }
+}
+
+/// The largest request accepted: a SotW request names its whole
+/// subscription (about 250 KiB for 10k clusters); tonic's default is 4 MiB.
+pub const MAX_REQUEST: usize = 64 << 20;
+
+fn grpc_response(
+    body: impl tonic::codegen::Body<Data = bytes::Bytes, Error = Status> + Send + 'static,
+) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
+    response
+}
+
+/// A response with no messages: the status goes in the headers.
+fn trailers_only(status: Status) -> http::Response<tonic::body::Body> {
+    let mut response = grpc_response(tonic::body::Body::empty());
+    // A message that is not a valid header value is dropped, the code kept.
+    if status.add_header(response.headers_mut()).is_err() {
+        response
+            .headers_mut()
+            .insert(Status::GRPC_STATUS, (status.code() as i32).into());
+    }
+    response
 }
 
 /// Certificates for the xDS port, PEM encoded.

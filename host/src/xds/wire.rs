@@ -4,10 +4,12 @@
 //! response types here are hand-written `prost::Message`s that write a
 //! `DiscoveryResponse` / `DeltaDiscoveryResponse` straight onto the wire from
 //! those shared bytes: the resource bodies are never decoded, re-encoded or
-//! copied into per-stream `Any` values; the only copy is the unavoidable one
-//! into the HTTP/2 frame buffer. A SotW response even borrows the whole
-//! snapshot (`Arc<Snapshot>`) rather than a list of resources, so a push to a
-//! wildcard stream allocates nothing but its nonce.
+//! copied into per-stream `Any` values. `WireParts` splits a response around
+//! each resource body, so that the response body (`body`) can hand large
+//! bodies to HTTP/2 as the snapshot's own bytes and copy only the small
+//! parts. A SotW response even borrows the whole snapshot (`Arc<Snapshot>`)
+//! rather than a list of resources, so a push to a wildcard stream allocates
+//! nothing but its nonce until it is written.
 //!
 //! The encoding is byte-for-byte what prost would produce for the generated
 //! envoy-types messages (a test checks this), so any xDS client decodes it.
@@ -25,7 +27,7 @@ use prost::encoding::{
     DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len, skip_field,
 };
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{DecodeBuf, Decoder};
 
 use super::snapshot::{Resource, Snapshot};
 
@@ -195,13 +197,6 @@ fn any_len(r: &Resource) -> usize {
     bytes_field_len(1, r.type_url.len()) + bytes_field_len(2, r.body.len())
 }
 
-fn put_any(tag: u32, r: &Resource, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(any_len(r) as u64, buf);
-    put_bytes_field(1, r.type_url.as_bytes(), buf);
-    put_bytes_field(2, &r.body, buf);
-}
-
 /// `envoy.service.discovery.v3.Resource { version = 1, resource = 2, name = 3 }`.
 fn delta_resource_len(r: &Resource) -> usize {
     bytes_field_len(1, r.version.len())
@@ -209,23 +204,83 @@ fn delta_resource_len(r: &Resource) -> usize {
         + bytes_field_len(3, r.name.len())
 }
 
-fn put_delta_resource(tag: u32, r: &Resource, buf: &mut impl BufMut) {
+/// A response as the gRPC body writes it: the fields around the resources,
+/// and each resource as the bytes before its body, the body (the snapshot's
+/// own `Bytes`, which the body hands to HTTP/2 without copying when it is
+/// large) and the bytes after it. `prost::Message::encode_raw` is written
+/// from the same parts, so the two cannot disagree.
+pub(crate) trait WireParts: Send + Unpin + 'static {
+    /// The length of the protobuf message, without gRPC's 5-byte prefix.
+    fn message_len(&self) -> usize;
+    /// The resources, in the order they are written.
+    fn parts(&self) -> Vec<Arc<Resource>>;
+    fn put_head(&self, buf: &mut impl BufMut);
+    fn put_before_body(&self, r: &Resource, buf: &mut impl BufMut);
+    fn put_after_body(&self, r: &Resource, buf: &mut impl BufMut);
+    fn put_tail(&self, buf: &mut impl BufMut);
+}
+
+fn encode_parts(m: &impl WireParts, buf: &mut impl BufMut) {
+    m.put_head(buf);
+    for r in m.parts() {
+        m.put_before_body(&r, buf);
+        buf.put_slice(&r.body);
+        m.put_after_body(&r, buf);
+    }
+    m.put_tail(buf);
+}
+
+/// The key and length of a bytes field whose value is written separately.
+fn put_bytes_header(tag: u32, len: usize, buf: &mut impl BufMut) {
+    if len != 0 {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+    }
+}
+
+/// `Any` (field `tag`) up to its `value` bytes.
+fn put_any_head(tag: u32, r: &Resource, buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(delta_resource_len(r) as u64, buf);
-    put_bytes_field(1, r.version.as_bytes(), buf);
-    put_any(2, r, buf);
-    put_bytes_field(3, r.name.as_bytes(), buf);
+    encode_varint(any_len(r) as u64, buf);
+    put_bytes_field(1, r.type_url.as_bytes(), buf);
+    put_bytes_header(2, r.body.len(), buf);
 }
 
 // DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5.
-impl prost::Message for SotwResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
+impl WireParts for SotwResponse {
+    fn message_len(&self) -> usize {
+        bytes_field_len(1, self.version_info.len())
+            + self
+                .resources()
+                .map(|r| delimited_len(2, any_len(r)))
+                .sum::<usize>()
+            + bytes_field_len(4, self.type_url.len())
+            + bytes_field_len(5, self.nonce.len())
+    }
+
+    fn parts(&self) -> Vec<Arc<Resource>> {
+        self.resources().cloned().collect()
+    }
+
+    fn put_head(&self, buf: &mut impl BufMut) {
         put_bytes_field(1, self.version_info.as_bytes(), buf);
-        for r in self.resources() {
-            put_any(2, r, buf);
-        }
+    }
+
+    fn put_before_body(&self, r: &Resource, buf: &mut impl BufMut) {
+        put_any_head(2, r, buf);
+    }
+
+    fn put_after_body(&self, _: &Resource, _: &mut impl BufMut) {}
+
+    fn put_tail(&self, buf: &mut impl BufMut) {
         put_bytes_field(4, self.type_url.as_bytes(), buf);
         put_bytes_field(5, self.nonce.as_bytes(), buf);
+    }
+}
+
+impl prost::Message for SotwResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_parts(self, buf);
     }
 
     fn merge_field(
@@ -240,13 +295,7 @@ impl prost::Message for SotwResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        bytes_field_len(1, self.version_info.len())
-            + self
-                .resources()
-                .map(|r| delimited_len(2, any_len(r)))
-                .sum::<usize>()
-            + bytes_field_len(4, self.type_url.len())
-            + bytes_field_len(5, self.nonce.len())
+        self.message_len()
     }
 
     fn clear(&mut self) {
@@ -257,33 +306,8 @@ impl prost::Message for SotwResponse {
 
 // DeltaDiscoveryResponse: system_version_info = 1, resources = 2,
 // type_url = 4, nonce = 5, removed_resources = 6.
-impl prost::Message for DeltaResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_bytes_field(1, self.system_version_info.as_bytes(), buf);
-        for r in &self.resources {
-            put_delta_resource(2, r, buf);
-        }
-        put_bytes_field(4, self.type_url.as_bytes(), buf);
-        put_bytes_field(5, self.nonce.as_bytes(), buf);
-        for name in &self.removed {
-            // A repeated string is written even when empty.
-            encode_key(6, WireType::LengthDelimited, buf);
-            encode_varint(name.len() as u64, buf);
-            buf.put_slice(name.as_bytes());
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
+impl WireParts for DeltaResponse {
+    fn message_len(&self) -> usize {
         bytes_field_len(1, self.system_version_info.len())
             + self
                 .resources
@@ -299,6 +323,58 @@ impl prost::Message for DeltaResponse {
                 .sum::<usize>()
     }
 
+    fn parts(&self) -> Vec<Arc<Resource>> {
+        self.resources.clone()
+    }
+
+    fn put_head(&self, buf: &mut impl BufMut) {
+        put_bytes_field(1, self.system_version_info.as_bytes(), buf);
+    }
+
+    /// `Resource { version = 1, resource = 2 (Any), name = 3 }`: the name
+    /// follows the body.
+    fn put_before_body(&self, r: &Resource, buf: &mut impl BufMut) {
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(delta_resource_len(r) as u64, buf);
+        put_bytes_field(1, r.version.as_bytes(), buf);
+        put_any_head(2, r, buf);
+    }
+
+    fn put_after_body(&self, r: &Resource, buf: &mut impl BufMut) {
+        put_bytes_field(3, r.name.as_bytes(), buf);
+    }
+
+    fn put_tail(&self, buf: &mut impl BufMut) {
+        put_bytes_field(4, self.type_url.as_bytes(), buf);
+        put_bytes_field(5, self.nonce.as_bytes(), buf);
+        for name in &self.removed {
+            // A repeated string is written even when empty.
+            encode_key(6, WireType::LengthDelimited, buf);
+            encode_varint(name.len() as u64, buf);
+            buf.put_slice(name.as_bytes());
+        }
+    }
+}
+
+impl prost::Message for DeltaResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_parts(self, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.message_len()
+    }
+
     fn clear(&mut self) {
         self.resources.clear();
         self.removed.clear();
@@ -308,49 +384,15 @@ impl prost::Message for DeltaResponse {
 
 // ---- codec ----------------------------------------------------------------
 
-/// A gRPC codec that encodes `E` (one of the wrappers above) and decodes the
-/// generated request type `D`.
-pub(crate) struct WireCodec<E, D>(PhantomData<fn() -> (E, D)>);
+/// Decodes a request message `D` from a gRPC frame (tonic's `Streaming`
+/// does the framing; responses are written by `body`).
+pub(crate) struct WireDecoder<D>(PhantomData<fn() -> D>);
 
-impl<E, D> Default for WireCodec<E, D> {
+impl<D> Default for WireDecoder<D> {
     fn default() -> Self {
-        WireCodec(PhantomData)
-    }
-}
-
-impl<E, D> Codec for WireCodec<E, D>
-where
-    E: prost::Message + Send + 'static,
-    D: prost::Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = WireEncoder<E>;
-    type Decoder = WireDecoder<D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
         WireDecoder(PhantomData)
     }
 }
-
-pub(crate) struct WireEncoder<E>(PhantomData<fn(E)>);
-
-impl<E: prost::Message> Encoder for WireEncoder<E> {
-    type Item = E;
-    type Error = Status;
-
-    fn encode(&mut self, item: E, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(item.encoded_len());
-        item.encode_raw(buf);
-        Ok(())
-    }
-}
-
-pub(crate) struct WireDecoder<D>(PhantomData<fn() -> D>);
 
 impl<D: prost::Message + Default> Decoder for WireDecoder<D> {
     type Item = D;
