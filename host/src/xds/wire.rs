@@ -487,6 +487,17 @@ fn not_utf8() -> prost::DecodeError {
     .expect_err("0xff is not UTF-8")
 }
 
+/// prost's error for a length past the end of the buffer, made by prost.
+fn underflow() -> prost::DecodeError {
+    prost::encoding::bytes::merge(
+        WireType::LengthDelimited,
+        &mut Vec::new(),
+        &mut &[1u8][..],
+        DecodeContext::default(),
+    )
+    .expect_err("one byte promised, none there")
+}
+
 impl prost::Message for SotwRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         use prost::encoding::{message, string};
@@ -530,19 +541,22 @@ impl prost::Message for SotwRequest {
                 ctx,
             ),
             3 => {
-                // prost's own reading (wire type, length, underflow) into a
-                // reused buffer; the name is then only appended.
-                thread_local! {
-                    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+                // Straight onto the raw list: one copy, no string made.
+                prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let len = prost::encoding::decode_varint(buf)?;
+                if len as usize > buf.remaining() {
+                    return Err(underflow());
                 }
-                SCRATCH.with_borrow_mut(|name| {
-                    prost::encoding::bytes::merge(wire_type, name, buf, ctx)?;
-                    if std::str::from_utf8(name).is_err() {
-                        return Err(not_utf8());
-                    }
-                    self.resource_names.push(name);
-                    Ok(())
-                })
+                let raw = &mut self.resource_names.0;
+                let start = raw.len();
+                encode_varint(len, raw);
+                let at = raw.len();
+                raw.put(buf.take(len as usize));
+                if std::str::from_utf8(&raw[at..]).is_err() {
+                    raw.truncate(start);
+                    return Err(not_utf8());
+                }
+                Ok(())
             }
             4 => string::merge(wire_type, &mut self.type_url, buf, ctx),
             5 => string::merge(wire_type, &mut self.response_nonce, buf, ctx),
@@ -630,6 +644,16 @@ mod tests {
         encode_varint(1, &mut bad);
         bad.push(0xff);
         assert!(SotwRequest::decode(&bad[..]).is_err());
+        // A length past the end, and the wrong wire type: refused too.
+        let mut short = Vec::new();
+        encode_key(3, WireType::LengthDelimited, &mut short);
+        encode_varint(5, &mut short);
+        short.extend_from_slice(b"ab");
+        assert!(SotwRequest::decode(&short[..]).is_err());
+        let mut varint = Vec::new();
+        encode_key(3, WireType::Varint, &mut varint);
+        encode_varint(5, &mut varint);
+        assert!(SotwRequest::decode(&varint[..]).is_err());
     }
     use crate::xds::snapshot::type_url;
     use prost::Message;
