@@ -157,3 +157,59 @@ proptest! {
         }
     }
 }
+
+/// A round with hundreds of dirty virtual hosts compiles them on every core;
+/// a round with a few compiles them on one thread. Both must serve the same:
+/// shared backends, hosts claimed by two Ingresses, and missing Services
+/// included.
+#[test]
+fn a_parallel_rebuild_equals_one_object_at_a_time() {
+    let mut objects = Vec::new();
+    for i in 0..400 {
+        let [svc, slice, mut ing] = bench::app(i);
+        if i % 7 == 0 {
+            // Two Ingresses share this host, and every third one points at
+            // the previous app's Service.
+            ing["spec"]["rules"][0]["host"] = json!(format!("app{}.example.com", i + 1));
+        }
+        if i % 3 == 0 && i > 0 {
+            ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] =
+                json!(format!("svc{}", i - 1));
+        }
+        if i % 11 == 0 {
+            // A Service that does not exist.
+            ing["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"]["name"] =
+                json!("missing");
+        }
+        objects.extend([svc, slice, ing]);
+    }
+    objects.push(ingress_class("isobar", false));
+
+    let mut whole = Pipeline::new(ingress_plugin());
+    whole.load(
+        objects
+            .iter()
+            .map(|v| Event::Apply(obj(v.clone())))
+            .collect::<Vec<_>>(),
+    );
+    let round = whole.rebuild();
+    assert!(
+        round.vhosts_compiled >= 256,
+        "{} virtual hosts",
+        round.vhosts_compiled
+    );
+
+    let mut stepwise = Pipeline::new(ingress_plugin());
+    stepwise.rebuild();
+    for v in &objects {
+        stepwise.apply([Event::Apply(obj(v.clone()))]);
+    }
+    let (a, b) = (served(&whole), served(&stepwise));
+    assert_eq!(
+        a.0.keys().collect::<Vec<_>>(),
+        b.0.keys().collect::<Vec<_>>()
+    );
+    assert!(a.0 == b.0, "resource bodies differ");
+    assert_eq!(a.1, b.1, "diagnostics differ");
+    assert!(!a.1.is_empty(), "the missing Services are reported");
+}
