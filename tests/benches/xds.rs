@@ -27,7 +27,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use isobar::pipeline::Pipeline;
 use isobar::plugin::{Limits, Runtime};
 use isobar::store::Event;
-use isobar::xds::{self, Snapshot, XdsEvent, XdsServer, type_url};
+use isobar::xds::server::{DELTA_PATH, SOTW_PATH};
+use isobar::xds::{self, RawNames, Snapshot, SotwRequest, XdsEvent, XdsServer, type_url};
 use isobar_tests::bench::{changed_ingress, machine, percentile, universe};
 use isobar_tests::*;
 use prost::Message;
@@ -523,8 +524,9 @@ where
 // be an Envoy on its own machine. So they do as little as a client can
 // while putting the same bytes on the wire as Envoy's generated messages:
 // a response's resources stay in the received buffer (`Bytes`, not a copy
-// into a `Vec`), and a SotW request's resource names are encoded once per
-// subscription rather than once per ACK. What the server receives and
+// into a `Vec`), and a SotW request's resource names are kept encoded
+// (`isobar::xds::SotwRequest`, the server's own request type) rather than
+// as a list of strings cloned for every ACK. What the server receives and
 // sends is unchanged; only the bench's own share of the CPU shrinks.
 
 /// `google.protobuf.Any` with its value left in the received buffer.
@@ -574,81 +576,6 @@ struct DeltaResponse {
     #[prost(string, repeated, tag = "6")]
     removed_resources: Vec<String>,
 }
-
-/// A `DiscoveryRequest` whose `resource_names` (field 3) are already
-/// encoded: the same bytes envoy-types would write.
-#[derive(Clone, Debug, Default)]
-struct SotwRequest {
-    version_info: String,
-    node: Option<Node>,
-    names: Bytes,
-    type_url: String,
-    response_nonce: String,
-}
-
-/// `resource_names` as field 3 entries, encoded once per subscription.
-fn encode_names(names: &[String]) -> Bytes {
-    let mut buf = Vec::new();
-    for n in names {
-        prost::encoding::string::encode(3, n, &mut buf);
-    }
-    buf.into()
-}
-
-impl prost::Message for SotwRequest {
-    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        use prost::encoding::{message, string};
-        if !self.version_info.is_empty() {
-            string::encode(1, &self.version_info, buf);
-        }
-        if let Some(n) = &self.node {
-            message::encode(2, n, buf);
-        }
-        buf.put_slice(&self.names);
-        if !self.type_url.is_empty() {
-            string::encode(4, &self.type_url, buf);
-        }
-        if !self.response_nonce.is_empty() {
-            string::encode(5, &self.response_nonce, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Send-only.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        use prost::encoding::{message, string};
-        let s = |tag, v: &String| {
-            if v.is_empty() {
-                0
-            } else {
-                string::encoded_len(tag, v)
-            }
-        };
-        s(1, &self.version_info)
-            + self.node.as_ref().map_or(0, |n| message::encoded_len(2, n))
-            + self.names.len()
-            + s(4, &self.type_url)
-            + s(5, &self.response_nonce)
-    }
-
-    fn clear(&mut self) {
-        *self = SotwRequest::default();
-    }
-}
-
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// Opens a connection and stream, retrying with backoff as Envoy does: a
 /// thousand clients connecting at once can overflow the accept queue.
@@ -711,8 +638,8 @@ async fn sotw_client(
     .await?;
     state.connected.fetch_add(1, Ordering::Relaxed);
 
-    // type -> subscribed names, as a list and as encoded once.
-    let mut names: HashMap<&'static str, (Vec<String>, Bytes)> = HashMap::new();
+    // type -> subscribed names, encoded once per subscription.
+    let mut names: HashMap<&'static str, RawNames> = HashMap::new();
     // type -> (version_info, nonce) of the latest response.
     let mut last: HashMap<&'static str, (String, String)> = HashMap::new();
     loop {
@@ -736,10 +663,9 @@ async fn sotw_client(
                     .iter()
                     .filter_map(|a| eds_name(&a.value))
                     .collect();
-                let eds: Vec<String> = eds.into_iter().collect();
-                if names.get(EDS).map(|n| &n.0) != Some(&eds) {
-                    let raw = encode_names(&eds);
-                    names.insert(EDS, (eds, raw));
+                let eds: RawNames = eds.into_iter().collect();
+                if names.get(EDS) != Some(&eds) {
+                    names.insert(EDS, eds);
                     resubscribe = Some(EDS);
                 }
             }
@@ -748,10 +674,9 @@ async fn sotw_client(
                 for a in &response.resources {
                     rds_names(&a.value, &mut rds);
                 }
-                let rds: Vec<String> = rds.into_iter().collect();
-                if names.get(RDS).map(|n| &n.0) != Some(&rds) {
-                    let raw = encode_names(&rds);
-                    names.insert(RDS, (rds, raw));
+                let rds: RawNames = rds.into_iter().collect();
+                if names.get(RDS) != Some(&rds) {
+                    names.insert(RDS, rds);
                     resubscribe = Some(RDS);
                 }
             }
@@ -761,7 +686,7 @@ async fn sotw_client(
             version_info: response.version_info.clone(),
             response_nonce: response.nonce.clone(),
             type_url: response.type_url,
-            names: names.get(t).map(|n| n.1.clone()).unwrap_or_default(),
+            resource_names: names.get(t).cloned().unwrap_or_default(),
             ..Default::default()
         };
         if tx.send(ack).await.is_err() {
@@ -775,7 +700,7 @@ async fn sotw_client(
                 version_info,
                 response_nonce,
                 type_url: r.into(),
-                names: names.get(r).map(|n| n.1.clone()).unwrap_or_default(),
+                resource_names: names.get(r).cloned().unwrap_or_default(),
                 ..Default::default()
             };
             if tx.send(request).await.is_err() {

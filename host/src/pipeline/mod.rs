@@ -319,8 +319,10 @@ impl Pipeline {
             }
         }
         let compiled: Vec<Option<CompiledVhost>> = if dirty_vhosts.len() >= PARALLEL_VHOSTS {
-            let keys: Vec<&VhostKey> = dirty_vhosts.iter().collect();
-            keys.par_iter().map(|k| self.compile_vhost(k)).collect()
+            dirty_vhosts
+                .par_iter()
+                .map(|k| self.compile_vhost(k))
+                .collect()
         } else {
             dirty_vhosts.iter().map(|k| self.compile_vhost(k)).collect()
         };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -160,34 +160,15 @@ impl<M: WireParts> Body for ResponseBody<M> {
     fn is_end_stream(&self) -> bool {
         self.ended && self.current.is_none()
     }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::xds::snapshot::{Snapshot, type_url};
+    use crate::xds::wire::tests::clusters as snapshot;
     use crate::xds::wire::{DeltaResponse, Selection, SotwResponse};
     use prost::Message;
-
-    fn snapshot(bodies: &[(&str, usize)]) -> Arc<Snapshot> {
-        let mut snap = Snapshot {
-            version: 3,
-            ..Default::default()
-        };
-        for (name, len) in bodies {
-            let body: Vec<u8> = (0..*len).map(|i| (i % 251) as u8).collect();
-            let r = Resource::new(type_url::CLUSTER, name.to_string(), body.into(), vec![]);
-            snap.resources
-                .entry(type_url::CLUSTER.to_string())
-                .or_default()
-                .insert(name.to_string(), Arc::new(r));
-        }
-        Arc::new(snap)
-    }
 
     fn sotw(snap: &Arc<Snapshot>) -> SotwResponse {
         SotwResponse {
@@ -275,6 +256,12 @@ mod tests {
         assert_eq!(chunks.concat(), framed(&r));
     }
 
+    async fn trailers_of(body: &mut ResponseBody<SotwResponse>) -> http::HeaderMap {
+        use http_body_util::BodyExt;
+        let frame = body.frame().await.expect("a frame").expect("not an error");
+        frame.into_trailers().expect("trailers")
+    }
+
     #[tokio::test]
     async fn the_body_ends_with_grpc_trailers() {
         use http_body_util::BodyExt;
@@ -287,13 +274,7 @@ mod tests {
         let mut body = ResponseBody::new(rx);
         let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&data[..], &framed(&sotw(&snap))[..]);
-        let trailers = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
+        let trailers = trailers_of(&mut body).await;
         assert_eq!(trailers["grpc-status"], "14");
         // Percent-encoded, as gRPC specifies.
         assert_eq!(trailers["grpc-message"], "shutting%20down");
@@ -304,13 +285,6 @@ mod tests {
         let (tx, rx) = mpsc::channel::<Result<SotwResponse, Status>>(1);
         drop(tx);
         let mut body = ResponseBody::new(rx);
-        let trailers = body
-            .frame()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
-        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers_of(&mut body).await["grpc-status"], "0");
     }
 }

@@ -16,4 +16,4 @@ mod tests;
 pub use event::{Ack, Nack, Protocol, Push, XdsEvent};
 pub use server::{AdsService, ServeError, TlsConfig, XdsServer, serve};
 pub use snapshot::{Resource, Snapshot, type_url};
-pub use wire::{DeltaResponse, SotwResponse};
+pub use wire::{DeltaResponse, RawNames, SotwRequest, SotwResponse};

@@ -44,9 +44,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive on accepted sockets, below HTTP/2.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-const SOTW_PATH: &str =
+/// The gRPC path of state-of-the-world ADS.
+pub const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
+/// The gRPC path of incremental (delta) ADS.
+pub const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// Serves the latest snapshot of a `watch` channel to any number of ADS
@@ -199,27 +201,25 @@ where
                 "request compression {encoding:?} is not supported"
             )))));
         }
-        let sotw = path == SOTW_PATH;
-        let body = request.into_body();
-        let response = if sotw {
-            let requests = Streaming::new_request(
-                WireDecoder::<SotwRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST),
-            );
+        let response = if path == SOTW_PATH {
+            let requests = decode_requests::<SotwRequest, _>(request.into_body());
             grpc_response(ResponseBody::new(self.server.sotw(requests)))
         } else {
-            let requests = Streaming::new_request(
-                WireDecoder::<DeltaDiscoveryRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST),
-            );
+            let requests = decode_requests::<DeltaDiscoveryRequest, _>(request.into_body());
             grpc_response(ResponseBody::new(self.server.delta(requests)))
         };
         std::future::ready(Ok(response))
     }
+}
+
+/// The request messages of one call, as tonic frames and decodes them.
+fn decode_requests<D, B>(body: B) -> Streaming<D>
+where
+    D: prost::Message + Default + Send + 'static,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    Streaming::new_request(WireDecoder::<D>::default(), body, None, Some(MAX_REQUEST))
 }
 
 /// The largest request accepted: a SotW request names its whole

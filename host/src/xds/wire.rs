@@ -607,7 +607,7 @@ impl prost::Message for SotwRequest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -658,39 +658,27 @@ mod tests {
     use crate::xds::snapshot::type_url;
     use prost::Message;
 
-    fn snapshot() -> Arc<Snapshot> {
+    /// A snapshot of clusters with bodies of the given lengths (shared with
+    /// the response body's tests).
+    pub(crate) fn clusters(bodies: &[(&str, usize)]) -> Arc<Snapshot> {
         let mut snap = Snapshot {
             version: 7,
             ..Default::default()
         };
-        for (name, body) in [
-            ("a", &b"\x0a\x01a"[..]),
-            ("b", &b""[..]),
-            ("c", &b"\x0a\x01c"[..]),
-        ] {
-            let r = Resource::new(
-                type_url::CLUSTER,
-                name.to_string(),
-                bytes::Bytes::copy_from_slice(body),
-                vec![],
-            );
+        for (name, len) in bodies {
+            let body: Vec<u8> = (0..*len).map(|i| (i % 251) as u8).collect();
+            let r = Resource::new(type_url::CLUSTER, name.to_string(), body.into(), vec![]);
             snap.resources
                 .entry(type_url::CLUSTER.to_string())
                 .or_default()
                 .insert(name.to_string(), Arc::new(r));
         }
-        // A large body, so that lengths need multi-byte varints.
-        let big = Resource::new(
-            type_url::CLUSTER,
-            "z".repeat(200),
-            bytes::Bytes::from(vec![7u8; 70_000]),
-            vec![],
-        );
-        snap.resources
-            .entry(type_url::CLUSTER.to_string())
-            .or_default()
-            .insert(big.name.clone(), Arc::new(big));
         Arc::new(snap)
+    }
+
+    fn snapshot() -> Arc<Snapshot> {
+        // A large body, so that lengths need multi-byte varints.
+        clusters(&[("a", 3), ("b", 0), ("c", 3), (&"z".repeat(200), 70_000)])
     }
 
     #[test]
