@@ -1,7 +1,7 @@
 //! Bad plugins, purpose-built in plugins/faults and plugins/old-contract:
 //! the host survives, says why, and keeps serving the last good output.
 
-use isobar::pipeline::Pipeline;
+use isobar::pipeline::Offline;
 use isobar::plugin::PluginError;
 use isobar_tests::*;
 use serde_json::{Value, json};
@@ -25,12 +25,12 @@ fn faulty_ingress(fault: Option<&str>) -> Value {
 }
 
 /// A pipeline serving the good output, then the same root turned bad.
-fn good_then(fault: &str) -> Pipeline {
+fn good_then(fault: &str) -> Offline {
     good_then_with(faults(), fault)
 }
 
-fn good_then_with(plugin: isobar::plugin::Plugin, fault: &str) -> Pipeline {
-    let mut p = Pipeline::new(plugin);
+fn good_then_with(plugin: isobar::plugin::Plugin, fault: &str) -> Offline {
+    let mut p = Offline::new(plugin);
     p.load(
         [
             ingress_class("isobar", false),
@@ -50,14 +50,14 @@ fn good_then_with(plugin: isobar::plugin::Plugin, fault: &str) -> Pipeline {
     p
 }
 
-fn assert_last_good_kept(p: &Pipeline) {
+fn assert_last_good_kept(p: &Offline) {
     assert_eq!(
         routes(p.snapshot(), HTTP, "a.example.com"),
         pairs(&[("prefix=/", "cluster=shop/web/80")])
     );
 }
 
-fn only_diagnostic(p: &Pipeline) -> isobar::ir::Diagnostic {
+fn only_diagnostic(p: &Offline) -> isobar::ir::Diagnostic {
     let d = p.diagnostics();
     assert_eq!(d.len(), 1, "{d:?}");
     d[0].clone()
@@ -141,7 +141,7 @@ fn log_flood_is_capped() {
 
 #[test]
 fn a_bad_root_does_not_disturb_the_others() {
-    let mut p = Pipeline::new(faults());
+    let mut p = Offline::new(faults());
     let mut other = ingress(
         "shop",
         "other",
@@ -202,7 +202,7 @@ fn garbage_is_not_a_component() {
 }
 
 fn sandbox_report(plugin: isobar::plugin::Plugin) -> String {
-    let mut p = Pipeline::new(plugin);
+    let mut p = Offline::new(plugin);
     p.load(
         [
             ingress_class("isobar", false),

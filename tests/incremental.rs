@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use isobar::pipeline::Pipeline;
+use isobar::pipeline::Offline;
 use isobar::store::Event;
 use isobar::xds::Snapshot;
 use isobar_tests::*;
@@ -117,7 +117,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
 /// What the data plane would see: every resource's bytes, and the
 /// diagnostics people would see.
 fn served(
-    p: &Pipeline,
+    p: &Offline,
 ) -> (
     BTreeMap<(String, String), Vec<u8>>,
     Vec<isobar::ir::Diagnostic>,
@@ -139,7 +139,7 @@ proptest! {
 
     #[test]
     fn incremental_equals_full(ops in prop::collection::vec(arb_op(), 1..24)) {
-        let mut incremental = Pipeline::new(ingress_plugin());
+        let mut incremental = Offline::new(ingress_plugin());
         incremental.rebuild();
         for (i, op) in ops.iter().enumerate() {
             let event = match op {
@@ -147,8 +147,8 @@ proptest! {
                 Op::Delete(v) => Event::Delete(key(v)),
             };
             incremental.apply([event]);
-            let mut full = Pipeline::new(ingress_plugin());
-            full.load(incremental.store().list_all().map(|o| Event::Apply(o.clone())).collect::<Vec<_>>());
+            let mut full = Offline::new(ingress_plugin());
+            full.load(incremental.store().read().list_all().map(|o| Event::Apply(o.clone())).collect::<Vec<_>>());
             full.rebuild();
             let (a, b) = (served(&incremental), served(&full));
             prop_assert_eq!(&a.0.keys().collect::<Vec<_>>(), &b.0.keys().collect::<Vec<_>>(), "resource names differ after op {}", i);
@@ -185,7 +185,7 @@ fn a_parallel_rebuild_equals_one_object_at_a_time() {
     }
     objects.push(ingress_class("isobar", false));
 
-    let mut whole = Pipeline::new(ingress_plugin());
+    let mut whole = Offline::new(ingress_plugin());
     whole.load(
         objects
             .iter()
@@ -199,7 +199,7 @@ fn a_parallel_rebuild_equals_one_object_at_a_time() {
         round.vhosts_compiled
     );
 
-    let mut stepwise = Pipeline::new(ingress_plugin());
+    let mut stepwise = Offline::new(ingress_plugin());
     stepwise.rebuild();
     for v in &objects {
         stepwise.apply([Event::Apply(obj(v.clone()))]);

@@ -125,8 +125,8 @@ async fn grpc_xds_client_follows_ingress_routes() {
             );
         }
     };
-    let diagnostics = server.status().diagnostics();
-    let manifest_errors = server.status().manifest_errors();
+    let diagnostics = server.report().diagnostics();
+    let manifest_errors = server.report().manifest_errors();
     server.shutdown().await.unwrap();
     assert!(
         status.success(),

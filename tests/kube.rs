@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use isobar::fake_api::FakeApi;
-use isobar::serve::{Cluster, Config, Server, Writeback};
+use isobar::serve::{ClusterConnection, Config, Server, Writeback};
 use isobar::store::KindKey;
+use isobar::testing::fake_api::FakeApi;
 use isobar::writeback::{IngressAddress, WritebackConfig};
 use isobar_tests::ads::*;
 use isobar_tests::cluster::*;
@@ -102,7 +102,7 @@ impl Fixture {
             not_served: not_served.iter().cloned().collect(),
             ..Script::default()
         });
-        let cluster = Cluster {
+        let cluster = ClusterConnection {
             watches: script.clone(),
             writeback,
             client,
@@ -133,7 +133,7 @@ impl Fixture {
     async fn wait_plugin(&self, name: &str) {
         let ok = self
             .server
-            .status()
+            .report()
             .wait_until(WAIT, |s| s.plugin().is_some_and(|p| p.name == name))
             .await;
         assert!(ok, "plugin {name} never became the served one");
@@ -179,7 +179,7 @@ async fn serves_the_cluster_once_every_watch_has_listed() {
     // cluster, so none is served and /readyz says so.
     let (code, _) = http_get(f.server.admin_addr(), "/readyz").await;
     assert_eq!(code, 503);
-    assert_eq!(f.server.status().snapshot().version, 0);
+    assert_eq!(f.server.report().snapshot().version, 0);
 
     s.list(&secrets(), &[]);
     assert!(f.server.ready(WAIT).await);
@@ -330,7 +330,7 @@ async fn a_swap_follows_the_kinds_the_new_plugin_reads() {
     // starts again and the swap waits for it to list.
     f.install_plugin("isobar-plugin-ingress");
     f.script.wait_watches(&classes(), 2).await;
-    assert_eq!(f.server.status().plugin().unwrap().name, "faults");
+    assert_eq!(f.server.report().plugin().unwrap().name, "faults");
     f.script
         .list(&classes(), &[stored(ingress_class("isobar", true), 1)]);
     f.wait_plugin("ingress").await;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use isobar::plugin::ReconcilerPlugin;
-use isobar::reconcile::MemoryCluster;
+use isobar::reconcile::MemoryApi;
 use isobar::store::{KindKey, ObjectKey};
 use isobar_tests::operator::Operator;
 use isobar_tests::*;
@@ -98,11 +98,11 @@ fn pod(name: &str, instance: &str) -> Value {
     })
 }
 
-fn replicas(c: &MemoryCluster, name: &str) -> Option<i64> {
+fn replicas(c: &MemoryApi, name: &str) -> Option<i64> {
     c.get(&deployment_key(name))?["spec"]["replicas"].as_i64()
 }
 
-fn condition(c: &MemoryCluster, name: &str, type_: &str) -> Option<Value> {
+fn condition(c: &MemoryApi, name: &str, type_: &str) -> Option<Value> {
     c.get(&memcached_key(name))?["status"]["conditions"]
         .as_array()?
         .iter()
@@ -110,7 +110,7 @@ fn condition(c: &MemoryCluster, name: &str, type_: &str) -> Option<Value> {
         .cloned()
 }
 
-fn events(c: &MemoryCluster) -> Vec<(String, String, String)> {
+fn events(c: &MemoryApi) -> Vec<(String, String, String)> {
     c.events()
         .into_iter()
         .map(|e| (e.type_, e.reason, e.message))
@@ -195,7 +195,7 @@ async fn pods_and_availability_reach_the_status(lang: Lang) {
         op.cluster.put(pod(name, instance)).unwrap();
     }
     let key = deployment_key("cache");
-    isobar::reconcile::Cluster::apply_status(
+    isobar::reconcile::Api::apply_status(
         &*op.cluster,
         &key,
         json!({"availableReplicas": 2}),
@@ -398,7 +398,7 @@ fn config_map_key(namespace: &str, name: &str) -> ObjectKey {
 }
 
 /// The host's own condition on a reconciled object.
-fn reconciled(c: &MemoryCluster, name: &str) -> Option<(String, String)> {
+fn reconciled(c: &MemoryApi, name: &str) -> Option<(String, String)> {
     let o = c.get(&fault_key(name))?;
     let cond = o["status"]["conditions"]
         .as_array()?

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use isobar::ir;
-use isobar::pipeline::Pipeline;
+use isobar::pipeline::Offline;
 use isobar::plugin::{Limits, Plugin, Runtime};
 use isobar::store::{Event, Object, ObjectKey};
 use isobar::xds::{Snapshot, type_url};
@@ -86,8 +86,8 @@ pub fn key(v: &Value) -> ObjectKey {
 }
 
 /// Pipeline over the real Ingress plugin with `objects` loaded and built.
-pub fn ingress_pipeline(objects: impl IntoIterator<Item = Value>) -> Pipeline {
-    let mut p = Pipeline::new(ingress_plugin());
+pub fn ingress_pipeline(objects: impl IntoIterator<Item = Value>) -> Offline {
+    let mut p = Offline::new(ingress_plugin());
     p.load(objects.into_iter().map(apply));
     p.rebuild();
     p
@@ -431,13 +431,13 @@ pub mod operator {
 
     use isobar::plugin::ReconcilerPlugin;
     use isobar::queue::QueueMetrics;
-    use isobar::reconcile::{Config, MemoryCluster, Progress, Reconciler};
+    use isobar::reconcile::{Config, MemoryApi, Progress, Reconciler};
     use tokio::sync::watch;
 
     pub const WAIT: Duration = Duration::from_secs(120);
 
     pub struct Operator {
-        pub cluster: Arc<MemoryCluster>,
+        pub cluster: Arc<MemoryApi>,
         pub progress: watch::Receiver<Progress>,
         stop: watch::Sender<bool>,
         task: tokio::task::JoinHandle<()>,
@@ -446,18 +446,21 @@ pub mod operator {
     impl Operator {
         /// Starts `plugin` against a new in-memory cluster.
         pub fn start(plugin: ReconcilerPlugin) -> Self {
-            let (cluster, events) = MemoryCluster::new();
+            let (cluster, events) = MemoryApi::new();
             let cluster = Arc::new(cluster);
+            // The API server's writes kept in a store, as a reflector would.
+            let (store, changes, _reflector) = isobar::store::reflect(events);
             let r = Reconciler::new(
                 plugin,
                 cluster.clone(),
+                store,
                 Config::default(),
                 &QueueMetrics::new(),
             )
             .expect("reconciler");
             let progress = r.progress();
             let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(r.run(events, stop_rx));
+            let task = tokio::spawn(r.run(changes, stop_rx));
             Operator {
                 cluster,
                 progress,
@@ -468,7 +471,7 @@ pub mod operator {
 
         /// Waits (bounded) until `cond` holds of the cluster, re-checking after
         /// every batch the reconciler finishes.
-        pub async fn until(&mut self, what: &str, cond: impl Fn(&MemoryCluster) -> bool) {
+        pub async fn until(&mut self, what: &str, cond: impl Fn(&MemoryApi) -> bool) {
             let deadline = tokio::time::Instant::now() + WAIT;
             while !cond(&self.cluster) {
                 let changed = tokio::time::timeout_at(deadline, self.progress.changed()).await;
@@ -505,341 +508,11 @@ pub mod operator {
     }
 }
 
-/// ADS clients that behave like Envoy (state of the world and delta) and a
-/// plain HTTP/1.1 GET for the admin endpoint: what the serve and kube
-/// feature tests read xDS through.
+/// The ADS test client (SotW and delta peers that behave like Envoy, the
+/// streams under them) and a plain HTTP/1.1 GET for the admin endpoint:
+/// the host's own, shared with its unit tests and the benchmarks.
 pub mod ads {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use envoy_types::pb::envoy::config::core::v3::Node;
-    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use envoy_types::pb::envoy::service::discovery::v3::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    };
-    use isobar::xds::{Resource, Snapshot, type_url};
-    use prost::Message;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::sync::mpsc;
-    use tokio::time::timeout;
-    use tokio_stream::wrappers::ReceiverStream;
-
-    use super::domains_of as domains;
-
-    pub const WAIT: Duration = Duration::from_secs(60);
-    pub const LDS: &str = type_url::LISTENER;
-    pub const RDS: &str = type_url::ROUTE;
-    pub const CDS: &str = type_url::CLUSTER;
-    pub const EDS: &str = type_url::ENDPOINT;
-
-    pub async fn client(
-        addr: SocketAddr,
-    ) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-        timeout(
-            WAIT,
-            AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")),
-        )
-        .await
-        .expect("connect timed out")
-        .expect("connect")
-    }
-
-    /// A minimal HTTP/1.1 GET (the admin endpoint is plain HTTP).
-    pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-        timeout(WAIT, async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut raw = Vec::new();
-            s.read_to_end(&mut raw).await.unwrap();
-            let text = String::from_utf8(raw).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-            let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let body = if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked")
-            {
-                dechunk(body)
-            } else {
-                body.to_string()
-            };
-            (code, body)
-        })
-        .await
-        .expect("admin request timed out")
-    }
-
-    pub fn dechunk(mut body: &str) -> String {
-        let mut out = String::new();
-        while let Some((size, rest)) = body.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&rest[..n]);
-            body = &rest[n + 2..];
-        }
-        out
-    }
-
-    pub fn node(id: &str) -> Option<Node> {
-        Some(Node {
-            id: id.into(),
-            ..Default::default()
-        })
-    }
-
-    /// Decodes the name every served type carries in field 1.
-    pub fn name_of(body: &[u8]) -> String {
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct Named {
-            #[prost(string, tag = "1")]
-            name: String,
-        }
-        Named::decode(body).expect("resource decodes").name
-    }
-
-    /// What a client holds: per type, the latest version and resources, as a
-    /// `Snapshot` so the support readers (`routes`, `names`, ...) apply.
-    #[derive(Default)]
-    pub struct Held {
-        pub versions: BTreeMap<String, String>,
-        pub snapshot: Snapshot,
-    }
-
-    impl Held {
-        pub fn version(&self, t: &str) -> u64 {
-            self.versions
-                .get(t)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        }
-
-        /// The lowest version over the types held: the version the client is
-        /// fully on.
-        pub fn min_version(&self, types: &[&str]) -> u64 {
-            types.iter().map(|t| self.version(t)).min().unwrap_or(0)
-        }
-
-        pub fn set(&mut self, t: &str, name: String, body: Vec<u8>) {
-            let r = Resource::new(t, name.clone(), body.into(), vec![]);
-            self.snapshot
-                .resources
-                .entry(t.to_string())
-                .or_default()
-                .insert(name, Arc::new(r));
-        }
-
-        pub fn domains(&self, route_config_name: &str) -> BTreeSet<String> {
-            domains(&self.snapshot, route_config_name)
-        }
-    }
-
-    /// A state-of-the-world ADS client that behaves like Envoy: it subscribes
-    /// and ACKs every response.
-    pub struct Sotw {
-        pub tx: mpsc::Sender<DiscoveryRequest>,
-        pub rx: tonic::Streaming<DiscoveryResponse>,
-        pub node: String,
-        pub held: Held,
-        pub subscriptions: BTreeMap<String, Vec<String>>,
-    }
-
-    impl Sotw {
-        pub async fn open(addr: SocketAddr, node_id: &str) -> Self {
-            let mut c = client(addr).await;
-            let (tx, rx) = mpsc::channel(64);
-            let rx = timeout(WAIT, c.stream_aggregated_resources(ReceiverStream::new(rx)))
-                .await
-                .expect("open timed out")
-                .expect("open")
-                .into_inner();
-            Sotw {
-                tx,
-                rx,
-                node: node_id.into(),
-                held: Held::default(),
-                subscriptions: BTreeMap::new(),
-            }
-        }
-
-        /// Envoy's subscriptions: listeners and clusters by (legacy) wildcard,
-        /// routes and endpoints by `*`.
-        pub async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
-            let mut c = Self::open(addr, node_id).await;
-            for (t, names) in [
-                (CDS, &[][..]),
-                (EDS, &["*"][..]),
-                (LDS, &[][..]),
-                (RDS, &["*"][..]),
-            ] {
-                c.subscribe(t, names).await;
-            }
-            c
-        }
-
-        pub async fn send(&self, r: DiscoveryRequest) {
-            self.tx
-                .send(DiscoveryRequest {
-                    node: node(&self.node),
-                    ..r
-                })
-                .await
-                .expect("request stream open");
-        }
-
-        pub async fn subscribe(&mut self, t: &str, names: &[&str]) {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            self.subscriptions.insert(t.to_string(), names.clone());
-            self.send(DiscoveryRequest {
-                type_url: t.into(),
-                resource_names: names,
-                ..Default::default()
-            })
-            .await;
-        }
-
-        pub async fn recv(&mut self) -> DiscoveryResponse {
-            timeout(WAIT, self.rx.message())
-                .await
-                .expect("timed out waiting for a response")
-                .expect("stream failed")
-                .expect("stream ended")
-        }
-
-        /// Takes one response in, ACKs it, returns it.
-        pub async fn step(&mut self) -> DiscoveryResponse {
-            let r = self.recv().await;
-            let t = r.type_url.clone();
-            // Listeners and clusters come whole (what is left out is gone);
-            // routes and endpoints may come as just what changed.
-            if t == LDS || t == CDS {
-                self.held.snapshot.resources.remove(&t);
-            }
-            for any in &r.resources {
-                self.held.set(&t, name_of(&any.value), any.value.clone());
-            }
-            self.held.versions.insert(t.clone(), r.version_info.clone());
-            let names = self.subscriptions.get(&t).cloned().unwrap_or_default();
-            self.send(DiscoveryRequest {
-                type_url: t,
-                resource_names: names,
-                version_info: r.version_info.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await;
-            r
-        }
-
-        /// Takes responses in until `cond` holds.
-        pub async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
-            let deadline = Instant::now() + WAIT;
-            while !cond(&self.held) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: timed out waiting for {what}",
-                    self.node
-                );
-                self.step().await;
-            }
-        }
-    }
-
-    /// An incremental ADS client; it ACKs every response.
-    pub struct Delta {
-        pub tx: mpsc::Sender<DeltaDiscoveryRequest>,
-        pub rx: tonic::Streaming<DeltaDiscoveryResponse>,
-        pub node: String,
-        pub held: Held,
-    }
-
-    impl Delta {
-        pub async fn open_envoy(addr: SocketAddr, node_id: &str) -> Self {
-            let mut c = client(addr).await;
-            let (tx, rx) = mpsc::channel(64);
-            let rx = timeout(WAIT, c.delta_aggregated_resources(ReceiverStream::new(rx)))
-                .await
-                .expect("open timed out")
-                .expect("open")
-                .into_inner();
-            let d = Delta {
-                tx,
-                rx,
-                node: node_id.into(),
-                held: Held::default(),
-            };
-            for t in [CDS, EDS, LDS, RDS] {
-                d.send(DeltaDiscoveryRequest {
-                    type_url: t.into(),
-                    resource_names_subscribe: vec!["*".into()],
-                    ..Default::default()
-                })
-                .await;
-            }
-            d
-        }
-
-        pub async fn send(&self, r: DeltaDiscoveryRequest) {
-            self.tx
-                .send(DeltaDiscoveryRequest {
-                    node: node(&self.node),
-                    ..r
-                })
-                .await
-                .expect("request stream open");
-        }
-
-        pub async fn step(&mut self) -> DeltaDiscoveryResponse {
-            let r = timeout(WAIT, self.rx.message())
-                .await
-                .expect("timed out waiting for a response")
-                .expect("stream failed")
-                .expect("stream ended");
-            let t = r.type_url.clone();
-            for res in &r.resources {
-                let body = res
-                    .resource
-                    .as_ref()
-                    .map(|a| a.value.clone())
-                    .unwrap_or_default();
-                self.held.set(&t, res.name.clone(), body);
-            }
-            if let Some(m) = self.held.snapshot.resources.get_mut(&t) {
-                for gone in &r.removed_resources {
-                    m.remove(gone);
-                }
-            }
-            self.held
-                .versions
-                .insert(t.clone(), r.system_version_info.clone());
-            self.send(DeltaDiscoveryRequest {
-                type_url: t,
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await;
-            r
-        }
-
-        pub async fn until(&mut self, what: &str, cond: impl Fn(&Held) -> bool) {
-            let deadline = Instant::now() + WAIT;
-            while !cond(&self.held) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: timed out waiting for {what}",
-                    self.node
-                );
-                self.step().await;
-            }
-        }
-    }
+    pub use isobar::testing::ads::*;
 }
 
 /// A cluster whose watches the test scripts: per kind, the kube-runtime

@@ -2,27 +2,25 @@
 //! components. The library is the product; `main` only wires it up.
 
 pub mod admin;
-pub mod app;
 pub mod certgen;
+pub mod controller;
 pub mod dump;
 pub mod envoy;
-#[cfg(any(test, feature = "testing"))]
-pub mod fake_api;
+pub mod ir;
+pub mod latency;
 pub mod leader;
 pub mod pipeline;
 pub mod plugin;
 pub mod queue;
 pub mod reconcile;
+pub mod report;
+pub mod resource;
 pub mod scaffold;
 pub mod serve;
 pub mod source;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod translate;
 pub mod writeback;
 pub mod xds;
-
-/// The routing IR plugins return: the contract's `types` interface as the
-/// host sees it.
-pub mod ir {
-    pub use crate::plugin::bindings::isobar::plugin::types::*;
-}

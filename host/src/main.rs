@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use isobar::ir::Severity;
-use isobar::{app, dump, plugin::Limits, scaffold, serve};
+use isobar::plugin::{Limits, load};
+use isobar::{dump, scaffold, serve};
 
 #[derive(Parser)]
 #[command(
@@ -335,9 +335,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             limits,
             grants,
         } => {
-            let runtime = app::runtime(limits.limits())?;
-            let plugin = app::load_plugin_with(&runtime, plugin.as_deref(), grants.grants())?;
-            let translated = app::translate_manifests(plugin, &files);
+            let runtime = load::runtime(limits.limits())?;
+            let plugin = load::load_translator(&runtime, plugin.as_deref(), grants.grants())?;
+            let translated = isobar::pipeline::manifests::translate(plugin, &files);
             for e in &translated.manifest_errors {
                 eprintln!("error: {e}");
             }
@@ -346,14 +346,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let diagnostics = translated.diagnostics();
             for d in &diagnostics {
-                let severity = match d.severity {
-                    Severity::Info => "info",
-                    Severity::Warning => "warning",
-                    Severity::Error => "error",
-                };
                 eprintln!(
-                    "{severity}: {} {}/{}: {}: {}",
-                    d.object.kind, d.object.namespace, d.object.name, d.reason, d.message
+                    "{}: {} {}/{}: {}: {}",
+                    d.severity.as_str(),
+                    d.object.kind,
+                    d.object.namespace,
+                    d.object.name,
+                    d.reason,
+                    d.message
                 );
             }
             let mut doc = dump::snapshot_to_json(translated.pipeline.snapshot())
@@ -411,7 +411,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let plugin = match plugin {
                 Some(p) => p,
-                None => app::default_plugin_path().context(
+                None => load::default_plugin_path().context(
                     "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
                 )?,
             };
@@ -440,8 +440,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Inspect { path, output },
         } => {
-            let runtime = app::runtime(Limits::default())?;
-            print(&app::inspect_file(&runtime, &path)?, output)?;
+            let runtime = load::runtime(Limits::default())?;
+            print(&load::inspect_file(&runtime, &path)?, output)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {

@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isobar::fake_api::FakeApi;
-use isobar::serve::{Cluster, Config, Server, Writeback};
+use isobar::serve::{ClusterConnection, Config, Server, Writeback};
+use isobar::testing::fake_api::FakeApi;
 use isobar::writeback::{IngressAddress, WritebackConfig};
 use isobar_tests::ads::WAIT;
 use isobar_tests::bench::{app, machine};
@@ -85,7 +85,7 @@ fn universe(n: usize) -> Universe {
 
 async fn start(script: Arc<Script>, writeback: Option<Writeback>) -> Server {
     let mut config = Config::cluster(
-        Cluster {
+        ClusterConnection {
             watches: script,
             writeback,
             client: None,
@@ -157,7 +157,7 @@ async fn memory_child(n: usize) {
     trim();
     let (after, _) = rss();
     let (pool, rest) = largest_mapping();
-    let snapshot = server.status().snapshot();
+    let snapshot = server.report().snapshot();
     let bytes: usize = isobar::xds::type_url::PUSH_ORDER
         .iter()
         .filter_map(|t| snapshot.of_type(t))
@@ -233,7 +233,7 @@ fn counts(api: &FakeApi) -> (u64, u64) {
 
 fn metric(server: &Server, result: &str) -> u64 {
     server
-        .status()
+        .report()
         .metrics
         .encode()
         .lines()

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use isobar::plugin::{Limits, Runtime};
-use isobar::reconcile::MemoryCluster;
+use isobar::reconcile::MemoryApi;
 use isobar_tests::bench::{machine, percentile};
 use isobar_tests::operator::Operator;
 use isobar_tests::*;
@@ -171,7 +171,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: usize) {
                 }))
                 .unwrap();
         }
-        let done = |c: &MemoryCluster| {
+        let done = |c: &MemoryApi| {
             c.inspect(|objects| {
                 let with_status = objects
                     .values()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isobar::pipeline::Pipeline;
+use isobar::pipeline::Offline;
 use isobar::store::{Event, KindKey, Object, Store};
 use isobar_guest::Translator;
 use isobar_plugin_ingress::IngressTranslator;
@@ -37,7 +37,7 @@ impl isobar_guest::Store for NativeStore<'_> {
         name: &str,
     ) -> Option<isobar_guest::types::Object> {
         let key = isobar::store::ObjectKey::new(KindKey::new(api_version, kind), namespace, name);
-        self.0.get(&key).map(|o| to_guest(o))
+        self.0.get(&key).as_deref().map(to_guest)
     }
     fn list(
         &self,
@@ -46,25 +46,21 @@ impl isobar_guest::Store for NativeStore<'_> {
         namespace: Option<&str>,
     ) -> Vec<isobar_guest::types::Object> {
         self.0
+            .read()
             .list(&KindKey::new(api_version, kind), namespace)
             .map(|o| to_guest(o))
             .collect()
     }
 }
 
-fn store_of(objects: &[Value]) -> Arc<Store> {
-    let mut s = Store::new();
-    for v in objects {
-        s.apply(Event::Apply(obj(v.clone())));
-    }
-    Arc::new(s)
+fn store_of(objects: &[Value]) -> Store {
+    let mut writer = isobar::store::Writer::new();
+    writer.apply_all(objects.iter().map(|v| Event::Apply(obj(v.clone()))));
+    writer.store()
 }
 
 fn roots(store: &Store) -> Vec<Arc<Object>> {
-    store
-        .list(&KindKey::new("networking.k8s.io/v1", "Ingress"), None)
-        .cloned()
-        .collect()
+    store.list(&KindKey::new("networking.k8s.io/v1", "Ingress"), None)
 }
 
 fn ms(d: Duration) -> String {
@@ -126,7 +122,7 @@ fn translate_side_by_side(n: usize) {
         "both builds must produce the same output"
     );
 
-    let mut p = Pipeline::new(plugin);
+    let mut p = Offline::new(plugin);
     p.load(objects.iter().map(|v| apply(v.clone())));
     let t = Instant::now();
     p.rebuild();
@@ -148,7 +144,7 @@ fn translate_side_by_side(n: usize) {
 
 fn incremental(n: usize) {
     let objects = universe(n);
-    let mut p = Pipeline::new(ingress_plugin());
+    let mut p = Offline::new(ingress_plugin());
     p.load(objects.iter().map(|v| apply(v.clone())));
     p.rebuild();
     let mut times = Vec::new();
@@ -192,7 +188,7 @@ fn per_call() {
 
 fn rss_child(n: usize) {
     let base = status_kib("VmRSS:");
-    let mut p = Pipeline::new(ingress_plugin());
+    let mut p = Offline::new(ingress_plugin());
     // Objects arrive one by one, as from a watch: no transient copy of the
     // whole universe inflates the figure.
     p.load([apply(ingress_class("isobar", false))]);

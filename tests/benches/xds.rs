@@ -17,16 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use isobar::pipeline::Pipeline;
+use isobar::pipeline::Offline;
 use isobar::plugin::{Limits, Runtime};
-use isobar::store::Event;
+use isobar::testing::ads::{DeltaResponse, SotwResponse, connect, node, open};
 use isobar::xds::server::{DELTA_PATH, SOTW_PATH};
 use isobar::xds::{self, RawNames, Snapshot, SotwRequest, XdsEvent, XdsServer, type_url};
 use isobar_tests::bench::{changed_ingress, machine, percentile, universe};
@@ -34,8 +32,6 @@ use isobar_tests::*;
 use prost::Message;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 const CDS: &str = type_url::CLUSTER;
 const EDS: &str = type_url::ENDPOINT;
@@ -43,9 +39,6 @@ const LDS: &str = type_url::LISTENER;
 const RDS: &str = type_url::ROUTE;
 /// What an Envoy with ADS subscribes to here (no TLS in these universes).
 const TYPES: [&str; 4] = [CDS, EDS, LDS, RDS];
-
-/// Envoy's default HTTP/2 stream and connection windows.
-const ENVOY_H2_WINDOW: u32 = 256 << 20;
 
 /// Bound on every wait, so a lost ACK shows up as a report, not a hang.
 const WAIT: Duration = Duration::from_secs(120);
@@ -470,112 +463,11 @@ impl Fleet {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<tonic::client::Grpc<Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(30))
-        // Envoy's HTTP/2 defaults (256 MiB windows), not hyper's.
-        .initial_stream_window_size(ENVOY_H2_WINDOW)
-        .initial_connection_window_size(ENVOY_H2_WINDOW)
-        .connect()
-        .await
-        .map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg = format!("{msg}: {s}");
-                source = s.source();
-            }
-            msg
-        })?;
-    Ok(tonic::client::Grpc::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
-}
-
-/// Opens an ADS call on `path` with the clients' own message types.
-async fn open_call<Req, Resp>(
-    client: &mut tonic::client::Grpc<Channel>,
-    path: &'static str,
-    requests: mpsc::Receiver<Req>,
-) -> Result<tonic::Streaming<Resp>, String>
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    client
-        .ready()
-        .await
-        .map_err(|e| format!("connection not ready: {e}"))?;
-    client
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(requests)),
-            tonic::codegen::http::uri::PathAndQuery::from_static(path),
-            tonic_prost::ProstCodec::<Req, Resp>::default(),
-        )
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| format!("opening stream: {s}"))
-}
-
-// ---- what the clients send and decode ----------------------------------------
-//
-// A hundred clients share the server's two cores here; each of them would
-// be an Envoy on its own machine. So they do as little as a client can
-// while putting the same bytes on the wire as Envoy's generated messages:
-// a response's resources stay in the received buffer (`Bytes`, not a copy
-// into a `Vec`), and a SotW request's resource names are kept encoded
-// (`isobar::xds::SotwRequest`, the server's own request type) rather than
-// as a list of strings cloned for every ACK. What the server receives and
-// sends is unchanged; only the bench's own share of the CPU shrinks.
-
-/// `google.protobuf.Any` with its value left in the received buffer.
-#[derive(Clone, PartialEq, prost::Message)]
-struct AnyBytes {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    value: Bytes,
-}
-
-/// `DiscoveryResponse` (the fields a client reads).
-#[derive(Clone, PartialEq, prost::Message)]
-struct SotwResponse {
-    #[prost(string, tag = "1")]
-    version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    resources: Vec<AnyBytes>,
-    #[prost(string, tag = "4")]
-    type_url: String,
-    #[prost(string, tag = "5")]
-    nonce: String,
-}
-
-/// `envoy.service.discovery.v3.Resource`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaResource {
-    #[prost(string, tag = "1")]
-    version: String,
-    #[prost(message, optional, tag = "2")]
-    resource: Option<AnyBytes>,
-    #[prost(string, tag = "3")]
-    name: String,
-}
-
-/// `DeltaDiscoveryResponse` (the fields a client reads).
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaResponse {
-    #[prost(string, tag = "1")]
-    system_version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    resources: Vec<DeltaResource>,
-    #[prost(string, tag = "4")]
-    type_url: String,
-    #[prost(string, tag = "5")]
-    nonce: String,
-    #[prost(string, repeated, tag = "6")]
-    removed_resources: Vec<String>,
-}
+// The clients use the host's ADS test client's transport and its lean
+// messages (`isobar::testing::ads`): a hundred clients share the server's
+// two cores here, each of which would be an Envoy on its own machine, so
+// they keep resources in the received buffer and SotW names encoded; the
+// bytes on the wire are Envoy's.
 
 /// Opens a connection and stream, retrying with backoff as Envoy does: a
 /// thousand clients connecting at once can overflow the accept queue.
@@ -598,14 +490,6 @@ where
             }
         }
     }
-}
-
-fn node(id: &str) -> Option<Node> {
-    Some(Node {
-        id: id.to_string(),
-        cluster: "bench".into(),
-        ..Default::default()
-    })
 }
 
 async fn sotw_client(
@@ -632,7 +516,7 @@ async fn sotw_client(
                 ..Default::default()
             })
             .await;
-        let responses = open_call::<_, SotwResponse>(&mut client, SOTW_PATH, rx).await?;
+        let responses = open::<_, SotwResponse>(&mut client, SOTW_PATH, rx).await?;
         Ok((tx, responses))
     })
     .await?;
@@ -733,7 +617,7 @@ async fn delta_client(
                 ..Default::default()
             })
             .await;
-        let responses = open_call::<_, DeltaResponse>(&mut client, DELTA_PATH, rx).await?;
+        let responses = open::<_, DeltaResponse>(&mut client, DELTA_PATH, rx).await?;
         Ok((tx, responses))
     })
     .await?;
@@ -844,7 +728,7 @@ struct Sample {
 /// The pipeline (driven from this thread), the xDS server on the runtime,
 /// the event tracker and the connected clients.
 struct World {
-    pipeline: Pipeline,
+    pipeline: Offline,
     published: Arc<Snapshot>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     server: XdsServer,
@@ -861,7 +745,7 @@ struct World {
 }
 
 impl World {
-    fn start(rt: &tokio::runtime::Runtime, pipeline: Pipeline) -> World {
+    fn start(rt: &tokio::runtime::Runtime, pipeline: Offline) -> World {
         let published = Arc::new(pipeline.snapshot().clone());
         let published_version = published.version;
         let (snapshots, rx) = watch::channel(published.clone());
@@ -972,7 +856,7 @@ impl World {
 
     /// Applies `change` to the pipeline on this thread, publishes, and waits
     /// for every stream to ACK every type whose resources changed.
-    fn measure(&mut self, change: impl FnOnce(&mut Pipeline)) -> Result<Sample, String> {
+    fn measure(&mut self, change: impl FnOnce(&mut Offline)) -> Result<Sample, String> {
         let t0 = Instant::now();
         change(&mut self.pipeline);
         let apply = t0.elapsed();
@@ -1013,7 +897,7 @@ impl World {
                 &isobar::store::KindKey::new("networking.k8s.io/v1", "Ingress"),
                 None,
             )
-            .count()
+            .len()
     }
 
     /// `samples` measured rounds (after 3 warm-up rounds) of `kind` changes.
@@ -1056,7 +940,7 @@ impl World {
 struct Series {
     /// Change applied to the last ACK, sorted.
     totals: Vec<Duration>,
-    /// Pipeline apply, sorted.
+    /// Offline apply, sorted.
     applies: Vec<Duration>,
     /// Snapshot clone, sorted.
     clones: Vec<Duration>,
@@ -1097,10 +981,10 @@ fn report(what: &str, result: Result<Series, String>, goal_p99: Option<Duration>
     }
 }
 
-fn built_pipeline(n: usize) -> (Pipeline, Duration) {
+fn built_pipeline(n: usize) -> (Offline, Duration) {
     let objects = universe(n);
     let t = Instant::now();
-    let mut p = Pipeline::new(ingress_plugin());
+    let mut p = Offline::new(ingress_plugin());
     p.load(objects.into_iter().map(apply));
     p.rebuild();
     (p, t.elapsed())
@@ -1227,7 +1111,7 @@ fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
         bytes as f64 / 1048576.0
     );
     // A placeholder until the real pipeline exists; the server serves nothing (version 0).
-    let mut w = World::start(rt, Pipeline::new(ingress_plugin()));
+    let mut w = World::start(rt, Offline::new(ingress_plugin()));
     w.connect(rt, 1, Proto::Sotw);
     let wasm = plugin_path("isobar-plugin-ingress");
 
@@ -1253,7 +1137,7 @@ fn cold_start(rt: &tokio::runtime::Runtime, n: usize) -> (World, Runtime) {
         loaded.errors.first()
     );
     let t = Instant::now();
-    let mut p = Pipeline::new(plugin);
+    let mut p = Offline::new(plugin);
     p.load(loaded.events());
     let store = t.elapsed();
     let t = Instant::now();
@@ -1309,17 +1193,12 @@ fn hot_swap(w: &mut World, runtime: &Runtime, crate_name: &str, note: &str) {
         compile = t.elapsed();
         let t = Instant::now();
         let old_version = p.snapshot().version;
-        let objects: Vec<Event> = p
-            .store()
-            .list_all()
-            .map(|o| Event::Apply(o.clone()))
-            .collect();
-        let mut next = Pipeline::new(plugin);
+        // Over the same store: nothing is reloaded.
+        let mut next = isobar::pipeline::Pipeline::new(p.store().clone(), plugin);
         next.continue_after(old_version);
-        next.load(objects);
         next.rebuild();
         rebuild = t.elapsed();
-        *p = next;
+        p.replace(next);
     });
     let (_, closed_after, nacks) = w.tracker.counts();
     let active = w.server.active_streams();

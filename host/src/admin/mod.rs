@@ -10,8 +10,6 @@
 //! | `/debug/diagnostics`  | manifest errors (file:line), diagnostics by object, NACKs        |
 //! | `/debug/streams`      | live xDS streams: node, protocol, versions pushed and acknowledged |
 
-pub mod metrics;
-
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,10 +22,19 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::serve::Status;
+use crate::reconcile::MemoryApi;
+use crate::report::Report;
 
-/// The admin routes over a running host's status.
-pub fn router(status: Arc<Status>) -> Router {
+/// What the admin routes read: the host's report and, serving manifests
+/// with reconcilers, the in-memory API server they write to.
+#[derive(Clone)]
+pub struct Sources {
+    pub report: Arc<Report>,
+    pub memory_api: Option<Arc<MemoryApi>>,
+}
+
+/// The admin routes over a running host.
+pub fn router(sources: Sources) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -39,28 +46,29 @@ pub fn router(status: Arc<Status>) -> Router {
         .route("/debug/streams", get(streams))
         .route("/debug/reconcilers", get(reconcilers))
         .route("/debug/cluster", get(cluster))
-        .with_state(status)
+        .with_state(sources)
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
-    status: Arc<Status>,
+    sources: Sources,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "admin endpoint listening");
-    axum::serve(listener, router(status))
+    axum::serve(listener, router(sources))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-type S = State<Arc<Status>>;
+type S = State<Sources>;
 
 async fn index() -> &'static str {
     "isobar admin: /healthz /readyz /metrics /debug/config_dump /debug/plugins /debug/diagnostics /debug/streams\n"
 }
 
-async fn healthz(State(status): S) -> Response {
+async fn healthz(State(sources): S) -> Response {
+    let status = &sources.report;
     match status.failure() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(why) => (
@@ -71,7 +79,8 @@ async fn healthz(State(status): S) -> Response {
     }
 }
 
-async fn readyz(State(status): S) -> Response {
+async fn readyz(State(sources): S) -> Response {
+    let status = &sources.report;
     if status.is_ready() {
         (
             StatusCode::OK,
@@ -90,7 +99,8 @@ async fn readyz(State(status): S) -> Response {
     }
 }
 
-async fn metrics(State(status): S) -> Response {
+async fn metrics(State(sources): S) -> Response {
+    let status = &sources.report;
     (
         [(
             header::CONTENT_TYPE,
@@ -101,7 +111,8 @@ async fn metrics(State(status): S) -> Response {
         .into_response()
 }
 
-async fn config_dump(State(status): S) -> Response {
+async fn config_dump(State(sources): S) -> Response {
+    let status = &sources.report;
     let snapshot = status.snapshot();
     // Rendering a large snapshot is CPU work: off the runtime's workers.
     let rendered =
@@ -121,14 +132,16 @@ async fn config_dump(State(status): S) -> Response {
     }
 }
 
-async fn plugins(State(status): S) -> Json<serde_json::Value> {
+async fn plugins(State(sources): S) -> Json<serde_json::Value> {
+    let status = &sources.report;
     Json(json!({
         "plugins": status.plugin().into_iter().collect::<Vec<_>>(),
         "history": status.plugin_history(),
     }))
 }
 
-async fn diagnostics(State(status): S) -> Json<serde_json::Value> {
+async fn diagnostics(State(sources): S) -> Json<serde_json::Value> {
+    let status = &sources.report;
     Json(json!({
         "version": status.snapshot().version,
         "manifest_errors": status.manifest_errors(),
@@ -138,18 +151,20 @@ async fn diagnostics(State(status): S) -> Json<serde_json::Value> {
     }))
 }
 
-async fn streams(State(status): S) -> Json<serde_json::Value> {
+async fn streams(State(sources): S) -> Json<serde_json::Value> {
+    let status = &sources.report;
     Json(json!({ "streams": status.streams() }))
 }
 
-async fn reconcilers(State(status): S) -> Json<serde_json::Value> {
+async fn reconcilers(State(sources): S) -> Json<serde_json::Value> {
+    let status = &sources.report;
     Json(json!({ "reconcilers": status.reconcilers() }))
 }
 
 /// The in-memory cluster reconcilers write to when serving manifests: what
 /// an operator would have made of them.
-async fn cluster(State(status): S) -> Response {
-    match status.memory_cluster() {
+async fn cluster(State(sources): S) -> Response {
+    match &sources.memory_api {
         Some(c) => {
             let objects: Vec<serde_json::Value> = c.objects().into_values().collect();
             let events: Vec<serde_json::Value> = c

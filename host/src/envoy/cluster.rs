@@ -77,13 +77,9 @@ mod tests {
     use prost::Message;
 
     fn backend(protocol: ir::BackendProtocol, lb_policy: ir::LbPolicy) -> ir::Backend {
-        ir::Backend {
-            namespace: "ns".into(),
-            name: "svc".into(),
-            port: 8080,
-            protocol,
-            lb_policy,
-        }
+        ir::Backend::service("ns", "svc", 8080)
+            .with_protocol(protocol)
+            .with_lb_policy(lb_policy)
     }
 
     fn roundtrip(c: &Cluster) -> Cluster {

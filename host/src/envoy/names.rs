@@ -107,13 +107,9 @@ mod tests {
     use super::*;
 
     fn backend(protocol: ir::BackendProtocol, lb_policy: ir::LbPolicy) -> ir::Backend {
-        ir::Backend {
-            namespace: "shop".into(),
-            name: "cart".into(),
-            port: 8080,
-            protocol,
-            lb_policy,
-        }
+        ir::Backend::service("shop", "cart", 8080)
+            .with_protocol(protocol)
+            .with_lb_policy(lb_policy)
     }
 
     #[test]

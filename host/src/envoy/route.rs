@@ -649,43 +649,20 @@ mod tests {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
     pub(crate) fn backend(name: &str) -> ir::Backend {
-        ir::Backend {
-            namespace: "ns".into(),
-            name: name.into(),
-            port: 80,
-            protocol: ir::BackendProtocol::Http1,
-            lb_policy: ir::LbPolicy::RoundRobin,
-        }
+        ir::Backend::service("ns", name, 80)
     }
 
     fn forward(backends: &[(&str, u32)]) -> ir::RouteAction {
         ir::RouteAction::Forward(
             backends
                 .iter()
-                .map(|(n, w)| ir::WeightedBackend {
-                    backend: backend(n),
-                    weight: *w,
-                })
+                .map(|(n, w)| backend(n).weighted(*w))
                 .collect(),
         )
     }
 
     pub(crate) fn route(path: ir::PathMatch, action: ir::RouteAction) -> ir::Route {
-        ir::Route {
-            matches: ir::RouteMatch {
-                path,
-                headers: vec![],
-                query: vec![],
-                method: None,
-            },
-            action,
-            prefix_rewrite: None,
-            host_rewrite: None,
-            timeout_ms: None,
-            retry: None,
-            request_headers: None,
-            response_headers: None,
-        }
+        ir::Route::new(ir::RouteMatch::new(path), action)
     }
 
     fn prefix(p: &str) -> ir::PathMatch {

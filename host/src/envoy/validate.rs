@@ -211,39 +211,14 @@ mod tests {
     use envoy_types::pb::google::protobuf::UInt32Value;
 
     fn backend(name: &str) -> ir::Backend {
-        ir::Backend {
-            namespace: "ns".into(),
-            name: name.into(),
-            port: 80,
-            protocol: ir::BackendProtocol::Http1,
-            lb_policy: ir::LbPolicy::RoundRobin,
-        }
+        ir::Backend::service("ns", name, 80)
     }
 
     fn ir_route(path: &str, backends: &[&str]) -> ir::Route {
-        ir::Route {
-            matches: ir::RouteMatch {
-                path: ir::PathMatch::Prefix(path.into()),
-                headers: vec![],
-                query: vec![],
-                method: None,
-            },
-            action: ir::RouteAction::Forward(
-                backends
-                    .iter()
-                    .map(|b| ir::WeightedBackend {
-                        backend: backend(b),
-                        weight: 1,
-                    })
-                    .collect(),
-            ),
-            prefix_rewrite: None,
-            host_rewrite: None,
-            timeout_ms: None,
-            retry: None,
-            request_headers: None,
-            response_headers: None,
-        }
+        ir::Route::forward_weighted(
+            ir::RouteMatch::prefix(path),
+            backends.iter().map(|b| backend(b).weighted(1)),
+        )
     }
 
     #[test]

@@ -2,16 +2,15 @@
 //! reads it made, its limits, and its (captured) stderr.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::isobar::plugin::{log, store, types};
+use super::v0_1::isobar::plugin::{log, store, types};
 use super::{EngineShared, Grants, Limits, PluginError};
-use crate::store::{KindKey, Object, ObjectKey, Store};
+use crate::store::{KindKey, ObjectKey, Store};
 
 /// Every store read a call made. Lists are keyed by kind and namespace
 /// (None: all namespaces).
@@ -27,7 +26,7 @@ pub(super) struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
-    store: Option<Arc<Store>>,
+    store: Option<Store>,
     pub reads: Reads,
     memory_cap: usize,
     memory_cap_hit: bool,
@@ -42,7 +41,7 @@ pub(super) struct CallState {
 
 pub(super) fn new_store(
     shared: &EngineShared,
-    store: Option<Arc<Store>>,
+    store: Option<Store>,
     plugin: &str,
     grants: &Grants,
 ) -> wasmtime::Store<CallState> {
@@ -88,7 +87,7 @@ pub(super) fn new_store(
 /// calls; the guest's `err` becomes `Rejected`, a trap its typed cause.
 pub(super) fn call<T>(
     shared: &EngineShared,
-    store: &Arc<Store>,
+    store: &Store,
     plugin: &str,
     grants: &Grants,
     f: impl FnOnce(&mut wasmtime::Store<CallState>) -> wasmtime::Result<Result<T, types::Error>>,
@@ -97,10 +96,7 @@ pub(super) fn call<T>(
     let mut wstore = new_store(shared, Some(store.clone()), plugin, grants);
     let result = match f(&mut wstore) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(PluginError::Rejected {
-            reason: e.reason,
-            message: e.message,
-        }),
+        Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(classify(e, &wstore, &shared.limits)),
     };
     let state = wstore.into_data();
@@ -140,17 +136,6 @@ pub(super) fn classify(
         message = format!("{message}; stderr: {stderr}");
     }
     PluginError::Trap(message)
-}
-
-pub(super) fn to_wit(o: &Object) -> types::Object {
-    types::Object {
-        api_version: o.api_version.clone(),
-        kind: o.kind.clone(),
-        namespace: o.namespace.clone(),
-        name: o.name.clone(),
-        uid: o.uid.clone(),
-        json: o.json.to_string(),
-    }
 }
 
 impl WasiView for CallState {
@@ -198,7 +183,7 @@ impl store::Host for CallState {
     ) -> Option<types::Object> {
         let key = ObjectKey::new(KindKey::new(&api_version, &kind), namespace, name);
         let stored = self.store.as_ref().and_then(|s| s.get(&key));
-        let found = stored.map(|o| to_wit(o));
+        let found = stored.as_deref().map(super::v0_1::object);
         // Record the store's own key when there is one: shared, not a copy.
         self.reads.gets.insert(stored.map_or(key, |o| o.key()));
         found
@@ -213,8 +198,9 @@ impl store::Host for CallState {
         let kind = KindKey::new(&api_version, &kind);
         let found = match &self.store {
             Some(s) => s
+                .read()
                 .list(&kind, namespace.as_deref())
-                .map(|o| to_wit(o))
+                .map(|o| super::v0_1::object(o))
                 .collect(),
             None => Vec::new(),
         };

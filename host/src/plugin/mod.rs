@@ -4,11 +4,12 @@
 //! Every call gets a new instance from an `InstancePre`, so no state leaks
 //! between calls or survives a swap; the store is the truth.
 
-pub mod bindings;
 mod cache;
 mod call;
+pub mod load;
 mod reads;
 pub mod reconciler;
+mod v0_1;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,11 +23,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::ir;
 use crate::store::{Object, ObjectKey, Store};
-use bindings::{Translator, TranslatorPre};
 use call::CallState;
 pub use call::Reads;
 pub use reads::ReadIndex;
 pub use reconciler::{ReconcileOutcome, ReconcilerPlugin};
+use v0_1::{Translator, TranslatorPre};
 
 /// The contract this host speaks.
 pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
@@ -39,6 +40,37 @@ const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Granularity of deadlines: the engine's epoch advances this often.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A kind a plugin declares, e.g. ("networking.k8s.io/v1", "Ingress"): the
+/// version says which one to watch; the store keys kinds by group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct KindRef {
+    pub api_version: String,
+    pub kind: String,
+}
+
+impl KindRef {
+    pub fn key(&self) -> crate::store::KindKey {
+        crate::store::KindKey::new(&self.api_version, &self.kind)
+    }
+}
+
+impl std::fmt::Display for KindRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version, self.kind)
+    }
+}
+
+/// What a translator says it is and reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    /// Every kind the plugin reads, roots included.
+    pub watches: Vec<KindRef>,
+    /// The kinds `translate` is called for.
+    pub roots: Vec<KindRef>,
+}
 
 /// Per-call resource limits.
 #[derive(Clone, Debug)]
@@ -213,12 +245,7 @@ impl Runtime {
         let mut plugin = Plugin {
             shared: self.shared.clone(),
             pre,
-            info: ir::PluginInfo {
-                name: String::new(),
-                version: String::new(),
-                watches: vec![],
-                roots: vec![],
-            },
+            info: PluginInfo::default(),
             digest,
             source: source.to_string(),
             grants: Arc::new(grants),
@@ -326,7 +353,7 @@ fn check_contract(engine: &Engine, component: &Component, wanted: &str) -> Resul
 pub struct Plugin {
     shared: Arc<EngineShared>,
     pre: TranslatorPre<CallState>,
-    pub info: ir::PluginInfo,
+    pub info: PluginInfo,
     /// sha256 of the component bytes.
     pub digest: String,
     /// Where it was loaded from, for people.
@@ -345,51 +372,56 @@ pub struct CallOutcome<T = ir::Fragment> {
     pub elapsed: std::time::Duration,
 }
 
+impl<T> CallOutcome<T> {
+    /// Converts what the call returned (the contract's bindings) into the
+    /// host's own types.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> CallOutcome<U> {
+        CallOutcome {
+            result: self.result.map(f),
+            reads: self.reads,
+            dropped_logs: self.dropped_logs,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
 impl Plugin {
     /// Asks a fresh instance to describe itself: the cheapest whole call.
-    pub fn describe(&self) -> Result<ir::PluginInfo, PluginError> {
+    pub fn describe(&self) -> Result<PluginInfo, PluginError> {
         let mut store = call::new_store(&self.shared, None, &self.info.name, &self.grants);
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|i| i.isobar_plugin_translation().call_describe(&mut store));
-        result.map_err(|e| call::classify(e, &store, &self.shared.limits))
+        result
+            .map(Into::into)
+            .map_err(|e| call::classify(e, &store, &self.shared.limits))
     }
 
     /// Translates one root against `store`, recording every read.
-    pub fn translate(&self, store: &Arc<Store>, root: &Object) -> CallOutcome {
-        let root = call::to_wit(root);
+    pub fn translate(&self, store: &Store, root: &Object) -> CallOutcome {
+        let root = v0_1::object(root);
         call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
             self.pre
                 .instantiate(&mut *ws)?
                 .isobar_plugin_translation()
                 .call_translate(ws, &root)
         })
+        .map(ir::Fragment::from)
     }
 
     /// The root kinds, as store keys.
     pub fn root_kinds(&self) -> Vec<crate::store::KindKey> {
-        self.info
-            .roots
-            .iter()
-            .map(|k| crate::store::KindKey::new(&k.api_version, &k.kind))
-            .collect()
+        self.info.roots.iter().map(KindRef::key).collect()
     }
 
     pub fn watched_kinds(&self) -> Vec<crate::store::KindKey> {
-        self.info
-            .watches
-            .iter()
-            .map(|k| crate::store::KindKey::new(&k.api_version, &k.kind))
-            .collect()
+        self.info.watches.iter().map(KindRef::key).collect()
     }
 
     /// Whether `key` is a root of this plugin.
     pub fn is_root(&self, key: &ObjectKey) -> bool {
-        self.info
-            .roots
-            .iter()
-            .any(|k| crate::store::KindKey::new(&k.api_version, &k.kind) == key.kind)
+        self.info.roots.iter().any(|k| k.key() == key.kind)
     }
 }
 

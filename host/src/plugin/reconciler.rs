@@ -4,13 +4,58 @@
 
 use std::sync::Arc;
 
-use super::bindings::reconciler::exports::isobar::plugin::reconciliation;
-use super::bindings::reconciler::{Reconciler, ReconcilerPre};
 use super::call::{self, CallState};
-use super::{EngineShared, Grants, PluginError, RECONCILIATION_EXPORT, Runtime};
+use super::v0_1::reconciler::{Reconciler, ReconcilerPre};
+use super::{EngineShared, Grants, KindRef, PluginError, RECONCILIATION_EXPORT, Runtime};
 use crate::store::{KindKey, Object, Store};
 
-pub use reconciliation::{Action, Event, EventType, ObjectId, ReconcilerInfo};
+/// What a reconciler says it is, reconciles, owns and reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcilerInfo {
+    pub name: String,
+    pub version: String,
+    pub reconciles: KindRef,
+    pub owns: Vec<KindRef>,
+    pub watches: Vec<KindRef>,
+}
+
+/// Names any object, cluster-scoped ones with an empty namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event on the reconciled object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What a reconcile asks the host to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Server-side apply of a child object (its JSON).
+    Apply(String),
+    /// Server-side apply of the reconciled object's status (its JSON).
+    PatchStatus(String),
+    Event(Event),
+    AddFinalizer(String),
+    RemoveFinalizer(String),
+    /// Delete an object the reconciled object owns.
+    Delete(ObjectId),
+    RequeueAfterMs(u64),
+}
 
 /// A loaded reconciler component, ready to be called. Cheap to clone.
 #[derive(Clone)]
@@ -41,16 +86,7 @@ impl Runtime {
         let mut plugin = ReconcilerPlugin {
             shared: self.shared.clone(),
             pre,
-            info: ReconcilerInfo {
-                name: String::new(),
-                version: String::new(),
-                reconciles: crate::ir::KindRef {
-                    api_version: String::new(),
-                    kind: String::new(),
-                },
-                owns: vec![],
-                watches: vec![],
-            },
+            info: ReconcilerInfo::default(),
             digest,
             source: source.to_string(),
             grants: Arc::new(Grants::default()),
@@ -75,46 +111,37 @@ impl ReconcilerPlugin {
             .pre
             .instantiate(&mut store)
             .and_then(|i: Reconciler| i.isobar_plugin_reconciliation().call_describe(&mut store));
-        result.map_err(|e| call::classify(e, &store, &self.shared.limits))
+        result
+            .map(Into::into)
+            .map_err(|e| call::classify(e, &store, &self.shared.limits))
     }
 
     /// Reconciles one object against `store`, recording every read.
-    pub fn reconcile(&self, store: &Arc<Store>, object: &Object) -> ReconcileOutcome {
-        let object = call::to_wit(object);
+    pub fn reconcile(&self, store: &Store, object: &Object) -> ReconcileOutcome {
+        let object = super::v0_1::object(object);
         call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
             self.pre
                 .instantiate(&mut *ws)?
                 .isobar_plugin_reconciliation()
                 .call_reconcile(ws, &object)
         })
+        .map(|actions| actions.into_iter().map(Action::from).collect())
     }
 
     /// The reconciled kind.
     pub fn kind(&self) -> KindKey {
-        KindKey::new(
-            &self.info.reconciles.api_version,
-            &self.info.reconciles.kind,
-        )
+        self.info.reconciles.key()
     }
 
     pub fn owned_kinds(&self) -> Vec<KindKey> {
-        self.info
-            .owns
-            .iter()
-            .map(|k| KindKey::new(&k.api_version, &k.kind))
-            .collect()
+        self.info.owns.iter().map(KindRef::key).collect()
     }
 
     /// Every kind the plugin needs in the store: reconciled, owned, read.
     pub fn watched_kinds(&self) -> Vec<KindKey> {
         let mut kinds = vec![self.kind()];
         kinds.extend(self.owned_kinds());
-        kinds.extend(
-            self.info
-                .watches
-                .iter()
-                .map(|k| KindKey::new(&k.api_version, &k.kind)),
-        );
+        kinds.extend(self.info.watches.iter().map(KindRef::key));
         kinds.sort();
         kinds.dedup();
         kinds

@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 // The same buckets as the host's other latencies.
-use crate::admin::metrics::LatencyBuckets;
+use crate::latency::LatencyBuckets;
 
 /// `queue="<name>"`.
 type QueueLabel = [(&'static str, String); 1];

@@ -11,37 +11,45 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::cluster::{Cluster, ClusterError, RecordedEvent, Write, key_of};
-use crate::source::kube::Watches;
+use super::api::{Api as ReconcilerApi, ApiError, RecordedEvent, Write, key_of};
 use crate::store::{KindKey, ObjectKey};
 
-pub struct KubeCluster {
+/// Which resource serves a kind, and whether it is namespaced: this API
+/// client's port to discovery. `isobar serve` plugs in the kube source's
+/// (one discovery path, one cache); without one, the client asks the API
+/// server's discovery itself.
+pub trait Discovery: Send + Sync + 'static {
+    fn resolve<'a>(
+        &'a self,
+        kind: &'a KindKey,
+    ) -> BoxFuture<'a, Result<(ApiResource, bool), String>>;
+}
+
+pub struct KubeApi {
     client: kube::Client,
     resources: Mutex<HashMap<KindKey, (ApiResource, bool)>>,
-    /// Resolves kinds as the kube source does (one discovery path).
-    resolver: Option<Arc<dyn Watches>>,
+    discovery: Option<Arc<dyn Discovery>>,
     recorders: Mutex<HashMap<String, Recorder>>,
 }
 
-impl KubeCluster {
+impl KubeApi {
     pub fn new(client: kube::Client) -> Self {
-        KubeCluster {
+        KubeApi {
             client,
             resources: Mutex::new(HashMap::new()),
-            resolver: None,
+            discovery: None,
             recorders: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Resolves kinds through the source's [`Watches`] instead of asking
-    /// discovery itself.
-    pub fn with_resolver(mut self, resolver: Arc<dyn Watches>) -> Self {
-        self.resolver = Some(resolver);
+    /// Resolves kinds through `discovery` instead of asking the API server.
+    pub fn with_discovery(mut self, discovery: Arc<dyn Discovery>) -> Self {
+        self.discovery = Some(discovery);
         self
     }
 
@@ -52,25 +60,21 @@ impl KubeCluster {
         self
     }
 
-    async fn resolve(&self, kind: &KindKey) -> Result<(ApiResource, bool), ClusterError> {
+    async fn resolve(&self, kind: &KindKey) -> Result<(ApiResource, bool), ApiError> {
         if let Some(r) = self.resources.lock().get(kind).cloned() {
             return Ok(r);
         }
-        if let Some(resolver) = &self.resolver {
-            let r = resolver
-                .resolve(kind)
-                .await
-                .map_err(|e| ClusterError::Api(e.to_string()))?;
-            let out = (r.resource, r.namespaced);
+        if let Some(discovery) = &self.discovery {
+            let out = discovery.resolve(kind).await.map_err(ApiError::Api)?;
             self.resources.lock().insert(kind.clone(), out.clone());
             return Ok(out);
         }
         let group = kube::discovery::group(&self.client, &kind.group)
             .await
             .map_err(api_error)?;
-        let (resource, caps) = group.recommended_kind(&kind.kind).ok_or_else(|| {
-            ClusterError::Invalid(format!("the API server does not serve {kind}"))
-        })?;
+        let (resource, caps) = group
+            .recommended_kind(&kind.kind)
+            .ok_or_else(|| ApiError::Invalid(format!("the API server does not serve {kind}")))?;
         let namespaced = matches!(caps.scope, kube::discovery::Scope::Namespaced);
         self.resources
             .lock()
@@ -81,19 +85,19 @@ impl KubeCluster {
     async fn api(
         &self,
         key: &ObjectKey,
-    ) -> Result<(Api<DynamicObject>, ApiResource), ClusterError> {
+    ) -> Result<(kube::Api<DynamicObject>, ApiResource), ApiError> {
         let (resource, namespaced) = self.resolve(&key.kind).await?;
         let api = if namespaced {
-            Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
+            kube::Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
         } else {
-            Api::all_with(self.client.clone(), &resource)
+            kube::Api::all_with(self.client.clone(), &resource)
         };
         Ok((api, resource))
     }
 }
 
-fn api_error(e: kube::Error) -> ClusterError {
-    ClusterError::Api(e.to_string())
+fn api_error(e: kube::Error) -> ApiError {
+    ApiError::Api(e.to_string())
 }
 
 fn not_found(e: &kube::Error) -> bool {
@@ -104,24 +108,24 @@ fn resource_version(o: &DynamicObject) -> Option<String> {
     o.metadata.resource_version.clone()
 }
 
-impl Cluster for KubeCluster {
+impl ReconcilerApi for KubeApi {
     fn apply<'a>(
         &'a self,
         object: Value,
         manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         async move {
             let key = key_of(&object)?;
             // The object names its version; discovery only says the scope.
             let (_, namespaced) = self.resolve(&key.kind).await?;
-            let resource = crate::source::kube::api_resource(
+            let resource = crate::resource::api_resource(
                 object["apiVersion"].as_str().unwrap_or_default(),
                 &key.kind.kind,
             );
-            let api: Api<DynamicObject> = if namespaced {
-                Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
+            let api: kube::Api<DynamicObject> = if namespaced {
+                kube::Api::namespaced_with(self.client.clone(), &key.namespace, &resource)
             } else {
-                Api::all_with(self.client.clone(), &resource)
+                kube::Api::all_with(self.client.clone(), &resource)
             };
             // A no-op apply leaves the resourceVersion as it was.
             let before = api
@@ -151,12 +155,12 @@ impl Cluster for KubeCluster {
         key: &'a ObjectKey,
         status: Value,
         manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         async move {
             let (api, resource) = self.api(key).await?;
             let current = api.get_opt(&key.name).await.map_err(api_error)?;
             let Some(current) = current else {
-                return Err(ClusterError::NotFound(key.to_string()));
+                return Err(ApiError::NotFound(key.to_string()));
             };
             let mut body = json!({
                 "apiVersion": resource.api_version,
@@ -189,11 +193,11 @@ impl Cluster for KubeCluster {
         key: &'a ObjectKey,
         finalizer: &'a str,
         present: bool,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         async move {
             let (api, _) = self.api(key).await?;
             let Some(current) = api.get_opt(&key.name).await.map_err(api_error)? else {
-                return Err(ClusterError::NotFound(key.to_string()));
+                return Err(ApiError::NotFound(key.to_string()));
             };
             let mut finalizers = current.metadata.finalizers.clone().unwrap_or_default();
             let has = finalizers.iter().any(|f| f == finalizer);
@@ -219,7 +223,7 @@ impl Cluster for KubeCluster {
         .boxed()
     }
 
-    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ApiError>> {
         async move {
             let (api, _) = self.api(key).await?;
             match api.delete(&key.name, &DeleteParams::background()).await {
@@ -231,7 +235,7 @@ impl Cluster for KubeCluster {
         .boxed()
     }
 
-    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>> {
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ApiError>> {
         async move {
             let (resource, _) = self.resolve(&event.regarding.kind).await?;
             // One recorder per plugin, kept: its cache folds repeats into a

@@ -1,11 +1,15 @@
 //! Runs reconciler plugins: the operator half of the host.
 //!
 //! ```text
-//!  watch events ─► store ─► work queue ─► reconcile (Wasm, in parallel) ─► actions ─► Cluster
-//!        ▲        (reads,   (dedup, backoff,                               (apply, status,     │
-//!        │         owners)   requeue-after)                                 events, finalizers) │
-//!        └────────────────────────── the writes come back as watch events ◄──────────────────────┘
+//!  store changes ─► work queue ─► reconcile (Wasm, in parallel) ─► actions ─► Api
+//!   (the one store:  (dedup, backoff,                                (apply, status,     │
+//!    reads, owners)   requeue-after)                                  events, finalizers) │
+//!        ▲                                                                                │
+//!        └─────────────────── the writes come back as watch events ◄─────────────────────┘
 //! ```
+//!
+//! A reconciler reads the host's one store (the same objects the
+//! translators read) and is told what changed in it.
 //!
 //! What enqueues an object: a change to it; a change to an object it owns
 //! (controller owner reference); a change to anything its last reconcile
@@ -19,8 +23,9 @@
 //! clock). A failed reconcile (plugin error, trap, timeout, refused action)
 //! is retried with backoff and shows as a `Reconciled=False` condition.
 
-pub mod cluster;
+pub mod api;
 pub mod kube;
+pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
@@ -31,12 +36,13 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-pub use cluster::{Cluster, ClusterError, MemoryCluster, RecordedEvent, Write};
+pub use api::{Api, ApiError, MemoryApi, RecordedEvent, Write};
+pub use kube::KubeApi;
 
 use crate::plugin::reconciler::{Action, EventType};
 use crate::plugin::{PluginError, ReadIndex, Reads, ReconcilerPlugin};
 use crate::queue::{Lease, Outcome, QueueConfig, QueueMetrics, WorkQueue};
-use crate::store::{Event as StoreEvent, KindKey, Object, ObjectKey, Store};
+use crate::store::{Change, KindKey, Object, ObjectKey, Store};
 
 /// The condition the host writes when reconciling an object fails.
 pub const RECONCILED_CONDITION: &str = "Reconciled";
@@ -79,7 +85,7 @@ enum ReconcileError {
     #[error("action refused: {0}")]
     Refused(String),
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    Api(#[from] ApiError),
 }
 
 impl ReconcileError {
@@ -87,7 +93,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Plugin(e) => e.reason().to_string(),
             ReconcileError::Refused(_) => "ActionRefused".into(),
-            ReconcileError::Cluster(_) => "ApplyFailed".into(),
+            ReconcileError::Api(_) => "ApplyFailed".into(),
         }
     }
 }
@@ -102,11 +108,11 @@ fn controller_ref(o: &Object) -> Option<Value> {
         .cloned()
 }
 
-/// One reconciler plugin driven by a work queue, writing to a [`Cluster`].
-pub struct Reconciler<C: Cluster> {
+/// One reconciler plugin driven by a work queue, writing to an [`Api`].
+pub struct Reconciler<A: Api> {
     plugin: ReconcilerPlugin,
-    cluster: Arc<C>,
-    store: Arc<Store>,
+    api: Arc<A>,
+    store: Store,
     queue: WorkQueue<ObjectKey>,
     /// Who read what, and each object's reads from its last reconcile.
     readers: ReadIndex,
@@ -122,10 +128,12 @@ pub struct Reconciler<C: Cluster> {
     last_event: HashMap<ObjectKey, (String, String, String)>,
 }
 
-impl<C: Cluster> Reconciler<C> {
+impl<A: Api> Reconciler<A> {
+    /// A reconciler reading `store`, carrying out its actions on `api`.
     pub fn new(
         plugin: ReconcilerPlugin,
-        cluster: Arc<C>,
+        api: Arc<A>,
+        store: Store,
         config: Config,
         metrics: &QueueMetrics,
     ) -> Result<Self, crate::queue::QueueError> {
@@ -135,8 +143,8 @@ impl<C: Cluster> Reconciler<C> {
             owned: plugin.owned_kinds().into_iter().collect(),
             manager: format!("isobar/{}", plugin.info.name),
             plugin,
-            cluster,
-            store: Arc::new(Store::new()),
+            api,
+            store,
             queue,
             readers: ReadIndex::default(),
             reads: HashMap::new(),
@@ -156,18 +164,18 @@ impl<C: Cluster> Reconciler<C> {
         self.plugin.watched_kinds()
     }
 
-    /// Serves until `stop` turns true (or every event sender is gone and the
-    /// queue has nothing left).
+    /// Serves until `stop` turns true (or every change sender is gone and
+    /// the queue has nothing left).
     pub async fn run(
         mut self,
-        mut events: mpsc::UnboundedReceiver<StoreEvent>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut events_open = true;
+        let mut changes_open = true;
         loop {
-            // Take in everything that happened; no call holds the store now.
-            while let Ok(e) = events.try_recv() {
-                self.observe(e);
+            // Take in everything that happened.
+            while let Ok(c) = changes.try_recv() {
+                self.observe(c);
             }
             let mut batch = Vec::new();
             while batch.len() < self.concurrency && !self.queue.is_empty() {
@@ -181,9 +189,9 @@ impl<C: Cluster> Reconciler<C> {
                     _ = stop.changed() => {
                         if *stop.borrow() { break; }
                     }
-                    e = events.recv(), if events_open => match e {
-                        Some(e) => self.observe(e),
-                        None => events_open = false,
+                    c = changes.recv(), if changes_open => match c {
+                        Some(c) => self.observe(c),
+                        None => changes_open = false,
                     },
                     lease = self.queue.get() => match lease {
                         Some(lease) => batch.push(lease),
@@ -199,19 +207,12 @@ impl<C: Cluster> Reconciler<C> {
         self.queue.shutdown();
     }
 
-    /// Applies a watch event to the store and enqueues whoever cares.
-    fn observe(&mut self, event: StoreEvent) {
-        let key = match &event {
-            StoreEvent::Apply(o) => o.key(),
-            StoreEvent::Delete(k) => k.clone(),
-        };
-        // Owners are read from the object as it was (deletes) or is.
-        let before = self.store.get(&key).cloned();
-        let store = Arc::make_mut(&mut self.store);
-        if store.apply(event).is_none() {
-            return;
-        }
-        let after = self.store.get(&key).cloned();
+    /// Enqueues whoever a change to the store concerns.
+    fn observe(&mut self, change: Change) {
+        let key = change.key().clone();
+        // Owners are read from the object as it was (deletes) and is.
+        let before = change.old().cloned();
+        let after = self.store.get(&key);
         let mut wake: BTreeSet<ObjectKey> = BTreeSet::new();
         if key.kind == self.kind {
             if after.is_some() {
@@ -230,10 +231,14 @@ impl<C: Cluster> Reconciler<C> {
             }
         }
         wake.extend(self.readers.readers_of(&key).cloned());
+        let index = self.store.read();
+        let wake: Vec<ObjectKey> = wake
+            .into_iter()
+            .filter(|k| index.get(k).is_some())
+            .collect();
+        drop(index);
         for k in wake {
-            if self.store.get(&k).is_some() {
-                let _ = self.queue.add(k);
-            }
+            let _ = self.queue.add(k);
         }
     }
 
@@ -256,14 +261,12 @@ impl<C: Cluster> Reconciler<C> {
     /// Reconciles a batch of objects at once, then carries out their
     /// actions in order.
     async fn work(&mut self, batch: Vec<Lease<ObjectKey>>) {
-        let store = self.store.clone();
         let calls = batch.iter().map(|lease| {
-            let (plugin, store) = (self.plugin.clone(), store.clone());
-            let object = store.get(lease.key()).cloned();
+            let (plugin, store) = (self.plugin.clone(), self.store.clone());
+            let object = store.get(lease.key());
             tokio::task::spawn_blocking(move || object.map(|o| (plugin.reconcile(&store, &o), o)))
         });
         let outcomes = futures::future::join_all(calls).await;
-        drop(store);
         for (lease, outcome) in batch.into_iter().zip(outcomes) {
             let key = lease.key().clone();
             let Ok(Some((outcome, object))) = outcome else {
@@ -329,15 +332,11 @@ impl<C: Cluster> Reconciler<C> {
             match action {
                 Action::Apply(json) => {
                     let child = self.child(object, &json)?;
-                    count(self.cluster.apply(child, &self.manager).await?);
+                    count(self.api.apply(child, &self.manager).await?);
                 }
                 Action::PatchStatus(json) => {
                     let status = self.stamp(object, &json)?;
-                    count(
-                        self.cluster
-                            .apply_status(&key, status, &self.manager)
-                            .await?,
-                    );
+                    count(self.api.apply_status(&key, status, &self.manager).await?);
                 }
                 Action::Event(e) => {
                     let type_ = match e.type_ {
@@ -348,7 +347,7 @@ impl<C: Cluster> Reconciler<C> {
                     if self.last_event.get(&key) == Some(&said) {
                         continue;
                     }
-                    self.cluster
+                    self.api
                         .event(RecordedEvent {
                             regarding: key.clone(),
                             type_: said.0.clone(),
@@ -359,10 +358,8 @@ impl<C: Cluster> Reconciler<C> {
                         .await?;
                     self.last_event.insert(key.clone(), said);
                 }
-                Action::AddFinalizer(f) => count(self.cluster.set_finalizer(&key, &f, true).await?),
-                Action::RemoveFinalizer(f) => {
-                    count(self.cluster.set_finalizer(&key, &f, false).await?)
-                }
+                Action::AddFinalizer(f) => count(self.api.set_finalizer(&key, &f, true).await?),
+                Action::RemoveFinalizer(f) => count(self.api.set_finalizer(&key, &f, false).await?),
                 Action::Delete(id) => {
                     let target = ObjectKey::new(
                         KindKey::new(&id.api_version, &id.kind),
@@ -370,13 +367,13 @@ impl<C: Cluster> Reconciler<C> {
                         id.name,
                     );
                     if let Some(existing) = self.store.get(&target)
-                        && controller_ref(existing).is_none_or(|r| r["uid"] != object.uid.as_str())
+                        && controller_ref(&existing).is_none_or(|r| r["uid"] != object.uid.as_str())
                     {
                         return Err(ReconcileError::Refused(format!(
                             "{target} is not owned by {key}: a plugin deletes only what its object owns"
                         )));
                     }
-                    count(self.cluster.delete(&target).await?);
+                    count(self.api.delete(&target).await?);
                 }
                 Action::RequeueAfterMs(ms) => {
                     let d = Duration::from_millis(ms);
@@ -438,7 +435,7 @@ impl<C: Cluster> Reconciler<C> {
                         {
                             p["lastTransitionTime"].clone()
                         }
-                        _ => json!(cluster::now()),
+                        _ => json!(api::now()),
                     };
                 }
                 if c.get("observedGeneration").is_none() && !generation.is_null() {
@@ -464,7 +461,7 @@ impl<C: Cluster> Reconciler<C> {
             return;
         };
         if let Err(e) = self
-            .cluster
+            .api
             .apply_status(&object.key(), status, &self.manager)
             .await
         {

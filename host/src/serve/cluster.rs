@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::info;
 
-use super::{Cluster, Writeback};
+use super::{ClusterConnection, Writeback};
 use crate::leader::LeaderConfig;
 use crate::source::kube::{ApiWatches, WatchConfig};
 use crate::writeback::WritebackConfig;
@@ -59,7 +59,7 @@ pub async fn client(
 
 /// Connects: the client, the watches (asking the server's version), and,
 /// when writing status, the leader election.
-pub async fn connect(options: ClusterOptions) -> anyhow::Result<Cluster> {
+pub async fn connect(options: ClusterOptions) -> anyhow::Result<ClusterConnection> {
     let client = client(options.kubeconfig.as_ref(), options.context.as_ref()).await?;
     let watches = ApiWatches::connect(client.clone(), options.watch.clone()).await;
     let writeback = match options.writeback {
@@ -76,7 +76,7 @@ pub async fn connect(options: ClusterOptions) -> anyhow::Result<Cluster> {
             })
         }
     };
-    Ok(Cluster {
+    Ok(ClusterConnection {
         watches: Arc::new(watches),
         writeback,
         client: Some(client),

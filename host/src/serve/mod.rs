@@ -1,25 +1,23 @@
-//! `isobar serve`: the running controller over a manifest directory.
+//! `isobar serve`: the composition root. It binds the ports, loads the
+//! plugins, and wires the parts together; the parts do the work:
 //!
 //! ```text
-//!  notify ─► controller thread ─────────────► watch<Arc<Snapshot>> ─► xDS streams (tokio)
-//!  (files,   debounced batches, store,                              │
-//!   plugin)  pipeline, hot swap                                     └─► admin: /debug/config_dump
-//!                   │                                xDS events ─► metrics, NACK diagnostics
-//!                   └─► Status (plugins, errors, diagnostics) ─► admin: /readyz, /debug/*, /metrics
+//!  source::watch (files, plugins) ─┐
+//!  source::kube (watches) ─────────┼─► controller thread ──► watch<Arc<Snapshot>> ─► xds (streams)
+//!  reconcile::MemoryApi (writes) ──┘   (the store's writer,       │                  │ events
+//!                                       pipeline, hot swap)        │                  ▼
+//!                                        │  changes                └─► admin ◄── report ◄─ report::xds
+//!                                        ▼                                       ▲
+//!                                 reconcile::runner ─► MemoryApi / KubeApi       └── writeback (leader)
 //! ```
 //!
 //! [`Server::start`] binds both ports (ephemeral ones work: read the bound
-//! addresses back), loads the plugin, and returns while the controller
+//! addresses back), loads the plugins, and returns while the controller
 //! builds the first snapshot; `/readyz` turns 200 once it is served.
 
 pub mod cluster;
-mod controller;
-mod events;
-pub mod manifests;
-pub mod operators;
-pub mod status;
-mod watch;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,14 +29,20 @@ use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use controller::Debounce;
-pub use status::Status;
+pub use crate::controller::Debounce;
 
-use crate::plugin::{Limits, Runtime};
+use crate::admin;
+use crate::controller::{self, ClusterState, Controller, Input, Origin};
+use crate::plugin::{Limits, Plugin, ReconcilerPlugin, Runtime};
+use crate::reconcile::runner::{Runner, RunnerInput};
+use crate::reconcile::{KubeApi, MemoryApi};
+use crate::report::Report;
 use crate::source::kube::{KubeSource, Watches};
+use crate::source::manifests::ManifestSet;
+use crate::source::watch::Watched;
+use crate::store::{Event, KindKey, Writer};
 use crate::writeback::WritebackConfig;
 use crate::xds::{self, Snapshot, TlsConfig, XdsServer};
-use watch::{Input, Watched};
 
 /// Where objects come from.
 #[derive(Clone, Debug)]
@@ -46,12 +50,12 @@ pub enum Source {
     /// A directory of manifests (watched recursively): the default.
     Manifests(PathBuf),
     /// A Kubernetes cluster: watches, and status written back.
-    Cluster(Cluster),
+    Cluster(ClusterConnection),
 }
 
 /// What `isobar serve` needs of a cluster.
 #[derive(Clone)]
-pub struct Cluster {
+pub struct ClusterConnection {
     /// Resolves and watches kinds ([`ApiWatches`](crate::source::kube::ApiWatches),
     /// or a test's script).
     pub watches: Arc<dyn Watches>,
@@ -62,9 +66,9 @@ pub struct Cluster {
     pub client: Option<kube::Client>,
 }
 
-impl std::fmt::Debug for Cluster {
+impl std::fmt::Debug for ClusterConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
+        f.debug_struct("ClusterConnection")
             .field("writeback", &self.writeback.as_ref().map(|w| &w.config))
             .finish_non_exhaustive()
     }
@@ -120,7 +124,7 @@ impl Gate {
     }
 
     /// Blocks the calling thread until the gate opens.
-    pub(crate) fn wait(&self) {
+    fn wait(&self) {
         let mut open = self.0.0.lock();
         while !*open {
             self.0.1.wait(&mut open);
@@ -146,7 +150,7 @@ impl Config {
     }
 
     /// Serving what a cluster holds.
-    pub fn cluster(cluster: Cluster, plugin: impl Into<PathBuf>) -> Self {
+    pub fn cluster(cluster: ClusterConnection, plugin: impl Into<PathBuf>) -> Self {
         Self::with_source(Source::Cluster(cluster), plugin)
     }
 
@@ -159,7 +163,7 @@ impl Config {
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             xds_tls: None,
             limits: Limits::default(),
-            cache_dir: crate::app::default_cache_dir(),
+            cache_dir: crate::plugin::load::default_cache_dir(),
             debounce: Debounce::default(),
             first_build_gate: None,
         }
@@ -170,7 +174,8 @@ impl Config {
 pub struct Server {
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
-    status: Arc<Status>,
+    report: Arc<Report>,
+    memory_api: Option<Arc<MemoryApi>>,
     xds: XdsServer,
     stop: tokio_watch::Sender<bool>,
     inputs: std::sync::mpsc::Sender<Input>,
@@ -179,9 +184,9 @@ pub struct Server {
     controller: Option<std::thread::JoinHandle<()>>,
     xds_task: Option<JoinHandle<Result<(), xds::ServeError>>>,
     admin_task: Option<JoinHandle<std::io::Result<()>>>,
-    events_task: JoinHandle<()>,
-    /// The kube source's manager and the status writer, when serving a cluster.
-    cluster_tasks: Vec<JoinHandle<()>>,
+    /// The xDS event consumer, the kube source's manager, the status
+    /// writer, the reconcilers.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The path as the kernel will report it in events: absolute, with
@@ -198,77 +203,210 @@ fn canonical_file(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-impl Server {
-    /// Loads the plugin, binds the xDS and admin ports, starts watching, and
-    /// starts building the first snapshot. Fails if the plugin cannot be
-    /// loaded, the manifest directory does not exist, or a port is taken.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let manifests = match &config.source {
-            Source::Manifests(dir) => {
-                let abs = dir
-                    .canonicalize()
-                    .with_context(|| format!("manifest directory {}", dir.display()))?;
-                if !abs.is_dir() {
-                    bail!("{} is not a directory", dir.display());
-                }
-                Some(abs)
+/// Where the watched files are: the manifest directory (checked) and the
+/// plugin files.
+fn watched(config: &Config) -> anyhow::Result<Watched> {
+    let manifests = match &config.source {
+        Source::Manifests(dir) => {
+            let abs = dir
+                .canonicalize()
+                .with_context(|| format!("manifest directory {}", dir.display()))?;
+            if !abs.is_dir() {
+                bail!("{} is not a directory", dir.display());
             }
-            Source::Cluster(_) => None,
-        };
-        let plugin_path = canonical_file(&config.plugin)?;
-        let reconciler_paths = config
+            Some(abs)
+        }
+        Source::Cluster(_) => None,
+    };
+    Ok(Watched {
+        manifests,
+        plugin: canonical_file(&config.plugin)?,
+        reconcilers: config
             .reconcilers
             .iter()
             .map(|p| canonical_file(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    })
+}
+
+/// The engine and every plugin, compiled off the runtime's workers.
+async fn load_plugins(
+    config: &Config,
+    watched: &Watched,
+) -> anyhow::Result<(Runtime, Plugin, Vec<ReconcilerPlugin>)> {
+    let (limits, cache_dir) = (config.limits.clone(), config.cache_dir.clone());
+    let watched = watched.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
+        let plugin = runtime
+            .load_file(&watched.plugin)
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("loading plugin {}", watched.plugin.display()))?;
+        let reconcilers = watched
+            .reconcilers
+            .iter()
+            .map(|p| {
+                runtime
+                    .load_reconciler_file(p)
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .with_context(|| format!("loading reconciler {}", p.display()))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((runtime, plugin, reconcilers))
+    })
+    .await?
+}
 
+/// The reconcilers' API: the cluster's, or (serving manifests) an in-memory
+/// API server whose writes come back to the controller as input.
+enum ReconcilerApi {
+    Memory(Arc<MemoryApi>),
+    Kube(Arc<KubeApi>),
+}
+
+/// Lets the reconcilers' API client resolve kinds as the kube source does.
+struct SourceDiscovery(Arc<dyn Watches>);
+
+impl crate::reconcile::kube::Discovery for SourceDiscovery {
+    fn resolve<'a>(
+        &'a self,
+        kind: &'a KindKey,
+    ) -> futures::future::BoxFuture<'a, Result<(kube::api::ApiResource, bool), String>> {
+        Box::pin(async move {
+            self.0
+                .resolve(kind)
+                .await
+                .map(|r| (r.resource, r.namespaced))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn reconciler_api(
+    config: &Config,
+    inputs: &std::sync::mpsc::Sender<Input>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<ReconcilerApi> {
+    Ok(match &config.source {
+        Source::Manifests(_) => {
+            let (api, mut writes) = MemoryApi::new();
+            let sink = inputs.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(first) = writes.recv().await {
+                    let mut events: Vec<Event> = vec![first];
+                    while let Ok(e) = writes.try_recv() {
+                        events.push(e);
+                    }
+                    if sink.send(Input::Written(events)).is_err() {
+                        return;
+                    }
+                }
+            }));
+            ReconcilerApi::Memory(Arc::new(api))
+        }
+        Source::Cluster(c) => {
+            let client = c
+                .client
+                .clone()
+                .context("reconcilers act on the cluster: the cluster source needs a client")?;
+            ReconcilerApi::Kube(Arc::new(
+                KubeApi::new(client).with_discovery(Arc::new(SourceDiscovery(c.watches.clone()))),
+            ))
+        }
+    })
+}
+
+/// Where the controller's objects come from: the manifest directory (as
+/// read while the plugins compiled), or the kube source's watches (and,
+/// with write-back, the status writer).
+#[allow(clippy::too_many_arguments)]
+fn origin(
+    config: &Config,
+    watched: &Watched,
+    prescanned: Option<(ManifestSet, Vec<Event>)>,
+    memory_api: Option<(Arc<MemoryApi>, HashSet<KindKey>)>,
+    plugin: &Plugin,
+    reconciler_kinds: &HashSet<KindKey>,
+    inputs: &std::sync::mpsc::Sender<Input>,
+    report: &Arc<Report>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> (Origin, Option<Vec<Event>>) {
+    match &config.source {
+        Source::Manifests(_) => {
+            let (set, events) = match prescanned {
+                Some((set, events)) => (set, Some(events)),
+                None => (
+                    ManifestSet::new(
+                        watched
+                            .manifests
+                            .clone()
+                            .expect("a manifest source has a directory"),
+                    ),
+                    None,
+                ),
+            };
+            (
+                Origin::Files {
+                    set,
+                    api: memory_api,
+                },
+                events,
+            )
+        }
+        Source::Cluster(cluster) => {
+            let sink = inputs.clone();
+            let (source, task) = KubeSource::start(
+                cluster.watches.clone(),
+                move |update| {
+                    let _ = sink.send(Input::Objects(update));
+                },
+                report.metrics.kube.clone(),
+            );
+            source.want(controller::watch_specs(plugin, reconciler_kinds));
+            tasks.push(task);
+            if let Some(wb) = &cluster.writeback {
+                tasks.push(tokio::spawn(crate::writeback::run(
+                    wb.client.clone(),
+                    wb.config.clone(),
+                    report.clone(),
+                    wb.leader.clone(),
+                )));
+            }
+            (Origin::Cluster(ClusterState::new(source)), None)
+        }
+    }
+}
+
+impl Server {
+    /// Loads the plugins, binds the xDS and admin ports, starts watching,
+    /// and starts building the first snapshot. Fails if a plugin cannot be
+    /// loaded, the manifest directory does not exist, or a port is taken.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let watched = watched(&config)?;
         // Watch before the first read, so nothing written meanwhile is lost.
-        let watched = Watched {
-            manifests: manifests.clone(),
-            plugin: plugin_path.clone(),
-            reconcilers: reconciler_paths.clone(),
-        };
         let (inputs, inputs_rx) = std::sync::mpsc::channel();
-        let watcher = watch::start(&watched, inputs.clone())
-            .context("watching the manifest directory and plugin")?;
+        let sink = inputs.clone();
+        let watcher = crate::source::watch::start(&watched, move |e| {
+            // The controller is gone when we are shutting down.
+            let _ = sink.send(Input::Files(e));
+        })
+        .context("watching the manifest directory and plugins")?;
 
-        // Compiling the plugin and parsing the manifests are CPU-bound and
-        // independent: both at once, off the runtime's workers. (With a
-        // first-build gate the controller reads the directory once it opens.)
-        let (limits, cache_dir, path) = (
-            config.limits.clone(),
-            config.cache_dir.clone(),
-            plugin_path.clone(),
-        );
-        let reconciler_files = reconciler_paths.clone();
-        let compile = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
-            let plugin = runtime
-                .load_file(&path)
-                .map_err(|e| anyhow::anyhow!(e))
-                .with_context(|| format!("loading plugin {}", path.display()))?;
-            let reconcilers = reconciler_files
-                .iter()
-                .map(|p| {
-                    runtime
-                        .load_reconciler_file(p)
-                        .map_err(|e| anyhow::anyhow!(e))
-                        .with_context(|| format!("loading reconciler {}", p.display()))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok((runtime, plugin, reconcilers))
-        });
-        let prescan = manifests
+        // Compiling the plugins and parsing the manifests are CPU-bound and
+        // independent: both at once. (With a first-build gate the
+        // controller reads the directory once it opens.)
+        let prescan = watched
+            .manifests
             .clone()
             .filter(|_| config.first_build_gate.is_none())
             .map(|root| {
                 tokio::task::spawn_blocking(move || {
-                    let mut set = manifests::ManifestSet::new(root);
+                    let mut set = ManifestSet::new(root);
                     let events = set.rescan();
                     (set, events)
                 })
             });
-        let (runtime, plugin, reconcilers) = compile.await??;
+        let (runtime, plugin, reconcilers) = load_plugins(&config, &watched).await?;
         let prescanned = match prescan {
             Some(task) => Some(task.await?),
             None => None,
@@ -285,7 +423,7 @@ impl Server {
         let admin_addr = admin_listener.local_addr()?;
 
         let (snapshots_tx, snapshots_rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
-        let status = Arc::new(Status::new(snapshots_rx.clone()));
+        let report = Arc::new(Report::new(snapshots_rx.clone()));
         let (stop, _) = tokio_watch::channel(false);
         let stopped = |stop: &tokio_watch::Sender<bool>| {
             let mut rx = stop.subscribe();
@@ -293,7 +431,7 @@ impl Server {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-
+        let mut tasks = Vec::new();
         let (xds_server, xds_events) = XdsServer::new(snapshots_rx);
         let xds_task = tokio::spawn(xds::serve(
             xds_listener,
@@ -301,101 +439,74 @@ impl Server {
             stopped(&stop),
             config.xds_tls.clone(),
         ));
-        let events_task = tokio::spawn(events::consume(
+        tasks.push(tokio::spawn(crate::report::xds::consume(
             xds_events,
-            status.clone(),
+            report.clone(),
             xds_server.clone(),
-        ));
-        let admin_task = tokio::spawn(crate::admin::serve(
+        )));
+
+        let writer = Writer::new();
+        let reconciler_kinds = crate::reconcile::runner::kinds_of(&reconcilers);
+        let api = if reconcilers.is_empty() {
+            None
+        } else {
+            Some(reconciler_api(&config, &inputs, &mut tasks)?)
+        };
+        let memory_api = match &api {
+            Some(ReconcilerApi::Memory(m)) => Some(m.clone()),
+            _ => None,
+        };
+        let admin_task = tokio::spawn(admin::serve(
             admin_listener,
-            status.clone(),
+            admin::Sources {
+                report: report.clone(),
+                memory_api: memory_api.clone(),
+            },
             stopped(&stop),
         ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
-        let mut cluster_tasks = Vec::new();
-        // Reconcilers: their kinds join the watched ones; their objects go
-        // to the operators task, their actions to the cluster (or, serving
-        // files, to an in-memory one).
-        let op_kinds = operators::kinds_of(&reconcilers);
-        let operators_link = if reconcilers.is_empty() {
-            None
-        } else {
-            let world = match &config.source {
-                Source::Manifests(_) => {
-                    let (memory, writes) = crate::reconcile::MemoryCluster::new();
-                    let memory = Arc::new(memory);
-                    status.set_memory_cluster(memory.clone());
-                    operators::World::Memory(memory, writes)
-                }
-                Source::Cluster(c) => {
-                    let client = c.client.clone().context(
-                        "reconcilers act on the cluster: the cluster source needs a client",
-                    )?;
-                    operators::World::Kube(Arc::new(
-                        crate::reconcile::kube::KubeCluster::new(client)
-                            .with_resolver(c.watches.clone()),
-                    ))
-                }
-            };
-            let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
-            let ops = operators::Operators::new(
+        let reconciler_link = api.map(|api| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<RunnerInput>();
+            let runner = Runner::new(
                 runtime.clone(),
-                reconciler_paths.clone(),
-                op_kinds.clone(),
-                status.clone(),
+                watched.reconcilers.clone(),
+                reconciler_kinds.clone(),
+                writer.store(),
+                report.clone(),
             );
-            cluster_tasks.push(tokio::spawn(ops.run(reconcilers, world, ops_rx)));
-            Some((op_kinds.clone(), ops_tx))
-        };
-        let (origin, prescanned) = match (&config.source, prescanned) {
-            (Source::Manifests(_), Some((set, events))) => {
-                (controller::Origin::Files(set), Some(events))
+            tasks.push(match api {
+                ReconcilerApi::Memory(m) => tokio::spawn(runner.run(reconcilers, m, rx)),
+                ReconcilerApi::Kube(k) => tokio::spawn(runner.run(reconcilers, k, rx)),
+            });
+            controller::Reconcilers {
+                kinds: reconciler_kinds.clone(),
+                inputs: tx,
             }
-            (Source::Manifests(_), None) => (
-                controller::Origin::Files(manifests::ManifestSet::new(
-                    manifests
-                        .clone()
-                        .expect("a manifest source has a directory"),
-                )),
-                None,
-            ),
-            (Source::Cluster(cluster), _) => {
-                let sink = inputs.clone();
-                let (source, task) = KubeSource::start(
-                    cluster.watches.clone(),
-                    move |update| {
-                        let _ = sink.send(Input::Objects(update));
-                    },
-                    status.clone(),
-                );
-                source.want(controller::watch_specs(&plugin, &op_kinds));
-                cluster_tasks.push(task);
-                if let Some(wb) = &cluster.writeback {
-                    cluster_tasks.push(tokio::spawn(crate::writeback::run(
-                        wb.client.clone(),
-                        wb.config.clone(),
-                        status.clone(),
-                        wb.leader.clone(),
-                    )));
-                }
-                (
-                    controller::Origin::Cluster(controller::ClusterObjects::new(source)),
-                    None,
-                )
-            }
-        };
-        let controller = controller::Controller::new(
+        });
+        let (origin, prescanned) = origin(
+            &config,
+            &watched,
+            prescanned,
+            memory_api.clone().map(|m| (m, reconciler_kinds.clone())),
+            &plugin,
+            &reconciler_kinds,
+            &inputs,
+            &report,
+            &mut tasks,
+        );
+        let controller = Controller::new(controller::Parts {
             runtime,
             plugin,
             watched,
-            snapshots_tx,
-            status.clone(),
-            config.debounce,
+            writer,
+            snapshots: snapshots_tx,
+            report: report.clone(),
+            debounce: config.debounce,
             origin,
             prescanned,
-            operators_link,
-        );
+            reconcilers: reconciler_link,
+        });
         let gate = config.first_build_gate.clone();
         let wait = gate.clone();
         let controller = std::thread::Builder::new()
@@ -411,7 +522,8 @@ impl Server {
         Ok(Server {
             xds_addr,
             admin_addr,
-            status,
+            report,
+            memory_api,
             xds: xds_server,
             stop,
             inputs,
@@ -420,8 +532,7 @@ impl Server {
             controller: Some(controller),
             xds_task: Some(xds_task),
             admin_task: Some(admin_task),
-            events_task,
-            cluster_tasks,
+            tasks,
         })
     }
 
@@ -434,8 +545,15 @@ impl Server {
         self.admin_addr
     }
 
-    pub fn status(&self) -> &Arc<Status> {
-        &self.status
+    /// What the running host knows about itself.
+    pub fn report(&self) -> &Arc<Report> {
+        &self.report
+    }
+
+    /// The in-memory API server reconcilers write to when serving
+    /// manifests.
+    pub fn memory_api(&self) -> Option<Arc<MemoryApi>> {
+        self.memory_api.clone()
     }
 
     /// Streams being served right now.
@@ -445,7 +563,7 @@ impl Server {
 
     /// Waits (at most `limit`) for the first complete snapshot.
     pub async fn ready(&self, limit: Duration) -> bool {
-        self.status.wait_until(limit, |s| s.is_ready()).await
+        self.report.wait_until(limit, |s| s.is_ready()).await
     }
 
     /// Runs until `shutdown` completes or a serving task fails, then stops.
@@ -522,8 +640,7 @@ impl Server {
                 }
             }
         }
-        self.events_task.abort();
-        for task in self.cluster_tasks.drain(..) {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
         if let Some(controller) = self.controller.take() {
@@ -546,7 +663,7 @@ impl Server {
 impl Drop for Server {
     /// A server dropped without `shutdown` still stops serving.
     fn drop(&mut self) {
-        for task in &self.cluster_tasks {
+        for task in &self.tasks {
             task.abort();
         }
         self.watcher.take();

@@ -3,3 +3,5 @@
 
 pub mod files;
 pub mod kube;
+pub mod manifests;
+pub mod watch;

@@ -1,11 +1,20 @@
-//! The indexed cache every stage reads: objects by kind, namespace/name and
-//! uid. One writer (the pipeline) applies events; readers borrow it.
+//! The one indexed cache every stage reads: objects by kind, namespace/name
+//! and uid, EndpointSlices by Service.
+//!
+//! One [`Writer`] (the controller, or an offline pipeline) applies events;
+//! any number of [`Store`] handles read it, as kube-runtime's
+//! `Writer`/`Store` do. A plugin swap, the translators and the reconcilers
+//! all read the same objects: nothing is copied per reader.
+
+mod reflector;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+pub use reflector::reflect;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -274,57 +283,170 @@ pub enum Event {
     Delete(ObjectKey),
 }
 
-/// Result of applying one event: which object changed, if any.
+/// Result of applying one event: which object changed, and what it was
+/// (a reader that follows changes sees the object as it was before an
+/// update or a delete, e.g. to find the owner a deleted child named).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     Added(ObjectKey),
-    Updated(ObjectKey),
-    Deleted(ObjectKey),
+    Updated(ObjectKey, Arc<Object>),
+    Deleted(ObjectKey, Arc<Object>),
 }
 
 impl Change {
     pub fn key(&self) -> &ObjectKey {
         match self {
-            Change::Added(k) | Change::Updated(k) | Change::Deleted(k) => k,
+            Change::Added(k) | Change::Updated(k, _) | Change::Deleted(k, _) => k,
+        }
+    }
+
+    /// The object before the change; none when it was added.
+    pub fn old(&self) -> Option<&Arc<Object>> {
+        match self {
+            Change::Added(_) => None,
+            Change::Updated(_, old) | Change::Deleted(_, old) => Some(old),
         }
     }
 }
 
-type NsName = (String, String);
+/// A namespace and a name: how objects of one kind (or a Service's slices)
+/// are told apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
 
-#[derive(Default, Debug, Clone)]
-pub struct Store {
-    by_kind: HashMap<KindKey, BTreeMap<NsName, Arc<Object>>>,
+impl NamespacedName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn of(key: &ObjectKey) -> Self {
+        NamespacedName::new(key.namespace.clone(), key.name.clone())
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The objects, indexed. Read through a [`Store`] (`store.read()`), written
+/// only by the [`Writer`].
+#[derive(Default, Debug)]
+pub struct Index {
+    by_kind: HashMap<KindKey, BTreeMap<NamespacedName, Arc<Object>>>,
     by_uid: HashMap<String, ObjectKey>,
-    /// (namespace, service) -> EndpointSlice names.
-    slices_by_service: HashMap<NsName, BTreeMap<String, Arc<Object>>>,
+    /// (namespace, service) -> its EndpointSlices by name.
+    slices_by_service: HashMap<NamespacedName, BTreeMap<String, Arc<Object>>>,
 }
 
 fn is_endpoint_slice(kind: &KindKey) -> bool {
     kind.group == "discovery.k8s.io" && kind.kind == "EndpointSlice"
 }
 
-impl Store {
+/// A read-only handle on the one store. Cheap to clone; every clone sees
+/// every write as soon as it is applied.
+#[derive(Clone, Default, Debug)]
+pub struct Store {
+    index: Arc<parking_lot::RwLock<Index>>,
+}
+
+/// The store's only writer.
+#[derive(Debug, Default)]
+pub struct Writer {
+    store: Store,
+}
+
+impl Writer {
+    /// A writer over a new, empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Applies an event; returns None when it changed nothing (same
-    /// resourceVersion and body), so no-op updates cost nothing downstream.
+    /// A reader of this writer's store.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Applies an event; returns None when it changed nothing (same body),
+    /// so no-op updates cost nothing downstream.
     pub fn apply(&mut self, event: Event) -> Option<Change> {
+        self.store.index.write().apply(event)
+    }
+
+    /// Applies events in order; returns what changed.
+    pub fn apply_all(&mut self, events: impl IntoIterator<Item = Event>) -> Vec<Change> {
+        let mut index = self.store.index.write();
+        events.into_iter().filter_map(|e| index.apply(e)).collect()
+    }
+
+    /// Forgets every object of a kind not in `keep` (kinds nobody reads
+    /// any more), without reporting changes: no reader follows them.
+    pub fn retain_kinds(&mut self, keep: &std::collections::HashSet<KindKey>) {
+        let mut index = self.store.index.write();
+        let gone: Vec<KindKey> = index
+            .by_kind
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for kind in gone {
+            let keys: Vec<ObjectKey> = index.list(&kind, None).map(|o| o.key()).collect();
+            for key in keys {
+                index.remove(&key);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Reads the index; writes wait until the guard is dropped, so hold it
+    /// for a computation, never across a call that may wait on the writer.
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Index> {
+        self.index.read()
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<Object>> {
+        self.read().get(key).cloned()
+    }
+
+    /// Objects of a kind, ordered by namespace/name; all namespaces when
+    /// `namespace` is None.
+    pub fn list(&self, kind: &KindKey, namespace: Option<&str>) -> Vec<Arc<Object>> {
+        self.read().list(kind, namespace).cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+}
+
+impl Index {
+    fn apply(&mut self, event: Event) -> Option<Change> {
         match event {
             Event::Apply(obj) => self.upsert(obj),
-            Event::Delete(key) => self.remove(&key).map(|_| Change::Deleted(key)),
+            Event::Delete(key) => self.remove(&key).map(|old| Change::Deleted(key, old)),
         }
     }
 
     fn upsert(&mut self, obj: Arc<Object>) -> Option<Change> {
         let key = obj.key();
         let slot = self.by_kind.entry(key.kind.clone()).or_default();
-        let nsname = (key.namespace.clone(), key.name.clone());
-        let previous = slot.insert(nsname.clone(), obj.clone());
+        let previous = slot.insert(NamespacedName::of(&key), obj.clone());
         if let Some(prev) = &previous {
             if prev.json == obj.json {
+                // Keep the object already shared by readers.
+                slot.insert(NamespacedName::of(&key), prev.clone());
                 return None;
             }
             if prev.uid != obj.uid {
@@ -338,21 +460,20 @@ impl Store {
         if is_endpoint_slice(&key.kind) {
             if let Some(service) = obj.labels.get(SERVICE_NAME_LABEL) {
                 self.slices_by_service
-                    .entry((obj.namespace.clone(), service.clone()))
+                    .entry(NamespacedName::new(obj.namespace.clone(), service.clone()))
                     .or_default()
                     .insert(obj.name.clone(), obj.clone());
             }
         }
-        Some(if previous.is_some() {
-            Change::Updated(key)
-        } else {
-            Change::Added(key)
+        Some(match previous {
+            Some(old) => Change::Updated(key, old),
+            None => Change::Added(key),
         })
     }
 
     fn unindex_slice(&mut self, obj: &Object) {
         if let Some(service) = obj.labels.get(SERVICE_NAME_LABEL) {
-            let nsname = (obj.namespace.clone(), service.clone());
+            let nsname = NamespacedName::new(obj.namespace.clone(), service.clone());
             if let Some(set) = self.slices_by_service.get_mut(&nsname) {
                 set.remove(&obj.name);
                 if set.is_empty() {
@@ -364,7 +485,7 @@ impl Store {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<Object>> {
         let slot = self.by_kind.get_mut(&key.kind)?;
-        let removed = slot.remove(&(key.namespace.clone(), key.name.clone()))?;
+        let removed = slot.remove(&NamespacedName::of(key))?;
         if slot.is_empty() {
             self.by_kind.remove(&key.kind);
         }
@@ -376,9 +497,7 @@ impl Store {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
-        self.by_kind
-            .get(&key.kind)?
-            .get(&(key.namespace.clone(), key.name.clone()))
+        self.by_kind.get(&key.kind)?.get(&NamespacedName::of(key))
     }
 
     pub fn get_by_uid(&self, uid: &str) -> Option<&Arc<Object>> {
@@ -397,8 +516,8 @@ impl Store {
             (None, _) => Box::new(std::iter::empty()),
             (Some(m), None) => Box::new(m.values()),
             (Some(m), Some(ns)) => Box::new(
-                m.range((ns.to_string(), String::new())..)
-                    .take_while(move |((n, _), _)| n == ns)
+                m.range(NamespacedName::new(ns, String::new())..)
+                    .take_while(move |(k, _)| k.namespace == ns)
                     .map(|(_, v)| v),
             ),
         };
@@ -412,7 +531,7 @@ impl Store {
         service: &str,
     ) -> impl Iterator<Item = &Arc<Object>> {
         self.slices_by_service
-            .get(&(namespace.to_string(), service.to_string()))
+            .get(&NamespacedName::new(namespace, service))
             .into_iter()
             .flat_map(|m| m.values())
     }
@@ -446,17 +565,18 @@ mod tests {
 
     #[test]
     fn apply_update_delete_report_changes() {
-        let mut store = Store::new();
+        let mut writer = Writer::new();
+        let store = writer.store();
         let svc = obj(
             json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns"}}),
         );
         let key = svc.key();
         assert_eq!(
-            store.apply(Event::Apply(svc.clone())),
+            writer.apply(Event::Apply(svc.clone())),
             Some(Change::Added(key.clone()))
         );
         assert_eq!(
-            store.apply(Event::Apply(svc.clone())),
+            writer.apply(Event::Apply(svc.clone())),
             None,
             "identical body is no change"
         );
@@ -464,16 +584,16 @@ mod tests {
             json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}),
         );
         assert_eq!(
-            store.apply(Event::Apply(svc2)),
-            Some(Change::Updated(key.clone()))
+            writer.apply(Event::Apply(svc2.clone())),
+            Some(Change::Updated(key.clone(), svc.clone()))
         );
-        assert!(store.get_by_uid(&svc.uid).is_some());
+        assert!(store.read().get_by_uid(&svc.uid).is_some());
         assert_eq!(
-            store.apply(Event::Delete(key.clone())),
-            Some(Change::Deleted(key.clone()))
+            writer.apply(Event::Delete(key.clone())),
+            Some(Change::Deleted(key.clone(), svc2))
         );
         assert_eq!(
-            store.apply(Event::Delete(key)),
+            writer.apply(Event::Delete(key)),
             None,
             "deleting twice is no change"
         );
@@ -482,37 +602,39 @@ mod tests {
 
     #[test]
     fn list_by_namespace_and_slice_index() {
-        let mut store = Store::new();
+        let mut writer = Writer::new();
+        let store = writer.store();
         for (ns, name) in [("a", "x"), ("b", "y"), ("b", "z"), ("c", "w")] {
-            store.apply(Event::Apply(obj(
+            writer.apply(Event::Apply(obj(
                 json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name,"namespace":ns}}),
             )));
         }
         let kind = KindKey::new("v1", "Service");
         let names: Vec<_> = store
             .list(&kind, Some("b"))
+            .iter()
             .map(|o| o.name.clone())
             .collect();
         assert_eq!(names, ["y", "z"]);
-        assert_eq!(store.list(&kind, None).count(), 4);
-        assert_eq!(store.list(&kind, Some("nope")).count(), 0);
+        assert_eq!(store.list(&kind, None).len(), 4);
+        assert_eq!(store.list(&kind, Some("nope")).len(), 0);
 
         let slice = obj(
             json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
             "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"x"}},"addressType":"IPv4","endpoints":[]}),
         );
-        store.apply(Event::Apply(slice.clone()));
-        assert_eq!(store.endpoint_slices("a", "x").count(), 1);
+        writer.apply(Event::Apply(slice.clone()));
+        assert_eq!(store.read().endpoint_slices("a", "x").count(), 1);
         // relabelled to another service: the index follows
         let moved = obj(
             json!({"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
             "metadata":{"name":"x-abc","namespace":"a","labels":{SERVICE_NAME_LABEL:"other"}},"addressType":"IPv4","endpoints":[]}),
         );
-        store.apply(Event::Apply(moved));
-        assert_eq!(store.endpoint_slices("a", "x").count(), 0);
-        assert_eq!(store.endpoint_slices("a", "other").count(), 1);
-        store.apply(Event::Delete(slice.key()));
-        assert_eq!(store.endpoint_slices("a", "other").count(), 0);
+        writer.apply(Event::Apply(moved));
+        assert_eq!(store.read().endpoint_slices("a", "x").count(), 0);
+        assert_eq!(store.read().endpoint_slices("a", "other").count(), 1);
+        writer.apply(Event::Delete(slice.key()));
+        assert_eq!(store.read().endpoint_slices("a", "other").count(), 0);
     }
 
     #[test]

@@ -12,10 +12,33 @@ use super::{OutputChange, RootOrder, RootOutput};
 use crate::ir;
 use crate::store::ObjectKey;
 
-/// (listener, domain)
-pub type VhostKey = (String, String);
-/// (type URL, name)
-pub type RawKey = (String, String);
+/// A virtual host: one domain on one listener.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VhostKey {
+    pub listener: String,
+    pub domain: String,
+}
+
+impl VhostKey {
+    pub fn new(listener: impl Into<String>, domain: impl Into<String>) -> Self {
+        VhostKey {
+            listener: listener.into(),
+            domain: domain.into(),
+        }
+    }
+
+    /// Every key on `listener`, in a map ordered by key, starts here.
+    pub fn first_on(listener: &str) -> Self {
+        VhostKey::new(listener, String::new())
+    }
+}
+
+/// A raw resource: its type URL and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RawKey {
+    pub type_url: String,
+    pub name: String,
+}
 
 type Contributors = BTreeSet<(RootOrder, ObjectKey)>;
 
@@ -84,7 +107,7 @@ fn units(f: &ir::Fragment) -> Units<'_> {
     };
     for v in &f.virtual_hosts {
         u.vhosts
-            .entry((v.listener.clone(), v.domain.clone()))
+            .entry(VhostKey::new(v.listener.clone(), v.domain.clone()))
             .or_default()
             .push(v);
     }
@@ -93,7 +116,10 @@ fn units(f: &ir::Fragment) -> Units<'_> {
     }
     for r in &f.raw {
         u.raw
-            .entry((r.type_url.clone(), r.name.clone()))
+            .entry(RawKey {
+                type_url: r.type_url.clone(),
+                name: r.name.clone(),
+            })
             .or_default()
             .push(r);
     }
@@ -216,14 +242,6 @@ fn remove<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-pub fn object_ref(key: &ObjectKey) -> ir::ObjectRef {
-    ir::ObjectRef {
-        kind: key.kind.kind.clone(),
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-    }
-}
-
 fn describe(key: &ObjectKey) -> String {
     if key.namespace.is_empty() {
         format!("{} {}", key.kind.kind, key.name)
@@ -233,15 +251,14 @@ fn describe(key: &ObjectKey) -> String {
 }
 
 fn conflict(loser: &ObjectKey, winner: &ObjectKey, reason: &str, what: String) -> ir::Diagnostic {
-    ir::Diagnostic {
-        object: object_ref(loser),
-        severity: ir::Severity::Warning,
-        reason: reason.to_string(),
-        message: format!(
+    ir::Diagnostic::warning(
+        ir::ObjectRef::of(loser),
+        reason,
+        format!(
             "{what} is already claimed by {} (older, or first by namespace/name)",
             describe(winner)
         ),
-    }
+    )
 }
 
 fn normalize_prefix(p: &str) -> &str {
@@ -301,8 +318,8 @@ pub fn merge_vhost<'a>(
     contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
 ) -> MergedVhost {
     let mut merged = MergedVhost {
-        listener: key.0.clone(),
-        domain: key.1.clone(),
+        listener: key.listener.clone(),
+        domain: key.domain.clone(),
         tls: None,
         routes: vec![],
         roots: vec![],
@@ -316,7 +333,7 @@ pub fn merge_vhost<'a>(
             .fragment
             .virtual_hosts
             .iter()
-            .filter(|v| v.listener == key.0 && v.domain == key.1)
+            .filter(|v| v.listener == key.listener && v.domain == key.domain)
         {
             if let Some(tls) = &vh.tls {
                 match (&merged.tls, &tls_owner) {
@@ -329,7 +346,7 @@ pub fn merge_vhost<'a>(
                             root,
                             owner,
                             "TLSConflict",
-                            format!("TLS for {} on {}", key.1, key.0),
+                            format!("TLS for {} on {}", key.domain, key.listener),
                         ))
                     }
                     _ => {}
@@ -352,8 +369,8 @@ pub fn merge_vhost<'a>(
                         format!(
                             "{} on {} ({})",
                             path_text(&route.matches.path),
-                            key.1,
-                            key.0
+                            key.domain,
+                            key.listener
                         ),
                     )),
                     // A root repeating its own match: the first one wins,
@@ -417,7 +434,7 @@ pub fn merge_raw<'a>(
             .fragment
             .raw
             .iter()
-            .filter(|r| r.type_url == key.0 && r.name == key.1)
+            .filter(|r| r.type_url == key.type_url && r.name == key.name)
         {
             match &mut merged {
                 None => {
@@ -431,7 +448,7 @@ pub fn merge_raw<'a>(
                     root,
                     &m.root,
                     "RawResourceConflict",
-                    format!("raw resource {} {}", key.0, key.1),
+                    format!("raw resource {} {}", key.type_url, key.name),
                 )),
                 Some(_) => {}
             }
@@ -451,10 +468,8 @@ mod tests {
         let out = RootOutput {
             order: RootOrder::new(created, key.clone()),
             fragment: Arc::new(ir::Fragment {
-                listeners: vec![],
                 virtual_hosts: vhosts,
-                raw: vec![],
-                diagnostics: vec![],
+                ..Default::default()
             }),
             error: None,
         };
@@ -462,37 +477,18 @@ mod tests {
     }
 
     fn route(path: ir::PathMatch, status: u16) -> ir::Route {
-        ir::Route {
-            matches: ir::RouteMatch {
-                path,
-                headers: vec![],
-                query: vec![],
-                method: None,
-            },
-            action: ir::RouteAction::DirectResponse(ir::DirectResponse { status, body: None }),
-            prefix_rewrite: None,
-            host_rewrite: None,
-            timeout_ms: None,
-            retry: None,
-            request_headers: None,
-            response_headers: None,
-        }
+        ir::Route::direct_response(ir::RouteMatch::new(path), ir::DirectResponse::new(status))
     }
 
     fn vh(routes: Vec<ir::Route>, tls: Option<&str>) -> ir::VirtualHost {
-        ir::VirtualHost {
-            listener: "http".into(),
-            domain: "a.com".into(),
-            tls: tls.map(|n| ir::SecretRef {
-                namespace: "ns".into(),
-                name: n.into(),
-            }),
-            routes,
-        }
+        let mut vh = ir::VirtualHost::new("http", "a.com");
+        vh.tls = tls.map(|n| ir::SecretRef::new("ns", n));
+        vh.routes = routes;
+        vh
     }
 
     fn key() -> VhostKey {
-        ("http".into(), "a.com".into())
+        VhostKey::new("http", "a.com")
     }
 
     fn sorted<'a>(roots: &'a [(ObjectKey, RootOutput)]) -> Vec<(&'a ObjectKey, &'a RootOutput)> {

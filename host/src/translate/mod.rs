@@ -137,6 +137,14 @@ impl Translations {
         self.roots.get(root).map(|s| &s.output)
     }
 
+    /// The outputs of `roots` (those that have one), in the order given.
+    pub fn contributors<'a>(
+        &'a self,
+        roots: impl Iterator<Item = &'a ObjectKey> + 'a,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a RootOutput)> + 'a {
+        roots.filter_map(|k| self.output(k).map(|o| (k, o)))
+    }
+
     pub fn len(&self) -> usize {
         self.roots.len()
     }
@@ -146,26 +154,28 @@ impl Translations {
     }
 
     /// Translates every root in the store.
-    pub fn translate_all(&mut self, store: &Arc<Store>) -> (Vec<OutputChange>, RoundStats) {
+    pub fn translate_all(&mut self, store: &Store) -> (Vec<OutputChange>, RoundStats) {
+        let objects = store.read();
         let mut dirty: Vec<ObjectKey> = self
             .root_kinds
             .iter()
-            .flat_map(|k| store.list(k, None).map(|o| o.key()))
+            .flat_map(|k| objects.list(k, None).map(|o| o.key()))
             .collect();
         // Roots that vanished from the store while we were not looking.
         dirty.extend(
             self.roots
                 .keys()
-                .filter(|k| store.get(k).is_none())
+                .filter(|k| objects.get(k).is_none())
                 .cloned(),
         );
+        drop(objects);
         self.retranslate(store, dirty)
     }
 
     /// Translates what the changes make stale.
     pub fn apply_changes(
         &mut self,
-        store: &Arc<Store>,
+        store: &Store,
         changes: &[Change],
     ) -> (Vec<OutputChange>, RoundStats) {
         let mut dirty = HashSet::new();
@@ -189,7 +199,7 @@ impl Translations {
 
     fn retranslate(
         &mut self,
-        store: &Arc<Store>,
+        store: &Store,
         mut dirty: Vec<ObjectKey>,
     ) -> (Vec<OutputChange>, RoundStats) {
         dirty.sort();
@@ -199,8 +209,9 @@ impl Translations {
         }
         let mut stats = RoundStats::default();
         let mut changes = Vec::new();
+        let objects = store.read();
         let (present, gone): (Vec<_>, Vec<_>) =
-            dirty.into_iter().partition(|k| store.get(k).is_some());
+            dirty.into_iter().partition(|k| objects.get(k).is_some());
         for key in gone {
             if let Some(state) = self.roots.remove(&key) {
                 self.readers.unindex(&key, &state.reads);
@@ -213,8 +224,9 @@ impl Translations {
         }
         let jobs: Vec<Arc<Object>> = present
             .iter()
-            .filter_map(|k| store.get(k).cloned())
+            .filter_map(|k| objects.get(k).cloned())
             .collect();
+        drop(objects);
         let outcomes = call_all(&self.plugin, store, &jobs);
         for (obj, outcome) in jobs.iter().zip(outcomes) {
             let key = obj.key();
@@ -251,7 +263,7 @@ impl Translations {
                             reads.lists.extend(prev.reads.lists.iter().cloned());
                             prev.output.fragment.clone()
                         }
-                        None => Arc::new(empty_fragment()),
+                        None => Arc::new(ir::Fragment::default()),
                     };
                     (
                         RootOutput {
@@ -286,44 +298,20 @@ impl Translations {
     }
 }
 
-pub fn empty_fragment() -> ir::Fragment {
-    ir::Fragment {
-        listeners: vec![],
-        virtual_hosts: vec![],
-        raw: vec![],
-        diagnostics: vec![],
-    }
-}
-
-/// Calls the plugin for every job, spread over the machine's cores. Calls
-/// are independent (a fresh instance each), so order does not matter.
+/// Calls the plugin for every job, spread over the machine's cores (rayon,
+/// as everything else in a round). Calls are independent (a fresh instance
+/// each), so order does not matter; small rounds stay on this thread.
 fn call_all(
     plugin: &Plugin,
-    store: &Arc<Store>,
+    store: &Store,
     jobs: &[Arc<Object>],
 ) -> Vec<crate::plugin::CallOutcome> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(jobs.len() / 64 + 1);
-    if threads <= 1 {
+    use rayon::prelude::*;
+    if jobs.len() < 64 {
         return jobs.iter().map(|o| plugin.translate(store, o)).collect();
     }
-    let chunk = jobs.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|o| plugin.translate(store, o))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("translation worker panicked"))
-            .collect()
-    })
+    jobs.par_iter()
+        .with_min_len(64)
+        .map(|o| plugin.translate(store, o))
+        .collect()
 }

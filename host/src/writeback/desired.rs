@@ -115,7 +115,7 @@ pub fn desired_status(
             "Served to the data planes".to_string(),
         ),
     };
-    let now = crate::serve::status::rfc3339(std::time::SystemTime::now());
+    let now = crate::report::rfc3339(std::time::SystemTime::now());
     let condition = |type_: &str, (status, reason, message): (&str, String, String)| {
         // The transition time moves only when the status does.
         let since = current
@@ -207,16 +207,12 @@ mod tests {
     }
 
     fn diag(severity: ir::Severity, reason: &str, message: &str) -> ir::Diagnostic {
-        ir::Diagnostic {
-            object: ir::ObjectRef {
-                kind: "HTTPRoute".into(),
-                namespace: "shop".into(),
-                name: "r".into(),
-            },
+        ir::Diagnostic::new(
+            ir::ObjectRef::new("HTTPRoute", "shop", "r"),
             severity,
-            reason: reason.into(),
-            message: message.into(),
-        }
+            reason,
+            message,
+        )
     }
 
     #[test]

@@ -34,10 +34,10 @@ use tracing::{debug, info, warn};
 
 pub use desired::{Desired, desired_status, is_ingress};
 
-use crate::admin::metrics::{labels1, labels2};
 use crate::ir;
 use crate::queue::limit::TokenBucket;
-use crate::serve::Status;
+use crate::report::Report;
+use crate::report::metrics::{labels1, labels2};
 use crate::store::{Object, ObjectKey};
 
 /// The field manager of every status write.
@@ -87,7 +87,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn run(
     client: kube::Client,
     config: WritebackConfig,
-    status: Arc<Status>,
+    status: Arc<Report>,
     leader: watch::Receiver<bool>,
 ) {
     // A fixed address never changes: its sender lives as long as the
@@ -106,7 +106,7 @@ pub async fn run(
             service_addresses(client.clone(), namespace.clone(), name.clone()),
         ),
     };
-    let mut writer = Writer::new(client, config, status);
+    let mut writer = StatusWriter::new(client, config, status);
     writer.run(leader, addresses).await;
     warn!("status write-back stopped: an input channel closed");
 }
@@ -136,10 +136,10 @@ struct Written {
     status: Value,
 }
 
-pub(crate) struct Writer {
+pub(crate) struct StatusWriter {
     client: kube::Client,
     config: WritebackConfig,
-    status: Arc<Status>,
+    status: Arc<Report>,
     recorder: Recorder,
     bucket: TokenBucket,
     evaluated: HashMap<ObjectKey, u64>,
@@ -150,15 +150,15 @@ pub(crate) struct Writer {
     retry_at: Option<Instant>,
 }
 
-impl Writer {
-    pub(crate) fn new(client: kube::Client, config: WritebackConfig, status: Arc<Status>) -> Self {
+impl StatusWriter {
+    pub(crate) fn new(client: kube::Client, config: WritebackConfig, status: Arc<Report>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_string(),
             instance: config.instance.clone(),
         };
         let interval = Duration::try_from_secs_f64(1.0 / config.qps.max(0.001))
             .unwrap_or(Duration::from_secs(1000));
-        Writer {
+        StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             bucket: TokenBucket::new(interval, config.burst),
             client,
@@ -357,7 +357,7 @@ impl Writer {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &object.namespace,
-            &crate::source::kube::api_resource(&object.api_version, &object.kind),
+            &crate::resource::api_resource(&object.api_version, &object.kind),
         );
         let body = serde_json::json!({
             "apiVersion": object.api_version,

@@ -1,4 +1,4 @@
-//! Status write-back against the fake API server (`crate::fake_api`): the
+//! Status write-back against the fake API server (`crate::testing::fake_api`): the
 //! requests are the real ones, paths, field manager, bodies and all.
 
 use std::sync::Arc;
@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::*;
-use crate::fake_api::FakeApi;
-use crate::serve::status::NackRecord;
+use crate::report::{NackRecord, Report};
+use crate::testing::fake_api::FakeApi;
 use crate::xds::Snapshot;
 
-fn status() -> Arc<Status> {
+fn status() -> Arc<Report> {
     let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    Arc::new(Status::new(rx))
+    Arc::new(Report::new(rx))
 }
 
 fn ingress(rv: &str, status: Value) -> Arc<Object> {
@@ -39,19 +39,14 @@ fn route(rv: &str, status: Value) -> Arc<Object> {
 }
 
 fn diag(kind: &str, name: &str, reason: &str, message: &str) -> ir::Diagnostic {
-    ir::Diagnostic {
-        object: ir::ObjectRef {
-            kind: kind.into(),
-            namespace: "shop".into(),
-            name: name.into(),
-        },
-        severity: ir::Severity::Error,
-        reason: reason.into(),
-        message: message.into(),
-    }
+    ir::Diagnostic::error(ir::ObjectRef::new(kind, "shop", name), reason, message)
 }
 
-fn writes(status: &Status, result: &str) -> u64 {
+fn diags(list: Vec<ir::Diagnostic>) -> ir::DiagnosticSet {
+    list.into_iter().map(|d| (d, 1usize)).collect()
+}
+
+fn writes(status: &Report, result: &str) -> u64 {
     let text = status.metrics.encode();
     text.lines()
         .filter(|l| {
@@ -72,7 +67,7 @@ const INGRESS_STATUS: &str = "/apis/networking.k8s.io/v1/namespaces/shop/ingress
 async fn ingress_address_is_applied_once_with_the_field_manager() {
     let (api, client) = FakeApi::start([]);
     let st = status();
-    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(ingress("1", json!({})), true)];
     w.pass(&roots, Some(&addresses())).await;
     let seen = api.take();
@@ -103,7 +98,7 @@ async fn ingress_address_is_applied_once_with_the_field_manager() {
 async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed() {
     let (api, client) = FakeApi::start([]);
     let st = status();
-    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
     let shown = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
     w.pass(&[(ingress("1", shown), true)], Some(&addresses()))
         .await;
@@ -112,7 +107,7 @@ async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed()
         .await;
     // No address known yet.
     let (api2, client2) = FakeApi::start([]);
-    let mut w2 = Writer::new(client2, WritebackConfig::default(), st.clone());
+    let mut w2 = StatusWriter::new(client2, WritebackConfig::default(), st.clone());
     w2.pass(&[(ingress("4", json!({})), true)], None).await;
     assert!(api.take().is_empty());
     assert!(api2.take().is_empty());
@@ -123,13 +118,13 @@ async fn nothing_is_written_when_the_object_already_shows_it_or_is_not_claimed()
 async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
     let (api, client) = FakeApi::start([]);
     let st = status();
-    st.set_diagnostics(vec![diag(
+    st.set_diagnostics(diags(vec![diag(
         "Ingress",
         "web",
         "BackendNotFound",
         "service shop/api not found",
-    )]);
-    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    )]));
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
     let shown = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}});
     let roots = vec![(ingress("1", shown), true)];
     w.pass(&roots, Some(&addresses())).await;
@@ -149,14 +144,14 @@ async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
     w.pass(&roots, Some(&addresses())).await;
     assert!(api.take().is_empty(), "announced once");
 
-    st.set_diagnostics(vec![]);
+    st.set_diagnostics(diags(vec![]));
     w.pass(&roots, Some(&addresses())).await;
-    st.set_diagnostics(vec![diag(
+    st.set_diagnostics(diags(vec![diag(
         "Ingress",
         "web",
         "BackendNotFound",
         "service shop/api not found",
-    )]);
+    )]));
     w.pass(&roots, Some(&addresses())).await;
     let again = api.take();
     assert_eq!(
@@ -170,7 +165,7 @@ async fn a_rejected_rule_becomes_one_event_until_it_goes_away_and_comes_back() {
 async fn other_kinds_get_conditions_and_a_nack_turns_programmed_false() {
     let (api, client) = FakeApi::start([]);
     let st = status();
-    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(route("1", json!({})), true)];
     w.pass(&roots, None).await;
     let seen = api.take();
@@ -214,7 +209,7 @@ async fn other_kinds_get_conditions_and_a_nack_turns_programmed_false() {
 async fn a_failed_write_is_counted_and_retried() {
     let (api, client) = FakeApi::start([]);
     let st = status();
-    let mut w = Writer::new(client, WritebackConfig::default(), st.clone());
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
     let roots = vec![(ingress("1", json!({})), true)];
     api.fail_with(Some(500));
     w.pass(&roots, Some(&addresses())).await;
@@ -298,18 +293,18 @@ async fn a_pass_spends_the_token_bucket_then_yields_rejections_first() {
     let (api, client) = FakeApi::start([]);
     let st = status();
     // The last Ingress has a problem: it goes first.
-    st.set_diagnostics(vec![diag(
+    st.set_diagnostics(diags(vec![diag(
         "Ingress",
         "i4",
         "BackendNotFound",
         "no such service",
-    )]);
+    )]));
     let config = WritebackConfig {
         qps: 1.0,
         burst: 2,
         ..WritebackConfig::default()
     };
-    let mut w = Writer::new(client, config, st.clone());
+    let mut w = StatusWriter::new(client, config, st.clone());
     let roots: Vec<_> = (0..5)
         .map(|i| (ingress_named(&format!("i{i}")), true))
         .collect();

@@ -10,9 +10,6 @@ mod sotw;
 mod stream;
 mod wire;
 
-#[cfg(test)]
-mod tests;
-
 pub use event::{Ack, Nack, Protocol, Push, XdsEvent};
 pub use server::{AdsService, ServeError, TlsConfig, XdsServer, serve};
 pub use snapshot::{Resource, Snapshot, type_url};

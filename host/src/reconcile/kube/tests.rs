@@ -1,11 +1,11 @@
-//! KubeCluster against the fake API server (`crate::fake_api`): objects by
+//! KubeApi against the fake API server (`crate::testing::fake_api`): objects by
 //! path, resourceVersion bumped only when a write changes something, 404s
 //! as the API server words them.
 
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fake_api::FakeApi;
+use crate::testing::fake_api::FakeApi;
 
 /// (method, uri) of every request so far.
 fn requests(f: &FakeApi) -> Vec<(String, String)> {
@@ -23,16 +23,16 @@ fn memcacheds() -> KindKey {
     KindKey::new("cache.example.com/v1alpha1", "Memcached")
 }
 
-fn cluster(client: kube::Client) -> KubeCluster {
-    KubeCluster::new(client)
+fn cluster(client: kube::Client) -> KubeApi {
+    KubeApi::new(client)
         .with_resource(
             deployments(),
-            crate::source::kube::api_resource("apps/v1", "Deployment"),
+            crate::resource::api_resource("apps/v1", "Deployment"),
             true,
         )
         .with_resource(
             memcacheds(),
-            crate::source::kube::api_resource("cache.example.com/v1alpha1", "Memcached"),
+            crate::resource::api_resource("cache.example.com/v1alpha1", "Memcached"),
             true,
         )
 }
@@ -107,7 +107,7 @@ async fn status_goes_to_the_status_subresource() {
     let gone = k.with_name("gone");
     assert!(matches!(
         c.apply_status(&gone, json!({}), "isobar/memcached").await,
-        Err(ClusterError::NotFound(_))
+        Err(ApiError::NotFound(_))
     ));
 }
 

@@ -26,13 +26,16 @@ use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::Scope;
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 pub use cache::{KindCache, Update};
 
-use crate::admin::metrics::{Metrics, labels1};
 use crate::store::{Event, KindKey};
 
 /// One kind to watch. Roots are what a label selector narrows.
@@ -141,13 +144,6 @@ impl ApiWatches {
     }
 }
 
-/// The API resource of `api_version`/`kind`, the plural guessed as kube does
-/// (ingresses, httproutes): for writing to an object whose version is known.
-pub fn api_resource(api_version: &str, kind: &str) -> ApiResource {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind))
-}
-
 /// Only TLS Secrets matter to the host (SDS); the API server filters.
 fn is_secret(kind: &KindKey) -> bool {
     kind.group.is_empty() && kind.kind == "Secret"
@@ -207,7 +203,41 @@ pub struct KubeSource {
 }
 
 type Sink = Arc<dyn Fn(SourceUpdate) + Send + Sync>;
-type MetricsRef = Arc<dyn AsRef<Metrics> + Send + Sync>;
+
+/// `kind="<Kind.group>"`.
+type KindLabel = [(&'static str, String); 1];
+
+fn kind_label(kind: &KindKey) -> KindLabel {
+    [("kind", kind.to_string())]
+}
+
+/// The kube source's metric handles. Cheap to clone; whoever owns the
+/// registry [`register`](Self::register)s them once (unregistered, they are
+/// a harmless sink).
+#[derive(Clone, Debug, Default)]
+pub struct SourceMetrics {
+    /// Watch stream errors by kind (each is retried with backoff).
+    watch_errors: Family<KindLabel, Counter>,
+    /// Objects the source holds, by kind.
+    objects: Family<KindLabel, Gauge>,
+}
+
+impl SourceMetrics {
+    /// Registers `kube_watch_errors` and `kube_objects` into `registry`
+    /// (the host's `isobar`-prefixed one).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes watch errors by kind (retried with backoff)",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "kube_objects",
+            "Objects held from the Kubernetes API by kind",
+            self.objects.clone(),
+        );
+    }
+}
 
 impl KubeSource {
     /// Starts the source; nothing is watched until [`want`](Self::want).
@@ -215,7 +245,7 @@ impl KubeSource {
     pub fn start(
         watches: Arc<dyn Watches>,
         sink: impl Fn(SourceUpdate) + Send + Sync + 'static,
-        metrics: Arc<dyn AsRef<Metrics> + Send + Sync>,
+        metrics: SourceMetrics,
     ) -> (KubeSource, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(manage(watches, Arc::new(sink), metrics, rx));
@@ -246,7 +276,7 @@ impl Drop for Running {
 async fn manage(
     watches: Arc<dyn Watches>,
     sink: Sink,
-    metrics: MetricsRef,
+    metrics: SourceMetrics,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut running: HashMap<KindKey, Running> = HashMap::new();
@@ -256,10 +286,7 @@ async fn manage(
             let keep = wanted.get(kind).is_some_and(|s| **s == r.spec);
             if !keep {
                 info!(kind = %kind, "stopping watch");
-                (*metrics)
-                    .as_ref()
-                    .kube_objects
-                    .remove(&labels1("kind", kind.to_string()));
+                metrics.objects.remove(&kind_label(kind));
             }
             keep
         });
@@ -284,9 +311,13 @@ async fn manage(
 const REDISCOVER: Duration = Duration::from_secs(30);
 const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
 
-async fn watch_kind(watches: Arc<dyn Watches>, spec: WatchSpec, sink: Sink, metrics: MetricsRef) {
-    let metrics: &Metrics = (*metrics).as_ref();
-    let kind_label = labels1("kind", spec.kind.to_string());
+async fn watch_kind(
+    watches: Arc<dyn Watches>,
+    spec: WatchSpec,
+    sink: Sink,
+    metrics: SourceMetrics,
+) {
+    let kind_label = kind_label(&spec.kind);
     let mut reported_sync = false;
     let resolved = loop {
         match watches.resolve(&spec.kind).await {
@@ -305,7 +336,7 @@ async fn watch_kind(watches: Arc<dyn Watches>, spec: WatchSpec, sink: Sink, metr
                 tokio::time::sleep(REDISCOVER).await;
             }
             Err(e) => {
-                metrics.kube_watch_errors.get_or_create(&kind_label).inc();
+                metrics.watch_errors.get_or_create(&kind_label).inc();
                 warn!(kind = %spec.kind, error = %e, "discovery failed; retrying");
                 tokio::time::sleep(DISCOVERY_RETRY).await;
             }
@@ -313,7 +344,7 @@ async fn watch_kind(watches: Arc<dyn Watches>, spec: WatchSpec, sink: Sink, metr
     };
     let mut cache = KindCache::new(&resolved.resource.api_version, &resolved.resource.kind);
     let mut stream = watches.watch(&resolved, &spec);
-    let gauge = metrics.kube_objects.get_or_create_owned(&kind_label);
+    let gauge = metrics.objects.get_or_create_owned(&kind_label);
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
@@ -336,7 +367,7 @@ async fn watch_kind(watches: Arc<dyn Watches>, spec: WatchSpec, sink: Sink, metr
                 });
             }
             Err(e) => {
-                metrics.kube_watch_errors.get_or_create(&kind_label).inc();
+                metrics.watch_errors.get_or_create(&kind_label).inc();
                 warn!(kind = %spec.kind, error = %e, "watch failed; retrying with backoff");
             }
         }

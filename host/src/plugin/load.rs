@@ -1,25 +1,11 @@
-//! The host's offline jobs as library calls: translate manifests through a
-//! plugin, describe a plugin. `main` parses flags and calls these.
+//! Loading plugins from files: where they are when none is named, the
+//! engine the CLI uses, and what `isobar plugin inspect` prints.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::ir;
-use crate::pipeline::Pipeline;
-use crate::plugin::{Limits, Plugin, PluginError, Runtime};
-use crate::source::files::{self, ManifestError};
-use crate::store::KindKey;
-
-/// Kinds the host reads itself, whatever the plugin watches.
-pub fn host_kinds() -> [KindKey; 3] {
-    [
-        KindKey::new("v1", "Service"),
-        KindKey::new("discovery.k8s.io/v1", "EndpointSlice"),
-        KindKey::new("v1", "Secret"),
-    ]
-}
+use super::{Grants, Limits, Plugin, PluginError, Runtime};
 
 /// Where the compiled-component cache lives unless told otherwise.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -47,19 +33,17 @@ pub fn default_plugin_path() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.exists())
 }
 
+/// The engine with the default compile cache.
 pub fn runtime(limits: Limits) -> anyhow::Result<Runtime> {
     Runtime::new(limits, default_cache_dir()).context("starting the Wasm engine")
 }
 
-pub fn load_plugin(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<Plugin> {
-    load_plugin_with(runtime, path, crate::plugin::Grants::default())
-}
-
-/// Loads a plugin with WASI capabilities granted to it.
-pub fn load_plugin_with(
+/// Loads a translator with WASI capabilities granted to it; the default
+/// Ingress plugin when `path` is none.
+pub fn load_translator(
     runtime: &Runtime,
     path: Option<&Path>,
-    grants: crate::plugin::Grants,
+    grants: Grants,
 ) -> anyhow::Result<Plugin> {
     let path = match path {
         Some(p) => p.to_path_buf(),
@@ -75,57 +59,6 @@ pub fn load_plugin_with(
         .with_context(|| format!("loading plugin {}", path.display()))
 }
 
-/// The outcome of translating a set of manifests.
-pub struct Translated {
-    pub pipeline: Pipeline,
-    /// Objects of kinds nobody reads: (kind, namespace/name, file:line).
-    pub skipped: Vec<String>,
-    pub manifest_errors: Vec<ManifestError>,
-}
-
-impl Translated {
-    pub fn diagnostics(&self) -> Vec<ir::Diagnostic> {
-        self.pipeline.diagnostics()
-    }
-}
-
-/// Reads manifests, keeps the kinds the plugin or the host reads, and
-/// builds the snapshot.
-pub fn translate_manifests(plugin: Plugin, paths: &[PathBuf]) -> Translated {
-    let loaded = files::load_paths(paths);
-    let mut known: BTreeSet<KindKey> = plugin.watched_kinds().into_iter().collect();
-    known.extend(plugin.root_kinds());
-    known.extend(host_kinds());
-    let mut skipped = Vec::new();
-    let mut events = Vec::new();
-    for m in &loaded.manifests {
-        if known.contains(&m.object.kind_key()) {
-            events.push(crate::store::Event::Apply(m.object.clone()));
-        } else {
-            skipped.push(format!(
-                "{} {}{} ({}:{}): no loaded plugin reads this kind",
-                m.object.kind,
-                if m.object.namespace.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}/", m.object.namespace)
-                },
-                m.object.name,
-                m.file.display(),
-                m.line
-            ));
-        }
-    }
-    let mut pipeline = Pipeline::new(plugin);
-    pipeline.load(events);
-    pipeline.rebuild();
-    Translated {
-        pipeline,
-        skipped,
-        manifest_errors: loaded.errors,
-    }
-}
-
 /// What `isobar plugin inspect` prints.
 #[derive(serde::Serialize)]
 pub struct Inspection {
@@ -137,26 +70,18 @@ pub struct Inspection {
 }
 
 fn contract() -> String {
-    format!(
-        "{}@{}",
-        crate::plugin::CONTRACT_PACKAGE,
-        crate::plugin::CONTRACT_VERSION
-    )
-}
-
-pub fn inspect(plugin: &Plugin) -> Inspection {
-    Inspection {
-        contract: contract(),
-        world: "translator",
-        digest: format!("sha256:{}", plugin.digest),
-        info: serde_json::to_value(&plugin.info).unwrap_or_default(),
-    }
+    format!("{}@{}", super::CONTRACT_PACKAGE, super::CONTRACT_VERSION)
 }
 
 /// Inspects a component of either world.
 pub fn inspect_file(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
-    match load_plugin(runtime, Some(path)) {
-        Ok(plugin) => Ok(inspect(&plugin)),
+    match load_translator(runtime, Some(path), Grants::default()) {
+        Ok(plugin) => Ok(Inspection {
+            contract: contract(),
+            world: "translator",
+            digest: format!("sha256:{}", plugin.digest),
+            info: serde_json::to_value(&plugin.info).unwrap_or_default(),
+        }),
         Err(e)
             if e.root_cause()
                 .downcast_ref::<PluginError>()

@@ -1,75 +1,51 @@
 //! Reconciler plugins inside `isobar serve`: operators running beside the
-//! translator, on the same source.
+//! translators, reading the same store.
 //!
 //! ```text
-//!  controller thread ── objects of the reconcilers' kinds ─► world ─► each reconciler ─► actions ─► cluster
-//!  (files or watches)                                          ▲                                      │
-//!                                                              └──── the cluster's writes come back ──┘
+//!  controller thread ── changes to the reconcilers' kinds ─► each reconciler ─► actions ─► API
+//!  (the store's writer)        ▲                                                            │
+//!                              └──────────── the API's writes come back as input ───────────┘
 //! ```
 //!
-//! With a cluster, the world is the watches and actions go to the API server
-//! ([`KubeCluster`]); with a manifest directory, the world is an in-memory
-//! API server ([`MemoryCluster`]) seeded from the manifests, so an operator
-//! can be tried without a cluster (`/debug/cluster` shows what it made).
+//! With a cluster, actions go to the API server ([`KubeApi`](super::KubeApi))
+//! and come back through the watches; with a manifest directory, to an
+//! in-memory API server ([`MemoryApi`]) that the manifests of the
+//! reconcilers' kinds are applied to, so an operator can be tried without a
+//! cluster (`/debug/cluster` shows what it made).
 //!
 //! A reconciler file that changes is hot-swapped: the new component is
-//! compiled and must still be a reconciler for the same kind (the watches
-//! were started for it); then the old one stops after its current batch and
-//! the new one starts from every object the world holds. Any failure keeps
-//! the old one running and is recorded under `/debug/reconcilers`.
+//! compiled and must still read only kinds the host watches; then the old
+//! one stops after its current batch and the new one starts from every
+//! object of its kinds in the store. Any failure keeps the old one running
+//! and is recorded under `/debug/reconcilers`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::status::{Status, rfc3339};
+use super::{Api, Config, MemoryApi, Progress, Reconciler};
 use crate::plugin::{ReconcilerPlugin, Runtime};
-use crate::queue::QueueMetrics;
-use crate::reconcile::{Cluster, Config, MemoryCluster, Progress, Reconciler};
-use crate::store::{Event, KindKey, Object, ObjectKey};
+use crate::report::{ReconcilerStatus, Report, rfc3339};
+use crate::store::{Change, Event, KindKey, Store};
 
-/// What the operators are told.
+/// What the runner is told.
 #[derive(Debug)]
-pub(crate) enum OpInput {
-    /// Source events for the reconcilers' kinds, in order.
-    Objects(Vec<Event>),
+pub enum RunnerInput {
+    /// Changes to the reconcilers' kinds, in order.
+    Changes(Vec<Change>),
     /// The file of reconciler `index` may have changed.
     Swap(usize),
 }
 
-/// What `/debug/reconcilers` shows of one.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReconcilerStatus {
-    pub name: String,
-    pub version: String,
-    pub digest: String,
-    pub source: String,
-    pub reconciles: String,
-    pub calls: u64,
-    pub failures: u64,
-    pub writes: u64,
-    pub unchanged_writes: u64,
-    /// Objects whose last reconcile failed, and why.
-    pub failing: BTreeMap<String, String>,
-    pub last_swap_error: Option<String>,
-}
-
-/// Where the reconcilers' actions land.
-pub(crate) enum World {
-    Memory(Arc<MemoryCluster>, mpsc::UnboundedReceiver<Event>),
-    Kube(Arc<crate::reconcile::kube::KubeCluster>),
-}
-
 struct Running {
     plugin: ReconcilerPlugin,
-    events: mpsc::UnboundedSender<Event>,
+    changes: mpsc::UnboundedSender<Change>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     progress: watch::Receiver<Progress>,
@@ -77,65 +53,49 @@ struct Running {
 }
 
 /// The kinds a set of reconcilers needs watched.
-pub(crate) fn kinds_of(plugins: &[ReconcilerPlugin]) -> HashSet<KindKey> {
+pub fn kinds_of(plugins: &[ReconcilerPlugin]) -> HashSet<KindKey> {
     plugins.iter().flat_map(|p| p.watched_kinds()).collect()
 }
 
-pub(crate) struct Operators {
+/// Runs every reconciler plugin of `isobar serve` against one API.
+pub struct Runner {
     runtime: Runtime,
     paths: Vec<PathBuf>,
     kinds: HashSet<KindKey>,
-    status: Arc<Status>,
-    metrics: QueueMetrics,
+    store: Store,
+    report: Arc<Report>,
 }
 
-impl Operators {
+impl Runner {
+    /// Reconcilers loaded from `paths`, reading `store` (whose writer
+    /// watches `kinds`).
     pub fn new(
         runtime: Runtime,
         paths: Vec<PathBuf>,
         kinds: HashSet<KindKey>,
-        status: Arc<Status>,
+        store: Store,
+        report: Arc<Report>,
     ) -> Self {
-        Operators {
+        Runner {
             runtime,
             paths,
             kinds,
-            status,
-            metrics: QueueMetrics::new(),
+            store,
+            report,
         }
     }
 
     /// Runs the reconcilers until the inputs close.
-    pub async fn run(
+    pub async fn run<A: Api>(
         self,
         plugins: Vec<ReconcilerPlugin>,
-        world: World,
-        inputs: mpsc::UnboundedReceiver<OpInput>,
-    ) {
-        match world {
-            World::Memory(cluster, events) => {
-                let seed = cluster.clone();
-                self.serve(plugins, cluster, Some(seed), Some(events), inputs)
-                    .await
-            }
-            World::Kube(cluster) => self.serve(plugins, cluster, None, None, inputs).await,
-        }
-    }
-
-    async fn serve<C: Cluster>(
-        self,
-        plugins: Vec<ReconcilerPlugin>,
-        cluster: Arc<C>,
-        memory: Option<Arc<MemoryCluster>>,
-        mut writes: Option<mpsc::UnboundedReceiver<Event>>,
-        mut inputs: mpsc::UnboundedReceiver<OpInput>,
+        api: Arc<A>,
+        mut inputs: mpsc::UnboundedReceiver<RunnerInput>,
     ) {
         let mut running: Vec<Running> = Vec::new();
         for plugin in plugins {
-            running.push(self.start(plugin, cluster.clone(), &BTreeMap::new(), None));
+            running.push(self.start(plugin, api.clone(), false, None));
         }
-        // Everything the world holds now, to start a swapped-in reconciler from.
-        let mut objects: BTreeMap<ObjectKey, Arc<Object>> = BTreeMap::new();
         let mut progress_changed = futures::stream::SelectAll::new();
         for (i, r) in running.iter().enumerate() {
             progress_changed.push(progress_stream(i, r.progress.clone()));
@@ -146,18 +106,15 @@ impl Operators {
             tokio::select! {
                 input = inputs.recv() => match input {
                     None => break,
-                    Some(OpInput::Objects(events)) => {
-                        for e in events {
-                            match &memory {
-                                // The manifests are what users put into the in-memory API
-                                // server; its writes come back on `writes`.
-                                Some(m) => seed(m, &e),
-                                None => deliver(&mut objects, &running, e),
+                    Some(RunnerInput::Changes(changes)) => {
+                        for r in &running {
+                            for c in &changes {
+                                let _ = r.changes.send(c.clone());
                             }
                         }
                     }
-                    Some(OpInput::Swap(index)) => {
-                        match self.swap(index, &running, cluster.clone(), &objects).await {
+                    Some(RunnerInput::Swap(index)) => {
+                        match self.swap(index, &running, api.clone()).await {
                             Ok(Some(next)) => {
                                 let old = std::mem::replace(&mut running[index], next);
                                 progress_changed.push(progress_stream(index, running[index].progress.clone()));
@@ -171,7 +128,6 @@ impl Operators {
                         self.publish(&running);
                     }
                 },
-                Some(e) = recv(&mut writes) => deliver(&mut objects, &running, e),
                 Some(_) = progress_changed.next() => self.publish(&running),
             }
         }
@@ -180,26 +136,39 @@ impl Operators {
         }
     }
 
-    fn start<C: Cluster>(
+    /// Starts a reconciler; a swapped-in one (`catch_up`) is first told of
+    /// every object of its kinds the store holds.
+    fn start<A: Api>(
         &self,
         plugin: ReconcilerPlugin,
-        cluster: Arc<C>,
-        objects: &BTreeMap<ObjectKey, Arc<Object>>,
+        api: Arc<A>,
+        catch_up: bool,
         last_swap_error: Option<String>,
     ) -> Running {
-        let reconciler = Reconciler::new(plugin.clone(), cluster, Config::default(), &self.metrics)
-            .expect("the default queue config is valid");
+        let reconciler = Reconciler::new(
+            plugin.clone(),
+            api,
+            self.store.clone(),
+            Config::default(),
+            &self.report.metrics.queue,
+        )
+        .expect("the default queue config is valid");
         let progress = reconciler.progress();
-        let (events, rx) = mpsc::unbounded_channel();
-        for o in objects.values() {
-            let _ = events.send(Event::Apply(o.clone()));
+        let (changes, rx) = mpsc::unbounded_channel();
+        if catch_up {
+            let index = self.store.read();
+            for kind in plugin.watched_kinds() {
+                for o in index.list(&kind, None) {
+                    let _ = changes.send(Change::Added(o.key()));
+                }
+            }
         }
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(reconciler.run(rx, stop_rx));
         info!(reconciler = %plugin.info.name, version = %plugin.info.version, digest = %plugin.digest, "reconciler running");
         Running {
             plugin,
-            events,
+            changes,
             stop,
             task,
             progress,
@@ -209,12 +178,11 @@ impl Operators {
 
     /// A swapped-in reconciler, started; none when the file is unchanged or
     /// gone; why not when it is unreadable or not an acceptable component.
-    async fn swap<C: Cluster>(
+    async fn swap<A: Api>(
         &self,
         index: usize,
         running: &[Running],
-        cluster: Arc<C>,
-        objects: &BTreeMap<ObjectKey, Arc<Object>>,
+        api: Arc<A>,
     ) -> Result<Option<Running>, String> {
         let Some(path) = self.paths.get(index).cloned() else {
             return Ok(None);
@@ -253,7 +221,7 @@ impl Operators {
             );
         }
         info!(reconciler = %plugin.info.name, digest = %plugin.digest, replaced = %current.digest, "reconciler swapped");
-        Ok(Some(self.start(plugin, cluster, objects, None)))
+        Ok(Some(self.start(plugin, api, true, None)))
     }
 
     fn refuse(&self, path: &std::path::Path, why: String) -> Result<Option<Running>, String> {
@@ -285,41 +253,21 @@ impl Operators {
                 }
             })
             .collect();
-        self.status.set_reconcilers(list);
+        self.report.set_reconcilers(list);
     }
 }
 
-fn seed(cluster: &MemoryCluster, e: &Event) {
+/// Applies a manifest's object to the in-memory API server as a user
+/// would (`kubectl apply`, `kubectl delete`).
+pub fn seed(api: &MemoryApi, e: &Event) {
     let outcome = match e {
         Event::Apply(o) => serde_json::from_str(&o.json)
             .map_err(|e| e.to_string())
-            .and_then(|v| cluster.put(v).map(|_| ()).map_err(|e| e.to_string())),
-        Event::Delete(k) => cluster.remove(k).map(|_| ()).map_err(|e| e.to_string()),
+            .and_then(|v| api.put(v).map(|_| ()).map_err(|e| e.to_string())),
+        Event::Delete(k) => api.remove(k).map(|_| ()).map_err(|e| e.to_string()),
     };
     if let Err(why) = outcome {
-        warn!(error = %why, "object not put into the in-memory cluster");
-    }
-}
-
-/// Records a world event and hands it to every reconciler.
-fn deliver(objects: &mut BTreeMap<ObjectKey, Arc<Object>>, running: &[Running], e: Event) {
-    match &e {
-        Event::Apply(o) => {
-            objects.insert(o.key(), o.clone());
-        }
-        Event::Delete(k) => {
-            objects.remove(k);
-        }
-    }
-    for r in running {
-        let _ = r.events.send(e.clone());
-    }
-}
-
-async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Event>>) -> Option<Event> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+        warn!(error = %why, "object not put into the in-memory API server");
     }
 }
 

@@ -9,15 +9,12 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::status::{NackRecord, Status, rfc3339};
-use crate::admin::metrics::{labels2, secs, short_type};
+use super::metrics::{labels2, secs, short_type};
+use super::{NackRecord, Report, rfc3339};
 use crate::xds::{XdsEvent, XdsServer};
 
-pub(crate) async fn consume(
-    mut events: mpsc::Receiver<XdsEvent>,
-    status: Arc<Status>,
-    server: XdsServer,
-) {
+/// Follows what the streams report until the server is gone.
+pub async fn consume(mut events: mpsc::Receiver<XdsEvent>, status: Arc<Report>, server: XdsServer) {
     while let Some(event) = events.recv().await {
         handle(&status, event);
         status
@@ -27,7 +24,7 @@ pub(crate) async fn consume(
     }
 }
 
-fn handle(status: &Status, event: XdsEvent) {
+fn handle(status: &Report, event: XdsEvent) {
     let m = &status.metrics;
     match event {
         XdsEvent::StreamOpened {

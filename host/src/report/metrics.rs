@@ -6,27 +6,19 @@
 //! (and, end to end, change → ACK). Times come from one monotonic clock in
 //! this process; nothing depends on a shared wall clock.
 
-use std::time::Duration;
-
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use crate::latency::{LatencyBuckets, secs};
+use crate::queue::QueueMetrics;
+use crate::source::kube::SourceMetrics;
 
 /// Labels as (name, value) pairs, fixed in number per family.
 pub type Labels<const N: usize> = [(&'static str, String); N];
-
-/// Latency buckets from 100 µs to ~52 s (doubling).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LatencyBuckets;
-
-impl MetricConstructor<Histogram> for LatencyBuckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-    }
-}
 
 type Latency<const N: usize> = Family<Labels<N>, Histogram, LatencyBuckets>;
 
@@ -61,10 +53,10 @@ pub struct Metrics {
     pub manifest_errors: Gauge,
     pub diagnostics: Family<Labels<1>, Gauge>,
     pub ready: Gauge,
-    /// Watch stream errors by kind (each is retried with backoff).
-    pub kube_watch_errors: Family<Labels<1>, Counter>,
-    /// Objects the kube source holds, by kind.
-    pub kube_objects: Family<Labels<1>, Gauge>,
+    /// The kube source's (`isobar_kube_*`).
+    pub kube: SourceMetrics,
+    /// The reconcilers' work queues' (`isobar_queue_*`).
+    pub queue: QueueMetrics,
     /// Status writes by kind and result ("written", "unchanged", "failed").
     pub status_writes: Family<Labels<2>, Counter>,
     /// Kubernetes Events published for diagnostics, by reason.
@@ -100,8 +92,8 @@ impl Metrics {
             manifest_errors: Gauge::default(),
             diagnostics: Family::default(),
             ready: Gauge::default(),
-            kube_watch_errors: Family::default(),
-            kube_objects: Family::default(),
+            kube: SourceMetrics::default(),
+            queue: QueueMetrics::new(),
             status_writes: Family::default(),
             status_events: Family::default(),
             leader: Gauge::default(),
@@ -197,16 +189,8 @@ impl Metrics {
             "1 once the first complete snapshot is served",
             m.ready.clone(),
         );
-        r.register(
-            "kube_watch_errors",
-            "Kubernetes watch errors by kind (retried with backoff)",
-            m.kube_watch_errors.clone(),
-        );
-        r.register(
-            "kube_objects",
-            "Objects held from the Kubernetes API by kind",
-            m.kube_objects.clone(),
-        );
+        m.kube.register(r);
+        m.queue.register(r);
         r.register(
             "status_writes",
             "Status write-back by kind and result (written, unchanged, failed)",
@@ -231,11 +215,6 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
-}
-
-/// Seconds as Prometheus wants them.
-pub fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 pub fn labels1(k: &'static str, v: impl Into<String>) -> Labels<1> {

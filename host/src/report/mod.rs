@@ -1,7 +1,13 @@
-//! What the running host knows about itself, shared by the controller
-//! thread (which writes it), the xDS event task, and the admin endpoint
-//! (which reads it): readiness, the loaded plugin and why the last swap
-//! failed, manifest errors, diagnostics, NACKs, live streams, metrics.
+//! What the running host knows about itself: readiness, the loaded plugin
+//! and why the last swap failed, manifest errors, diagnostics, NACKs, live
+//! streams, reconcilers, metrics.
+//!
+//! The controller thread, the xDS event consumer ([`xds`]) and the
+//! reconciler runner write it; the admin endpoint and status write-back
+//! read it. Nothing reads back into the pipeline from here.
+
+pub mod metrics;
+pub mod xds;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -11,12 +17,12 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::admin::metrics::Metrics;
-use crate::ir;
+use crate::ir::{self, DiagnosticSet};
 use crate::plugin::Plugin;
 use crate::source::files::ManifestError;
 use crate::store::ObjectKey;
 use crate::xds::{Protocol, Snapshot};
+use metrics::Metrics;
 
 /// Published snapshots whose timing is remembered (for push/ACK latency).
 const TIMED_VERSIONS: usize = 256;
@@ -124,13 +130,30 @@ pub struct Published {
     pub change_at: Option<Instant>,
 }
 
+/// What `/debug/reconcilers` shows of one reconciler plugin.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReconcilerStatus {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub source: String,
+    pub reconciles: String,
+    pub calls: u64,
+    pub failures: u64,
+    pub writes: u64,
+    pub unchanged_writes: u64,
+    /// Objects whose last reconcile failed, and why.
+    pub failing: BTreeMap<String, String>,
+    pub last_swap_error: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
     plugin: Option<PluginStatus>,
     history: VecDeque<LoadAttempt>,
     manifest_errors: Vec<ManifestProblem>,
-    diagnostics: Vec<ir::Diagnostic>,
-    reconcilers: Vec<super::operators::ReconcilerStatus>,
+    diagnostics: DiagnosticSet,
+    reconcilers: Vec<ReconcilerStatus>,
     nacks: BTreeMap<(u64, String), NackRecord>,
     streams: BTreeMap<u64, StreamStatus>,
     failed: Option<String>,
@@ -141,12 +164,11 @@ struct Inner {
 pub type Roots = Arc<Vec<(Arc<crate::store::Object>, bool)>>;
 
 /// Shared state of a running `isobar serve`.
-pub struct Status {
+pub struct Report {
     pub metrics: Metrics,
     /// Set when a status writer reads [`roots`](Self::roots): building the
     /// list costs a pass over the roots each round.
     wants_roots: std::sync::atomic::AtomicBool,
-    memory_cluster: std::sync::OnceLock<Arc<crate::reconcile::MemoryCluster>>,
     roots: watch::Sender<Roots>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: watch::Sender<bool>,
@@ -159,12 +181,11 @@ pub struct Status {
     published: Mutex<VecDeque<Published>>,
 }
 
-impl Status {
+impl Report {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Status {
+        Report {
             metrics: Metrics::new(),
             wants_roots: Default::default(),
-            memory_cluster: Default::default(),
             roots: watch::channel(Roots::default()).0,
             snapshots,
             ready: watch::channel(false).0,
@@ -197,11 +218,11 @@ impl Status {
         self.roots.subscribe()
     }
 
-    pub(crate) fn wants_roots(&self) -> bool {
+    pub fn wants_roots(&self) -> bool {
         self.wants_roots.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) fn set_roots(&self, roots: Vec<(Arc<crate::store::Object>, bool)>) {
+    pub fn set_roots(&self, roots: Vec<(Arc<crate::store::Object>, bool)>) {
         self.roots.send_if_modified(|current| {
             if **current == roots {
                 false
@@ -222,7 +243,7 @@ impl Status {
         *self.ready.borrow()
     }
 
-    pub(crate) fn mark_ready(&self) {
+    pub fn mark_ready(&self) {
         if !self.is_ready() {
             self.ready.send_replace(true);
             self.metrics.ready.set(1);
@@ -235,14 +256,14 @@ impl Status {
         self.inner.read().failed.clone()
     }
 
-    pub(crate) fn set_failed(&self, why: String) {
+    pub fn set_failed(&self, why: String) {
         self.inner.write().failed = Some(why);
         self.changed();
     }
 
     /// Waits until `cond` holds, re-checking on every status change and
     /// every new snapshot; false if `limit` passes first.
-    pub async fn wait_until(&self, limit: Duration, cond: impl Fn(&Status) -> bool) -> bool {
+    pub async fn wait_until(&self, limit: Duration, cond: impl Fn(&Report) -> bool) -> bool {
         let mut generation = self.generation.subscribe();
         let mut snapshots = self.snapshots.clone();
         let deadline = tokio::time::Instant::now() + limit;
@@ -270,9 +291,9 @@ impl Status {
         self.inner.read().history.iter().cloned().collect()
     }
 
-    pub(crate) fn plugin_loaded(&self, plugin: &Plugin) {
+    pub fn plugin_loaded(&self, plugin: &Plugin) {
         let at = rfc3339(SystemTime::now());
-        let kinds = |ks: &[ir::KindRef]| {
+        let kinds = |ks: &[crate::plugin::KindRef]| {
             ks.iter()
                 .map(|k| format!("{}/{}", k.api_version, k.kind))
                 .collect()
@@ -307,7 +328,7 @@ impl Status {
         self.changed();
     }
 
-    pub(crate) fn plugin_rejected(&self, failure: PluginFailure) {
+    pub fn plugin_rejected(&self, failure: PluginFailure) {
         let mut inner = self.inner.write();
         push_bounded(
             &mut inner.history,
@@ -331,7 +352,7 @@ impl Status {
         self.inner.read().manifest_errors.clone()
     }
 
-    pub(crate) fn set_manifest_errors(&self, errors: Vec<ManifestProblem>) {
+    pub fn set_manifest_errors(&self, errors: Vec<ManifestProblem>) {
         self.metrics.manifest_errors.set(errors.len() as i64);
         let mut inner = self.inner.write();
         if inner.manifest_errors != errors {
@@ -342,53 +363,51 @@ impl Status {
     }
 
     /// The pipeline's diagnostics (plugin output, failed calls, conflicts,
-    /// validation), as of the latest round.
+    /// validation), as of the latest round, in order.
     pub fn diagnostics(&self) -> Vec<ir::Diagnostic> {
+        self.inner.read().diagnostics.keys().cloned().collect()
+    }
+
+    /// The same, shared with the pipeline (O(1)).
+    pub fn diagnostic_set(&self) -> DiagnosticSet {
         self.inner.read().diagnostics.clone()
     }
 
-    pub(crate) fn set_diagnostics(&self, diagnostics: Vec<ir::Diagnostic>) {
+    /// Takes the pipeline's diagnostics; a set the report already holds
+    /// (the same persistent map) costs nothing.
+    pub fn set_diagnostics(&self, diagnostics: DiagnosticSet) {
+        let mut inner = self.inner.write();
+        if inner.diagnostics.ptr_eq(&diagnostics) || inner.diagnostics == diagnostics {
+            return;
+        }
         let mut by_severity: BTreeMap<&'static str, i64> =
             [("error", 0), ("warning", 0), ("info", 0)]
                 .into_iter()
                 .collect();
-        for d in &diagnostics {
-            *by_severity.entry(severity_name(d.severity)).or_default() += 1;
+        for d in diagnostics.keys() {
+            *by_severity.entry(d.severity.as_str()).or_default() += 1;
         }
+        inner.diagnostics = diagnostics;
+        drop(inner);
         for (severity, n) in by_severity {
             self.metrics
                 .diagnostics
                 .get_or_create(&[("severity", severity.to_string())])
                 .set(n);
         }
-        let mut inner = self.inner.write();
-        if inner.diagnostics != diagnostics {
-            inner.diagnostics = diagnostics;
-            drop(inner);
-            self.reports_changed();
-        }
+        self.reports_changed();
     }
 
     // ---- reconcilers -------------------------------------------------------------
 
     /// The reconciler plugins running, with what they have done.
-    pub fn reconcilers(&self) -> Vec<super::operators::ReconcilerStatus> {
+    pub fn reconcilers(&self) -> Vec<ReconcilerStatus> {
         self.inner.read().reconcilers.clone()
     }
 
-    pub(crate) fn set_reconcilers(&self, list: Vec<super::operators::ReconcilerStatus>) {
+    pub fn set_reconcilers(&self, list: Vec<ReconcilerStatus>) {
         self.inner.write().reconcilers = list;
         self.changed();
-    }
-
-    /// The in-memory cluster reconcilers write to when serving a manifest
-    /// directory.
-    pub fn memory_cluster(&self) -> Option<Arc<crate::reconcile::MemoryCluster>> {
-        self.memory_cluster.get().cloned()
-    }
-
-    pub(crate) fn set_memory_cluster(&self, cluster: Arc<crate::reconcile::MemoryCluster>) {
-        let _ = self.memory_cluster.set(cluster);
     }
 
     // ---- xDS ------------------------------------------------------------------
@@ -404,20 +423,19 @@ impl Status {
         let mut out: Vec<ir::Diagnostic> = Vec::new();
         for n in self.inner.read().nacks.values() {
             for object in &n.objects {
-                out.push(ir::Diagnostic {
-                    object: crate::translate::merge::object_ref(object),
-                    severity: ir::Severity::Error,
-                    reason: "RejectedByDataPlane".into(),
-                    message: format!(
+                out.push(ir::Diagnostic::error(
+                    ir::ObjectRef::of(object),
+                    "RejectedByDataPlane",
+                    format!(
                         "{} ({} xDS) rejected {} {} of version {}: {}",
                         n.node,
                         n.protocol,
-                        crate::admin::metrics::short_type(&n.type_url),
+                        metrics::short_type(&n.type_url),
                         n.resources.join(", "),
                         n.version,
                         n.message
                     ),
-                });
+                ));
             }
         }
         out.sort_by(|a, b| {
@@ -435,7 +453,7 @@ impl Status {
         self.inner.read().streams.values().cloned().collect()
     }
 
-    pub(crate) fn stream_opened(&self, stream: u64, node: &str, protocol: Protocol) {
+    pub fn stream_opened(&self, stream: u64, node: &str, protocol: Protocol) {
         self.inner.write().streams.insert(
             stream,
             StreamStatus {
@@ -450,7 +468,7 @@ impl Status {
         self.changed();
     }
 
-    pub(crate) fn stream_closed(&self, stream: u64) {
+    pub fn stream_closed(&self, stream: u64) {
         let mut inner = self.inner.write();
         inner.streams.remove(&stream);
         let nacks = inner.nacks.len();
@@ -464,13 +482,13 @@ impl Status {
         }
     }
 
-    pub(crate) fn stream_pushed(&self, stream: u64, type_url: &str, version: &str) {
+    pub fn stream_pushed(&self, stream: u64, type_url: &str, version: &str) {
         if let Some(s) = self.inner.write().streams.get_mut(&stream) {
             s.pushed.insert(type_url.to_string(), version.to_string());
         }
     }
 
-    pub(crate) fn stream_acked(&self, stream: u64, type_url: &str, version: &str) {
+    pub fn stream_acked(&self, stream: u64, type_url: &str, version: &str) {
         let mut inner = self.inner.write();
         if let Some(s) = inner.streams.get_mut(&stream) {
             s.acked.insert(type_url.to_string(), version.to_string());
@@ -487,7 +505,7 @@ impl Status {
         }
     }
 
-    pub(crate) fn record_nack(&self, nack: NackRecord) {
+    pub fn record_nack(&self, nack: NackRecord) {
         self.inner
             .write()
             .nacks
@@ -497,7 +515,7 @@ impl Status {
 
     // ---- timing -----------------------------------------------------------------
 
-    pub(crate) fn record_published(&self, p: Published) {
+    pub fn record_published(&self, p: Published) {
         let mut published = self.published.lock();
         if published.len() == TIMED_VERSIONS {
             published.pop_front();
@@ -521,14 +539,6 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
         q.pop_front();
     }
     q.push_back(item);
-}
-
-pub fn severity_name(s: ir::Severity) -> &'static str {
-    match s {
-        ir::Severity::Error => "error",
-        ir::Severity::Warning => "warning",
-        ir::Severity::Info => "info",
-    }
 }
 
 /// RFC 3339 in UTC with millisecond precision, for people reading /debug.
@@ -565,11 +575,5 @@ mod tests {
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
         assert_eq!(at(1_767_225_599), "2025-12-31T23:59:59.000Z");
-    }
-}
-
-impl AsRef<Metrics> for Status {
-    fn as_ref(&self) -> &Metrics {
-        &self.metrics
     }
 }

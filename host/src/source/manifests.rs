@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tracing::{info, warn};
 
-use crate::source::files::{self, Loaded, ManifestError};
+use super::files::{self, Loaded, ManifestError};
 use crate::store::{Event, Object, ObjectKey};
 
 /// What one file currently contributes.

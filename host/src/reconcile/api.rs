@@ -1,5 +1,5 @@
 //! Where a reconciler's actions land. The host carries them out with its own
-//! credentials; a plugin never holds any. [`MemoryCluster`] is the cluster
+//! credentials; a plugin never holds any. [`MemoryApi`] is the cluster
 //! the host keeps when it has none (a manifest directory, tests, the
 //! benchmark): an API server's write semantics over an in-memory object set,
 //! whose writes come back as watch events, as a real cluster's do.
@@ -22,7 +22,7 @@ pub enum Write {
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum ClusterError {
+pub enum ApiError {
     /// The object, as `ObjectKey` displays it.
     #[error("{0} not found")]
     NotFound(String),
@@ -49,28 +49,28 @@ pub struct RecordedEvent {
 }
 
 /// The writes a reconciler's actions turn into.
-pub trait Cluster: Send + Sync + 'static {
+pub trait Api: Send + Sync + 'static {
     /// Server-side apply of `object` by `manager`.
     fn apply<'a>(
         &'a self,
         object: Value,
         manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    ) -> BoxFuture<'a, Result<Write, ApiError>>;
     /// Server-side apply of `status` to the status subresource of `key`.
     fn apply_status<'a>(
         &'a self,
         key: &'a ObjectKey,
         status: Value,
         manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
+    ) -> BoxFuture<'a, Result<Write, ApiError>>;
     fn set_finalizer<'a>(
         &'a self,
         key: &'a ObjectKey,
         finalizer: &'a str,
         present: bool,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>>;
-    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>>;
-    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>>;
+    ) -> BoxFuture<'a, Result<Write, ApiError>>;
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ApiError>>;
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ApiError>>;
 }
 
 #[derive(Default)]
@@ -87,16 +87,16 @@ struct State {
 /// finalizers holding deletion (a deletion timestamp instead), owner
 /// references garbage-collected on delete, a resourceVersion per write.
 /// Every change is sent on the events channel, as a watch would see it.
-pub struct MemoryCluster {
+pub struct MemoryApi {
     state: Mutex<State>,
     events: mpsc::UnboundedSender<StoreEvent>,
 }
 
-impl MemoryCluster {
+impl MemoryApi {
     pub fn new() -> (Self, mpsc::UnboundedReceiver<StoreEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
-            MemoryCluster {
+            MemoryApi {
                 state: Mutex::new(State::default()),
                 events: tx,
             },
@@ -105,7 +105,7 @@ impl MemoryCluster {
     }
 
     /// Creates or replaces an object as a user would (`kubectl apply`).
-    pub fn put(&self, mut object: Value) -> Result<ObjectKey, ClusterError> {
+    pub fn put(&self, mut object: Value) -> Result<ObjectKey, ApiError> {
         let mut state = self.state.lock();
         let key = key_of(&object)?;
         if let Some(old) = state.objects.get(&key) {
@@ -130,7 +130,7 @@ impl MemoryCluster {
     }
 
     /// Deletes as a user would (honouring finalizers).
-    pub fn remove(&self, key: &ObjectKey) -> Result<Write, ClusterError> {
+    pub fn remove(&self, key: &ObjectKey) -> Result<Write, ApiError> {
         let mut state = self.state.lock();
         self.delete_locked(&mut state, key)
     }
@@ -174,7 +174,7 @@ impl MemoryCluster {
         Write::Unchanged
     }
 
-    fn delete_locked(&self, state: &mut State, key: &ObjectKey) -> Result<Write, ClusterError> {
+    fn delete_locked(&self, state: &mut State, key: &ObjectKey) -> Result<Write, ApiError> {
         let Some(obj) = state.objects.get(key).cloned() else {
             return Ok(self.unchanged(state));
         };
@@ -215,8 +215,8 @@ impl MemoryCluster {
     }
 }
 
-pub(super) fn key_of(object: &Value) -> Result<ObjectKey, ClusterError> {
-    let o = Object::from_value(object.clone()).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+pub(super) fn key_of(object: &Value) -> Result<ObjectKey, ApiError> {
+    let o = Object::from_value(object.clone()).map_err(|e| ApiError::Invalid(e.to_string()))?;
     Ok(o.key())
 }
 
@@ -270,12 +270,12 @@ fn managed_by(obj: &Value) -> Option<&str> {
         .as_str()
 }
 
-impl Cluster for MemoryCluster {
+impl Api for MemoryApi {
     fn apply<'a>(
         &'a self,
         object: Value,
         manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         Box::pin(async move {
             let mut state = self.state.lock();
             let key = key_of(&object)?;
@@ -285,7 +285,7 @@ impl Cluster for MemoryCluster {
                     if let Some(owner) = managed_by(old)
                         && owner != manager
                     {
-                        return Err(ClusterError::Conflict {
+                        return Err(ApiError::Conflict {
                             key: key.to_string(),
                             owner: owner.to_string(),
                             wanted: manager.to_string(),
@@ -338,11 +338,11 @@ impl Cluster for MemoryCluster {
         key: &'a ObjectKey,
         status: Value,
         _manager: &'a str,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         Box::pin(async move {
             let mut state = self.state.lock();
             let Some(old) = state.objects.get(key).cloned() else {
-                return Err(ClusterError::NotFound(key.to_string()));
+                return Err(ApiError::NotFound(key.to_string()));
             };
             let mut next = old.clone();
             if !next.get("status").is_some_and(Value::is_object) {
@@ -362,11 +362,11 @@ impl Cluster for MemoryCluster {
         key: &'a ObjectKey,
         finalizer: &'a str,
         present: bool,
-    ) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Write, ApiError>> {
         Box::pin(async move {
             let mut state = self.state.lock();
             let Some(mut obj) = state.objects.get(key).cloned() else {
-                return Err(ClusterError::NotFound(key.to_string()));
+                return Err(ApiError::NotFound(key.to_string()));
             };
             let mut list: Vec<Value> = obj["metadata"]["finalizers"]
                 .as_array()
@@ -378,7 +378,7 @@ impl Cluster for MemoryCluster {
             }
             if present {
                 if obj["metadata"].get("deletionTimestamp").is_some() {
-                    return Err(ClusterError::Invalid(format!(
+                    return Err(ApiError::Invalid(format!(
                         "{key} is being deleted: no new finalizers"
                     )));
                 }
@@ -399,14 +399,14 @@ impl Cluster for MemoryCluster {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ClusterError>> {
+    fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Write, ApiError>> {
         Box::pin(async move {
             let mut state = self.state.lock();
             self.delete_locked(&mut state, key)
         })
     }
 
-    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ClusterError>> {
+    fn event<'a>(&'a self, event: RecordedEvent) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
             self.state.lock().events.push(event);
             Ok(())
@@ -436,7 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn apply_creates_then_skips_the_same_intent_and_keeps_status() {
-        let (c, mut events) = MemoryCluster::new();
+        let (c, mut events) = MemoryApi::new();
         let k = key("Deployment", "apps/v1", "c");
         assert_eq!(c.apply(child(1, "u"), "isobar/p").await, Ok(Write::Changed));
         assert!(matches!(events.try_recv(), Ok(StoreEvent::Apply(_))));
@@ -455,14 +455,14 @@ mod tests {
         // Another manager may not take the object over.
         assert!(matches!(
             c.apply(child(3, "u"), "isobar/other").await,
-            Err(ClusterError::Conflict { .. })
+            Err(ApiError::Conflict { .. })
         ));
         assert_eq!(c.write_counts(), (3, 1));
     }
 
     #[tokio::test]
     async fn status_conditions_merge_by_type() {
-        let (c, _events) = MemoryCluster::new();
+        let (c, _events) = MemoryApi::new();
         let k = c.put(owner()).unwrap();
         c.apply_status(
             &k,
@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(
             c.apply_status(&key("Owner", "example.com/v1", "missing"), json!({}), "m")
                 .await,
-            Err(ClusterError::NotFound(
+            Err(ApiError::NotFound(
                 key("Owner", "example.com/v1", "missing").to_string()
             ))
         );
@@ -501,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn finalizers_hold_deletion_and_dependents_are_collected() {
-        let (c, _events) = MemoryCluster::new();
+        let (c, _events) = MemoryApi::new();
         let k = c.put(owner()).unwrap();
         let uid = c.get(&k).unwrap()["metadata"]["uid"]
             .as_str()

@@ -1,33 +1,26 @@
-//! Filesystem events (notify) turned into controller input: which manifest
-//! paths changed, whether the plugin file did, or "rescan everything" when
-//! the kernel's queue overflowed.
+//! Filesystem events (notify): which manifest paths changed, whether a
+//! plugin file did, or "rescan everything" when the kernel's queue
+//! overflowed.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, warn};
 
-use crate::source::kube::SourceUpdate;
-
-/// What the controller thread is told.
+/// What changed on disk.
 #[derive(Debug)]
-pub(crate) enum Input {
-    /// Paths changed on disk, first seen at `at`.
+pub enum FsEvent {
+    /// Paths changed, first seen at `at`.
     Paths { paths: Vec<PathBuf>, at: Instant },
     /// Events may have been lost: read everything again.
     Rescan { at: Instant },
-    /// Objects from the cluster (the kube source).
-    Objects(SourceUpdate),
-    /// Shut down.
-    Stop,
 }
 
 /// Where the watched things are, as the kernel reports them (canonical).
 #[derive(Clone, Debug)]
-pub(crate) struct Watched {
+pub struct Watched {
     /// The manifest directory; none when objects come from the cluster.
     pub manifests: Option<PathBuf>,
     pub plugin: PathBuf,
@@ -74,12 +67,15 @@ fn relevant(kind: &EventKind) -> bool {
 /// Watches the manifest directory (recursively) and the plugin file's
 /// directory (the file itself is usually replaced by a rename, which a
 /// watch on the file would not survive).
-pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<RecommendedWatcher> {
+pub fn start(
+    watched: &Watched,
+    sink: impl Fn(FsEvent) + Send + 'static,
+) -> notify::Result<RecommendedWatcher> {
     let w = watched.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let at = Instant::now();
         let input = match res {
-            Ok(event) if event.need_rescan() => Input::Rescan { at },
+            Ok(event) if event.need_rescan() => FsEvent::Rescan { at },
             Ok(event) if relevant(&event.kind) => {
                 let paths: Vec<PathBuf> = event
                     .paths
@@ -94,16 +90,15 @@ pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<Reco
                     return;
                 }
                 debug!(kind = ?event.kind, ?paths, "file event");
-                Input::Paths { paths, at }
+                FsEvent::Paths { paths, at }
             }
             Ok(_) => return,
             Err(e) => {
                 warn!(error = %e, "file watch error; reading everything again");
-                Input::Rescan { at }
+                FsEvent::Rescan { at }
             }
         };
-        // The controller is gone when we are shutting down.
-        let _ = tx.send(input);
+        sink(input);
     })?;
     if let Some(manifests) = &watched.manifests {
         watcher.watch(manifests, RecursiveMode::Recursive)?;

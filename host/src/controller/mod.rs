@@ -1,0 +1,577 @@
+//! The controller thread: the one writer of the store, and the driver of
+//! the pipeline.
+//!
+//! It takes debounced batches of input (manifest files that changed, the
+//! kube source's watch events, the in-memory API's writes), applies them to
+//! the store, runs an incremental round and publishes the snapshot; it hands
+//! the reconcilers what changed in their kinds; it swaps plugins.
+//! Everything here is synchronous and CPU-bound, so it runs on its own
+//! thread, never on the async runtime that serves xDS; streams only ever
+//! see finished snapshots through the `watch` channel, so a slow plugin
+//! never stalls them.
+//!
+//! In the cluster the first snapshot waits until every watch has listed
+//! once, so `/readyz` means "serving what the cluster holds".
+
+mod swap;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::pipeline::{Pipeline, Round, host_kinds};
+use crate::plugin::{Plugin, Runtime};
+use crate::reconcile::MemoryApi;
+use crate::reconcile::runner::RunnerInput;
+use crate::report::metrics::{labels1, labels2, secs, short_type};
+use crate::report::{ManifestProblem, Published, Report};
+use crate::source::kube::{KubeSource, SourceUpdate, WatchSpec};
+use crate::source::manifests::ManifestSet;
+use crate::source::watch::{FsEvent, Watched};
+use crate::store::{Change, Event, KindKey, Store, Writer};
+use crate::xds::Snapshot;
+
+/// What the controller thread is told.
+#[derive(Debug)]
+pub enum Input {
+    /// Files changed on disk (manifests, plugin files).
+    Files(FsEvent),
+    /// Objects from the cluster (the kube source).
+    Objects(SourceUpdate),
+    /// Writes of the in-memory API server (reconcilers serving manifests).
+    Written(Vec<Event>),
+    /// Shut down.
+    Stop,
+}
+
+/// How the controller batches input.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    /// A batch ends after this long without a new event...
+    pub quiet: Duration,
+    /// ...or this long after its first event, whichever comes first.
+    pub max_delay: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Debounce {
+            quiet: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One debounced batch.
+#[derive(Default)]
+struct Batch {
+    first_at: Option<Instant>,
+    manifests: BTreeSet<PathBuf>,
+    /// Events from the cluster or the in-memory API, in the order they came.
+    objects: Vec<Event>,
+    synced: Vec<KindKey>,
+    plugin: bool,
+    /// Reconciler files that may have changed, by index.
+    reconcilers: BTreeSet<usize>,
+    rescan: bool,
+    stop: bool,
+}
+
+impl Batch {
+    fn add(&mut self, input: Input, watched: &Watched) {
+        match input {
+            Input::Files(FsEvent::Paths { paths, at }) => {
+                self.first_at.get_or_insert(at);
+                for p in paths {
+                    let reconcilers = watched.reconcilers_at(&p);
+                    let is_plugin = watched.is_plugin(&p);
+                    if !is_plugin && reconcilers.is_empty() {
+                        self.manifests.insert(p);
+                        continue;
+                    }
+                    self.plugin |= is_plugin;
+                    self.reconcilers.extend(reconcilers);
+                }
+            }
+            Input::Files(FsEvent::Rescan { at }) => {
+                self.first_at.get_or_insert(at);
+                self.rescan = true;
+                self.plugin = true;
+            }
+            Input::Objects(update) => {
+                self.first_at.get_or_insert(update.at);
+                self.objects.extend(update.events);
+                if update.first_sync {
+                    self.synced.push(update.kind);
+                }
+            }
+            Input::Written(events) => {
+                self.first_at.get_or_insert_with(Instant::now);
+                self.objects.extend(events);
+            }
+            Input::Stop => self.stop = true,
+        }
+    }
+}
+
+/// Where the controller's objects come from.
+pub enum Origin {
+    /// A manifest directory. With reconcilers, the objects of their kinds go
+    /// to the in-memory API server (as `kubectl apply` would) and reach the
+    /// store as its writes do.
+    Files {
+        set: ManifestSet,
+        api: Option<(Arc<MemoryApi>, HashSet<KindKey>)>,
+    },
+    /// The kube source's watches.
+    Cluster(ClusterState),
+}
+
+/// What the controller knows of the cluster's watches.
+pub struct ClusterState {
+    source: KubeSource,
+    synced: HashSet<KindKey>,
+    /// A plugin compiled and waiting for the first list of kinds it adds.
+    pending: Option<swap::Pending>,
+}
+
+impl ClusterState {
+    pub fn new(source: KubeSource) -> Self {
+        ClusterState {
+            source,
+            synced: HashSet::new(),
+            pending: None,
+        }
+    }
+
+    fn all_synced(&self, kinds: &HashSet<KindKey>) -> bool {
+        kinds.iter().all(|k| self.synced.contains(k))
+    }
+}
+
+/// The kinds a translator needs in the store: what it reads and what the
+/// host reads itself.
+pub fn kinds_of(plugin: &Plugin) -> HashSet<KindKey> {
+    let mut kinds: HashSet<KindKey> = plugin.watched_kinds().into_iter().collect();
+    kinds.extend(plugin.root_kinds());
+    kinds.extend(host_kinds());
+    kinds
+}
+
+/// The watches a plugin needs: its roots (which a label selector narrows),
+/// what it reads, and what the host reads itself.
+pub fn watch_specs(plugin: &Plugin, extra: &HashSet<KindKey>) -> Vec<WatchSpec> {
+    let roots: HashSet<KindKey> = plugin.root_kinds().into_iter().collect();
+    let mut kinds = kinds_of(plugin);
+    kinds.extend(extra.iter().cloned());
+    kinds
+        .into_iter()
+        .map(|kind| WatchSpec {
+            root: roots.contains(&kind),
+            kind,
+        })
+        .collect()
+}
+
+/// The reconcilers' side of the controller: the kinds they read and where
+/// changes to them go.
+pub struct Reconcilers {
+    pub kinds: HashSet<KindKey>,
+    pub inputs: tokio::sync::mpsc::UnboundedSender<RunnerInput>,
+}
+
+pub struct Controller {
+    runtime: Runtime,
+    watched: Watched,
+    origin: Origin,
+    writer: Writer,
+    pipeline: Pipeline,
+    /// Kinds the current plugin or the host reads.
+    kinds: HashSet<KindKey>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    report: Arc<Report>,
+    debounce: Debounce,
+    /// The manifest directory as read while the plugin compiled.
+    prescanned: Option<Vec<Event>>,
+    reconcilers: Option<Reconcilers>,
+    /// The pipeline (by plugin) and roots generation last published.
+    roots_published: Option<(String, u64)>,
+}
+
+/// What a [`Controller`] is built from.
+pub struct Parts {
+    pub runtime: Runtime,
+    pub plugin: Plugin,
+    pub watched: Watched,
+    pub writer: Writer,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub report: Arc<Report>,
+    pub debounce: Debounce,
+    pub origin: Origin,
+    pub prescanned: Option<Vec<Event>>,
+    pub reconcilers: Option<Reconcilers>,
+}
+
+impl Controller {
+    pub fn new(parts: Parts) -> Self {
+        let pipeline = Pipeline::new(parts.writer.store(), parts.plugin);
+        Controller {
+            kinds: kinds_of(pipeline.plugin()),
+            pipeline,
+            runtime: parts.runtime,
+            watched: parts.watched,
+            origin: parts.origin,
+            writer: parts.writer,
+            snapshots: parts.snapshots,
+            report: parts.report,
+            debounce: parts.debounce,
+            prescanned: parts.prescanned,
+            reconcilers: parts.reconcilers,
+            roots_published: None,
+        }
+    }
+
+    /// The store this controller writes.
+    pub fn store(&self) -> Store {
+        self.writer.store()
+    }
+
+    /// Builds the first snapshot, then serves batches until told to stop
+    /// (or every sender is gone).
+    pub fn run(mut self, inputs: Receiver<Input>) {
+        let mut early = Batch::default();
+        if !self.wait_for_sync(&inputs, &mut early) {
+            info!("controller stopped before the first snapshot");
+            return;
+        }
+        self.initial(std::mem::take(&mut early.objects));
+        if early.plugin {
+            self.swap(early.first_at);
+        }
+        self.swap_reconcilers(std::mem::take(&mut early.reconcilers));
+        while let Ok(first) = inputs.recv() {
+            let mut batch = Batch::default();
+            batch.add(first, &self.watched);
+            let started = Instant::now();
+            while !batch.stop {
+                let left = self.debounce.max_delay.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match inputs.recv_timeout(self.debounce.quiet.min(left)) {
+                    Ok(input) => batch.add(input, &self.watched),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => batch.stop = true,
+                }
+            }
+            if batch.stop {
+                break;
+            }
+            self.process(batch);
+        }
+        info!("controller stopped");
+    }
+
+    /// In the cluster: applies the source's updates to the store until
+    /// every watch the plugins need has listed once. Other input meanwhile
+    /// is kept in `early` for after the first snapshot. False when told to
+    /// stop.
+    fn wait_for_sync(&mut self, inputs: &Receiver<Input>, early: &mut Batch) -> bool {
+        const LOG_EVERY: Duration = Duration::from_secs(10);
+        let started = Instant::now();
+        let mut needed = self.kinds.clone();
+        if let Some(r) = &self.reconcilers {
+            needed.extend(r.kinds.iter().cloned());
+        }
+        loop {
+            let Origin::Cluster(cluster) = &mut self.origin else {
+                return true;
+            };
+            if cluster.all_synced(&needed) {
+                info!(
+                    kinds = needed.len(),
+                    objects = self.writer.store().len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "every watch has synced"
+                );
+                return true;
+            }
+            match inputs.recv_timeout(LOG_EVERY) {
+                Ok(Input::Objects(update)) => {
+                    self.writer.apply_all(update.events);
+                    if update.first_sync {
+                        cluster.synced.insert(update.kind);
+                    }
+                }
+                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(other) => early.add(other, &self.watched),
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut waiting: Vec<String> = needed
+                        .iter()
+                        .filter(|k| !cluster.synced.contains(*k))
+                        .map(|k| k.to_string())
+                        .collect();
+                    waiting.sort();
+                    info!(
+                        ?waiting,
+                        "waiting for watches to list before the first snapshot"
+                    );
+                }
+            }
+        }
+    }
+
+    fn initial(&mut self, early_objects: Vec<Event>) {
+        let started = Instant::now();
+        let events = match (self.prescanned.take(), &mut self.origin) {
+            (Some(events), _) => events,
+            (None, Origin::Files { set, .. }) => set.rescan(),
+            (None, Origin::Cluster(_)) => Vec::new(),
+        };
+        let plugin = self.pipeline.plugin().clone();
+        self.report.plugin_loaded(&plugin);
+        let mut changes = self.ingest(events);
+        changes.extend(self.writer.apply_all(early_objects));
+        if matches!(self.origin, Origin::Cluster(_)) {
+            // What the watches listed while waiting for the sync.
+            changes.extend(
+                self.writer
+                    .store()
+                    .read()
+                    .list_all()
+                    .map(|o| Change::Added(o.key())),
+            );
+        }
+        self.forward(&changes);
+        let round = self.pipeline.rebuild();
+        self.observe_round(&round);
+        // Published (and ready) before it is said to be built.
+        self.after_round(Some(started), "initial");
+        info!(
+            plugin = %plugin.info.name,
+            objects = self.writer.store().len(),
+            calls = round.translation.calls,
+            failures = round.translation.failures,
+            resources = self.pipeline.snapshot().len(),
+            version = round.version,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "first snapshot built"
+        );
+        self.log_unread_kinds();
+    }
+
+    /// Applies source events to the store, except those of the in-memory
+    /// API's kinds, which go to it (its writes come back as input).
+    fn ingest(&mut self, events: Vec<Event>) -> Vec<Change> {
+        let Origin::Files {
+            api: Some((api, kinds)),
+            ..
+        } = &self.origin
+        else {
+            return self.writer.apply_all(events);
+        };
+        let (theirs, ours): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| kinds.contains(&event_kind(e)));
+        for e in &theirs {
+            crate::reconcile::runner::seed(api, e);
+        }
+        self.writer.apply_all(ours)
+    }
+
+    /// Says which kinds in the store nobody reads (kept: a plugin swapped
+    /// in later may read them).
+    fn log_unread_kinds(&self) {
+        if !matches!(self.origin, Origin::Files { .. }) {
+            return;
+        }
+        let mut read = self.kinds.clone();
+        if let Some(r) = &self.reconcilers {
+            read.extend(r.kinds.iter().cloned());
+        }
+        let store = self.writer.store();
+        let index = store.read();
+        let mut unread: std::collections::BTreeMap<String, usize> = Default::default();
+        for kind in index.kinds().filter(|k| !read.contains(*k)) {
+            unread.insert(kind.to_string(), index.list(kind, None).count());
+        }
+        if !unread.is_empty() {
+            info!(kinds = ?unread, "manifests hold objects of kinds no loaded plugin reads; they are kept aside");
+        }
+    }
+
+    fn process(&mut self, batch: Batch) {
+        let at = batch.first_at;
+        let events = match &mut self.origin {
+            Origin::Files { set, .. } if batch.rescan => Some(set.rescan()),
+            Origin::Files { set, .. } if !batch.manifests.is_empty() => {
+                Some(set.refresh(&batch.manifests))
+            }
+            Origin::Files { .. } | Origin::Cluster(_) => None,
+        };
+        if let Origin::Cluster(cluster) = &mut self.origin {
+            cluster.synced.extend(batch.synced.iter().cloned());
+        }
+        let mut changes = events.map(|e| self.ingest(e)).unwrap_or_default();
+        changes.extend(self.writer.apply_all(batch.objects));
+        if changes.is_empty() {
+            // Nothing the store holds changed; errors may have.
+            self.publish_problems();
+        } else {
+            self.forward(&changes);
+            let started = Instant::now();
+            let round = self.pipeline.update(&changes);
+            self.observe_round(&round);
+            info!(
+                changes = changes.len(),
+                calls = round.translation.calls,
+                failures = round.translation.failures,
+                resources_changed = round.resources_changed,
+                version = round.version,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "objects applied"
+            );
+            self.after_round(at, self.trigger());
+        }
+        self.swap_when_synced();
+        if batch.plugin {
+            self.swap(at);
+        }
+        self.swap_reconcilers(batch.reconcilers);
+    }
+
+    /// Hands the reconcilers the changes to their kinds, in order.
+    fn forward(&self, changes: &[Change]) {
+        let Some(r) = &self.reconcilers else { return };
+        let theirs: Vec<Change> = changes
+            .iter()
+            .filter(|c| r.kinds.contains(&c.key().kind))
+            .cloned()
+            .collect();
+        if !theirs.is_empty() {
+            let _ = r.inputs.send(RunnerInput::Changes(theirs));
+        }
+    }
+
+    fn swap_reconcilers(&self, files: BTreeSet<usize>) {
+        if let Some(r) = &self.reconcilers {
+            for i in files {
+                let _ = r.inputs.send(RunnerInput::Swap(i));
+            }
+        }
+    }
+
+    fn trigger(&self) -> &'static str {
+        match self.origin {
+            Origin::Files { .. } => "manifests",
+            Origin::Cluster(_) => "cluster",
+        }
+    }
+
+    fn observe_round(&self, round: &Round) {
+        let plugin = self.pipeline.plugin().clone();
+        self.observe_round_for(&plugin, round);
+    }
+
+    fn observe_round_for(&self, plugin: &Plugin, round: &Round) {
+        let m = &self.report.metrics;
+        let name = labels1("plugin", plugin.info.name.clone());
+        let hist = m.plugin_call_duration.get_or_create_owned(&name);
+        for d in &round.translation.call_durations {
+            hist.observe(secs(*d));
+        }
+        m.plugin_calls
+            .get_or_create(&name)
+            .inc_by(round.translation.calls as u64);
+        for (reason, n) in &round.translation.failure_reasons {
+            m.plugin_failures
+                .get_or_create(&labels2(
+                    "plugin",
+                    plugin.info.name.clone(),
+                    "reason",
+                    reason.clone(),
+                ))
+                .inc_by(*n as u64);
+        }
+    }
+
+    /// Publishes the pipeline's snapshot if it is new, and the problems.
+    fn after_round(&mut self, change_at: Option<Instant>, trigger: &str) {
+        let snapshot = self.pipeline.snapshot();
+        let current = self.snapshots.borrow().version;
+        if snapshot.version != current {
+            let snapshot = Arc::new(snapshot.clone());
+            let m = &self.report.metrics;
+            m.snapshot_version.set(snapshot.version as i64);
+            for t in crate::xds::type_url::PUSH_ORDER {
+                let n = snapshot.of_type(t).map_or(0, |r| r.len());
+                m.snapshot_resources
+                    .get_or_create(&labels1("type", short_type(t)))
+                    .set(n as i64);
+            }
+            // Timing first: a stream may push before this thread runs again.
+            self.report.record_published(Published {
+                version: snapshot.version,
+                at: Instant::now(),
+                change_at,
+            });
+            if let Some(at) = change_at {
+                m.change_to_snapshot
+                    .get_or_create(&labels1("trigger", trigger))
+                    .observe(secs(at.elapsed()));
+            }
+            self.snapshots.send_replace(snapshot);
+        }
+        if self.snapshots.borrow().version > 0 {
+            self.report.mark_ready();
+        }
+        self.publish_problems();
+    }
+
+    fn publish_problems(&mut self) {
+        // Roots change only in rounds that translated something: an
+        // endpoint-only round does not rebuild the list.
+        let generation = Some((
+            self.pipeline.plugin().digest.clone(),
+            self.pipeline.roots_generation(),
+        ));
+        if self.report.wants_roots() && self.roots_published != generation {
+            self.report.set_roots(self.pipeline.roots());
+            self.roots_published = generation;
+        }
+        if let Origin::Files { set, .. } = &self.origin {
+            self.report
+                .set_manifest_errors(set.errors().iter().map(ManifestProblem::from).collect());
+        }
+        self.report.set_diagnostics(self.pipeline.diagnostic_set());
+    }
+}
+
+fn event_kind(e: &Event) -> KindKey {
+    match e {
+        Event::Apply(o) => o.kind_key(),
+        Event::Delete(k) => k.kind.clone(),
+    }
+}
+
+/// Runs the controller, turning a panic into a recorded failure (the host
+/// keeps serving its last snapshot; /healthz reports the failure).
+pub fn run_guarded(controller: Controller, inputs: Receiver<Input>) {
+    let report = controller.report.clone();
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || controller.run(inputs)));
+    if let Err(panic) = result {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        error!(error = %why, "controller thread panicked; serving the last snapshot, no more updates");
+        report.set_failed(format!("controller panicked: {why}"));
+    }
+}

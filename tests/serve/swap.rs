@@ -1,0 +1,304 @@
+//! Plugin hot swaps under live streams: applied, rejected, a JavaScript
+//! policy swapped in.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_hot_swap_under_live_streams() {
+    const STREAMS: usize = 24;
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop()])),
+    ])
+    .await;
+    let addr = f.server.xds_addr();
+
+    // Half SotW, half delta, each on its own connection, all synced.
+    let mut sotw = Vec::new();
+    let mut delta = Vec::new();
+    for i in 0..STREAMS / 2 {
+        let mut s = Sotw::open_envoy(addr, &format!("sotw-{i}")).await;
+        s.until("the shop", has_shop).await;
+        sotw.push(s);
+        let mut d = Delta::open_envoy(addr, &format!("delta-{i}")).await;
+        d.until("the shop", has_shop).await;
+        delta.push(d);
+    }
+    f.wait("every stream to open", |s| s.streams().len() == STREAMS)
+        .await;
+    let before = f.version();
+
+    // The faults plugin sends everything of an Ingress to its first
+    // backend: the api cluster goes away.
+    let swapped_at = Instant::now();
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
+    f.wait("the swap", |s| {
+        s.plugin().is_some_and(|p| p.name == "faults")
+    })
+    .await;
+    let after = f.version();
+    assert!(
+        after > before,
+        "the version must go on: {before} -> {after}"
+    );
+    // SotW and delta resend only the types that changed: clusters and
+    // routes here (the listener is the same). The api endpoints go away:
+    // delta says so (`removed_resources`); SotW has no removals for
+    // endpoints, whose cluster's removal is what tells Envoy.
+    let sotw_faults =
+        |h: &Held| h.min_version(&[CDS, RDS]) >= after && names(&h.snapshot, CDS) == [WEB];
+    let delta_faults = |h: &Held| {
+        h.min_version(&[CDS, EDS, RDS]) >= after
+            && names(&h.snapshot, CDS) == [WEB]
+            && names(&h.snapshot, EDS) == [WEB]
+    };
+    let all = futures::future::join(
+        futures::future::join_all(
+            sotw.iter_mut()
+                .map(|s| s.until("the faults plugin's output", sotw_faults)),
+        ),
+        futures::future::join_all(
+            delta
+                .iter_mut()
+                .map(|d| d.until("the faults plugin's output", delta_faults)),
+        ),
+    );
+    all.await;
+    let elapsed = swapped_at.elapsed();
+    eprintln!(
+        "plugin swap: file renamed -> all {STREAMS} streams on the new snapshot in {elapsed:?}"
+    );
+    for s in &sotw {
+        assert_eq!(
+            routes(&s.held.snapshot, "ingress_http", "shop.example.com"),
+            pairs(&[("prefix=/", "cluster=default/web/80")])
+        );
+    }
+    // No stream was dropped.
+    assert_eq!(f.server.active_streams(), STREAMS);
+    assert_eq!(f.server.report().streams().len(), STREAMS);
+
+    // And back, still on the same streams.
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-ingress")).unwrap());
+    f.wait("the swap back", |s| {
+        s.plugin().is_some_and(|p| p.name == "ingress")
+    })
+    .await;
+    let back = f.version();
+    assert!(back > after);
+    // (A SotW client already holds the api endpoints, unchanged: only the
+    // cluster and routes come again.)
+    let sotw_again = |h: &Held| h.min_version(&[CDS, RDS]) >= back && has_shop(h);
+    let delta_again = |h: &Held| h.min_version(&[CDS, EDS, RDS]) >= back && has_shop(h);
+    futures::future::join_all(
+        sotw.iter_mut()
+            .map(|s| s.until("the ingress plugin's output", sotw_again)),
+    )
+    .await;
+    futures::future::join_all(
+        delta
+            .iter_mut()
+            .map(|d| d.until("the ingress plugin's output", delta_again)),
+    )
+    .await;
+    assert_eq!(f.server.active_streams(), STREAMS);
+    let history = f.get_json("/debug/plugins").await["history"].clone();
+    let results: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["loaded", "loaded", "loaded"]);
+}
+
+/// The shop's routes as a client holds them (none before they arrive).
+fn shop_routes(h: &Held) -> Vec<(String, String)> {
+    if h.domains("ingress_http").contains("shop.example.com") {
+        routes(&h.snapshot, "ingress_http", "shop.example.com")
+    } else {
+        Vec::new()
+    }
+}
+
+/// A routing policy written in JavaScript (`plugins/canary-js`, built with
+/// componentize-js) swapped in while serving: the live streams get the
+/// canary split the annotation asks for, without a restart or a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_canary_policy_swapped_in_live() {
+    let js = target_dir()
+        .join("wasm32-wasip2")
+        .join("release")
+        .join("isobar_plugin_canary_js.wasm");
+    if !js.exists()
+        && std::process::Command::new("npm")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "## SKIPPED javascript_canary_policy_swapped_in_live: no npm to build plugins/canary-js ##"
+        );
+        return;
+    }
+    let js = std::fs::read(plugin_path("isobar-plugin-canary-js")).unwrap();
+    let mut canary_shop = shop();
+    canary_shop["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:20"});
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        (
+            "01-canary.yaml",
+            yaml(&[
+                service("default", "web-canary", &[("http", 80, json!(8080))]),
+                slice("default", "web-canary", "1", "http", 8080, &["10.0.0.3"]),
+            ]),
+        ),
+        ("10-shop.yaml", yaml(&[canary_shop])),
+    ])
+    .await;
+    let addr = f.server.xds_addr();
+    let mut sotw = Sotw::open_envoy(addr, "sotw").await;
+    let mut delta = Delta::open_envoy(addr, "delta").await;
+    // The Rust Ingress plugin knows nothing of canaries.
+    let plain = pairs(&[
+        ("path=/api", "cluster=default/api/80"),
+        ("prefix=/api/", "cluster=default/api/80"),
+        ("prefix=/", "cluster=default/web/80"),
+    ]);
+    let is_plain = |h: &Held| shop_routes(h) == plain;
+    sotw.until("the plain routes", is_plain).await;
+    delta.until("the plain routes", is_plain).await;
+
+    f.install_plugin(&js);
+    // A SpiderMonkey-based component takes tens of seconds to compile the
+    // first time (later runs hit the compile cache).
+    assert!(
+        f.server
+            .report()
+            .wait_until(Duration::from_secs(300), |s| s
+                .plugin()
+                .is_some_and(|p| p.name == "canary-js"))
+            .await,
+        "timed out waiting for the JavaScript plugin to be swapped in: {:?}",
+        f.get_json("/debug/plugins").await
+    );
+    let split = pairs(&[
+        (
+            "path=/api",
+            "weighted=default/api/80:80,default/web-canary/80:20",
+        ),
+        (
+            "prefix=/api/",
+            "weighted=default/api/80:80,default/web-canary/80:20",
+        ),
+        (
+            "prefix=/",
+            "weighted=default/web/80:80,default/web-canary/80:20",
+        ),
+    ]);
+    let is_split = |h: &Held| shop_routes(h) == split;
+    sotw.until("the canary split", is_split).await;
+    delta.until("the canary split", is_split).await;
+    assert!(names(&sotw.held.snapshot, CDS).contains(&"default/web-canary/80".to_string()));
+    assert_eq!(f.server.active_streams(), 2, "no stream dropped");
+
+    // The policy is live: a new weight in the manifest is a new split.
+    let mut heavier = shop();
+    heavier["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:50"});
+    f.write("10-shop.yaml", &yaml(&[heavier]));
+    let half = pairs(&[
+        (
+            "path=/api",
+            "weighted=default/api/80:50,default/web-canary/80:50",
+        ),
+        (
+            "prefix=/api/",
+            "weighted=default/api/80:50,default/web-canary/80:50",
+        ),
+        (
+            "prefix=/",
+            "weighted=default/web/80:50,default/web-canary/80:50",
+        ),
+    ]);
+    let half = |h: &Held| shop_routes(h) == half;
+    sotw.until("the 50/50 split", half).await;
+    delta.until("the 50/50 split", half).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
+    let faulty = ingress(
+        "default",
+        "faulty",
+        &[("faulty.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
+    let mut faulty = faulty;
+    faulty["metadata"]["annotations"] = json!({"isobar.dev/fault": "error"});
+    let f = Fixture::start(&[
+        ("00-backends.yaml", backends()),
+        ("10-shop.yaml", yaml(&[shop(), faulty])),
+    ])
+    .await;
+    let snapshot = f.server.report().snapshot();
+    let digest = f.server.report().plugin().unwrap().digest;
+
+    let rejected = |reason: &'static str| {
+        move |s: &isobar::report::Report| {
+            s.plugin()
+                .and_then(|p| p.last_error)
+                .is_some_and(|e| e.reason == reason)
+        }
+    };
+    // A component built against another contract.
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-old-contract")).unwrap());
+    f.wait("the contract mismatch", rejected("ContractMismatch"))
+        .await;
+    // Not a component at all.
+    f.install_plugin(b"\0asm garbage, not a component");
+    f.wait("the invalid plugin", rejected("PluginInvalid"))
+        .await;
+    // A good component whose calls fail on this store: the faults plugin
+    // returns an error for the annotated Ingress (the Ingress plugin
+    // ignores the annotation).
+    f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
+    f.wait("the failed translation", rejected("TranslationFailed"))
+        .await;
+
+    let status = f.server.report();
+    let plugin = status.plugin().unwrap();
+    assert_eq!(
+        (plugin.name.as_str(), plugin.digest.as_str()),
+        ("ingress", digest.as_str())
+    );
+    assert!(
+        Arc::ptr_eq(&status.snapshot(), &snapshot),
+        "the old snapshot keeps serving"
+    );
+
+    let doc = f.get_json("/debug/plugins").await;
+    let p = &doc["plugins"][0];
+    assert_eq!(p["name"], "ingress");
+    assert_eq!(p["digest"], json!(digest));
+    assert!(p["source"].as_str().unwrap().ends_with("plugin.wasm"));
+    assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'));
+    let last = &p["last_error"];
+    assert_eq!(last["reason"], "TranslationFailed");
+    assert!(
+        last["message"].as_str().unwrap().contains("faulty"),
+        "{last}"
+    );
+    let history: Vec<String> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(history[1].starts_with("ContractMismatch: "), "{history:?}");
+    assert!(history[1].contains("0.0.9"), "{history:?}");
+    assert!(history[2].starts_with("PluginInvalid: "), "{history:?}");
+    let (_, metrics) = f.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"isobar_plugin_swaps_total{result="rejected"} 3"#),
+        "{metrics}"
+    );
+}
