@@ -351,7 +351,7 @@ async fn status_is_written_back_by_the_leader_and_a_nack_becomes_an_event() {
             ingress_address: IngressAddress::Fixed(vec!["192.0.2.7".into()]),
             ..WritebackConfig::default()
         },
-        leader,
+        leader: leader.into(),
     };
     let f = Fixture::start(&[], Some(writeback)).await;
     f.sync_all(&[shop()]).await;

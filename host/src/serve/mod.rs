@@ -71,12 +71,13 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// Status write-back to the cluster: the client it writes with, the
-/// settings, and whether this replica may write (the leader lease).
+/// settings, and whether this replica may write (the leader lease, which
+/// shutting down releases).
 #[derive(Clone)]
 pub struct Writeback {
     pub client: kube::Client,
     pub config: WritebackConfig,
-    pub leader: tokio_watch::Receiver<bool>,
+    pub leader: crate::leader::Leader,
 }
 
 /// Everything `isobar serve` is told.
@@ -137,6 +138,11 @@ impl std::fmt::Debug for Gate {
 }
 
 pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
+
+/// How long shutting down waits for status writes under way.
+const WRITEBACK_LIMIT: Duration = Duration::from_secs(5);
+/// How long shutting down waits for the leader lease to be released.
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(3);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 impl Config {
@@ -180,8 +186,11 @@ pub struct Server {
     xds_task: Option<JoinHandle<Result<(), xds::ServeError>>>,
     admin_task: Option<JoinHandle<std::io::Result<()>>>,
     events_task: JoinHandle<()>,
-    /// The kube source's manager and the status writer, when serving a cluster.
+    /// The kube source's manager and the operators, when serving a cluster.
     cluster_tasks: Vec<JoinHandle<()>>,
+    /// Status write-back, and the lease it writes under: shutting down
+    /// lets the writer finish, then releases the lease.
+    writeback: Option<(JoinHandle<()>, crate::leader::Leader)>,
 }
 
 /// The path as the kernel will report it in events: absolute, with
@@ -314,6 +323,7 @@ impl Server {
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
 
         let mut cluster_tasks = Vec::new();
+        let mut writeback = None;
         // Reconcilers: their kinds join the watched ones; their objects go
         // to the operators task, their actions to the cluster (or, serving
         // files, to an in-memory one).
@@ -372,12 +382,16 @@ impl Server {
                 source.want(controller::watch_specs(&plugin, &op_kinds));
                 cluster_tasks.push(task);
                 if let Some(wb) = &cluster.writeback {
-                    cluster_tasks.push(tokio::spawn(crate::writeback::run(
-                        wb.client.clone(),
-                        wb.config.clone(),
-                        status.clone(),
+                    writeback = Some((
+                        tokio::spawn(crate::writeback::run_until(
+                            wb.client.clone(),
+                            wb.config.clone(),
+                            status.clone(),
+                            wb.leader.watch(),
+                            stopped(&stop),
+                        )),
                         wb.leader.clone(),
-                    )));
+                    ));
                 }
                 (
                     controller::Origin::Cluster(controller::ClusterObjects::new(source)),
@@ -422,6 +436,7 @@ impl Server {
             admin_task: Some(admin_task),
             events_task,
             cluster_tasks,
+            writeback,
         })
     }
 
@@ -486,7 +501,9 @@ impl Server {
     }
 
     /// Stops watching, ends every xDS stream (UNAVAILABLE: clients
-    /// reconnect elsewhere), stops the admin server and the controller.
+    /// reconnect elsewhere), lets status writes under way finish and
+    /// releases the leader lease (another replica takes it at once), stops
+    /// the admin server and the controller.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown_inner().await
     }
@@ -499,6 +516,17 @@ impl Server {
             gate.open();
         }
         self.stop.send_replace(true);
+        // Beside the xDS drain: the writer's pass under way, then the lease.
+        let handover = self.writeback.take().map(|(task, leader)| {
+            tokio::spawn(async move {
+                let abort = task.abort_handle();
+                if tokio::time::timeout(WRITEBACK_LIMIT, task).await.is_err() {
+                    abort.abort();
+                    warn!(limit = ?WRITEBACK_LIMIT, "status writes still under way at shutdown; abandoned");
+                }
+                leader.release(LEASE_RELEASE_LIMIT).await;
+            })
+        });
         let mut problems = Vec::new();
         if let Some(mut task) = self.xds_task.take() {
             match tokio::time::timeout(LIMIT, &mut task).await {
@@ -526,6 +554,11 @@ impl Server {
         for task in self.cluster_tasks.drain(..) {
             task.abort();
         }
+        if let Some(task) = handover
+            && task.await.is_err()
+        {
+            problems.push("releasing the leader lease failed".to_string());
+        }
         if let Some(controller) = self.controller.take() {
             // The controller may be in the middle of a round: wait off the runtime.
             let joined = tokio::task::spawn_blocking(move || controller.join());
@@ -547,6 +580,9 @@ impl Drop for Server {
     /// A server dropped without `shutdown` still stops serving.
     fn drop(&mut self) {
         for task in &self.cluster_tasks {
+            task.abort();
+        }
+        if let Some((task, _)) = &self.writeback {
             task.abort();
         }
         self.watcher.take();
