@@ -276,3 +276,114 @@ pub fn own_namespace() -> Option<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::fake_api::FakeApi;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/isobar";
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn config(identity: &str) -> LeaderConfig {
+        LeaderConfig {
+            retry: Duration::from_millis(200),
+            ..LeaderConfig::new("default", identity)
+        }
+    }
+
+    async fn until(leader: &Leader, want: bool, what: &str) {
+        let mut rx = leader.watch();
+        tokio::time::timeout(WAIT, rx.wait_for(|l| *l == want))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap();
+    }
+
+    fn holder(api: &FakeApi) -> serde_json::Value {
+        api.object(LEASE).unwrap()["spec"]["holderIdentity"].clone()
+    }
+
+    fn lease() -> serde_json::Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "isobar", "namespace": "default", "resourceVersion": "1"},
+               "spec": {}})
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_released_lease_is_taken_by_the_follower_at_once() {
+        let (api, client) = FakeApi::start([(LEASE, lease())]);
+        let a = elect(client.clone(), &config("a")).await.unwrap();
+        until(&a, true, "a to lead").await;
+        let b = elect(client, &config("b")).await.unwrap();
+        assert!(!b.is_leader());
+        assert_eq!(holder(&api), "a");
+
+        let released = Instant::now();
+        a.release(Duration::from_secs(5)).await;
+        assert!(!a.is_leader(), "a released but still says it leads");
+        until(&b, true, "b to take the released lease").await;
+        // Reported, not asserted: the follower reads the Lease every 200 ms
+        // here (1 s by default); without the release it would wait for the
+        // lease to expire (15 s).
+        eprintln!("released lease taken after {:?}", released.elapsed());
+        assert_eq!(holder(&api), "b");
+        // Each replica writes the Lease as its own field manager.
+        assert!(
+            api.requests().iter().any(|r| r.method == "PATCH"
+                && r.uri.contains("fieldManager=isobar-lease%2Fb")),
+            "{:?}",
+            api.requests()
+        );
+        b.release(Duration::from_secs(5)).await;
+        assert!(holder(&api).is_null());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_not_released_is_taken_only_once_it_expires() {
+        let (api, client) = FakeApi::start([(LEASE, lease())]);
+        let short = |id: &str| LeaderConfig {
+            duration_secs: 2,
+            grace_secs: 1,
+            ..config(id)
+        };
+        let a = elect(client.clone(), &short("a")).await.unwrap();
+        until(&a, true, "a to lead").await;
+        // a stops renewing without releasing (a crash, a partition).
+        a.election
+            .as_ref()
+            .unwrap()
+            .task
+            .lock()
+            .await
+            .take()
+            .unwrap()
+            .abort();
+        let b = elect(client, &short("b")).await.unwrap();
+        let started = Instant::now();
+        until(&b, true, "b to take the expired lease").await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "b took a lease that had not expired"
+        );
+        assert_eq!(holder(&api), "b");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn releasing_a_lease_this_replica_does_not_hold_leaves_it_alone() {
+        let (api, client) = FakeApi::start([(LEASE, lease())]);
+        let a = elect(client.clone(), &config("a")).await.unwrap();
+        until(&a, true, "a to lead").await;
+        let b = elect(client, &config("b")).await.unwrap();
+        b.release(Duration::from_secs(5)).await;
+        assert_eq!(holder(&api), "a");
+        assert!(a.is_leader());
+        // Releasing twice is harmless.
+        b.release(Duration::from_secs(5)).await;
+        Leader::always().release(Duration::from_secs(1)).await;
+    }
+}
