@@ -700,17 +700,10 @@ async fn the_deployed_envoy_bootstrap_speaks_xds_over_mtls_with_certgen_certific
         isobar.server.status().streams()
     );
     // The readiness probe's listener answers.
-    let (_, listeners) = envoy.get("/listeners?format=json").await;
-    let listeners: Value = serde_json::from_str(&listeners).unwrap();
-    let readiness = listeners["listener_statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "envoy-readiness")
+    let port = envoy
+        .listener_port("envoy-readiness")
+        .await
         .expect("the readiness listener");
-    let port = readiness["local_address"]["socket_address"]["port_value"]
-        .as_u64()
-        .unwrap();
     let (code, body) = ads::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/ready").await;
     assert_eq!((code, body.trim()), (200, "LIVE"));
 }

@@ -243,7 +243,12 @@ impl Client {
     /// GET `path` with `Host: host` on Envoy's HTTP listener; an error is a
     /// transport failure (no HTTP answer).
     pub async fn get(&self, host: &str, path: &str) -> Result<Reply, String> {
-        let req = Request::get(format!("http://127.0.0.1:{HTTP_PORT}{path}"))
+        self.get_at(HTTP_PORT, host, path).await
+    }
+
+    /// GET on another of Envoy's listeners (a loopback port).
+    pub async fn get_at(&self, port: u16, host: &str, path: &str) -> Result<Reply, String> {
+        let req = Request::get(format!("http://127.0.0.1:{port}{path}"))
             .header("host", host)
             .body(Empty::new())
             .unwrap();

@@ -159,6 +159,37 @@ impl Bootstrap {
         self
     }
 
+    /// Adds a static listener `name` on an ephemeral loopback port serving
+    /// the RouteConfiguration `route_config` over ADS: requests to it see
+    /// exactly this Envoy's routes, whichever Envoy holds the shared
+    /// Ingress ports (read its port with [`Envoy::listener_port`]).
+    pub fn with_probe_listener(mut self, name: &str, route_config: &str) -> Self {
+        let listener = serde_json::json!({
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": name,
+                    "rds": {"route_config_name": route_config,
+                            "config_source": {"ads": {}, "resource_api_version": "V3"}},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }
+            }]}]
+        });
+        let listeners = &mut self.yaml["static_resources"]["listeners"];
+        if !listeners.is_sequence() {
+            *listeners = Value::Sequence(Vec::new());
+        }
+        listeners
+            .as_sequence_mut()
+            .unwrap()
+            .push(serde_yaml::to_value(listener).unwrap());
+        self
+    }
+
     pub fn with_log_level(mut self, level: &str) -> Self {
         self.log_level = level.into();
         self
@@ -421,6 +452,31 @@ impl Envoy {
             code == 200 && body.trim() == "LIVE"
         })
         .await
+    }
+
+    /// The port a listener is bound to (`/listeners`).
+    pub async fn listener_port(&self, name: &str) -> Option<u16> {
+        let (_, body) = self.get("/listeners?format=json").await;
+        let doc: Json = serde_json::from_str(&body).ok()?;
+        doc["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .map(|p| p as u16)
+    }
+
+    /// The process's resident memory (VmRSS), in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
     }
 
     /// The names of the dynamic listeners Envoy has active.
