@@ -70,7 +70,10 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 enum Observer {
     Ads(Box<Sotw>),
     /// The port lock is held as long as the Envoy runs.
-    Envoy { envoy: Box<Envoy>, _ports: Ports },
+    Envoy {
+        envoy: Box<Envoy>,
+        _ports: Ports,
+    },
 }
 
 impl Observer {
@@ -101,18 +104,33 @@ impl Observer {
                 .await
             }
             Observer::Envoy { envoy, .. } => {
-                envoy.until(what, async |e| {
-                    let listener = e.active_listeners().await.iter().any(|l| l == "ingress_http");
-                    let routed = e.route_configs().await.get("ingress_http").is_some_and(|rc| {
-                        rc["virtual_hosts"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|v| v["domains"].as_array().into_iter().flatten().any(|d| d == host))
-                    });
-                    (listener && routed) == serving
-                })
-                .await
+                envoy
+                    .until(what, async |e| {
+                        let listener = e
+                            .active_listeners()
+                            .await
+                            .iter()
+                            .any(|l| l == "ingress_http");
+                        let routed =
+                            e.route_configs()
+                                .await
+                                .get("ingress_http")
+                                .is_some_and(|rc| {
+                                    rc["virtual_hosts"]
+                                        .as_array()
+                                        .into_iter()
+                                        .flatten()
+                                        .any(|v| {
+                                            v["domains"]
+                                                .as_array()
+                                                .into_iter()
+                                                .flatten()
+                                                .any(|d| d == host)
+                                        })
+                                });
+                        (listener && routed) == serving
+                    })
+                    .await
             }
         }
     }
@@ -135,7 +153,10 @@ async fn serves_a_real_cluster_through_envoy() {
         return;
     }
     let ports = Ports::lock().await;
-    e2e(path, "envoy", async move |xds| Observer::envoy(xds, ports).await).await;
+    e2e(path, "envoy", async move |xds| {
+        Observer::envoy(xds, ports).await
+    })
+    .await;
 }
 
 /// The suite: objects created in a namespace of its own, served, status

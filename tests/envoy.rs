@@ -89,7 +89,10 @@ impl Isobar {
         xds: SocketAddr,
         tls: Option<isobar::xds::TlsConfig>,
     ) -> Isobar {
-        let mut config = Config::new(dirs.manifests.path(), dirs.plugins.path().join("plugin.wasm"));
+        let mut config = Config::new(
+            dirs.manifests.path(),
+            dirs.plugins.path().join("plugin.wasm"),
+        );
         config.xds_listen = xds;
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(target_dir().join("isobar-test-cache"));
@@ -152,7 +155,12 @@ async fn envoy(ports: &Ports, isobar: &Isobar, node: &str) -> Envoy {
 
 /// A Service (port 80 named `http`, targetPort named `backend-http`) and its
 /// EndpointSlice on the backends' loopback addresses and common port.
-fn service_for(ns: &str, name: &str, backends: &[&Backend], app_protocol: Option<&str>) -> [Value; 2] {
+fn service_for(
+    ns: &str,
+    name: &str,
+    backends: &[&Backend],
+    app_protocol: Option<&str>,
+) -> [Value; 2] {
     let mut svc = service(ns, name, &[("http", 80, json!("backend-http"))]);
     if let Some(p) = app_protocol {
         svc["spec"]["ports"][0]["appProtocol"] = json!(p);
@@ -201,7 +209,10 @@ async fn assert_routes(cases: &[(&str, &str, &str)]) {
         .iter()
         .map(|(h, p, a)| format!("{h}{p} -> {a}"))
         .collect();
-    assert_eq!(got, want, "Envoy routed otherwise than the Ingress rules say");
+    assert_eq!(
+        got, want,
+        "Envoy routed otherwise than the Ingress rules say"
+    );
 }
 
 /// Waits until a GET of `host` `path` through Envoy answers `want`
@@ -211,7 +222,13 @@ async fn until_routed(envoy: &mut Envoy, host: &str, path: &str, want: &str) -> 
     let client = Client::new();
     envoy
         .until(&format!("{host}{path} to answer {want}"), async |_| {
-            client.get(host, path).await.map(|r| r.summary()).ok().as_deref() == Some(want)
+            client
+                .get(host, path)
+                .await
+                .map(|r| r.summary())
+                .ok()
+                .as_deref()
+                == Some(want)
         })
         .await;
     started.elapsed()
@@ -257,7 +274,11 @@ impl Load {
                             }
                             Ok(r) => {
                                 let n = t.total;
-                                t.failures.push(format!("request {n}: {} {}", r.status, r.body.trim()))
+                                t.failures.push(format!(
+                                    "request {n}: {} {}",
+                                    r.status,
+                                    r.body.trim()
+                                ))
                             }
                             Err(e) => {
                                 let n = t.total;
@@ -343,7 +364,12 @@ fn examples(ports: &BTreeMap<&str, u16>, (cert, key): &(String, String)) -> Vec<
                         for p in doc["ports"].as_array_mut().unwrap() {
                             p["port"] = json!(port);
                         }
-                        for (i, e) in doc["endpoints"].as_array_mut().unwrap().iter_mut().enumerate() {
+                        for (i, e) in doc["endpoints"]
+                            .as_array_mut()
+                            .unwrap()
+                            .iter_mut()
+                            .enumerate()
+                        {
                             e["addresses"] = json!([format!("127.0.0.{}", i + 1)]);
                         }
                     }
@@ -368,11 +394,16 @@ fn tls_secret_with(ns: &str, name: &str, cert: &str, key: &str) -> Value {
     let enc = |s: &str| {
         let mut out = Vec::new();
         for chunk in s.as_bytes().chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
-                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]]).unwrap();
+                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]])
+                        .unwrap();
                 } else {
                     out.push(b'=');
                 }
@@ -434,11 +465,17 @@ async fn the_examples_are_routed_as_their_ingress_rules_say_over_delta_and_sotw(
         // cart's Service port says appProtocol kubernetes.io/h2c: HTTP/2
         // upstream without TLS; web is spoken to in HTTP/1.1.
         assert_eq!(
-            backends::get("shop.example.com", "/cart").await.version().as_deref(),
+            backends::get("shop.example.com", "/cart")
+                .await
+                .version()
+                .as_deref(),
             Some("HTTP/2.0")
         );
         assert_eq!(
-            backends::get("shop.example.com", "/").await.version().as_deref(),
+            backends::get("shop.example.com", "/")
+                .await
+                .version()
+                .as_deref(),
             Some("HTTP/1.1")
         );
         // HTTPS: the certificate from the Secret, over SDS, for the SNI.
@@ -477,7 +514,11 @@ async fn a_host_two_labels_below_a_wildcard_goes_to_the_default_backend() {
     let mut docs = vec![ingress_class("isobar", true)];
     docs.extend(service_for("w", "wild", &[&wild], None));
     docs.extend(service_for("w", "default", &[&default], None));
-    let mut i = ingress("w", "w", &[("*.foo.example.com", &[("/", "Prefix", "wild", json!(80))])]);
+    let mut i = ingress(
+        "w",
+        "w",
+        &[("*.foo.example.com", &[("/", "Prefix", "wild", json!(80))])],
+    );
     i["spec"]["defaultBackend"] = json!({"service": {"name": "default", "port": {"number": 80}}});
     docs.push(i);
     let isobar = Isobar::start(&[("w.yaml", yaml(&docs))]).await;
@@ -570,14 +611,23 @@ async fn https_is_chosen_by_sni_with_certificates_over_sds() {
     docs.push(tls_ingress("two", "two.tls.example.com", "two-cert"));
     let isobar = Isobar::start(&[
         ("00-tls.yaml", yaml(&docs)),
-        ("10-one-cert.yaml", yaml(&[tls_secret_with("tls", "one-cert", &cert_one, &key_one)])),
-        ("10-two-cert.yaml", yaml(&[tls_secret_with("tls", "two-cert", &cert_two, &key_two)])),
+        (
+            "10-one-cert.yaml",
+            yaml(&[tls_secret_with("tls", "one-cert", &cert_one, &key_one)]),
+        ),
+        (
+            "10-two-cert.yaml",
+            yaml(&[tls_secret_with("tls", "two-cert", &cert_two, &key_two)]),
+        ),
     ])
     .await;
     let mut envoy = envoy(&ports, &isobar, "tls").await;
     envoy
         .until("the HTTPS listener", async |e| {
-            e.active_listeners().await.iter().any(|l| l == "ingress_https")
+            e.active_listeners()
+                .await
+                .iter()
+                .any(|l| l == "ingress_https")
         })
         .await;
 
@@ -591,10 +641,18 @@ async fn https_is_chosen_by_sni_with_certificates_over_sds() {
             .await
             .unwrap_or_else(|e| panic!("HTTPS to {host}: {e}"));
         assert_eq!(reply.reply.summary(), backend);
-        assert_eq!(reply.chain[0], backends::der_of(cert), "{host}: another certificate");
+        assert_eq!(
+            reply.chain[0],
+            backends::der_of(cert),
+            "{host}: another certificate"
+        );
     }
     // A name with no TLS host: Envoy has no filter chain for it.
-    assert!(backends::get_tls("three.tls.example.com", "/", &ca.cert_pem).await.is_err());
+    assert!(
+        backends::get_tls("three.tls.example.com", "/", &ca.cert_pem)
+            .await
+            .is_err()
+    );
 
     // A renewed certificate reaches Envoy over SDS, without a listener change.
     let listener_updates = envoy.stat("listener_manager.lds.update_success").await;
@@ -631,7 +689,12 @@ async fn grpc_over_h2c_is_routed_by_method_path() {
     let exact = format!("{service}/Who");
     let mut docs = vec![ingress_class("isobar", true)];
     docs.extend(service_for("rpc", "grpc-a", &[&ga], Some("grpc")));
-    docs.extend(service_for("rpc", "grpc-b", &[&gb], Some("kubernetes.io/h2c")));
+    docs.extend(service_for(
+        "rpc",
+        "grpc-b",
+        &[&gb],
+        Some("kubernetes.io/h2c"),
+    ));
     docs.push(ingress(
         "rpc",
         "echo",
@@ -646,11 +709,20 @@ async fn grpc_over_h2c_is_routed_by_method_path() {
     let isobar = Isobar::start(&[("rpc.yaml", yaml(&docs))]).await;
     let _envoy = envoy(&ports, &isobar, "grpc").await;
     let who = backends::grpc_call("rpc.example.com", "Who").await.unwrap();
-    assert_eq!((who.backend.as_str(), who.method.as_str()), ("grpc-a", exact.as_str()));
-    let other = backends::grpc_call("rpc.example.com", "Other").await.unwrap();
+    assert_eq!(
+        (who.backend.as_str(), who.method.as_str()),
+        ("grpc-a", exact.as_str())
+    );
+    let other = backends::grpc_call("rpc.example.com", "Other")
+        .await
+        .unwrap();
     assert_eq!(other.backend, "grpc-b");
     // No host of ours: Envoy answers with no route (gRPC UNIMPLEMENTED).
-    assert!(backends::grpc_call("nope.example.com", "Who").await.is_err());
+    assert!(
+        backends::grpc_call("nope.example.com", "Who")
+            .await
+            .is_err()
+    );
 }
 
 // ---- the deployed bootstrap over mTLS ----------------------------------------------------
@@ -684,7 +756,11 @@ async fn the_deployed_envoy_bootstrap_speaks_xds_over_mtls_with_certgen_certific
     let isobar = Isobar::serve(dirs, "127.0.0.1:0".parse().unwrap(), Some(tls)).await;
 
     let bootstrap = Bootstrap::deployed(isobar.xds(), certs.path(), "envoy-7d9f-abcde");
-    assert_eq!(bootstrap.ads(), Ads::Delta, "deploy/envoy.yaml speaks delta xDS");
+    assert_eq!(
+        bootstrap.ads(),
+        Ads::Delta,
+        "deploy/envoy.yaml speaks delta xDS"
+    );
     let mut envoy = Envoy::start(&ports, bootstrap).await;
     envoy.ready().await;
     until_routed(&mut envoy, "shop.example.com", "/", "200 web").await;
@@ -745,7 +821,10 @@ async fn a_live_edit_reaches_envoy() {
     // A new host, then a renamed one.
     isobar.write("20-new.yaml", &live_ingress("new", "new.example.com", "a"));
     until_routed(&mut envoy, "new.example.com", "/", "200 a").await;
-    isobar.write("20-new.yaml", &live_ingress("new", "renamed.example.com", "a"));
+    isobar.write(
+        "20-new.yaml",
+        &live_ingress("new", "renamed.example.com", "a"),
+    );
     until_routed(&mut envoy, "renamed.example.com", "/", "200 a").await;
     assert_routes(&[
         ("new.example.com", "/", "404 -"),
@@ -775,7 +854,9 @@ async fn an_endpoint_move_reaches_envoy_without_touching_clusters_or_routes() {
     let mut envoy = envoy(&ports, &isobar, "move").await;
     assert_routes(&[("app.example.com", "/", "200 old")]).await;
     let cds = envoy.stat("cluster_manager.cds.update_success").await;
-    let rds = envoy.stat_sum("^http\\.ingress_http\\.rds\\..*\\.update_success$").await;
+    let rds = envoy
+        .stat_sum("^http\\.ingress_http\\.rds\\..*\\.update_success$")
+        .await;
 
     // The pod moved: the Service's slice now names another address and port.
     isobar.write("app.yaml", &app(&new));
@@ -784,7 +865,9 @@ async fn an_endpoint_move_reaches_envoy_without_touching_clusters_or_routes() {
     // Endpoint churn is EDS alone: clusters and routes were not pushed.
     assert_eq!(envoy.stat("cluster_manager.cds.update_success").await, cds);
     assert_eq!(
-        envoy.stat_sum("^http\\.ingress_http\\.rds\\..*\\.update_success$").await,
+        envoy
+            .stat_sum("^http\\.ingress_http\\.rds\\..*\\.update_success$")
+            .await,
         rds
     );
     // Nothing goes to the old address any more.
@@ -803,7 +886,10 @@ async fn deleting_one_ingress_keeps_the_others_serving_without_an_error() {
         ("00-backends.yaml", two_backend_manifests(&a, &b)),
         ("10-one.yaml", live_ingress("one", "one.example.com", "a")),
         ("20-two.yaml", live_ingress("two", "two.example.com", "b")),
-        ("30-three.yaml", live_ingress("three", "three.example.com", "a")),
+        (
+            "30-three.yaml",
+            live_ingress("three", "three.example.com", "a"),
+        ),
     ])
     .await;
     let mut envoy = envoy(&ports, &isobar, "delete").await;
@@ -823,7 +909,9 @@ async fn deleting_one_ingress_keeps_the_others_serving_without_an_error() {
     isobar.remove("30-three.yaml");
     until_routed(&mut envoy, "three.example.com", "/", "404 -").await;
     let seen = load_two.tally().total;
-    load_two.until("more requests after the deletes", |t| t.total >= seen + 50).await;
+    load_two
+        .until("more requests after the deletes", |t| t.total >= seen + 50)
+        .await;
     let two = load_two.stop().await;
     let three = load_three.stop().await;
     assert_no_failures("two.example.com while others were deleted", &two);
@@ -831,7 +919,11 @@ async fn deleting_one_ingress_keeps_the_others_serving_without_an_error() {
     // three's own requests fail once it is gone (404): only before that
     // were they answered, by a.
     assert!(three.by_backend.get("a").is_some_and(|n| *n > 0));
-    assert!(three.failures.iter().all(|f| f.contains(" 404 ")), "{:?}", three.failures);
+    assert!(
+        three.failures.iter().all(|f| f.contains(" 404 ")),
+        "{:?}",
+        three.failures
+    );
     assert_eq!(envoy.rejected().await, 0);
 }
 
@@ -849,7 +941,10 @@ async fn split_under_load(
     swapped: impl Fn(&isobar::serve::Status) -> bool,
     swap_limit: Duration,
 ) {
-    let (web, canary) = (Backend::http("web").await, Backend::http("web-canary").await);
+    let (web, canary) = (
+        Backend::http("web").await,
+        Backend::http("web-canary").await,
+    );
     let mut docs = vec![ingress_class("isobar", true)];
     docs.extend(service_for("default", "web", &[&web], None));
     docs.extend(service_for("default", "web-canary", &[&canary], None));
@@ -868,16 +963,24 @@ async fn split_under_load(
     load.until("requests flowing", |t| t.total >= 50).await;
     swap(&isobar);
     assert!(
-        isobar.server.status().wait_until(swap_limit, &swapped).await,
+        isobar
+            .server
+            .status()
+            .wait_until(swap_limit, &swapped)
+            .await,
         "the swap did not complete within {swap_limit:?}: {:?}",
         isobar.server.status().plugin_history()
     );
     // Envoy holds the weighted route.
     envoy
         .until("the split in Envoy's routes", async |e| {
-            e.route_configs().await.get("ingress_http").is_some_and(|rc| {
-                rc.to_string().contains("weighted_clusters") && rc.to_string().contains("web-canary")
-            })
+            e.route_configs()
+                .await
+                .get("ingress_http")
+                .is_some_and(|rc| {
+                    rc.to_string().contains("weighted_clusters")
+                        && rc.to_string().contains("web-canary")
+                })
         })
         .await;
     let at_split = load.tally();
@@ -898,8 +1001,14 @@ async fn split_under_load(
         share * 100.0
     );
     // 50/50 over 400+ requests: outside 30-70% is a chance below 1e-15.
-    assert!((0.3..=0.7).contains(&share), "canary share {share} (web {w}, canary {c})");
-    assert!(isobar.server.active_streams() >= 1, "the stream was dropped");
+    assert!(
+        (0.3..=0.7).contains(&share),
+        "canary share {share} (web {w}, canary {c})"
+    );
+    assert!(
+        isobar.server.active_streams() >= 1,
+        "the stream was dropped"
+    );
     assert_eq!(envoy.rejected().await, 0);
 }
 
@@ -913,7 +1022,9 @@ async fn a_plugin_swap_to_a_canary_split_loses_no_request_under_load() {
         );
         return;
     }
-    let Some(ports) = envoy_here("a_plugin_swap_to_a_canary_split_loses_no_request_under_load").await else {
+    let Some(ports) =
+        envoy_here("a_plugin_swap_to_a_canary_split_loses_no_request_under_load").await
+    else {
         return;
     };
     let js = std::fs::read(js).unwrap();
@@ -965,7 +1076,9 @@ async fn envoy_moves_to_another_replica_at_once_when_one_shuts_down() {
         })
         .await;
     let moved = stopped.elapsed();
-    envoy.until("connected again", async |e| e.connected().await).await;
+    envoy
+        .until("connected again", async |e| e.connected().await)
+        .await;
     eprintln!(
         "replica shut down in {shut:?}; Envoy's ADS stream on the other after {moved:?} (reported, not asserted)"
     );
@@ -985,7 +1098,10 @@ fn many(n: usize, tag: &str) -> String {
             ingress(
                 "live",
                 &format!("bulk-{i}"),
-                &[(&format!("bulk-{i}-{tag}.example.com"), &[("/", "Prefix", "a", json!(80))])],
+                &[(
+                    &format!("bulk-{i}-{tag}.example.com"),
+                    &[("/", "Prefix", "a", json!(80))],
+                )],
             )
         })
         .collect();
@@ -1019,7 +1135,9 @@ async fn an_envoy_killed_mid_push_restarts_current_while_the_others_keep_serving
                 .is_some_and(|rc| rc.to_string().contains(&host))
         }
     };
-    victim.until("the first bulk", has("bulk-499-v1.example.com".into())).await;
+    victim
+        .until("the first bulk", has("bulk-499-v1.example.com".into()))
+        .await;
     let version = isobar.server.status().snapshot().version;
 
     // A large change, and the victim killed while it is being pushed.
@@ -1034,7 +1152,9 @@ async fn an_envoy_killed_mid_push_restarts_current_while_the_others_keep_serving
             !s.streams().iter().any(|st| st.node == "victim")
         })
         .await;
-    steady.until("the second bulk", has("bulk-499-v2.example.com".into())).await;
+    steady
+        .until("the second bulk", has("bulk-499-v2.example.com".into()))
+        .await;
     isobar.write("10-app.yaml", &live_ingress("app", "app.example.com", "b"));
     until_routed(&mut steady, "app.example.com", "/", "200 b").await;
 
@@ -1045,7 +1165,9 @@ async fn an_envoy_killed_mid_push_restarts_current_while_the_others_keep_serving
     )
     .await;
     victim.ready().await;
-    victim.until("the second bulk", has("bulk-0-v2.example.com".into())).await;
+    victim
+        .until("the second bulk", has("bulk-0-v2.example.com".into()))
+        .await;
     assert!(
         !victim.route_configs().await["ingress_http"]
             .to_string()
@@ -1064,18 +1186,28 @@ async fn an_envoy_reconnecting_with_old_versions_is_brought_current() {
     let isobar = Isobar::start(&[
         ("00-backends.yaml", two_backend_manifests(&a, &b)),
         ("10-app.yaml", live_ingress("app", "app.example.com", "a")),
-        ("20-other.yaml", live_ingress("other", "other.example.com", "b")),
+        (
+            "20-other.yaml",
+            live_ingress("other", "other.example.com", "b"),
+        ),
     ])
     .await;
     let xds = isobar.xds();
     let mut delta = envoy(&ports, &isobar, "old-delta").await;
-    let mut sotw = Envoy::start(&ports, Bootstrap::local(xds, "old-sotw").with_ads(Ads::Sotw)).await;
+    let mut sotw = Envoy::start(
+        &ports,
+        Bootstrap::local(xds, "old-sotw").with_ads(Ads::Sotw),
+    )
+    .await;
     sotw.ready().await;
     assert_routes(&[("app.example.com", "/", "200 a")]).await;
     let cds_lines = |e: &Envoy| -> Vec<String> {
         e.log()
             .lines()
-            .filter_map(|l| l.split_once("cds: response indicates ").map(|(_, r)| r.to_string()))
+            .filter_map(|l| {
+                l.split_once("cds: response indicates ")
+                    .map(|(_, r)| r.to_string())
+            })
             .collect()
     };
     let cds_before = cds_lines(&delta).len();
@@ -1085,20 +1217,29 @@ async fn an_envoy_reconnecting_with_old_versions_is_brought_current() {
     let dirs = isobar.dirs.clone();
     isobar.server.shutdown().await.unwrap();
     for e in [&mut delta, &mut sotw] {
-        e.until("the ADS stream down", async |e| !e.connected().await).await;
+        e.until("the ADS stream down", async |e| !e.connected().await)
+            .await;
     }
     let app = dirs.manifests.path().join("10-app.yaml");
     atomic_write(&app, live_ingress("app", "app.example.com", "b").as_bytes());
     let other = dirs.manifests.path().join("20-other.yaml");
-    atomic_write(&other, live_ingress("other", "other2.example.com", "a").as_bytes());
-    assert_routes(&[("app.example.com", "/", "200 a"), ("other.example.com", "/", "200 b")]).await;
+    atomic_write(
+        &other,
+        live_ingress("other", "other2.example.com", "a").as_bytes(),
+    );
+    assert_routes(&[
+        ("app.example.com", "/", "200 a"),
+        ("other.example.com", "/", "200 b"),
+    ])
+    .await;
 
     // isobar is back (same port). The Envoys reconnect presenting the
     // versions they hold (delta: each resource's; SotW: each type's) and
     // are brought to what is current.
     let restarted = Isobar::serve(dirs, xds, None).await;
     for e in [&mut delta, &mut sotw] {
-        e.until("connected again", async |e| e.connected().await).await;
+        e.until("connected again", async |e| e.connected().await)
+            .await;
         e.until("the current routes", async |e| {
             let routes = e.route_configs().await["ingress_http"].to_string();
             routes.contains("other2.example.com") && !routes.contains("\"other.example.com\"")
@@ -1146,7 +1287,11 @@ async fn a_resource_envoy_rejects_is_reported_once_and_not_resent_in_a_loop() {
     // A TLS Secret whose PEM has the right shape but is no certificate:
     // isobar checks structure only and serves it; Envoy cannot load it
     // and rejects the SDS update.
-    let mut bad = ingress("live", "bad", &[("bad.example.com", &[("/", "Prefix", "a", json!(80))])]);
+    let mut bad = ingress(
+        "live",
+        "bad",
+        &[("bad.example.com", &[("/", "Prefix", "a", json!(80))])],
+    );
     bad["spec"]["tls"] = json!([{"hosts": ["bad.example.com"], "secretName": "bad-cert"}]);
     isobar.write(
         "30-bad.yaml",
@@ -1168,13 +1313,23 @@ async fn a_resource_envoy_rejects_is_reported_once_and_not_resent_in_a_loop() {
     // Later changes keep flowing to the same Envoy...
     isobar.write("10-app.yaml", &live_ingress("app", "app.example.com", "b"));
     until_routed(&mut envoy, "app.example.com", "/", "200 b").await;
-    isobar.write("40-more.yaml", &live_ingress("more", "more.example.com", "a"));
+    isobar.write(
+        "40-more.yaml",
+        &live_ingress("more", "more.example.com", "a"),
+    );
     until_routed(&mut envoy, "more.example.com", "/", "200 a").await;
     // ... and the rejected content was not sent again meanwhile: one
     // rejection in Envoy, one NACK in isobar, one condition on the Ingress.
     let rejected = envoy.stats("update_rejected$").await;
     let rejected: BTreeMap<_, _> = rejected.into_iter().filter(|(_, v)| v != "0").collect();
-    assert_eq!(rejected.values().map(|v| v.parse::<u64>().unwrap()).sum::<u64>(), 1, "{rejected:?}");
+    assert_eq!(
+        rejected
+            .values()
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum::<u64>(),
+        1,
+        "{rejected:?}"
+    );
     let nacks: u64 = isobar
         .metrics()
         .await
@@ -1186,11 +1341,16 @@ async fn a_resource_envoy_rejects_is_reported_once_and_not_resent_in_a_loop() {
     let diagnostics = isobar.server.status().nack_diagnostics();
     assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
     assert_eq!(
-        (diagnostics[0].object.kind.as_str(), diagnostics[0].object.namespace.as_str()),
+        (
+            diagnostics[0].object.kind.as_str(),
+            diagnostics[0].object.namespace.as_str()
+        ),
         ("Secret", "live")
     );
     assert!(
-        diagnostics[0].message.contains("Failed to load certificate chain"),
+        diagnostics[0]
+            .message
+            .contains("Failed to load certificate chain"),
         "{}",
         diagnostics[0].message
     );
@@ -1198,7 +1358,11 @@ async fn a_resource_envoy_rejects_is_reported_once_and_not_resent_in_a_loop() {
     // A good certificate replaces it: accepted, and the condition clears.
     let ca = TestCa::new("isobar test CA");
     let (cert, key) = ca.leaf(&["bad.example.com"]);
-    let mut good = ingress("live", "bad", &[("bad.example.com", &[("/", "Prefix", "a", json!(80))])]);
+    let mut good = ingress(
+        "live",
+        "bad",
+        &[("bad.example.com", &[("/", "Prefix", "a", json!(80))])],
+    );
     good["spec"]["tls"] = json!([{"hosts": ["bad.example.com"], "secretName": "bad-cert"}]);
     isobar.write(
         "30-bad.yaml",
@@ -1212,7 +1376,9 @@ async fn a_resource_envoy_rejects_is_reported_once_and_not_resent_in_a_loop() {
         })
         .await;
     isobar
-        .wait("the NACK condition to clear", |s| s.nack_diagnostics().is_empty())
+        .wait("the NACK condition to clear", |s| {
+            s.nack_diagnostics().is_empty()
+        })
         .await;
 }
 

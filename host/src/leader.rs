@@ -49,7 +49,11 @@ impl LeaderConfig {
     /// replica, so that two replicas locking a free lease at once conflict
     /// (server-side apply) instead of overwriting each other.
     pub fn field_manager(&self) -> String {
-        format!("{}-lease/{}", crate::writeback::FIELD_MANAGER, self.identity)
+        format!(
+            "{}-lease/{}",
+            crate::writeback::FIELD_MANAGER,
+            self.identity
+        )
     }
 }
 
@@ -334,8 +338,9 @@ mod tests {
         assert_eq!(holder(&api), "b");
         // Each replica writes the Lease as its own field manager.
         assert!(
-            api.requests().iter().any(|r| r.method == "PATCH"
-                && r.uri.contains("fieldManager=isobar-lease%2Fb")),
+            api.requests()
+                .iter()
+                .any(|r| r.method == "PATCH" && r.uri.contains("fieldManager=isobar-lease%2Fb")),
             "{:?}",
             api.requests()
         );

@@ -253,7 +253,11 @@ impl Client {
             .body(Empty::new())
             .unwrap();
         let sent = async {
-            let resp = self.inner.request(req).await.map_err(|e| format!("{e:?}"))?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
@@ -366,14 +370,13 @@ fn rustls_pki_certs(pem: &str) -> Vec<tokio_rustls::rustls::pki_types::Certifica
 /// `host`, to `/isobar.test.Echo/<method>`.
 pub async fn grpc_call(host: &str, method: &str) -> Result<Who, String> {
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!(
-            "http://127.0.0.1:{HTTP_PORT}"
-        ))
-        .unwrap()
-        .origin(format!("http://{host}").parse().unwrap())
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{HTTP_PORT}"))
+                .unwrap()
+                .origin(format!("http://{host}").parse().unwrap())
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|e| format!("ready: {e}"))?;
         let path: http::uri::PathAndQuery = format!("/{ECHO_SERVICE}/{method}").parse().unwrap();

@@ -107,7 +107,8 @@ impl Bootstrap {
             l["address"]["socket_address"]["address"] = "127.0.0.1".into();
             l["address"]["socket_address"]["port_value"] = 0.into();
         }
-        let tls = &mut xds_cluster(&mut yaml)["transport_socket"]["typed_config"]["common_tls_context"];
+        let tls =
+            &mut xds_cluster(&mut yaml)["transport_socket"]["typed_config"]["common_tls_context"];
         let file = |name: &str| Value::from(certs.join(name).display().to_string());
         tls["tls_certificates"][0]["certificate_chain"]["filename"] = file("client.crt");
         tls["tls_certificates"][0]["private_key"]["filename"] = file("client.key");
@@ -149,8 +150,10 @@ impl Bootstrap {
         let endpoints: Vec<Value> = addrs
             .iter()
             .map(|a| {
-                serde_yaml::to_value(serde_json::json!({"endpoint": {"address": {"socket_address":
-                    {"address": a.ip().to_string(), "port_value": a.port()}}}}))
+                serde_yaml::to_value(
+                    serde_json::json!({"endpoint": {"address": {"socket_address":
+                    {"address": a.ip().to_string(), "port_value": a.port()}}}}),
+                )
                 .unwrap()
             })
             .collect();
@@ -213,11 +216,11 @@ use serde::Deserialize;
 
 /// The static cluster Envoy reaches isobar through (the one ADS names).
 fn xds_cluster(yaml: &mut Value) -> &mut Value {
-    let name = yaml["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
-        ["cluster_name"]
-        .as_str()
-        .expect("ADS over an envoy_grpc cluster")
-        .to_string();
+    let name =
+        yaml["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"]
+            .as_str()
+            .expect("ADS over an envoy_grpc cluster")
+            .to_string();
     yaml["static_resources"]["clusters"]
         .as_sequence_mut()
         .unwrap()
@@ -372,9 +375,7 @@ impl Envoy {
     /// Stats whose name matches `filter` (a regular expression), as
     /// name -> value (counters and gauges as numbers, text readouts as text).
     pub async fn stats(&self, filter: &str) -> BTreeMap<String, String> {
-        let (code, body) = self
-            .get(&format!("/stats?filter={}", encode(filter)))
-            .await;
+        let (code, body) = self.get(&format!("/stats?filter={}", encode(filter))).await;
         assert_eq!(code, 200, "/stats: {body}");
         body.lines()
             .filter_map(|l| l.split_once(": "))
@@ -385,10 +386,7 @@ impl Envoy {
     /// One counter or gauge (0 when Envoy has not created it yet).
     pub async fn stat(&self, name: &str) -> u64 {
         let stats = self.stats(&format!("^{}$", regex_escape(name))).await;
-        stats
-            .get(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        stats.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
     /// The sum of every counter matching `filter`.
