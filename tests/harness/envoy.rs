@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
@@ -211,8 +212,6 @@ impl Bootstrap {
                 .unwrap();
     }
 }
-
-use serde::Deserialize;
 
 /// The static cluster Envoy reaches isobar through (the one ADS names).
 fn xds_cluster(yaml: &mut Value) -> &mut Value {
