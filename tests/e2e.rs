@@ -6,8 +6,14 @@
 //! and the written status; then changes and deletes objects and checks
 //! again. Everything it created is deleted at the end.
 //!
+//! The suite runs twice: read through an ADS client that holds what Envoy
+//! would, and through a real Envoy (the test venv's; SKIPPED without one).
+//! Envoy is only asked about what it holds (its admin endpoint): the
+//! Service's endpoints are made-up addresses no request may go to.
+//!
 //! Without the variable every test prints that it was SKIPPED and passes.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,7 @@ use isobar::serve::{Config, Server};
 use isobar::source::kube::WatchConfig;
 use isobar::writeback::{IngressAddress, WritebackConfig};
 use isobar_tests::ads::*;
+use isobar_tests::harness::envoy::{Bootstrap, Envoy, Ports};
 use isobar_tests::*;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -58,14 +65,108 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// What reads the served configuration: an ADS client holding what Envoy
+/// would, or a real Envoy.
+enum Observer {
+    Ads(Box<Sotw>),
+    /// The port lock is held as long as the Envoy runs.
+    Envoy {
+        envoy: Box<Envoy>,
+        _ports: Ports,
+    },
+}
+
+impl Observer {
+    async fn ads(xds: SocketAddr) -> Observer {
+        Observer::Ads(Box::new(Sotw::open_envoy(xds, "e2e").await))
+    }
+
+    async fn envoy(xds: SocketAddr, ports: Ports) -> Observer {
+        let mut envoy = Envoy::start(&ports, Bootstrap::local(xds, "e2e-envoy")).await;
+        envoy.ready().await;
+        Observer::Envoy {
+            envoy: Box::new(envoy),
+            _ports: ports,
+        }
+    }
+
+    /// Waits until `host` is served (or, with `serving` false, not): its
+    /// listener is there and its route configuration names the host. A
+    /// removed listener serves no routes, whatever RouteConfiguration the
+    /// client last received for it.
+    async fn until(&mut self, what: &str, host: &str, serving: bool) {
+        match self {
+            Observer::Ads(c) => {
+                c.until(what, |h| {
+                    let listener = names(&h.snapshot, LDS).iter().any(|l| l == "ingress_http");
+                    (listener && h.domains("ingress_http").contains(host)) == serving
+                })
+                .await
+            }
+            Observer::Envoy { envoy, .. } => {
+                envoy
+                    .until(what, async |e| {
+                        let listener = e
+                            .active_listeners()
+                            .await
+                            .iter()
+                            .any(|l| l == "ingress_http");
+                        let routed =
+                            e.route_configs()
+                                .await
+                                .get("ingress_http")
+                                .is_some_and(|rc| {
+                                    rc["virtual_hosts"]
+                                        .as_array()
+                                        .into_iter()
+                                        .flatten()
+                                        .any(|v| {
+                                            v["domains"]
+                                                .as_array()
+                                                .into_iter()
+                                                .flatten()
+                                                .any(|d| d == host)
+                                        })
+                                });
+                        (listener && routed) == serving
+                    })
+                    .await
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_and_writes_status_for_a_real_cluster() {
     let Some(path) = kubeconfig() else { return };
+    e2e(path, "ads", Observer::ads).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_real_cluster_through_envoy() {
+    let Some(path) = kubeconfig() else { return };
+    if let Err(why) = Envoy::binary() {
+        isobar_tests::harness::venv::skipped(
+            "serves_a_real_cluster_through_envoy",
+            &format!("no Envoy binary: {why}"),
+        );
+        return;
+    }
+    let ports = Ports::lock().await;
+    e2e(path, "envoy", async move |xds| {
+        Observer::envoy(xds, ports).await
+    })
+    .await;
+}
+
+/// The suite: objects created in a namespace of its own, served, status
+/// written, then changed and deleted; `observe` reads what is served.
+async fn e2e(path: PathBuf, tag: &str, observe: impl AsyncFnOnce(SocketAddr) -> Observer) {
     let client = isobar::serve::cluster::client(Some(&path), None)
         .await
         .expect("a client for the e2e cluster");
-    let ns = format!("isobar-e2e-{}", std::process::id());
-    let class = format!("isobar-e2e-{}", std::process::id());
+    let ns = format!("isobar-e2e-{tag}-{}", std::process::id());
+    let class = format!("isobar-e2e-{tag}-{}", std::process::id());
     let pp = PostParams::default();
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -131,11 +232,9 @@ async fn serves_and_writes_status_for_a_real_cluster() {
     let server = Server::start(config).await.expect("serve starts");
     assert!(server.ready(WAIT).await, "every watch synced");
 
-    let mut envoy = Sotw::open_envoy(server.xds_addr(), "e2e").await;
+    let mut envoy = observe(server.xds_addr()).await;
     envoy
-        .until("the shop from the cluster", |h| {
-            h.domains("ingress_http").contains("shop.e2e.example")
-        })
+        .until("the shop from the cluster", "shop.e2e.example", true)
         .await;
 
     // The leader wrote the address into the Ingress status.
@@ -160,19 +259,18 @@ async fn serves_and_writes_status_for_a_real_cluster() {
         .await
         .expect("changing the Ingress");
     envoy
-        .until("the moved host", |h| {
-            let d = h.domains("ingress_http");
-            d.contains("store.e2e.example") && !d.contains("shop.e2e.example")
-        })
+        .until("the moved host", "store.e2e.example", true)
+        .await;
+    envoy
+        .until("the old host gone", "shop.e2e.example", false)
         .await;
     ingresses
         .delete("shop", &DeleteParams::default())
         .await
         .expect("deleting the Ingress");
+    // The namespace's last Ingress: its listener goes, and with it the host.
     envoy
-        .until("the Ingress gone", |h| {
-            !h.domains("ingress_http").contains("store.e2e.example")
-        })
+        .until("the Ingress gone", "store.e2e.example", false)
         .await;
 
     server.shutdown().await.expect("clean shutdown");

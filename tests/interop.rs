@@ -5,15 +5,16 @@
 //! at our ADS port, and checks that routing by path follows the Ingress
 //! (Exact and Prefix) and a live change of it.
 //!
-//! The venv is `$ISOBAR_INTEROP_VENV`, else `<target>/interop-venv` (what
-//! `make interop-venv` creates); it is created here when missing. Without
-//! python3 the test is skipped, loudly.
+//! The venv is the tests' (`isobar_tests::harness::venv`: grpcio pinned by
+//! hash in `tests/venv/requirements.txt`), created here when missing.
+//! Without python3 the test is skipped, loudly.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use isobar::serve::{Config, Server};
+use isobar_tests::harness::venv;
 use isobar_tests::{plugin_path, target_dir};
 
 /// Bounds the whole script (it bounds each of its own waits too).
@@ -23,68 +24,18 @@ fn here() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
 }
 
-fn python3() -> Option<String> {
-    let candidate = std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&candidate)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    matches!(ok, Ok(s) if s.success()).then_some(candidate)
-}
-
-fn run(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
-}
-
-/// A venv with the pinned requirements, made (or brought up to date) if needed.
-fn venv(python3: &str) -> PathBuf {
-    let dir = std::env::var_os("ISOBAR_INTEROP_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("interop-venv"));
-    let python = dir.join("bin").join("python");
-    let requirements = here().join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let stamp = dir.join(".isobar-requirements");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return python;
-    }
-    eprintln!(
-        "interop: creating the venv {} (grpcio from PyPI)",
-        dir.display()
-    );
-    if !python.exists() {
-        run(Command::new(python3).args(["-m", "venv"]).arg(&dir));
-    }
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements));
-    std::fs::write(&stamp, wanted).unwrap();
-    python
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_xds_client_follows_ingress_routes() {
-    let Some(python3) = python3() else {
-        eprintln!();
-        eprintln!("################################################################");
-        eprintln!("## SKIPPED grpc_xds_client_follows_ingress_routes: no python3 ##");
-        eprintln!("## (gRPC's xDS client interop needs python3 and grpcio)        ##");
-        eprintln!("################################################################");
-        eprintln!();
-        return;
+    let python = match tokio::task::spawn_blocking(venv::python).await.unwrap() {
+        Ok(python) => python,
+        Err(why) => {
+            venv::skipped(
+                "grpc_xds_client_follows_ingress_routes",
+                &format!("gRPC's xDS client interop needs python3 and grpcio: {why}"),
+            );
+            return;
+        }
     };
-    let python = tokio::task::spawn_blocking(move || venv(&python3))
-        .await
-        .unwrap();
 
     let manifests = tempfile::tempdir().unwrap();
     let plugin_dir = tempfile::tempdir().unwrap();

@@ -351,7 +351,7 @@ async fn status_is_written_back_by_the_leader_and_a_nack_becomes_an_event() {
             ingress_address: IngressAddress::Fixed(vec!["192.0.2.7".into()]),
             ..WritebackConfig::default()
         },
-        leader,
+        leader: leader.into(),
     };
     let f = Fixture::start(&[], Some(writeback)).await;
     f.sync_all(&[shop()]).await;
@@ -480,4 +480,79 @@ async fn an_operator_acts_on_the_cluster_with_the_hosts_credentials() {
         apply.body["metadata"]["ownerReferences"][0]["controller"],
         true
     );
+}
+
+// ---- graceful shutdown: the lease goes to the other replica -------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_shutting_down_hands_the_lease_and_status_writes_to_the_other_replica() {
+    use isobar::leader::{LeaderConfig, elect};
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/isobar";
+    let (mut api, client) = FakeApi::start([(
+        LEASE,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "isobar", "namespace": "default", "resourceVersion": "1"},
+               "spec": {}}),
+    )]);
+    let replica = async |identity: &str| {
+        // The defaults a deployment runs with (15 s lease, 1 s retry).
+        let leader = elect(client.clone(), &LeaderConfig::new("default", identity))
+            .await
+            .expect("competing for the lease");
+        let writeback = Writeback {
+            client: client.clone(),
+            config: WritebackConfig {
+                ingress_address: IngressAddress::Fixed(vec!["192.0.2.9".into()]),
+                ..WritebackConfig::default()
+            },
+            leader: leader.clone(),
+        };
+        let f = Fixture::start(&[], Some(writeback)).await;
+        f.sync_all(&[shop()]).await;
+        (f, leader)
+    };
+    let (first, first_leader) = replica("replica-a").await;
+    let mut leading = first_leader.watch();
+    tokio::time::timeout(WAIT, leading.wait_for(|l| *l))
+        .await
+        .expect("the first replica leads")
+        .unwrap();
+    let (second, second_leader) = replica("replica-b").await;
+    assert!(!second_leader.is_leader());
+    api.wait_for("the shop's status from the leader", WAIT, |s| {
+        s.method == "PATCH" && s.uri.contains("/ingresses/shop/status")
+    })
+    .await;
+    api.take();
+
+    // SIGTERM's path: the leader releases the lease as it stops.
+    let stopped = Instant::now();
+    first.server.shutdown().await.expect("clean shutdown");
+    let shut = stopped.elapsed();
+    assert!(
+        api.object(LEASE).unwrap()["spec"]["holderIdentity"].is_null(),
+        "the lease is still held after shutdown: {:?}",
+        api.object(LEASE)
+    );
+    let mut taken = second_leader.watch();
+    tokio::time::timeout(WAIT, taken.wait_for(|l| *l))
+        .await
+        .expect("the other replica takes the lease")
+        .unwrap();
+    // Reported, not asserted (timing belongs in benchmarks): the issue
+    // asks for at most 2 s; before, the lease was taken after ~13 s.
+    eprintln!(
+        "leader shut down in {shut:?}; the other replica held the lease {:?} after the stop",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        api.object(LEASE).unwrap()["spec"]["holderIdentity"],
+        "replica-b"
+    );
+    // And writes status from now on.
+    second.script.apply(&blog());
+    api.wait_for("the blog's status from the new leader", WAIT, |s| {
+        s.method == "PATCH" && s.uri.contains("/ingresses/blog/status")
+    })
+    .await;
 }

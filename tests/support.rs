@@ -17,6 +17,10 @@ use isobar::xds::{Snapshot, type_url};
 use prost::Message;
 use serde_json::{Value, json};
 
+/// A real Envoy, real backends and the test venv (`tests/harness/`).
+#[path = "harness/mod.rs"]
+pub mod harness;
+
 /// The cargo target directory these tests were built in.
 pub fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {

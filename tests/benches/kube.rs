@@ -257,7 +257,7 @@ async fn churn(n: usize, secs: usize, rate: usize) {
                 ingress_address: IngressAddress::Fixed(vec!["192.0.2.1".into()]),
                 ..WritebackConfig::default()
             },
-            leader,
+            leader: leader.into(),
         }),
     )
     .await;

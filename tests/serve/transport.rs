@@ -7,7 +7,7 @@ async fn envoy_bootstrap_points_at_serve_defaults() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/envoy-bootstrap.yaml");
     let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let ads = &doc["dynamic_resources"]["ads_config"];
-    assert_eq!(ads["api_type"], "GRPC");
+    assert_eq!(ads["api_type"], "DELTA_GRPC");
     assert_eq!(ads["transport_api_version"], "V3");
     for source in ["lds_config", "cds_config"] {
         assert_eq!(

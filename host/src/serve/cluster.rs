@@ -67,7 +67,7 @@ pub async fn connect(options: ClusterOptions) -> anyhow::Result<ClusterConnectio
         Some(config) => {
             let leader = match &options.leader {
                 Some(l) => crate::leader::elect(client.clone(), l).await?,
-                None => crate::leader::always(),
+                None => crate::leader::Leader::always(),
             };
             Some(Writeback {
                 client: client.clone(),

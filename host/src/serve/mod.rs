@@ -75,12 +75,13 @@ impl std::fmt::Debug for ClusterConnection {
 }
 
 /// Status write-back to the cluster: the client it writes with, the
-/// settings, and whether this replica may write (the leader lease).
+/// settings, and whether this replica may write (the leader lease, which
+/// shutting down releases).
 #[derive(Clone)]
 pub struct Writeback {
     pub client: kube::Client,
     pub config: WritebackConfig,
-    pub leader: tokio_watch::Receiver<bool>,
+    pub leader: crate::leader::Leader,
 }
 
 /// Everything `isobar serve` is told.
@@ -143,6 +144,11 @@ impl std::fmt::Debug for Gate {
 pub const DEFAULT_XDS_LISTEN: &str = "127.0.0.1:18000";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
+/// How long shutting down waits for status writes under way.
+const WRITEBACK_LIMIT: Duration = Duration::from_secs(5);
+/// How long shutting down waits for the leader lease to be released.
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(3);
+
 impl Config {
     /// The defaults: xDS on 127.0.0.1:18000, admin on 127.0.0.1:9901.
     pub fn new(manifests: impl Into<PathBuf>, plugin: impl Into<PathBuf>) -> Self {
@@ -184,9 +190,11 @@ pub struct Server {
     controller: Option<std::thread::JoinHandle<()>>,
     xds_task: Option<JoinHandle<Result<(), xds::ServeError>>>,
     admin_task: Option<JoinHandle<std::io::Result<()>>>,
-    /// The xDS event consumer, the kube source's manager, the status
-    /// writer, the reconcilers.
+    /// The xDS event consumer, the kube source's manager, the reconcilers.
     tasks: Vec<JoinHandle<()>>,
+    /// Status write-back, and the lease it writes under: shutting down
+    /// lets the writer finish, then releases the lease.
+    writeback: Option<(JoinHandle<()>, crate::leader::Leader)>,
 }
 
 /// The path as the kernel will report it in events: absolute, with
@@ -329,7 +337,9 @@ fn origin(
     reconciler_kinds: &HashSet<KindKey>,
     inputs: &std::sync::mpsc::Sender<Input>,
     report: &Arc<Report>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
     tasks: &mut Vec<JoinHandle<()>>,
+    writeback: &mut Option<(JoinHandle<()>, crate::leader::Leader)>,
 ) -> (Origin, Option<Vec<Event>>) {
     match &config.source {
         Source::Manifests(_) => {
@@ -365,12 +375,16 @@ fn origin(
             source.want(controller::watch_specs(plugin, reconciler_kinds));
             tasks.push(task);
             if let Some(wb) = &cluster.writeback {
-                tasks.push(tokio::spawn(crate::writeback::run(
-                    wb.client.clone(),
-                    wb.config.clone(),
-                    report.clone(),
+                *writeback = Some((
+                    tokio::spawn(crate::writeback::run_until(
+                        wb.client.clone(),
+                        wb.config.clone(),
+                        report.clone(),
+                        wb.leader.watch(),
+                        stopped,
+                    )),
                     wb.leader.clone(),
-                )));
+                ));
             }
             (Origin::Cluster(ClusterState::new(source)), None)
         }
@@ -484,6 +498,7 @@ impl Server {
                 inputs: tx,
             }
         });
+        let mut writeback = None;
         let (origin, prescanned) = origin(
             &config,
             &watched,
@@ -493,7 +508,9 @@ impl Server {
             &reconciler_kinds,
             &inputs,
             &report,
+            stopped(&stop),
             &mut tasks,
+            &mut writeback,
         );
         let controller = Controller::new(controller::Parts {
             runtime,
@@ -533,6 +550,7 @@ impl Server {
             xds_task: Some(xds_task),
             admin_task: Some(admin_task),
             tasks,
+            writeback,
         })
     }
 
@@ -604,7 +622,9 @@ impl Server {
     }
 
     /// Stops watching, ends every xDS stream (UNAVAILABLE: clients
-    /// reconnect elsewhere), stops the admin server and the controller.
+    /// reconnect elsewhere), lets status writes under way finish and
+    /// releases the leader lease (another replica takes it at once), stops
+    /// the admin server and the controller.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown_inner().await
     }
@@ -617,6 +637,17 @@ impl Server {
             gate.open();
         }
         self.stop.send_replace(true);
+        // Beside the xDS drain: the writer's pass under way, then the lease.
+        let handover = self.writeback.take().map(|(task, leader)| {
+            tokio::spawn(async move {
+                let abort = task.abort_handle();
+                if tokio::time::timeout(WRITEBACK_LIMIT, task).await.is_err() {
+                    abort.abort();
+                    warn!(limit = ?WRITEBACK_LIMIT, "status writes still under way at shutdown; abandoned");
+                }
+                leader.release(LEASE_RELEASE_LIMIT).await;
+            })
+        });
         let mut problems = Vec::new();
         if let Some(mut task) = self.xds_task.take() {
             match tokio::time::timeout(LIMIT, &mut task).await {
@@ -643,6 +674,11 @@ impl Server {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        if let Some(task) = handover
+            && task.await.is_err()
+        {
+            problems.push("releasing the leader lease failed".to_string());
+        }
         if let Some(controller) = self.controller.take() {
             // The controller may be in the middle of a round: wait off the runtime.
             let joined = tokio::task::spawn_blocking(move || controller.join());
@@ -664,6 +700,9 @@ impl Drop for Server {
     /// A server dropped without `shutdown` still stops serving.
     fn drop(&mut self) {
         for task in &self.tasks {
+            task.abort();
+        }
+        if let Some((task, _)) = &self.writeback {
             task.abort();
         }
         self.watcher.take();

@@ -90,6 +90,19 @@ pub async fn run(
     status: Arc<Report>,
     leader: watch::Receiver<bool>,
 ) {
+    run_until(client, config, status, leader, std::future::pending()).await
+}
+
+/// Runs status write-back until `shutdown` completes: a pass under way
+/// finishes first (its writes are not cut off mid-request), no new one
+/// starts. Bound the wait for it: a pass may be waiting on the rate limit.
+pub async fn run_until(
+    client: kube::Client,
+    config: WritebackConfig,
+    status: Arc<Report>,
+    leader: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     // A fixed address never changes: its sender lives as long as the
     // writer, so the receiver never reports the channel closed.
     let (_fixed, addresses) = match &config.ingress_address {
@@ -107,8 +120,11 @@ pub async fn run(
         ),
     };
     let mut writer = StatusWriter::new(client, config, status);
-    writer.run(leader, addresses).await;
-    warn!("status write-back stopped: an input channel closed");
+    if writer.run(leader, addresses, shutdown).await {
+        info!("status write-back stopped: shutting down");
+    } else {
+        warn!("status write-back stopped: an input channel closed");
+    }
 }
 
 /// What went into a root's last evaluation: when none of it changed, the
@@ -171,11 +187,14 @@ impl StatusWriter {
         }
     }
 
+    /// True when it stopped because `shutdown` completed.
     async fn run(
         &mut self,
         mut leader: watch::Receiver<bool>,
         mut addresses: watch::Receiver<Option<Vec<String>>>,
-    ) {
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        tokio::pin!(shutdown);
         let mut roots = self.status.subscribe_roots();
         let mut changes = self.status.subscribe_reports();
         let mut was_leader = false;
@@ -206,17 +225,21 @@ impl StatusWriter {
             }
             let retry = self.retry_at;
             tokio::select! {
-                r = leader.changed() => if r.is_err() { return },
-                r = roots.changed(), if is_leader => if r.is_err() { return },
-                r = changes.changed(), if is_leader => if r.is_err() { return },
+                _ = &mut shutdown => return true,
+                r = leader.changed() => if r.is_err() { return false },
+                r = roots.changed(), if is_leader => if r.is_err() { return false },
+                r = changes.changed(), if is_leader => if r.is_err() { return false },
                 r = addresses.changed(), if is_leader => {
-                    if r.is_err() { return }
+                    if r.is_err() { return false }
                     self.evaluated.clear();
                 }
                 _ = sleep_until(retry), if retry.is_some() && is_leader => {}
             }
             // Coalesce a burst of changes into one pass.
-            tokio::time::sleep(self.config.window).await;
+            tokio::select! {
+                _ = &mut shutdown => return true,
+                _ = tokio::time::sleep(self.config.window) => {}
+            }
         }
     }
 

@@ -334,3 +334,40 @@ async fn a_pass_spends_the_token_bucket_then_yields_rejections_first() {
     assert_eq!(rest.len(), 2, "{rest:?}");
     assert_eq!(writes(&st, "written"), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutting_down_lets_the_pass_under_way_finish_and_starts_no_other() {
+    let (api, client) = FakeApi::start([]);
+    let st = status();
+    st.set_roots(vec![
+        (ingress_named("i0"), true),
+        (ingress_named("i1"), true),
+    ]);
+    let (_leader_tx, leader) = watch::channel(true);
+    // Shutdown is already asked for when the first pass starts: the pass
+    // must still finish, though its second write waits for a token.
+    let task = tokio::spawn(run_until(
+        client,
+        WritebackConfig {
+            ingress_address: IngressAddress::Fixed(addresses()),
+            qps: 1.0,
+            burst: 1,
+            ..WritebackConfig::default()
+        },
+        st.clone(),
+        leader,
+        std::future::ready(()),
+    ));
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the writer stops once its pass is done")
+        .unwrap();
+    let patches: Vec<String> = api
+        .take()
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .map(|s| s.uri)
+        .collect();
+    assert_eq!(patches.len(), 2, "the pass was cut short: {patches:?}");
+    assert_eq!(writes(&st, "written"), 2);
+}
