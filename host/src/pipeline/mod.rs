@@ -851,7 +851,13 @@ impl Pipeline {
                 let compiled = match self.store.get(&obj_key) {
                     None => Err(format!("Secret {}/{} does not exist", key.0, key.1)),
                     Some(obj) => match obj.parse::<Secret>() {
-                        Err(e) => Err(format!("Secret {}/{} cannot be read: {e}", key.0, key.1)),
+                        // Never serde's message: it quotes the value (key material).
+                        Err(e) => Err(format!(
+                            "Secret {}/{} cannot be read: {}",
+                            key.0,
+                            key.1,
+                            envoy::parse_error_without_content(&e)
+                        )),
                         Ok(s) => envoy::secret(&s)
                             .map_err(|e| format!("Secret {}/{}: {e}", key.0, key.1)),
                     },
