@@ -7,7 +7,8 @@ WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
 PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached
 
 INTEROP_VENV := $(TARGET_DIR)/interop-venv
-# `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
+# `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000 --xds-allow-insecure'
+# (off loopback, xDS without mTLS is refused unless allowed: SDS carries keys).
 SERVE_FLAGS ?=
 
 .PHONY: all plugins plugins-js plugins-py build run serve translate test interop-venv bench fmt

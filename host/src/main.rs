@@ -237,6 +237,14 @@ enum Command {
         /// PEM CA bundle: xDS clients must present a certificate it signed (mTLS).
         #[arg(long, requires = "xds_tls_cert")]
         xds_tls_ca: Option<PathBuf>,
+        /// Serve xDS on a non-loopback address without mTLS. Refused by
+        /// default: SDS hands TLS private keys to whoever connects.
+        #[arg(long)]
+        xds_allow_insecure: bool,
+        /// Also serve /healthz and /readyz (nothing else) here: the
+        /// kubelet's probes, with --admin-listen on loopback.
+        #[arg(long)]
+        probe_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -407,6 +415,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             xds_tls_cert,
             xds_tls_key,
             xds_tls_ca,
+            xds_allow_insecure,
+            probe_listen,
             limits,
         } => {
             let plugin = match plugin {
@@ -430,6 +440,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             config.xds_listen = xds_listen;
             config.admin_listen = admin_listen;
+            config.xds_allow_insecure = xds_allow_insecure;
+            config.probe_listen = probe_listen;
             config.limits = limits.limits();
             if let (Some(cert), Some(key)) = (xds_tls_cert, xds_tls_key) {
                 config.xds_tls = Some(serve::tls_from_files(&cert, &key, xds_tls_ca.as_deref())?);

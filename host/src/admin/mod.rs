@@ -26,8 +26,25 @@ use tracing::info;
 
 use crate::serve::Status;
 
+/// How long a client may take to send a request's headers (and how long
+/// a kept-alive connection may sit idle): a half-sent request no longer
+/// holds a connection for ever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the admin handlers share: the host's status, and the config dump
+/// rendered once per snapshot version.
+#[derive(Clone)]
+pub struct Admin {
+    status: Arc<Status>,
+    dump: Arc<tokio::sync::Mutex<Option<(u64, Arc<Vec<u8>>)>>>,
+}
+
 /// The admin routes over a running host's status.
 pub fn router(status: Arc<Status>) -> Router {
+    let admin = Admin {
+        status,
+        dump: Arc::default(),
+    };
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -39,7 +56,19 @@ pub fn router(status: Arc<Status>) -> Router {
         .route("/debug/streams", get(streams))
         .route("/debug/reconcilers", get(reconcilers))
         .route("/debug/cluster", get(cluster))
-        .with_state(status)
+        .with_state(admin)
+}
+
+/// Only `/healthz` and `/readyz`: what the kubelet needs, safe to serve
+/// on the pod's address while the rest stays on loopback.
+pub fn probes_router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Admin {
+            status,
+            dump: Arc::default(),
+        })
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` completes.
@@ -49,18 +78,65 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "admin endpoint listening");
-    axum::serve(listener, router(status))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(status), shutdown).await
 }
 
-type S = State<Arc<Status>>;
+/// Serves `router` (HTTP/1 and HTTP/2) on `listener` until `shutdown`
+/// completes, then lets open requests finish (for at most 5 s). Headers
+/// must arrive within [`HEADER_READ_TIMEOUT`].
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
+
+type S = State<Admin>;
 
 async fn index() -> &'static str {
     "isobar admin: /healthz /readyz /metrics /debug/config_dump /debug/plugins /debug/diagnostics /debug/streams\n"
 }
 
-async fn healthz(State(status): S) -> Response {
+async fn healthz(State(Admin { status, .. }): S) -> Response {
     match status.failure() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(why) => (
@@ -71,7 +147,7 @@ async fn healthz(State(status): S) -> Response {
     }
 }
 
-async fn readyz(State(status): S) -> Response {
+async fn readyz(State(Admin { status, .. }): S) -> Response {
     if status.is_ready() {
         (
             StatusCode::OK,
@@ -90,7 +166,7 @@ async fn readyz(State(status): S) -> Response {
     }
 }
 
-async fn metrics(State(status): S) -> Response {
+async fn metrics(State(Admin { status, .. }): S) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -101,13 +177,28 @@ async fn metrics(State(status): S) -> Response {
         .into_response()
 }
 
-async fn config_dump(State(status): S) -> Response {
-    let snapshot = status.snapshot();
-    // Rendering a large snapshot is CPU work: off the runtime's workers.
-    let rendered =
-        tokio::task::spawn_blocking(move || crate::dump::snapshot_to_json(&snapshot)).await;
+/// The snapshot as Envoy JSON, rendered once per snapshot version (on the
+/// blocking pool) and shared by every request for that version: a burst of
+/// requests is one render, not one each.
+async fn config_dump(State(admin): S) -> Response {
+    let snapshot = admin.status.snapshot();
+    let mut cached = admin.dump.lock().await;
+    if let Some((version, body)) = cached.as_ref()
+        && *version == snapshot.version
+    {
+        return json_bytes(body.clone());
+    }
+    let version = snapshot.version;
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::dump::snapshot_to_json(&snapshot).and_then(|doc| Ok(serde_json::to_vec(&doc)?))
+    })
+    .await;
     match rendered {
-        Ok(Ok(doc)) => Json(doc).into_response(),
+        Ok(Ok(body)) => {
+            let body = Arc::new(body);
+            *cached = Some((version, body.clone()));
+            json_bytes(body)
+        }
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering the snapshot: {e:#}\n"),
@@ -121,14 +212,31 @@ async fn config_dump(State(status): S) -> Response {
     }
 }
 
-async fn plugins(State(status): S) -> Json<serde_json::Value> {
+fn json_bytes(body: Arc<Vec<u8>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from_owner(ArcBytes(body)),
+    )
+        .into_response()
+}
+
+/// Lends a shared rendering to a response body without copying it.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+async fn plugins(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({
         "plugins": status.plugin().into_iter().collect::<Vec<_>>(),
         "history": status.plugin_history(),
     }))
 }
 
-async fn diagnostics(State(status): S) -> Json<serde_json::Value> {
+async fn diagnostics(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({
         "version": status.snapshot().version,
         "manifest_errors": status.manifest_errors(),
@@ -138,17 +246,17 @@ async fn diagnostics(State(status): S) -> Json<serde_json::Value> {
     }))
 }
 
-async fn streams(State(status): S) -> Json<serde_json::Value> {
+async fn streams(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({ "streams": status.streams() }))
 }
 
-async fn reconcilers(State(status): S) -> Json<serde_json::Value> {
+async fn reconcilers(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({ "reconcilers": status.reconcilers() }))
 }
 
 /// The in-memory cluster reconcilers write to when serving manifests: what
 /// an operator would have made of them.
-async fn cluster(State(status): S) -> Response {
+async fn cluster(State(Admin { status, .. }): S) -> Response {
     match status.memory_cluster() {
         Some(c) => {
             let objects: Vec<serde_json::Value> = c.objects().into_values().collect();

@@ -637,7 +637,9 @@ impl Controller {
 
     fn observe_round_for(&self, plugin: &Plugin, round: &Round) {
         let m = &self.status.metrics;
-        let name = labels1("plugin", plugin.info.name.clone());
+        // A plugin names itself and its reasons: bounded as labels.
+        let plugin_label = m.chosen_label(&plugin.info.name);
+        let name = labels1("plugin", plugin_label.clone());
         let hist = m.plugin_call_duration.get_or_create_owned(&name);
         for d in &round.translation.call_durations {
             hist.observe(secs(*d));
@@ -649,9 +651,9 @@ impl Controller {
             m.plugin_failures
                 .get_or_create(&labels2(
                     "plugin",
-                    plugin.info.name.clone(),
+                    plugin_label.clone(),
                     "reason",
-                    reason.clone(),
+                    m.chosen_label(reason),
                 ))
                 .inc_by(*n as u64);
         }

@@ -91,6 +91,12 @@ pub struct Config {
     pub xds_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub xds_tls: Option<TlsConfig>,
+    /// Serve xDS on a non-loopback address without mTLS (refused otherwise:
+    /// SDS carries private keys).
+    pub xds_allow_insecure: bool,
+    /// Where `/healthz` and `/readyz` alone are served (the kubelet's
+    /// probes), when the admin port itself stays on loopback.
+    pub probe_listen: Option<SocketAddr>,
     pub limits: Limits,
     /// Where compiled components are cached (None: in memory only).
     pub cache_dir: Option<PathBuf>,
@@ -158,6 +164,8 @@ impl Config {
             xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             xds_tls: None,
+            xds_allow_insecure: false,
+            probe_listen: None,
             limits: Limits::default(),
             cache_dir: crate::app::default_cache_dir(),
             debounce: Debounce::default(),
@@ -203,6 +211,11 @@ impl Server {
     /// starts building the first snapshot. Fails if the plugin cannot be
     /// loaded, the manifest directory does not exist, or a port is taken.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        xds::check_exposure(
+            config.xds_listen,
+            config.xds_tls.as_ref(),
+            config.xds_allow_insecure,
+        )?;
         let manifests = match &config.source {
             Source::Manifests(dir) => {
                 let abs = dir
@@ -312,8 +325,19 @@ impl Server {
             stopped(&stop),
         ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
-
         let mut cluster_tasks = Vec::new();
+        if let Some(addr) = config.probe_listen {
+            let probes = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding probes on {addr}"))?;
+            info!(addr = ?probes.local_addr().ok(), "probes (/healthz, /readyz) listening");
+            let router = crate::admin::probes_router(status.clone());
+            let done = stopped(&stop);
+            cluster_tasks.push(tokio::spawn(async move {
+                let _ = crate::admin::serve_router(probes, router, done).await;
+            }));
+        }
+
         // Reconcilers: their kinds join the watched ones; their objects go
         // to the operators task, their actions to the cluster (or, serving
         // files, to an in-memory one).

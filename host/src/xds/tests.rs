@@ -210,8 +210,13 @@ struct Harness {
 
 impl Harness {
     async fn start(initial: Snapshot) -> Self {
+        Self::start_with(initial, XdsLimits::default()).await
+    }
+
+    async fn start_with(initial: Snapshot, limits: XdsLimits) -> Self {
         let (snapshots, rx) = watch::channel(Arc::new(initial));
-        let (server, events) = XdsServer::new(rx);
+        let (tx, events) = mpsc::channel(crate::xds::server::EVENT_QUEUE);
+        let server = XdsServer::with_limits(rx, Some(tx), limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -1340,3 +1345,6 @@ async fn named_only_resources_never_reach_wildcard_subscribers() {
     envoy.sync("3").await;
     envoy_delta.sync("3").await;
 }
+
+/// Clients that misbehave on purpose (issue 13).
+mod hostile;
