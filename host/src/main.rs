@@ -62,6 +62,14 @@ struct GrantArgs {
     /// Host directory the plugin may read, as HOST_DIR:GUEST_DIR (repeatable).
     #[arg(long = "plugin-dir", value_parser = dir_mapping)]
     dirs: Vec<(PathBuf, String)>,
+    /// Let the plugin read the host's clocks. Without it the wall clock
+    /// reads the Unix epoch and time moves only by the plugin's own waits.
+    #[arg(long = "plugin-clocks")]
+    clocks: bool,
+    /// Let the plugin read the host's randomness. Without it "random"
+    /// bytes are a fixed sequence.
+    #[arg(long = "plugin-random")]
+    random: bool,
 }
 
 impl GrantArgs {
@@ -69,6 +77,8 @@ impl GrantArgs {
         isobar::plugin::Grants {
             env: self.env.clone(),
             read_only_dirs: self.dirs.clone(),
+            clocks: self.clocks,
+            random: self.random,
         }
     }
 }

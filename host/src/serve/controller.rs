@@ -244,9 +244,13 @@ impl Controller {
             info!("controller stopped before the first snapshot");
             return;
         }
-        self.initial();
-        if early.plugin {
-            self.swap(early.first_at);
+        {
+            let status = self.status.clone();
+            let _round = status.round_started();
+            self.initial();
+            if early.plugin {
+                self.swap(early.first_at);
+            }
         }
         if let Some(ops) = &self.ops {
             for i in std::mem::take(&mut early.reconcilers) {
@@ -273,6 +277,8 @@ impl Controller {
             if batch.stop {
                 break;
             }
+            let status = self.status.clone();
+            let _round = status.round_started();
             self.process(batch);
         }
         info!("controller stopped");

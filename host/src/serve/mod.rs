@@ -97,6 +97,9 @@ pub struct Config {
     /// Where `/healthz` and `/readyz` alone are served (the kubelet's
     /// probes), when the admin port itself stays on loopback.
     pub probe_listen: Option<SocketAddr>,
+    /// A controller round running longer than this makes `/healthz` 503
+    /// until it ends (None: ten plugin deadlines, at least 5 s).
+    pub round_stall: Option<Duration>,
     pub limits: Limits,
     /// Where compiled components are cached (None: in memory only).
     pub cache_dir: Option<PathBuf>,
@@ -166,6 +169,7 @@ impl Config {
             xds_tls: None,
             xds_allow_insecure: false,
             probe_listen: None,
+            round_stall: None,
             limits: Limits::default(),
             cache_dir: crate::app::default_cache_dir(),
             debounce: Debounce::default(),
@@ -299,6 +303,11 @@ impl Server {
 
         let (snapshots_tx, snapshots_rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
         let status = Arc::new(Status::new(snapshots_rx.clone()));
+        status.set_stall_after(
+            config
+                .round_stall
+                .unwrap_or_else(|| (config.limits.deadline * 10).max(Duration::from_secs(5))),
+        );
         let (stop, _) = tokio_watch::channel(false);
         let stopped = |stop: &tokio_watch::Sender<bool>| {
             let mut rx = stop.subscribe();
