@@ -76,35 +76,42 @@ fn relevant(kind: &EventKind) -> bool {
 /// watch on the file would not survive).
 pub(crate) fn start(watched: &Watched, tx: Sender<Input>) -> notify::Result<RecommendedWatcher> {
     let w = watched.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let at = Instant::now();
-        let input = match res {
-            Ok(event) if event.need_rescan() => Input::Rescan { at },
-            Ok(event) if relevant(&event.kind) => {
-                let paths: Vec<PathBuf> = event
-                    .paths
-                    .into_iter()
-                    .filter(|p| {
-                        w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
-                            || w.is_plugin(p)
-                            || !w.reconcilers_at(p).is_empty()
-                    })
-                    .collect();
-                if paths.is_empty() {
-                    return;
+    // Symlinked directories are not followed (a link to `.` would watch
+    // the tree again and again); the manifest walk does not follow them
+    // either.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = RecommendedWatcher::new(
+        move |res: notify::Result<notify::Event>| {
+            let at = Instant::now();
+            let input = match res {
+                Ok(event) if event.need_rescan() => Input::Rescan { at },
+                Ok(event) if relevant(&event.kind) => {
+                    let paths: Vec<PathBuf> = event
+                        .paths
+                        .into_iter()
+                        .filter(|p| {
+                            w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
+                                || w.is_plugin(p)
+                                || !w.reconcilers_at(p).is_empty()
+                        })
+                        .collect();
+                    if paths.is_empty() {
+                        return;
+                    }
+                    debug!(kind = ?event.kind, ?paths, "file event");
+                    Input::Paths { paths, at }
                 }
-                debug!(kind = ?event.kind, ?paths, "file event");
-                Input::Paths { paths, at }
-            }
-            Ok(_) => return,
-            Err(e) => {
-                warn!(error = %e, "file watch error; reading everything again");
-                Input::Rescan { at }
-            }
-        };
-        // The controller is gone when we are shutting down.
-        let _ = tx.send(input);
-    })?;
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(error = %e, "file watch error; reading everything again");
+                    Input::Rescan { at }
+                }
+            };
+            // The controller is gone when we are shutting down.
+            let _ = tx.send(input);
+        },
+        config,
+    )?;
     if let Some(manifests) = &watched.manifests {
         watcher.watch(manifests, RecursiveMode::Recursive)?;
     }
