@@ -29,6 +29,7 @@ mod endpoint;
 mod error;
 mod listener;
 pub mod names;
+pub mod regex;
 mod route;
 mod secret;
 mod validate;

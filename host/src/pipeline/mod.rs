@@ -409,6 +409,17 @@ impl Pipeline {
                 // port that exists, whatever the plugin said.
                 let mut routes = Vec::with_capacity(merged.routes.len());
                 for mr in &merged.routes {
+                    // A regex Envoy would refuse NACKs the whole route
+                    // configuration: only this route is left out.
+                    if let Err(e) = envoy::regex::check_route(&mr.route) {
+                        compiled.diagnostics.push(diag(
+                            &mr.root,
+                            ir::Severity::Error,
+                            "InvalidRegex",
+                            format!("virtual host {}: route left out: {e}", key.1),
+                        ));
+                        continue;
+                    }
                     let mut route = mr.route.clone();
                     if let ir::RouteAction::Forward(backends) = &route.action {
                         for wb in backends {
