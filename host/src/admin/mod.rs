@@ -37,14 +37,26 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub struct Admin {
     status: Arc<Status>,
     dump: Arc<tokio::sync::Mutex<Option<(u64, Arc<Vec<u8>>)>>>,
+    /// Config dumps rendered (for tests: one per snapshot version).
+    renders: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Admin {
+    fn new(status: Arc<Status>) -> Self {
+        Admin {
+            status,
+            dump: Arc::default(),
+            renders: Arc::default(),
+        }
+    }
 }
 
 /// The admin routes over a running host's status.
 pub fn router(status: Arc<Status>) -> Router {
-    let admin = Admin {
-        status,
-        dump: Arc::default(),
-    };
+    admin_router(Admin::new(status))
+}
+
+fn admin_router(admin: Admin) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -65,10 +77,7 @@ pub fn probes_router(status: Arc<Status>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Admin {
-            status,
-            dump: Arc::default(),
-        })
+        .with_state(Admin::new(status))
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` completes.
@@ -89,16 +98,25 @@ pub async fn serve_router(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_router_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+async fn serve_router_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: std::time::Duration,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+        .keep_alive_interval(Some(header_timeout));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -115,12 +133,20 @@ pub async fn serve_router(
             _ = &mut shutdown => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timer starts once the protocol is known, i.e.
+            // after the first bytes: a connection that sends none is
+            // closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
@@ -189,6 +215,9 @@ async fn config_dump(State(admin): S) -> Response {
         return json_bytes(body.clone());
     }
     let version = snapshot.version;
+    admin
+        .renders
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let rendered = tokio::task::spawn_blocking(move || {
         crate::dump::snapshot_to_json(&snapshot).and_then(|doc| Ok(serde_json::to_vec(&doc)?))
     })
@@ -276,5 +305,129 @@ async fn cluster(State(Admin { status, .. }): S) -> Response {
             "no in-memory cluster: reconcilers (if any) write to the Kubernetes API\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::xds::Snapshot;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn status(version: u64) -> (tokio::sync::watch::Sender<Arc<Snapshot>>, Arc<Status>) {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
+            version,
+            ..Default::default()
+        }));
+        (tx, Arc::new(Status::new(rx)))
+    }
+
+    async fn start(router: Router, header_timeout: Duration) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_router_with(
+            listener,
+            router,
+            std::future::pending(),
+            header_timeout,
+        ));
+        addr
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> u16 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    async fn closed_by_server(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Issue 13 item 8: half-sent HTTP/1 requests to the admin port were
+    /// still open after 75 s.
+    #[tokio::test]
+    async fn half_sent_requests_and_idle_connections_are_closed() {
+        let (_tx, status) = status(1);
+        let addr = start(router(status), Duration::from_millis(300)).await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_by_server(&mut half).await,
+            "half a request still open"
+        );
+        assert!(
+            closed_by_server(&mut idle).await,
+            "an idle connection still open"
+        );
+        assert_eq!(get(addr, "/healthz").await, 200);
+    }
+
+    /// Issue 13 item 11: the probe port serves the probes and nothing else.
+    #[tokio::test]
+    async fn the_probe_router_serves_only_the_probes() {
+        let (_tx, status) = status(1);
+        status.mark_ready();
+        let addr = start(probes_router(status), HEADER_READ_TIMEOUT).await;
+        assert_eq!(get(addr, "/healthz").await, 200);
+        assert_eq!(get(addr, "/readyz").await, 200);
+        for path in [
+            "/metrics",
+            "/debug/config_dump",
+            "/debug/diagnostics",
+            "/debug/streams",
+        ] {
+            assert_eq!(get(addr, path).await, 404, "{path}");
+        }
+    }
+
+    /// Issue 13 item 11: the config dump was rendered for every request on
+    /// the blocking pool; now once per snapshot version.
+    #[tokio::test]
+    async fn the_config_dump_is_rendered_once_per_snapshot_version() {
+        let (tx, status) = status(1);
+        let admin = Admin::new(status);
+        let renders = admin.renders.clone();
+        let addr = start(admin_router(admin), HEADER_READ_TIMEOUT).await;
+        let requests = (0..20).map(|_| get(addr, "/debug/config_dump"));
+        for code in futures::future::join_all(requests).await {
+            assert_eq!(code, 200);
+        }
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 1);
+        tx.send_replace(Arc::new(Snapshot {
+            version: 2,
+            ..Default::default()
+        }));
+        assert_eq!(get(addr, "/debug/config_dump").await, 200);
+        assert_eq!(get(addr, "/debug/config_dump").await, 200);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

@@ -362,3 +362,40 @@ where
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::*;
+
+    fn tls(ca: bool) -> TlsConfig {
+        TlsConfig {
+            cert_pem: vec![],
+            key_pem: vec![],
+            client_ca_pem: ca.then(Vec::new),
+        }
+    }
+
+    /// Issue 13 item 12: binding xDS to a non-loopback address without
+    /// mTLS served every private key over SDS to whoever connected.
+    #[test]
+    fn xds_off_loopback_needs_mtls_or_an_explicit_allowance() {
+        let any: std::net::SocketAddr = "0.0.0.0:18000".parse().unwrap();
+        let pod: std::net::SocketAddr = "10.1.2.3:18000".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:18000".parse().unwrap();
+        let local6: std::net::SocketAddr = "[::1]:18000".parse().unwrap();
+        for addr in [any, pod] {
+            assert!(matches!(
+                check_exposure(addr, None, false),
+                Err(ServeError::Insecure { .. })
+            ));
+            // TLS without client certificates is still anyone's.
+            assert!(check_exposure(addr, Some(&tls(false)), false).is_err());
+            assert!(check_exposure(addr, Some(&tls(true)), false).is_ok());
+            assert!(check_exposure(addr, None, true).is_ok());
+        }
+        assert!(check_exposure(local, None, false).is_ok());
+        assert!(check_exposure(local6, None, false).is_ok());
+        let err = check_exposure(any, None, false).unwrap_err().to_string();
+        assert!(err.contains("--xds-allow-insecure"), "{err}");
+    }
+}
