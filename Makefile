@@ -11,7 +11,7 @@ INTEROP_VENV := $(TARGET_DIR)/interop-venv
 # (off loopback, xDS without mTLS is refused unless allowed: SDS carries keys).
 SERVE_FLAGS ?=
 
-.PHONY: all plugins plugins-js plugins-py build run serve translate test interop-venv bench fmt
+.PHONY: all plugins plugins-js plugins-py build run serve translate test interop-venv bench fmt fuzz
 
 all: build
 
@@ -77,6 +77,13 @@ test: plugins interop-venv
 ## bench: translation benchmarks (Wasm vs native side by side, incremental, per call, memory)
 bench: plugins
 	$(CARGO) bench -p isobar-tests --bench translate
+
+## fuzz: the manifest reader, the SotW and delta request decoders and the
+## PEM scanner on inputs mutated from host/tests/fuzz-corpus (proptest:
+## cargo-fuzz needs nightly), FUZZ_SECONDS (default 60) each, release build.
+FUZZ_SECONDS ?= 60
+fuzz:
+	ISOBAR_FUZZ_SECONDS=$(FUZZ_SECONDS) ISOBAR_FUZZ_CASES=5000 $(CARGO) test --release -p isobar --test fuzz -- --test-threads=1 --nocapture
 
 fmt:
 	$(CARGO) fmt --all
