@@ -91,12 +91,17 @@ async fn main() {
                 }
             }
             let open = |held: &mut Vec<tokio::net::TcpStream>| {
+                // Read what the server sent (its SETTINGS) until it would
+                // block (open) or ends (closed).
                 held.retain(|s| {
-                    let mut b = [0u8; 1];
-                    match s.try_read(&mut b) {
-                        Ok(0) => false,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-                        _ => false,
+                    let mut b = [0u8; 4096];
+                    loop {
+                        match s.try_read(&mut b) {
+                            Ok(0) => return false,
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                            Err(_) => return false,
+                        }
                     }
                 });
                 held.len()
