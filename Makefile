@@ -7,10 +7,11 @@ WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
 PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached
 
 TEST_VENV := $(TARGET_DIR)/test-venv
-# `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000'.
+# `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000 --xds-allow-insecure'
+# (off loopback, xDS without mTLS is refused unless allowed: SDS carries keys).
 SERVE_FLAGS ?=
 
-.PHONY: all plugins plugins-js plugins-py build run serve translate test test-venv interop-venv bench fmt
+.PHONY: all plugins plugins-js plugins-py build run serve translate test test-venv interop-venv bench fmt fuzz
 
 all: build
 
@@ -90,6 +91,13 @@ test: plugins test-venv
 ## bench: translation benchmarks (Wasm vs native side by side, incremental, per call, memory)
 bench: plugins
 	$(CARGO) bench -p isobar-tests --bench translate
+
+## fuzz: the manifest reader, the SotW and delta request decoders and the
+## PEM scanner on inputs mutated from host/tests/fuzz-corpus (proptest:
+## cargo-fuzz needs nightly), FUZZ_SECONDS (default 60) each, release build.
+FUZZ_SECONDS ?= 60
+fuzz:
+	ISOBAR_FUZZ_SECONDS=$(FUZZ_SECONDS) ISOBAR_FUZZ_CASES=5000 $(CARGO) test --release -p isobar --test fuzz -- --test-threads=1 --nocapture
 
 fmt:
 	$(CARGO) fmt --all

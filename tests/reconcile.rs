@@ -496,6 +496,70 @@ async fn actions_beyond_the_objects_own_are_refused() {
     op.stop().await;
 }
 
+/// Issue 13 item 3: `Apply` never checked the kind against `owns` (a
+/// cluster-scoped ClusterRole went through), `Delete` checked ownership
+/// only of objects in the reconciler's store (a Secret it does not watch
+/// was deleted), and an existing object of someone else's was taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_outside_what_the_plugin_declared_are_refused() {
+    let mut op = Operator::start(faults());
+    let secret_key = ObjectKey::new(KindKey::new("v1", "Secret"), "default", "db");
+    op.cluster
+        .put(json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"namespace": "default", "name": "db"}}))
+        .unwrap();
+    op.cluster
+        .put(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"namespace": "default", "name": "not-mine"},
+                    "data": {"owner": "a person"}}))
+        .unwrap();
+    op.cluster.put(fault("escalator", "unowned-kind")).unwrap();
+    op.cluster.put(fault("shredder", "unowned-delete")).unwrap();
+    op.cluster.put(fault("thief", "take-over")).unwrap();
+    op.until("all three refused", |c| {
+        ["escalator", "shredder", "thief"]
+            .iter()
+            .all(|n| reconciled(c, n) == is("False", "ActionRefused"))
+    })
+    .await;
+    let cluster_role = ObjectKey::new(
+        KindKey::new("rbac.authorization.k8s.io/v1", "ClusterRole"),
+        "",
+        "escalated",
+    );
+    assert!(op.cluster.get(&cluster_role).is_none());
+    assert!(
+        op.cluster
+            .get(&ObjectKey::new(
+                cluster_role.kind.clone(),
+                "default",
+                "escalated"
+            ))
+            .is_none()
+    );
+    assert!(op.cluster.get(&secret_key).is_some(), "not deleted");
+    let not_mine = op
+        .cluster
+        .get(&config_map_key("default", "not-mine"))
+        .unwrap();
+    assert_eq!(not_mine["data"], json!({"owner": "a person"}));
+    assert!(not_mine["metadata"].get("ownerReferences").is_none());
+    let failing = op.progress.borrow().failing.clone();
+    assert!(
+        failing[&fault_key("escalator")].contains("not a kind the plugin owns"),
+        "{failing:?}"
+    );
+    assert!(
+        failing[&fault_key("shredder")].contains("not a kind the plugin owns"),
+        "{failing:?}"
+    );
+    assert!(
+        failing[&fault_key("thief")].contains("never takes objects over"),
+        "{failing:?}"
+    );
+    op.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_after_calls_again_without_any_change() {
     let mut op = Operator::start(faults());

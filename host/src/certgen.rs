@@ -258,13 +258,38 @@ pub fn write_files(dir: &Path, certs: &Certs, overwrite: bool) -> anyhow::Result
         }
     }
     for (name, pem) in files {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).with_context(|| format!("writing {}", p.display()))?;
-        #[cfg(unix)]
-        if name.ends_with(".key") {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
-        }
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        write_new(dir, name, pem.as_bytes(), mode)?;
+    }
+    Ok(())
+}
+
+/// Writes `dir/name` as a new file created with `mode` (a private key is
+/// never readable by others, not even for a moment), then renames it into
+/// place: the rename replaces a symlink at `name` rather than writing
+/// through it, and `create_new` refuses to follow one at the temporary name.
+fn write_new(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let written = options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .with_context(|| format!("writing {}", tmp.display()));
+    if let Err(e) = written.and_then(|()| {
+        std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))
+    }) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     Ok(())
 }
@@ -297,5 +322,42 @@ mod tests {
         }
         assert!(certs.server_key.contains("PRIVATE KEY"));
         assert!(certs.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    /// Issue 17: the key was written, then restricted, through whatever
+    /// symlink sat at its name.
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_created_private_and_symlinks_are_replaced_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let certs = generate(&CertgenConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.txt");
+        std::fs::write(&elsewhere, "not yours").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join("server.key")).unwrap();
+        write_files(&out, &certs, true).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "not yours");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&elsewhere), 0o644);
+        for key in ["server.key", "client.key"] {
+            let p = out.join(key);
+            assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_file());
+            assert_eq!(mode(&p), 0o600, "{key}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(out.join("server.key")).unwrap(),
+            certs.server_key
+        );
+        // Without --overwrite, existing files stay.
+        assert!(write_files(&out, &certs, false).is_err());
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }

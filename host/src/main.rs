@@ -62,6 +62,14 @@ struct GrantArgs {
     /// Host directory the plugin may read, as HOST_DIR:GUEST_DIR (repeatable).
     #[arg(long = "plugin-dir", value_parser = dir_mapping)]
     dirs: Vec<(PathBuf, String)>,
+    /// Let the plugin read the host's clocks. Without it the wall clock
+    /// reads the Unix epoch and time moves only by the plugin's own waits.
+    #[arg(long = "plugin-clocks")]
+    clocks: bool,
+    /// Let the plugin read the host's randomness. Without it "random"
+    /// bytes are a fixed sequence.
+    #[arg(long = "plugin-random")]
+    random: bool,
 }
 
 impl GrantArgs {
@@ -69,6 +77,8 @@ impl GrantArgs {
         isobar::plugin::Grants {
             env: self.env.clone(),
             read_only_dirs: self.dirs.clone(),
+            clocks: self.clocks,
+            random: self.random,
         }
     }
 }
@@ -237,6 +247,14 @@ enum Command {
         /// PEM CA bundle: xDS clients must present a certificate it signed (mTLS).
         #[arg(long, requires = "xds_tls_cert")]
         xds_tls_ca: Option<PathBuf>,
+        /// Serve xDS on a non-loopback address without mTLS. Refused by
+        /// default: SDS hands TLS private keys to whoever connects.
+        #[arg(long)]
+        xds_allow_insecure: bool,
+        /// Also serve /healthz and /readyz (nothing else) here: the
+        /// kubelet's probes, with --admin-listen on loopback.
+        #[arg(long)]
+        probe_listen: Option<SocketAddr>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -407,6 +425,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             xds_tls_cert,
             xds_tls_key,
             xds_tls_ca,
+            xds_allow_insecure,
+            probe_listen,
             limits,
         } => {
             let plugin = match plugin {
@@ -430,6 +450,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             config.xds_listen = xds_listen;
             config.admin_listen = admin_listen;
+            config.xds_allow_insecure = xds_allow_insecure;
+            config.probe_listen = probe_listen;
             config.limits = limits.limits();
             if let (Some(cert), Some(key)) = (xds_tls_cert, xds_tls_key) {
                 config.xds_tls = Some(serve::tls_from_files(&cert, &key, xds_tls_ca.as_deref())?);

@@ -147,3 +147,29 @@ fn force_ssl_redirect_turns_http_routes_into_redirects() {
         pairs(&[("prefix=/", "redirect")])
     );
 }
+
+/// Issue 15: a Secret that does not parse was reported with its content
+/// quoted (the private key reached /debug/diagnostics).
+#[test]
+fn an_unreadable_secret_is_reported_without_its_content() {
+    let mut ing = ingress(
+        "shop",
+        "i",
+        &[("shop.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
+    ing["spec"]["tls"] = json!([{"hosts":["shop.example.com"],"secretName":"shop-cert"}]);
+    let mut bad = tls_secret("shop", "shop-cert");
+    // Not base64: serde's message would quote it.
+    bad["data"]["tls.key"] = json!("-----BEGIN PRIVATE KEY----- SECRET-KEY-MATERIAL");
+    let p = ingress_pipeline(with(base(), [ing, bad]));
+    let d = p.diagnostics();
+    let secret_invalid: Vec<_> = d.iter().filter(|d| d.reason == "SecretInvalid").collect();
+    assert_eq!(secret_invalid.len(), 1, "{d:?}");
+    let message = &secret_invalid[0].message;
+    assert!(
+        message.contains("shop/shop-cert cannot be read"),
+        "{message}"
+    );
+    assert!(!message.contains("SECRET-KEY-MATERIAL"), "{message}");
+    assert!(!message.contains("PRIVATE"), "{message}");
+}

@@ -162,3 +162,46 @@ fn conflicting_paths_go_to_the_oldest_ingress() {
         pairs(&[("aa-young", "RouteConflict")])
     );
 }
+
+/// Issue 13 item 14: `/big(a{1000})` passed the plugin and the host, and
+/// Envoy rejected it (RE2 program size 1010 > 100), NACKing the route
+/// configuration of every host on the listener. Now only that route is
+/// left out, with a diagnostic; the rest of its host and the other hosts
+/// are served.
+#[test]
+fn a_regex_over_envoys_program_size_drops_only_its_route() {
+    let p = ingress_pipeline(with(
+        base(),
+        [
+            ingress(
+                "shop",
+                "big",
+                &[(
+                    "a.example.com",
+                    &[
+                        ("/big(a{1000})", "ImplementationSpecific", "web", json!(80)),
+                        ("/v[0-9]+/api", "ImplementationSpecific", "web", json!(80)),
+                    ],
+                )],
+            ),
+            ingress(
+                "shop",
+                "other",
+                &[("b.example.com", &[("/", "Prefix", "web", json!(80))])],
+            ),
+        ],
+    ));
+    let a = routes(p.snapshot(), HTTP, "a.example.com");
+    assert_eq!(
+        a,
+        pairs(&[("regex=/v[0-9]+/api", "cluster=shop/web/80")]),
+        "{a:?}"
+    );
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "b.example.com"),
+        pairs(&[("prefix=/", "cluster=shop/web/80")])
+    );
+    let d = p.diagnostics();
+    assert_eq!(reasons(&d), pairs(&[("big", "InvalidRegex")]), "{d:?}");
+    assert!(d[0].message.contains("1010"), "{}", d[0].message);
+}

@@ -145,3 +145,70 @@ async fn nack_becomes_a_diagnostic_on_the_ingress() {
     f.wait("the NACK to clear", |s| s.nack_diagnostics().is_empty())
         .await;
 }
+
+/// Issue 13 item 2: `/healthz` stayed 200 while the controller was stuck.
+/// A round that runs past its stall limit now makes it 503 until the round
+/// ends; then it is 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_past_its_stall_limit_fails_healthz_until_it_ends() {
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("00-backends.yaml"), backends()).unwrap();
+    let mut config = Config::new(manifests.path(), plugin_path("isobar-plugin-faults"));
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    config.round_stall = Some(Duration::from_millis(200));
+    let server = Server::start(config).await.expect("serve starts");
+    assert!(server.ready(WAIT).await);
+    let admin = server.admin_addr();
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+
+    // Forty roots that loop until their 100 ms deadline: one round of
+    // seconds on two cores.
+    let looping: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut ing = ingress(
+                "default",
+                &format!("loop-{i}"),
+                &[("a.example.com", &[("/", "Prefix", "web", json!(80))])],
+            );
+            ing["metadata"]["annotations"] = json!({"isobar.dev/fault": "loop"});
+            ing
+        })
+        .collect();
+    atomic_write(
+        &manifests.path().join("20-loop.yaml"),
+        yaml(&looping).as_bytes(),
+    );
+    let give_up = Instant::now() + WAIT;
+    loop {
+        let (code, body) = http_get(admin, "/healthz").await;
+        if code == 503 {
+            assert!(body.contains("controller round"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "/healthz never reported the round"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .report()
+            .wait_until(WAIT, |s| s
+                .diagnostics()
+                .iter()
+                .filter(|d| d.reason == "PluginTimeout")
+                .count()
+                == 40)
+            .await,
+        "the round never finished"
+    );
+    // Its last step (publishing) done, the round ends: healthy again.
+    let give_up = Instant::now() + WAIT;
+    while http_get(admin, "/healthz").await.0 != 200 {
+        assert!(Instant::now() < give_up, "/healthz never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

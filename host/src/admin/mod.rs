@@ -25,6 +25,11 @@ use tracing::info;
 use crate::reconcile::MemoryApi;
 use crate::report::Report;
 
+/// How long a client may take to send a request's headers (and how long
+/// a kept-alive connection may sit idle): a half-sent request no longer
+/// holds a connection for ever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the admin routes read: the host's report and, serving manifests
 /// with reconcilers, the in-memory API server they write to.
 #[derive(Clone)]
@@ -33,8 +38,34 @@ pub struct Sources {
     pub memory_api: Option<Arc<MemoryApi>>,
 }
 
+/// What the admin handlers share: the sources, and the config dump
+/// rendered once per snapshot version.
+#[derive(Clone)]
+pub struct Admin {
+    status: Arc<Report>,
+    memory_api: Option<Arc<MemoryApi>>,
+    dump: Arc<tokio::sync::Mutex<Option<(u64, Arc<Vec<u8>>)>>>,
+    /// Config dumps rendered (for tests: one per snapshot version).
+    renders: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Admin {
+    fn new(sources: Sources) -> Self {
+        Admin {
+            status: sources.report,
+            memory_api: sources.memory_api,
+            dump: Arc::default(),
+            renders: Arc::default(),
+        }
+    }
+}
+
 /// The admin routes over a running host.
 pub fn router(sources: Sources) -> Router {
+    admin_router(Admin::new(sources))
+}
+
+fn admin_router(admin: Admin) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -46,7 +77,19 @@ pub fn router(sources: Sources) -> Router {
         .route("/debug/streams", get(streams))
         .route("/debug/reconcilers", get(reconcilers))
         .route("/debug/cluster", get(cluster))
-        .with_state(sources)
+        .with_state(admin)
+}
+
+/// Only `/healthz` and `/readyz`: what the kubelet needs, safe to serve
+/// on the pod's address while the rest stays on loopback.
+pub fn probes_router(report: Arc<Report>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Admin::new(Sources {
+            report,
+            memory_api: None,
+        }))
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` completes.
@@ -56,19 +99,82 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "admin endpoint listening");
-    axum::serve(listener, router(sources))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_router(listener, router(sources), shutdown).await
 }
 
-type S = State<Sources>;
+/// Serves `router` (HTTP/1 and HTTP/2) on `listener` until `shutdown`
+/// completes, then lets open requests finish (for at most 5 s). Headers
+/// must arrive within [`HEADER_READ_TIMEOUT`].
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_router_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+async fn serve_router_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // hyper's header timer starts once the protocol is known, i.e.
+            // after the first bytes: a connection that sends none is
+            // closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
+
+type S = State<Admin>;
 
 async fn index() -> &'static str {
     "isobar admin: /healthz /readyz /metrics /debug/config_dump /debug/plugins /debug/diagnostics /debug/streams\n"
 }
 
-async fn healthz(State(sources): S) -> Response {
-    let status = &sources.report;
+async fn healthz(State(Admin { status, .. }): S) -> Response {
     match status.failure() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(why) => (
@@ -79,8 +185,7 @@ async fn healthz(State(sources): S) -> Response {
     }
 }
 
-async fn readyz(State(sources): S) -> Response {
-    let status = &sources.report;
+async fn readyz(State(Admin { status, .. }): S) -> Response {
     if status.is_ready() {
         (
             StatusCode::OK,
@@ -99,8 +204,7 @@ async fn readyz(State(sources): S) -> Response {
     }
 }
 
-async fn metrics(State(sources): S) -> Response {
-    let status = &sources.report;
+async fn metrics(State(Admin { status, .. }): S) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -111,14 +215,31 @@ async fn metrics(State(sources): S) -> Response {
         .into_response()
 }
 
-async fn config_dump(State(sources): S) -> Response {
-    let status = &sources.report;
-    let snapshot = status.snapshot();
-    // Rendering a large snapshot is CPU work: off the runtime's workers.
-    let rendered =
-        tokio::task::spawn_blocking(move || crate::dump::snapshot_to_json(&snapshot)).await;
+/// The snapshot as Envoy JSON, rendered once per snapshot version (on the
+/// blocking pool) and shared by every request for that version: a burst of
+/// requests is one render, not one each.
+async fn config_dump(State(admin): S) -> Response {
+    let snapshot = admin.status.snapshot();
+    let mut cached = admin.dump.lock().await;
+    if let Some((version, body)) = cached.as_ref()
+        && *version == snapshot.version
+    {
+        return json_bytes(body.clone());
+    }
+    let version = snapshot.version;
+    admin
+        .renders
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::dump::snapshot_to_json(&snapshot).and_then(|doc| Ok(serde_json::to_vec(&doc)?))
+    })
+    .await;
     match rendered {
-        Ok(Ok(doc)) => Json(doc).into_response(),
+        Ok(Ok(body)) => {
+            let body = Arc::new(body);
+            *cached = Some((version, body.clone()));
+            json_bytes(body)
+        }
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering the snapshot: {e:#}\n"),
@@ -132,16 +253,31 @@ async fn config_dump(State(sources): S) -> Response {
     }
 }
 
-async fn plugins(State(sources): S) -> Json<serde_json::Value> {
-    let status = &sources.report;
+fn json_bytes(body: Arc<Vec<u8>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from_owner(ArcBytes(body)),
+    )
+        .into_response()
+}
+
+/// Lends a shared rendering to a response body without copying it.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+async fn plugins(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({
         "plugins": status.plugin().into_iter().collect::<Vec<_>>(),
         "history": status.plugin_history(),
     }))
 }
 
-async fn diagnostics(State(sources): S) -> Json<serde_json::Value> {
-    let status = &sources.report;
+async fn diagnostics(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({
         "version": status.snapshot().version,
         "manifest_errors": status.manifest_errors(),
@@ -151,20 +287,18 @@ async fn diagnostics(State(sources): S) -> Json<serde_json::Value> {
     }))
 }
 
-async fn streams(State(sources): S) -> Json<serde_json::Value> {
-    let status = &sources.report;
+async fn streams(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({ "streams": status.streams() }))
 }
 
-async fn reconcilers(State(sources): S) -> Json<serde_json::Value> {
-    let status = &sources.report;
+async fn reconcilers(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({ "reconcilers": status.reconcilers() }))
 }
 
 /// The in-memory cluster reconcilers write to when serving manifests: what
 /// an operator would have made of them.
-async fn cluster(State(sources): S) -> Response {
-    match &sources.memory_api {
+async fn cluster(State(Admin { memory_api, .. }): S) -> Response {
+    match memory_api {
         Some(c) => {
             let objects: Vec<serde_json::Value> = c.objects().into_values().collect();
             let events: Vec<serde_json::Value> = c
@@ -183,5 +317,139 @@ async fn cluster(State(sources): S) -> Response {
             "no in-memory cluster: reconcilers (if any) write to the Kubernetes API\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::xds::Snapshot;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn status(version: u64) -> (tokio::sync::watch::Sender<Arc<Snapshot>>, Arc<Report>) {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
+            version,
+            ..Default::default()
+        }));
+        (tx, Arc::new(Report::new(rx)))
+    }
+
+    async fn start(router: Router, header_timeout: Duration) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_router_with(
+            listener,
+            router,
+            std::future::pending(),
+            header_timeout,
+        ));
+        addr
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> u16 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    async fn closed_by_server(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Issue 13 item 8: half-sent HTTP/1 requests to the admin port were
+    /// still open after 75 s.
+    #[tokio::test]
+    async fn half_sent_requests_and_idle_connections_are_closed() {
+        let (_tx, status) = status(1);
+        let addr = start(
+            router(Sources {
+                report: status,
+                memory_api: None,
+            }),
+            Duration::from_millis(300),
+        )
+        .await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_by_server(&mut half).await,
+            "half a request still open"
+        );
+        assert!(
+            closed_by_server(&mut idle).await,
+            "an idle connection still open"
+        );
+        assert_eq!(get(addr, "/healthz").await, 200);
+    }
+
+    /// Issue 13 item 11: the probe port serves the probes and nothing else.
+    #[tokio::test]
+    async fn the_probe_router_serves_only_the_probes() {
+        let (_tx, status) = status(1);
+        status.mark_ready();
+        let addr = start(probes_router(status), HEADER_READ_TIMEOUT).await;
+        assert_eq!(get(addr, "/healthz").await, 200);
+        assert_eq!(get(addr, "/readyz").await, 200);
+        for path in [
+            "/metrics",
+            "/debug/config_dump",
+            "/debug/diagnostics",
+            "/debug/streams",
+        ] {
+            assert_eq!(get(addr, path).await, 404, "{path}");
+        }
+    }
+
+    /// Issue 13 item 11: the config dump was rendered for every request on
+    /// the blocking pool; now once per snapshot version.
+    #[tokio::test]
+    async fn the_config_dump_is_rendered_once_per_snapshot_version() {
+        let (tx, status) = status(1);
+        let admin = Admin::new(Sources {
+            report: status,
+            memory_api: None,
+        });
+        let renders = admin.renders.clone();
+        let addr = start(admin_router(admin), HEADER_READ_TIMEOUT).await;
+        let requests = (0..20).map(|_| get(addr, "/debug/config_dump"));
+        for code in futures::future::join_all(requests).await {
+            assert_eq!(code, 200);
+        }
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 1);
+        tx.send_replace(Arc::new(Snapshot {
+            version: 2,
+            ..Default::default()
+        }));
+        assert_eq!(get(addr, "/debug/config_dump").await, 200);
+        assert_eq!(get(addr, "/debug/config_dump").await, 200);
+        assert_eq!(renders.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

@@ -249,9 +249,13 @@ impl Controller {
             info!("controller stopped before the first snapshot");
             return;
         }
-        self.initial(std::mem::take(&mut early.objects));
-        if early.plugin {
-            self.swap(early.first_at);
+        {
+            let report = self.report.clone();
+            let _round = report.round_started();
+            self.initial(std::mem::take(&mut early.objects));
+            if early.plugin {
+                self.swap(early.first_at);
+            }
         }
         self.swap_reconcilers(std::mem::take(&mut early.reconcilers));
         while let Ok(first) = inputs.recv() {
@@ -272,6 +276,8 @@ impl Controller {
             if batch.stop {
                 break;
             }
+            let report = self.report.clone();
+            let _round = report.round_started();
             self.process(batch);
         }
         info!("controller stopped");
@@ -480,7 +486,9 @@ impl Controller {
 
     fn observe_round_for(&self, plugin: &Plugin, round: &Round) {
         let m = &self.report.metrics;
-        let name = labels1("plugin", plugin.info.name.clone());
+        // A plugin names itself and its reasons: bounded as labels.
+        let plugin_label = m.chosen_label(&plugin.info.name);
+        let name = labels1("plugin", plugin_label.clone());
         let hist = m.plugin_call_duration.get_or_create_owned(&name);
         for d in &round.translation.call_durations {
             hist.observe(secs(*d));
@@ -492,9 +500,9 @@ impl Controller {
             m.plugin_failures
                 .get_or_create(&labels2(
                     "plugin",
-                    plugin.info.name.clone(),
+                    plugin_label.clone(),
                     "reason",
-                    reason.clone(),
+                    m.chosen_label(reason),
                 ))
                 .inc_by(*n as u64);
         }

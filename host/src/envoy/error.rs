@@ -65,6 +65,14 @@ pub enum CompileError {
         expected: &'static str,
     },
 
+    #[error("Secret {secret}: {key} is {size} bytes; at most {max} are read")]
+    SecretTooLarge {
+        secret: String,
+        key: &'static str,
+        size: usize,
+        max: usize,
+    },
+
     #[error("Secret {secret}: tls.key is an encrypted private key; Envoy needs it unencrypted")]
     SecretEncryptedKey { secret: String },
 }

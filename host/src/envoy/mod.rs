@@ -29,6 +29,7 @@ mod endpoint;
 mod error;
 mod listener;
 pub mod names;
+pub mod regex;
 mod route;
 mod secret;
 mod validate;
@@ -43,7 +44,9 @@ pub use listener::{
 pub use route::{
     MAX_DIRECT_RESPONSE_BODY, encode_route_configuration, encode_virtual_host, virtual_host,
 };
-pub use secret::{TLS_SECRET_TYPE, secret};
+pub use secret::{
+    MAX_PEM_BYTES, TLS_SECRET_TYPE, has_pem_block, parse_error_without_content, secret,
+};
 pub use validate::{validate_domains, validate_listener, validate_raw, validate_virtual_host};
 
 use envoy_types::pb::envoy::config::core::v3::{

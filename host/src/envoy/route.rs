@@ -7,6 +7,8 @@
 //! `prefix: /foo/` (anything below it), which together match `/foo` and
 //! `/foo/bar` but never `/foobar`.
 
+use std::collections::HashMap;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source,
@@ -548,15 +550,21 @@ fn cluster_specifier(
     backends: &[ir::WeightedBackend],
 ) -> Result<ClusterSpecifier, CompileError> {
     let mut clusters: Vec<(String, u32)> = Vec::with_capacity(backends.len());
+    // Where each cluster is in `clusters`: one lookup per backend, so a
+    // plugin listing many backends costs linear time, not quadratic.
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(backends.len());
     let mut total: u32 = 0;
     for wb in backends.iter().filter(|wb| wb.weight > 0) {
         total = total
             .checked_add(wb.weight)
             .ok_or(CompileError::WeightOverflow { route: index })?;
         let name = names::cluster(&wb.backend);
-        match clusters.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, w)) => *w += wb.weight,
-            None => clusters.push((name, wb.weight)),
+        match at.get(&name) {
+            Some(&i) => clusters[i].1 += wb.weight,
+            None => {
+                at.insert(name.clone(), clusters.len());
+                clusters.push((name, wb.weight));
+            }
         }
     }
     match clusters.len() {
@@ -964,6 +972,27 @@ mod tests {
             .map(|c| (c.name.as_str(), c.weight.unwrap().value))
             .collect();
         assert_eq!(got, [("ns/a/80", 95), ("ns/b/80", 10)]);
+    }
+
+    /// Issue 17: merging duplicate backends looked each one up in a list
+    /// (quadratic in the backends a plugin returns); now a map. 40k
+    /// backends, each named twice, merge in first-seen order.
+    #[test]
+    fn many_backends_merge_in_order_with_their_weights_summed() {
+        let names: Vec<String> = (0..20_000).map(|i| format!("b{i}")).collect();
+        let mut list: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+        list.extend(names.iter().map(|n| (n.as_str(), 2)));
+        let routes = compile(route(prefix("/"), forward(&list)));
+        let Some(ClusterSpecifier::WeightedClusters(wc)) =
+            &route_action(&routes[0]).cluster_specifier
+        else {
+            panic!("not weighted")
+        };
+        assert_eq!(wc.clusters.len(), names.len());
+        for (c, n) in wc.clusters.iter().zip(&names) {
+            assert_eq!(c.name, format!("ns/{n}/80"));
+            assert_eq!(c.weight.unwrap().value, 3);
+        }
     }
 
     #[test]

@@ -51,6 +51,16 @@ pub fn secret(s: &KubeSecret) -> Result<Secret, CompileError> {
     };
     let crt = get("tls.crt")?;
     let key = get("tls.key")?;
+    for (key_name, value) in [("tls.crt", &crt), ("tls.key", &key)] {
+        if value.len() > MAX_PEM_BYTES {
+            return Err(CompileError::SecretTooLarge {
+                secret: name,
+                key: key_name,
+                size: value.len(),
+                max: MAX_PEM_BYTES,
+            });
+        }
+    }
 
     if !has_pem_block(&crt, |label| label == b"CERTIFICATE") {
         return Err(CompileError::SecretNotPem {
@@ -84,32 +94,63 @@ pub fn secret(s: &KubeSecret) -> Result<Secret, CompileError> {
     })
 }
 
+/// Why an object did not parse, without quoting it: serde's own message
+/// names the offending value, and in a Secret that value is key material.
+/// Diagnostics go to status, Events and `/debug/diagnostics`.
+pub fn parse_error_without_content(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "a field has the wrong type or an invalid value (data must be base64)",
+        Category::Eof => "truncated",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
+/// The most a `tls.crt` or `tls.key` may hold. Kubernetes caps a whole
+/// Secret at 1 MiB; a certificate chain is a few KiB. Anything larger is
+/// refused before it is scanned.
+pub const MAX_PEM_BYTES: usize = 256 << 10;
+
 /// Whether `data` holds a `-----BEGIN {label}-----` … `-----END {label}-----`
-/// block whose label satisfies `want`.
-fn has_pem_block(data: &[u8], want: impl Fn(&[u8]) -> bool) -> bool {
+/// block whose label satisfies `want`, boundaries on lines of their own
+/// (RFC 7468, as BoringSSL reads them).
+///
+/// One pass over the lines: a hostile value (a megabyte of `-----BEGIN`
+/// lines) costs what reading it costs, never a rescan per marker.
+pub fn has_pem_block(data: &[u8], want: impl Fn(&[u8]) -> bool) -> bool {
     const BEGIN: &[u8] = b"-----BEGIN ";
-    let mut rest = data;
-    while let Some(at) = find(rest, BEGIN) {
-        rest = &rest[at + BEGIN.len()..];
-        let Some(end) = find(rest, b"-----") else {
-            return false;
-        };
-        let label = &rest[..end];
-        rest = &rest[end + 5..];
-        if want(label) {
-            let mut close = b"-----END ".to_vec();
-            close.extend_from_slice(label);
-            close.extend_from_slice(b"-----");
-            if find(rest, &close).is_some() {
-                return true;
-            }
+    const END: &[u8] = b"-----END ";
+    const DASHES: &[u8] = b"-----";
+    // The label of the block being read, if it is one we want.
+    let mut open: Option<&[u8]> = None;
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = trim_ascii_end(line);
+        if let Some(label) = line
+            .strip_prefix(BEGIN)
+            .and_then(|l| l.strip_suffix(DASHES))
+        {
+            open = want(label).then_some(label);
+        } else if let Some(label) = line.strip_prefix(END).and_then(|l| l.strip_suffix(DASHES))
+            && open == Some(label)
+        {
+            return true;
         }
     }
     false
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+fn trim_ascii_end(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
 }
 
 #[cfg(test)]
@@ -273,5 +314,55 @@ mod tests {
         // the certificate after another block (e.g. a chain with a leading key)
         let both = format!("{KEY}{CRT}");
         assert!(has_pem_block(both.as_bytes(), |l| l == b"CERTIFICATE"));
+    }
+
+    /// Issue 13: a megabyte of `-----BEGIN` lines stalled every update for
+    /// 50 s (a rescan per marker). Too large is refused unread; up to the
+    /// cap, one pass.
+    #[test]
+    fn hostile_pem_is_capped_and_scanned_once() {
+        let flood = "-----BEGIN PRIVATE KEY-----\n".repeat((1 << 20) / 28);
+        let err = secret(&kube(
+            TLS_SECRET_TYPE,
+            &[("tls.crt", CRT), ("tls.key", &flood)],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            CompileError::SecretTooLarge {
+                secret: "ns/tls".into(),
+                key: "tls.key",
+                size: flood.len(),
+                max: MAX_PEM_BYTES,
+            }
+        );
+        // Just under the cap: an answer (no END), in one pass.
+        let under = &flood[..MAX_PEM_BYTES - MAX_PEM_BYTES % 28];
+        assert!(!has_pem_block(under.as_bytes(), |l| l.ends_with(b"PRIVATE KEY")));
+        let mut ended = under.to_string();
+        ended.push_str("-----END PRIVATE KEY-----\r\n");
+        assert!(has_pem_block(ended.as_bytes(), |l| l.ends_with(b"PRIVATE KEY")));
+    }
+
+    #[test]
+    fn boundaries_are_whole_lines_and_labels_must_match() {
+        let want = |l: &[u8]| l == b"CERTIFICATE";
+        assert!(!has_pem_block(
+            b"x-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n",
+            want
+        ));
+        assert!(!has_pem_block(
+            b"-----BEGIN CERTIFICATE-----\nA\n-----END X509 CRL-----\n",
+            want
+        ));
+        assert!(has_pem_block(
+            b"-----BEGIN CERTIFICATE-----  \r\nA\r\n-----END CERTIFICATE-----",
+            want
+        ));
+        // A block of another label in between resets what is open.
+        assert!(!has_pem_block(
+            b"-----BEGIN CERTIFICATE-----\n-----BEGIN X-----\n-----END CERTIFICATE-----\n",
+            want
+        ));
     }
 }

@@ -76,7 +76,11 @@ impl Secrets {
                 let compiled = match store.get(&obj_key) {
                     None => Err(format!("Secret {key} does not exist")),
                     Some(obj) => match obj.parse::<Secret>() {
-                        Err(e) => Err(format!("Secret {key} cannot be read: {e}")),
+                        // Never serde's message: it quotes the value (key material).
+                        Err(e) => Err(format!(
+                            "Secret {key} cannot be read: {}",
+                            envoy::parse_error_without_content(&e)
+                        )),
                         Ok(s) => envoy::secret(&s).map_err(|e| format!("Secret {key}: {e}")),
                     },
                 };

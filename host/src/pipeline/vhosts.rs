@@ -172,6 +172,16 @@ fn compile_routes(
     let mut clusters = BTreeSet::new();
     let mut routes = Vec::with_capacity(merged.routes.len());
     for mr in &merged.routes {
+        // A regex Envoy would refuse NACKs the whole route configuration:
+        // only this route is left out.
+        if let Err(e) = envoy::regex::check_route(&mr.route) {
+            compiled.diagnostics.push(diag(
+                &mr.root,
+                "InvalidRegex",
+                format!("virtual host {}: route left out: {e}", key.domain),
+            ));
+            continue;
+        }
         let mut route = mr.route.clone();
         if let ir::RouteAction::Forward(backends) = &route.action {
             compiled.services.extend(

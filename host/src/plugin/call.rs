@@ -24,7 +24,9 @@ const STDERR_CAPTURE: usize = 16 << 10;
 
 pub(super) struct CallState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
+    /// What the guest sees of time, and the waits it asked for.
+    pub(super) clock: super::clock::CallClock,
     stderr: MemoryOutputPipe,
     store: Option<Store>,
     pub reads: Reads,
@@ -51,6 +53,17 @@ pub(super) fn new_store(
     for (k, v) in &grants.env {
         wasi.env(k, v);
     }
+    // Translation is a function of its inputs: no wall clock and no
+    // randomness unless granted (the monotonic clock: see `clock`).
+    if !grants.clocks {
+        wasi.wall_clock(super::clock::Frozen);
+    }
+    if !grants.random {
+        let pattern: Vec<u8> = (0..=255).collect();
+        wasi.secure_random(wasmtime_wasi::Deterministic::new(pattern.clone()))
+            .insecure_random(wasmtime_wasi::Deterministic::new(pattern))
+            .insecure_random_seed(0);
+    }
     for (host, guest) in &grants.read_only_dirs {
         if let Err(error) = wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly) {
             tracing::warn!(plugin, dir = %host.display(), %error, "granted directory cannot be opened");
@@ -59,6 +72,7 @@ pub(super) fn new_store(
     let state = CallState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        clock: super::clock::CallClock::new(grants.clocks, shared.limits.deadline),
         stderr,
         store,
         reads: Reads::default(),
@@ -117,6 +131,10 @@ pub(super) fn classify(
     let state = store.data();
     if state.memory_cap_hit {
         return PluginError::MemoryLimit(limits.memory_bytes);
+    }
+    if state.clock.deadline_hit {
+        // A wait past the deadline, refused in the host call.
+        return PluginError::Timeout(limits.deadline);
     }
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
         return PluginError::Timeout(limits.deadline);

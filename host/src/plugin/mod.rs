@@ -6,6 +6,7 @@
 
 mod cache;
 mod call;
+mod clock;
 pub mod load;
 mod reads;
 pub mod reconciler;
@@ -94,13 +95,21 @@ impl Default for Limits {
 }
 
 /// WASI capabilities granted to one plugin. The default grants nothing: no
-/// environment, no filesystem, no network (sockets are never granted).
+/// environment, no filesystem, no network (sockets are never granted), no
+/// clock (the wall clock reads the Unix epoch; the monotonic clock is
+/// virtual, moved only by the plugin's own waits) and no randomness (a
+/// fixed sequence): translation is a function of its inputs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
     /// Host directories the plugin may read: (host path, path in the guest).
     pub read_only_dirs: Vec<(PathBuf, String)>,
+    /// The host's wall and monotonic clocks (waits still end at the
+    /// deadline).
+    pub clocks: bool,
+    /// The host's random number generators.
+    pub random: bool,
 }
 
 /// What can go wrong with a plugin. Callers branch on these: a load error
@@ -189,6 +198,9 @@ impl Runtime {
         // WASI is linked so std-based guests instantiate, but the context
         // grants nothing: no preopens, no environment, no network.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Waits are bounded by the call's deadline (a blocking host call is
+        // beyond epoch interruption): the plugin's own monotonic clock.
+        clock::shadow_in_linker(&mut linker)?;
         Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
             &mut linker,
             |s| s,

@@ -83,7 +83,9 @@ struct State {
 }
 
 /// An in-memory API server: server-side apply (fields of the applied object
-/// replace the stored ones; `status` is kept; conditions merge by type),
+/// replace the stored ones; `status` is kept; conditions merge by type;
+/// never forced: a field another manager owns may only be applied with the
+/// value it has, else a conflict, as the API server answers 409),
 /// finalizers holding deletion (a deletion timestamp instead), owner
 /// references garbage-collected on delete, a resourceVersion per write.
 /// Every change is sent on the events channel, as a watch would see it.
@@ -121,9 +123,15 @@ impl MemoryApi {
                     object["metadata"][k] = v;
                 }
             }
+            if let Some(v) = old["metadata"].get("managedFields").cloned() {
+                object["metadata"]["managedFields"] = v;
+            }
         } else {
             object["metadata"]["generation"] = json!(1);
             object["metadata"]["uid"] = json!(format!("uid-{}", state.resource_version + 1));
+            // A user's write, as kubectl's would be recorded.
+            object["metadata"]["managedFields"] =
+                json!([{"manager": "user", "operation": "Update"}]);
         }
         self.store(&mut state, key.clone(), object);
         Ok(key)
@@ -262,12 +270,55 @@ fn merge(base: &mut Value, update: Value) {
     }
 }
 
-fn managed_by(obj: &Value) -> Option<&str> {
+/// The managers of an object's fields other than `manager` (status aside).
+fn other_managers<'a>(obj: &'a Value, manager: &str) -> Vec<&'a str> {
     obj["metadata"]["managedFields"]
-        .as_array()?
-        .iter()
-        .find(|m| m["operation"] == "Apply" && m.get("subresource").is_none())?["manager"]
-        .as_str()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("subresource").is_none())
+        .filter_map(|m| m["manager"].as_str())
+        .filter(|m| *m != manager)
+        .collect()
+}
+
+/// The first field `applied` sets to a value other than the one `current`
+/// holds, as a dotted path: what server-side apply calls a conflict when
+/// another manager owns the field. Lists are atomic; metadata the server
+/// or the host sets is not compared.
+fn conflicting_field(applied: &Value, current: &Value, path: &mut Vec<String>) -> Option<String> {
+    const SKIP: [&str; 3] = ["apiVersion", "kind", "status"];
+    const SKIP_META: [&str; 7] = [
+        "namespace",
+        "name",
+        "ownerReferences",
+        "managedFields",
+        "resourceVersion",
+        "uid",
+        "generation",
+    ];
+    match (applied, current) {
+        (Value::Object(a), Value::Object(c)) => {
+            for (k, v) in a {
+                let top = path.is_empty();
+                if (top && SKIP.contains(&k.as_str()))
+                    || (path.len() == 1 && path[0] == "metadata" && SKIP_META.contains(&k.as_str()))
+                {
+                    continue;
+                }
+                let Some(cv) = c.get(k) else { continue };
+                path.push(k.clone());
+                let found = conflicting_field(v, cv, path);
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        (a, c) if a == c => None,
+        _ => Some(path.join(".")),
+    }
 }
 
 impl Api for MemoryApi {
@@ -282,12 +333,15 @@ impl Api for MemoryApi {
             let mut next = object;
             match state.objects.get(&key) {
                 Some(old) => {
-                    if let Some(owner) = managed_by(old)
-                        && owner != manager
+                    // As the API server does without force: a field another
+                    // manager owns may be applied only with the value it has.
+                    let others = other_managers(old, manager);
+                    if !others.is_empty()
+                        && let Some(field) = conflicting_field(&next, old, &mut Vec::new())
                     {
                         return Err(ApiError::Conflict {
-                            key: key.to_string(),
-                            owner: owner.to_string(),
+                            key: format!("{key} ({field})"),
+                            owner: others.join(", "),
                             wanted: manager.to_string(),
                         });
                     }
@@ -309,6 +363,12 @@ impl Api for MemoryApi {
                     }
                     if let Some(status) = old.get("status").cloned() {
                         merged["status"] = status;
+                    }
+                    let managers = merged["metadata"]["managedFields"]
+                        .as_array_mut()
+                        .filter(|m| !m.iter().any(|e| e["manager"] == manager));
+                    if let Some(managers) = managers {
+                        managers.push(json!({"manager": manager, "operation": "Apply"}));
                     }
                     let spec_changed = old.get("spec") != merged.get("spec");
                     if spec_changed {
@@ -525,5 +585,31 @@ mod tests {
         assert!(c.get(&k).is_none());
         assert!(c.get(&key("Deployment", "apps/v1", "c")).is_none());
         assert_eq!(c.delete(&k).await, Ok(Write::Unchanged));
+    }
+
+    /// Issue 13 item 3: the in-memory cluster refused another manager's
+    /// object outright while the real API path forced it. Now both answer
+    /// as the API server does without force: a field another manager owns
+    /// may be applied with the value it has, any other value conflicts.
+    #[tokio::test]
+    async fn fields_another_manager_owns_conflict_unless_the_value_is_the_same() {
+        let (c, _events) = MemoryApi::new();
+        // A person made it (kubectl), then the plugin applies to it.
+        c.put(child(1, "u")).unwrap();
+        assert_eq!(c.apply(child(1, "u"), "isobar/p").await, Ok(Write::Changed));
+        let err = c.apply(child(2, "u"), "isobar/p").await.unwrap_err();
+        let ApiError::Conflict { key, owner, wanted } = err else {
+            panic!("{err:?}")
+        };
+        assert!(key.contains("spec.replicas"), "{key}");
+        assert_eq!((owner.as_str(), wanted.as_str()), ("user", "isobar/p"));
+        assert_eq!(
+            c.get(&key_of(&child(1, "u")).unwrap()).unwrap()["spec"]["replicas"],
+            1
+        );
+        // New fields are no one's yet.
+        let mut more = child(1, "u");
+        more["spec"]["paused"] = json!(true);
+        assert_eq!(c.apply(more, "isobar/p").await, Ok(Write::Changed));
     }
 }

@@ -100,6 +100,19 @@ fn api_error(e: kube::Error) -> ApiError {
     ApiError::Api(e.to_string())
 }
 
+/// A 409 from server-side apply: fields of the object belong to another
+/// manager.
+fn apply_error(e: kube::Error, key: &ObjectKey, manager: &str) -> ApiError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => ApiError::Conflict {
+            key: key.to_string(),
+            owner: s.message,
+            wanted: manager.to_string(),
+        },
+        e => api_error(e),
+    }
+}
+
 fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -118,6 +131,14 @@ impl ReconcilerApi for KubeApi {
             let key = key_of(&object)?;
             // The object names its version; discovery only says the scope.
             let (_, namespaced) = self.resolve(&key.kind).await?;
+            if !namespaced {
+                // Owner references do not reach cluster-scoped children
+                // from a namespace, and a plugin's reach ends there.
+                return Err(ApiError::Invalid(format!(
+                    "{} is cluster-scoped: a plugin applies only namespaced objects",
+                    key.kind
+                )));
+            }
             let resource = crate::resource::api_resource(
                 object["apiVersion"].as_str().unwrap_or_default(),
                 &key.kind.kind,
@@ -133,14 +154,16 @@ impl ReconcilerApi for KubeApi {
                 .await
                 .map_err(api_error)?
                 .and_then(|o| resource_version(&o));
+            // Never forced: a field another manager owns is a conflict
+            // (409), reported, not taken.
             let after = api
                 .patch(
                     &key.name,
-                    &PatchParams::apply(manager).force(),
+                    &PatchParams::apply(manager),
                     &Patch::Apply(&object),
                 )
                 .await
-                .map_err(api_error)?;
+                .map_err(|e| apply_error(e, &key, manager))?;
             Ok(if before.is_some() && before == resource_version(&after) {
                 Write::Unchanged
             } else {
@@ -174,11 +197,11 @@ impl ReconcilerApi for KubeApi {
             let after = api
                 .patch_status(
                     &key.name,
-                    &PatchParams::apply(manager).force(),
+                    &PatchParams::apply(manager),
                     &Patch::Apply(&body),
                 )
                 .await
-                .map_err(api_error)?;
+                .map_err(|e| apply_error(e, key, manager))?;
             Ok(if resource_version(&current) == resource_version(&after) {
                 Write::Unchanged
             } else {

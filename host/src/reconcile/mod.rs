@@ -16,9 +16,12 @@
 //! read through `store` (gets, and lists by kind and namespace); its own
 //! `requeue-after`; a failure (backoff). One worker per object at a time
 //! (the queue's leases). The plugin never holds credentials: the host
-//! carries out the actions, applying with field manager `isobar/<plugin>`,
-//! setting the owner reference on every child, refusing to delete what the
-//! object does not own, and stamping `lastTransitionTime` and
+//! carries out the actions, applying with field manager `isobar/<plugin>`
+//! (never forcing: fields another manager owns are a conflict), only kinds
+//! the plugin declared in `owns`, only in the owner's namespace, setting
+//! the owner reference on every child, never taking over an object its
+//! owner does not control, refusing to delete what the object does not
+//! own, and stamping `lastTransitionTime` and
 //! `observedGeneration` on the conditions a plugin writes (plugins have no
 //! clock). A failed reconcile (plugin error, trap, timeout, refused action)
 //! is retried with backoff and shows as a `Reconciled=False` condition.
@@ -106,6 +109,11 @@ fn controller_ref(o: &Object) -> Option<Value> {
         .iter()
         .find(|r| r["controller"] == true)
         .cloned()
+}
+
+/// Whether `owner` is `o`'s controller (by uid).
+fn controlled_by(o: &Object, owner: &Object) -> bool {
+    controller_ref(o).is_some_and(|r| r["uid"] == owner.uid.as_str())
 }
 
 /// One reconciler plugin driven by a work queue, writing to an [`Api`].
@@ -366,9 +374,20 @@ impl<A: Api> Reconciler<A> {
                         id.namespace,
                         id.name,
                     );
-                    if let Some(existing) = self.store.get(&target)
-                        && controller_ref(&existing).is_none_or(|r| r["uid"] != object.uid.as_str())
-                    {
+                    // Only an object of an owned kind (so one the store
+                    // watches), in the owner's namespace, that the owner
+                    // controls. Not in the store: nothing to delete.
+                    self.check_owned_kind("delete", &target.kind)?;
+                    if target.namespace != object.namespace {
+                        return Err(ReconcileError::Refused(format!(
+                            "delete: {target} is not in {key}'s namespace"
+                        )));
+                    }
+                    let Some(existing) = self.store.get(&target) else {
+                        count(Write::Unchanged);
+                        continue;
+                    };
+                    if !controlled_by(&existing, object) {
                         return Err(ReconcileError::Refused(format!(
                             "{target} is not owned by {key}: a plugin deletes only what its object owns"
                         )));
@@ -384,8 +403,25 @@ impl<A: Api> Reconciler<A> {
         Ok((requeue, writes, skipped))
     }
 
+    /// Refuses a kind the plugin did not declare in `owns`.
+    fn check_owned_kind(&self, action: &str, kind: &KindKey) -> Result<(), ReconcileError> {
+        if self.owned.contains(kind) {
+            return Ok(());
+        }
+        Err(ReconcileError::Refused(format!(
+            "{action}: {kind} is not a kind the plugin owns (it declared {})",
+            self.owned
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
     /// A child object as the plugin gave it, with the owner reference set
     /// and its namespace checked (owner references do not cross namespaces).
+    /// Only kinds the plugin owns, in the owner's namespace; an object that
+    /// exists and is not the owner's own is not taken over.
     fn child(&self, owner: &Object, json: &str) -> Result<Value, ReconcileError> {
         let mut child: Value = serde_json::from_str(json)
             .map_err(|e| ReconcileError::Refused(format!("apply: not JSON: {e}")))?;
@@ -393,6 +429,17 @@ impl<A: Api> Reconciler<A> {
             return Err(ReconcileError::Refused(
                 "apply: an object with metadata is needed".into(),
             ));
+        }
+        let kind = KindKey::new(
+            child["apiVersion"].as_str().unwrap_or_default(),
+            child["kind"].as_str().unwrap_or_default(),
+        );
+        self.check_owned_kind("apply", &kind)?;
+        if owner.namespace.is_empty() {
+            return Err(ReconcileError::Refused(format!(
+                "apply: {} is cluster-scoped; a plugin creates objects only in its owner's namespace",
+                owner.key()
+            )));
         }
         match child["metadata"]["namespace"].as_str() {
             None | Some("") => child["metadata"]["namespace"] = json!(owner.namespace),
@@ -403,6 +450,19 @@ impl<A: Api> Reconciler<A> {
                     owner.namespace
                 )));
             }
+        }
+        let key = ObjectKey::new(
+            kind,
+            owner.namespace.clone(),
+            child["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        if let Some(existing) = self.store.get(&key)
+            && !controlled_by(&existing, owner)
+        {
+            return Err(ReconcileError::Refused(format!(
+                "apply: {key} exists and is not owned by {}: a plugin never takes objects over",
+                owner.key()
+            )));
         }
         child["metadata"]["ownerReferences"] = json!([{
             "apiVersion": owner.api_version,

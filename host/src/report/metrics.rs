@@ -63,6 +63,40 @@ pub struct Metrics {
     pub status_events: Family<Labels<1>, Counter>,
     /// 1 while this replica holds the leader lease (writes status).
     pub leader: Gauge,
+    /// Label values chosen outside the host, kept bounded.
+    chosen: parking_lot::Mutex<Chosen>,
+}
+
+/// Label values a plugin (its name, its reasons) or a client (its node
+/// id) chooses: each is cut to [`MAX_LABEL`] bytes, and only so many
+/// distinct values get series of their own; the rest share `other`.
+/// Without this, a 1 MiB node id was a label value, and every reason a
+/// plugin made up a new series.
+#[derive(Default)]
+struct Chosen {
+    /// Plugin names and reasons seen (they never go away: a series once
+    /// made stays).
+    values: std::collections::HashSet<String>,
+    /// Nodes with open streams: how many, and each stream's label.
+    live_nodes: std::collections::HashMap<String, usize>,
+    stream_nodes: std::collections::HashMap<u64, String>,
+}
+
+/// Longest label value kept from outside the host.
+pub const MAX_LABEL: usize = 64;
+/// Distinct plugin names and reasons with series of their own.
+pub const MAX_CHOSEN_VALUES: usize = 256;
+/// Nodes with open streams that get series of their own.
+pub const MAX_NODE_SERIES: usize = 1024;
+/// The label shared by values past the budget.
+pub const OTHER: &str = "other";
+
+fn clip(value: &str) -> String {
+    let mut end = value.len().min(MAX_LABEL);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
 }
 
 impl Default for Metrics {
@@ -97,6 +131,7 @@ impl Metrics {
             status_writes: Family::default(),
             status_events: Family::default(),
             leader: Gauge::default(),
+            chosen: Default::default(),
         };
         let r = &mut m.registry;
         r.register_with_unit(
@@ -209,6 +244,51 @@ impl Metrics {
         m
     }
 
+    /// A plugin's name or reason as a label value: clipped, and `other`
+    /// once [`MAX_CHOSEN_VALUES`] distinct values have series.
+    pub fn chosen_label(&self, value: &str) -> String {
+        let value = clip(value);
+        let mut chosen = self.chosen.lock();
+        if chosen.values.contains(&value) {
+            return value;
+        }
+        if chosen.values.len() >= MAX_CHOSEN_VALUES {
+            return OTHER.into();
+        }
+        chosen.values.insert(value.clone());
+        value
+    }
+
+    /// The node label for a stream that opened: the node id (clipped)
+    /// while fewer than [`MAX_NODE_SERIES`] nodes have open streams, else
+    /// `other`. Release it with [`Metrics::node_label_closed`].
+    pub fn node_label_opened(&self, stream: u64, node: &str) -> String {
+        let node = clip(node);
+        let mut chosen = self.chosen.lock();
+        let label =
+            if chosen.live_nodes.contains_key(&node) || chosen.live_nodes.len() < MAX_NODE_SERIES {
+                *chosen.live_nodes.entry(node.clone()).or_default() += 1;
+                node
+            } else {
+                OTHER.to_string()
+            };
+        chosen.stream_nodes.insert(stream, label.clone());
+        label
+    }
+
+    /// The label a closed stream was counted under.
+    pub fn node_label_closed(&self, stream: u64) -> Option<String> {
+        let mut chosen = self.chosen.lock();
+        let label = chosen.stream_nodes.remove(&stream)?;
+        if let Some(n) = chosen.live_nodes.get_mut(&label) {
+            *n -= 1;
+            if *n == 0 {
+                chosen.live_nodes.remove(&label);
+            }
+        }
+        Some(label)
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -241,5 +321,37 @@ pub fn short_type(type_url: &str) -> String {
         t::SECRET => "secret".into(),
         // Clients choose type URLs: keep the label set bounded.
         _ => "other".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a 1 MiB node id became a label value, and reasons a
+    /// plugin made up each made a series.
+    #[test]
+    fn labels_chosen_outside_the_host_are_bounded() {
+        let m = Metrics::new();
+        let huge = "n".repeat(1 << 20);
+        assert_eq!(m.node_label_opened(1, &huge).len(), MAX_LABEL);
+        for i in 0..MAX_NODE_SERIES as u64 + 10 {
+            m.node_label_opened(100 + i, &format!("node-{i}"));
+        }
+        assert_eq!(m.node_label_opened(5000, "late"), OTHER);
+        // A node that has a series keeps it for its next stream.
+        assert_eq!(m.node_label_opened(5001, "node-3"), "node-3");
+        // Streams closing free their node's slot.
+        assert_eq!(m.node_label_closed(1).unwrap().len(), MAX_LABEL);
+        assert_eq!(m.node_label_opened(5002, "late"), "late");
+        assert_eq!(m.node_label_closed(5000).as_deref(), Some(OTHER));
+        assert_eq!(m.node_label_closed(5000), None);
+
+        for i in 0..MAX_CHOSEN_VALUES + 10 {
+            m.chosen_label(&format!("Reason{i}"));
+        }
+        assert_eq!(m.chosen_label("Reason3"), "Reason3");
+        assert_eq!(m.chosen_label("YetAnother"), OTHER);
+        assert!(m.chosen_label(&"R".repeat(10_000)).len() <= MAX_LABEL);
     }
 }

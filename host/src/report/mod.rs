@@ -159,6 +159,15 @@ struct Inner {
     failed: Option<String>,
 }
 
+/// Ends the round it was made for (also when the round panics).
+pub struct RoundGuard<'a>(&'a Report);
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.round.lock() = None;
+    }
+}
+
 /// The roots of the served plugin, for status write-back: each object as
 /// last seen, and whether the plugin claimed it.
 pub type Roots = Arc<Vec<(Arc<crate::store::Object>, bool)>>;
@@ -179,6 +188,10 @@ pub struct Report {
     reports: watch::Sender<u64>,
     inner: RwLock<Inner>,
     published: Mutex<VecDeque<Published>>,
+    /// When the controller's round in progress started (None: idle), and
+    /// how long a round may run before the host calls itself stuck.
+    round: Mutex<Option<Instant>>,
+    stall_after: Mutex<Option<Duration>>,
 }
 
 impl Report {
@@ -193,7 +206,35 @@ impl Report {
             reports: watch::channel(0).0,
             inner: RwLock::new(Inner::default()),
             published: Mutex::new(VecDeque::new()),
+            round: Mutex::new(None),
+            stall_after: Mutex::new(None),
         }
+    }
+
+    /// A round running longer than `limit` makes the host unhealthy until
+    /// it ends (a watchdog: every plugin call has a deadline, so a round
+    /// far past them is stuck in the host).
+    pub fn set_stall_after(&self, limit: Duration) {
+        *self.stall_after.lock() = Some(limit);
+    }
+
+    /// The controller started a round; it ends when the guard drops.
+    pub fn round_started(&self) -> RoundGuard<'_> {
+        *self.round.lock() = Some(Instant::now());
+        RoundGuard(self)
+    }
+
+    /// How long the round in progress has run past the stall limit.
+    fn stuck(&self) -> Option<String> {
+        let limit = (*self.stall_after.lock())?;
+        let running = self.round.lock().map(|at| at.elapsed())?;
+        (running > limit).then(|| {
+            format!(
+                "a controller round has run for {:.1}s (more than {:.1}s)",
+                running.as_secs_f64(),
+                limit.as_secs_f64()
+            )
+        })
     }
 
     fn changed(&self) {
@@ -251,9 +292,10 @@ impl Report {
         }
     }
 
-    /// Why the host cannot work any more (the controller died), if it cannot.
+    /// Why the host cannot work any more (the controller died, or its
+    /// round is stuck), if it cannot.
     pub fn failure(&self) -> Option<String> {
-        self.inner.read().failed.clone()
+        self.inner.read().failed.clone().or_else(|| self.stuck())
     }
 
     pub fn set_failed(&self, why: String) {

@@ -32,13 +32,9 @@ fn handle(status: &Report, event: XdsEvent) {
             node,
             protocol,
         } => {
+            let label = m.node_label_opened(stream, &node);
             m.xds_streams
-                .get_or_create(&labels2(
-                    "node",
-                    node.clone(),
-                    "protocol",
-                    protocol.as_str(),
-                ))
+                .get_or_create(&labels2("node", label, "protocol", protocol.as_str()))
                 .inc();
             status.stream_opened(stream, &node, protocol);
         }
@@ -47,7 +43,8 @@ fn handle(status: &Report, event: XdsEvent) {
             node,
             protocol,
         } => {
-            let labels = labels2("node", node, "protocol", protocol.as_str());
+            let label = m.node_label_closed(stream).unwrap_or(node);
+            let labels = labels2("node", label, "protocol", protocol.as_str());
             let left = m.xds_streams.get_or_create(&labels).dec() - 1;
             if left <= 0 {
                 // Nodes come and go: do not keep a series per departed node.
@@ -98,13 +95,22 @@ fn handle(status: &Report, event: XdsEvent) {
                     short_type(&nack.type_url),
                 ))
                 .inc();
-            let objects: Vec<String> = nack.sources.iter().map(|k| k.to_string()).collect();
+            // Logged once per NACK (the stream does not repeat it), its
+            // message already cut to MAX_NACK_MESSAGE; long lists shortened.
+            const LOGGED: usize = 10;
+            let objects: Vec<String> = nack
+                .sources
+                .iter()
+                .take(LOGGED)
+                .map(|k| k.to_string())
+                .collect();
             warn!(
                 node = %nack.node,
                 stream = nack.stream,
                 type_url = %nack.type_url,
                 version = %nack.version,
-                resources = ?nack.resource_names,
+                resources = ?&nack.resource_names[..nack.resource_names.len().min(LOGGED)],
+                rejected = nack.resource_names.len(),
                 objects = ?objects,
                 error = %nack.message,
                 "data plane rejected configuration built from these objects"

@@ -96,6 +96,15 @@ pub struct Config {
     pub xds_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub xds_tls: Option<TlsConfig>,
+    /// Serve xDS on a non-loopback address without mTLS (refused otherwise:
+    /// SDS carries private keys).
+    pub xds_allow_insecure: bool,
+    /// Where `/healthz` and `/readyz` alone are served (the kubelet's
+    /// probes), when the admin port itself stays on loopback.
+    pub probe_listen: Option<SocketAddr>,
+    /// A controller round running longer than this makes `/healthz` 503
+    /// until it ends (None: ten plugin deadlines, at least 5 s).
+    pub round_stall: Option<Duration>,
     pub limits: Limits,
     /// Where compiled components are cached (None: in memory only).
     pub cache_dir: Option<PathBuf>,
@@ -168,6 +177,9 @@ impl Config {
             xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
             xds_tls: None,
+            xds_allow_insecure: false,
+            probe_listen: None,
+            round_stall: None,
             limits: Limits::default(),
             cache_dir: crate::plugin::load::default_cache_dir(),
             debounce: Debounce::default(),
@@ -396,6 +408,11 @@ impl Server {
     /// and starts building the first snapshot. Fails if a plugin cannot be
     /// loaded, the manifest directory does not exist, or a port is taken.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        xds::check_exposure(
+            config.xds_listen,
+            config.xds_tls.as_ref(),
+            config.xds_allow_insecure,
+        )?;
         let watched = watched(&config)?;
         // Watch before the first read, so nothing written meanwhile is lost.
         let (inputs, inputs_rx) = std::sync::mpsc::channel();
@@ -438,6 +455,11 @@ impl Server {
 
         let (snapshots_tx, snapshots_rx) = tokio_watch::channel(Arc::new(Snapshot::default()));
         let report = Arc::new(Report::new(snapshots_rx.clone()));
+        report.set_stall_after(
+            config
+                .round_stall
+                .unwrap_or_else(|| (config.limits.deadline * 10).max(Duration::from_secs(5))),
+        );
         let (stop, _) = tokio_watch::channel(false);
         let stopped = |stop: &tokio_watch::Sender<bool>| {
             let mut rx = stop.subscribe();
@@ -479,6 +501,17 @@ impl Server {
             stopped(&stop),
         ));
         info!(xds = %xds_addr, admin = %admin_addr, "serving");
+        if let Some(addr) = config.probe_listen {
+            let probes = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding probes on {addr}"))?;
+            info!(addr = ?probes.local_addr().ok(), "probes (/healthz, /readyz) listening");
+            let router = admin::probes_router(report.clone());
+            let done = stopped(&stop);
+            tasks.push(tokio::spawn(async move {
+                let _ = admin::serve_router(probes, router, done).await;
+            }));
+        }
 
         let reconciler_link = api.map(|api| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<RunnerInput>();

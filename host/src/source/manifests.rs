@@ -163,7 +163,7 @@ impl ManifestSet {
     }
 
     fn read(file: &Path) -> Read {
-        match std::fs::read_to_string(file) {
+        match files::read_manifest(file) {
             Ok(text) => {
                 let mut loaded = Loaded::default();
                 files::parse_into(file, &text, &mut loaded);

@@ -4,4 +4,5 @@
 pub mod files;
 pub mod kube;
 pub mod manifests;
+pub mod names;
 pub mod watch;

@@ -72,34 +72,41 @@ pub fn start(
     sink: impl Fn(FsEvent) + Send + 'static,
 ) -> notify::Result<RecommendedWatcher> {
     let w = watched.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let at = Instant::now();
-        let input = match res {
-            Ok(event) if event.need_rescan() => FsEvent::Rescan { at },
-            Ok(event) if relevant(&event.kind) => {
-                let paths: Vec<PathBuf> = event
-                    .paths
-                    .into_iter()
-                    .filter(|p| {
-                        w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
-                            || w.is_plugin(p)
-                            || !w.reconcilers_at(p).is_empty()
-                    })
-                    .collect();
-                if paths.is_empty() {
-                    return;
+    // Symlinked directories are not followed (a link to `.` would watch
+    // the tree again and again); the manifest walk does not follow them
+    // either.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = RecommendedWatcher::new(
+        move |res: notify::Result<notify::Event>| {
+            let at = Instant::now();
+            let input = match res {
+                Ok(event) if event.need_rescan() => FsEvent::Rescan { at },
+                Ok(event) if relevant(&event.kind) => {
+                    let paths: Vec<PathBuf> = event
+                        .paths
+                        .into_iter()
+                        .filter(|p| {
+                            w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
+                                || w.is_plugin(p)
+                                || !w.reconcilers_at(p).is_empty()
+                        })
+                        .collect();
+                    if paths.is_empty() {
+                        return;
+                    }
+                    debug!(kind = ?event.kind, ?paths, "file event");
+                    FsEvent::Paths { paths, at }
                 }
-                debug!(kind = ?event.kind, ?paths, "file event");
-                FsEvent::Paths { paths, at }
-            }
-            Ok(_) => return,
-            Err(e) => {
-                warn!(error = %e, "file watch error; reading everything again");
-                FsEvent::Rescan { at }
-            }
-        };
-        sink(input);
-    })?;
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(error = %e, "file watch error; reading everything again");
+                    FsEvent::Rescan { at }
+                }
+            };
+            sink(input);
+        },
+        config,
+    )?;
     if let Some(manifests) = &watched.manifests {
         watcher.watch(manifests, RecursiveMode::Recursive)?;
     }

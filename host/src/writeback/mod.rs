@@ -363,7 +363,7 @@ impl StatusWriter {
             match self.announce(object, &a.1, &a.2).await {
                 Ok(()) => {
                     m.status_events
-                        .get_or_create(&labels1("reason", a.1.clone()))
+                        .get_or_create(&labels1("reason", m.chosen_label(&a.1)))
                         .inc();
                     self.announced.insert(a.clone());
                 }

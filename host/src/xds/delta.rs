@@ -23,12 +23,14 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tracing::{debug, warn};
+use tonic::Status;
+use tracing::debug;
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
 use super::snapshot::{Resource, Resources, Snapshot};
 use super::stream::{
-    Handler, MAX_PENDING, Prepared, StreamCtx, legacy_wildcard, nack_subjects, push_rank,
+    Handler, MAX_PENDING, Prepared, StreamCtx, legacy_wildcard, nack_message, nack_subjects,
+    push_rank,
 };
 use super::wire::DeltaResponse;
 
@@ -76,7 +78,7 @@ impl Handler for Delta {
         ctx: &mut StreamCtx,
         current: Option<&Arc<Prepared>>,
         request: DeltaDiscoveryRequest,
-    ) -> Vec<DeltaResponse> {
+    ) -> Result<Vec<DeltaResponse>, Status> {
         let DeltaDiscoveryRequest {
             type_url,
             resource_names_subscribe,
@@ -90,9 +92,10 @@ impl Handler for Delta {
         } = request;
         if type_url.is_empty() {
             debug!(stream = ctx.id, node = %ctx.node(), "delta request without type_url ignored");
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let first = !self.types.contains_key(&type_url);
+        ctx.check_type(&type_url, self.types.len(), first)?;
         let state = self
             .types
             .entry(type_url)
@@ -109,15 +112,16 @@ impl Handler for Delta {
                         .expect("drained at least one");
                     match error_detail {
                         Some(error) => {
+                            let message = nack_message(error.message);
                             let (resource_names, sources) =
-                                nack_subjects(&error.message, answered.resources.iter());
-                            warn!(
+                                nack_subjects(&message, answered.resources.iter());
+                            // The host logs it (once, with the objects behind it).
+                            debug!(
                                 stream = ctx.id,
                                 node = %ctx.node(),
                                 type_url = %state.type_url,
                                 version = %answered.version,
                                 nonce = %response_nonce,
-                                error = %error.message,
                                 "xDS client rejected configuration"
                             );
                             ctx.emit(XdsEvent::Nack(Nack {
@@ -129,7 +133,7 @@ impl Handler for Delta {
                                 client_version: String::new(),
                                 nonce: response_nonce,
                                 code: error.code,
-                                message: error.message,
+                                message,
                                 resource_names,
                                 sources,
                             }));
@@ -165,8 +169,10 @@ impl Handler for Delta {
         }
 
         if first {
+            ctx.check_names(&state.type_url, initial_resource_versions.len())?;
             state.known = initial_resource_versions.into_iter().collect();
         }
+
         let subscribe: Vec<String> = resource_names_subscribe
             .into_iter()
             .chain(resource_locators_subscribe.into_iter().map(|l| l.name))
@@ -175,11 +181,14 @@ impl Handler for Delta {
             .into_iter()
             .chain(resource_locators_unsubscribe.into_iter().map(|l| l.name));
         state.resubscribe(first, subscribe, unsubscribe);
+        // One request is bounded by its size; what accumulates over many,
+        // here (the stream ends, and its state with it).
+        ctx.check_names(&state.type_url, state.names.len())?;
 
-        match current {
+        Ok(match current {
             Some(p) => state.push(ctx, p).into_iter().collect(),
             None => Vec::new(),
-        }
+        })
     }
 
     fn on_snapshot(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Vec<DeltaResponse> {

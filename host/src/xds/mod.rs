@@ -4,6 +4,8 @@
 mod body;
 mod delta;
 pub mod event;
+mod limits;
+mod listen;
 pub mod server;
 pub mod snapshot;
 mod sotw;
@@ -11,6 +13,12 @@ mod stream;
 mod wire;
 
 pub use event::{Ack, Nack, Protocol, Push, XdsEvent};
-pub use server::{AdsService, ServeError, TlsConfig, XdsServer, serve};
+pub use limits::{MAX_NACK_MESSAGE, MAX_NODE_ID, MAX_TYPE_URL, XdsLimits};
+pub use server::{AdsService, ServeError, TlsConfig, XdsServer, check_exposure, serve};
 pub use snapshot::{Resource, Snapshot, type_url};
 pub use wire::{DeltaResponse, RawNames, SotwRequest, SotwResponse};
+
+/// At most `max` bytes of `s`, cut on a character boundary and marked.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    crate::writeback::truncate(s, max)
+}

@@ -28,6 +28,8 @@ use tracing::info;
 use super::body::ResponseBody;
 use super::delta::Delta;
 use super::event::XdsEvent;
+use super::limits::XdsLimits;
+use super::listen::{self, Connection};
 use super::snapshot::Snapshot;
 use super::sotw::Sotw;
 use super::stream::{self, Shared};
@@ -83,9 +85,22 @@ impl XdsServer {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         events: Option<mpsc::Sender<XdsEvent>>,
     ) -> Self {
+        Self::with_limits(snapshots, events, XdsLimits::default())
+    }
+
+    /// A server with limits of its own on what clients may make it hold.
+    pub fn with_limits(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        events: Option<mpsc::Sender<XdsEvent>>,
+        limits: XdsLimits,
+    ) -> Self {
         XdsServer {
-            shared: Arc::new(Shared::new(snapshots, events)),
+            shared: Arc::new(Shared::new(snapshots, events, limits)),
         }
+    }
+
+    pub fn limits(&self) -> &XdsLimits {
+        &self.shared.limits
     }
 
     /// The encode-once gRPC service: responses are written from the
@@ -188,6 +203,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Some(connection) = request.extensions().get::<Connection>() {
+            connection.requested();
+        }
+        let max = self.server.limits().max_request_bytes;
         let path = request.uri().path();
         if path != SOTW_PATH && path != DELTA_PATH {
             return std::future::ready(Ok(trailers_only(Status::unimplemented(""))));
@@ -202,10 +221,10 @@ where
             )))));
         }
         let response = if path == SOTW_PATH {
-            let requests = decode_requests::<SotwRequest, _>(request.into_body());
+            let requests = decode_requests::<SotwRequest, _>(request.into_body(), max);
             grpc_response(ResponseBody::new(self.server.sotw(requests)))
         } else {
-            let requests = decode_requests::<DeltaDiscoveryRequest, _>(request.into_body());
+            let requests = decode_requests::<DeltaDiscoveryRequest, _>(request.into_body(), max);
             grpc_response(ResponseBody::new(self.server.delta(requests)))
         };
         std::future::ready(Ok(response))
@@ -213,18 +232,16 @@ where
 }
 
 /// The request messages of one call, as tonic frames and decodes them.
-fn decode_requests<D, B>(body: B) -> Streaming<D>
+/// A request over `max` bytes ends the stream (`RESOURCE_EXHAUSTED`)
+/// before it is buffered.
+fn decode_requests<D, B>(body: B, max: usize) -> Streaming<D>
 where
     D: prost::Message + Default + Send + 'static,
     B: tonic::codegen::Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
-    Streaming::new_request(WireDecoder::<D>::default(), body, None, Some(MAX_REQUEST))
+    Streaming::new_request(WireDecoder::<D>::default(), body, None, Some(max))
 }
-
-/// The largest request accepted: a SotW request names its whole
-/// subscription (about 250 KiB for 10k clusters); tonic's default is 4 MiB.
-pub const MAX_REQUEST: usize = 64 << 20;
 
 fn grpc_response(
     body: impl tonic::codegen::Body<Data = bytes::Bytes, Error = Status> + Send + 'static,
@@ -261,11 +278,31 @@ pub struct TlsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
+        "refusing to serve xDS on {addr} without mutual TLS: SDS hands every TLS private key to whoever connects. Pass --xds-tls-cert, --xds-tls-key and --xds-tls-ca, listen on loopback, or allow it explicitly with --xds-allow-insecure"
+    )]
+    Insecure { addr: std::net::SocketAddr },
+    #[error(
         "xDS TLS is not available: this build of tonic has no TLS feature (tls-ring or tls-aws-lc)"
     )]
     TlsUnavailable,
     #[error("xDS server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// Refuses an xDS address anyone but this machine can reach unless
+/// clients must present a certificate (mTLS), or `allow_insecure` says the
+/// operator means it (e.g. a network of its own in front). Loopback is
+/// always fine.
+pub fn check_exposure(
+    addr: std::net::SocketAddr,
+    tls: Option<&TlsConfig>,
+    allow_insecure: bool,
+) -> Result<(), ServeError> {
+    let mtls = tls.is_some_and(|t| t.client_ca_pem.is_some());
+    if addr.ip().is_loopback() || mtls || allow_insecure {
+        return Ok(());
+    }
+    Err(ServeError::Insecure { addr })
 }
 
 /// Serves ADS on `listener` until `shutdown` completes; then ends every
@@ -279,20 +316,30 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send,
 {
+    let limits = server.limits().clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
-        );
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                &tls.key_pem,
+            ))
+            // A handshake that stalls is dropped (the first-request
+            // deadline below would close it too).
+            .timeout(limits.first_request_timeout);
         if let Some(ca) = &tls.client_ca_pem {
             config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
         builder = builder.tls_config(config)?;
     }
     let local = listener.local_addr().ok();
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
+    let incoming = listen::guard(
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(TCP_KEEPALIVE)),
+        limits.max_connections,
+        limits.first_request_timeout,
+    );
     let streams = server.clone();
     let signal = async move {
         shutdown.await;
@@ -309,8 +356,46 @@ where
         .http2_adaptive_window(Some(true))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .add_service(server.service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::*;
+
+    fn tls(ca: bool) -> TlsConfig {
+        TlsConfig {
+            cert_pem: vec![],
+            key_pem: vec![],
+            client_ca_pem: ca.then(Vec::new),
+        }
+    }
+
+    /// Issue 13 item 12: binding xDS to a non-loopback address without
+    /// mTLS served every private key over SDS to whoever connected.
+    #[test]
+    fn xds_off_loopback_needs_mtls_or_an_explicit_allowance() {
+        let any: std::net::SocketAddr = "0.0.0.0:18000".parse().unwrap();
+        let pod: std::net::SocketAddr = "10.1.2.3:18000".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:18000".parse().unwrap();
+        let local6: std::net::SocketAddr = "[::1]:18000".parse().unwrap();
+        for addr in [any, pod] {
+            assert!(matches!(
+                check_exposure(addr, None, false),
+                Err(ServeError::Insecure { .. })
+            ));
+            // TLS without client certificates is still anyone's.
+            assert!(check_exposure(addr, Some(&tls(false)), false).is_err());
+            assert!(check_exposure(addr, Some(&tls(true)), false).is_ok());
+            assert!(check_exposure(addr, None, true).is_ok());
+        }
+        assert!(check_exposure(local, None, false).is_ok());
+        assert!(check_exposure(local6, None, false).is_ok());
+        let err = check_exposure(any, None, false).unwrap_err().to_string();
+        assert!(err.contains("--xds-allow-insecure"), "{err}");
+    }
 }

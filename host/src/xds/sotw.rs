@@ -25,12 +25,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tracing::{debug, warn};
+use tonic::Status;
+use tracing::debug;
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
 use super::snapshot::{Resource, Resources};
 use super::stream::{
-    Handler, Prepared, StreamCtx, full_state, legacy_wildcard, nack_subjects, push_rank,
+    Handler, Prepared, StreamCtx, full_state, legacy_wildcard, nack_message, nack_subjects,
+    push_rank,
 };
 use super::wire::{RawNames, Selection, SotwRequest, SotwResponse};
 
@@ -50,6 +52,8 @@ struct TypeState {
     /// them (the common case) is recognised without decoding a string.
     last_names: RawNames,
     last: Option<Sent>,
+    /// The nonce last NACKed: a client repeating a NACK is heard once.
+    nacked: Option<String>,
 }
 
 /// The latest response sent for a type.
@@ -83,7 +87,7 @@ impl Handler for Sotw {
         ctx: &mut StreamCtx,
         current: Option<&Arc<Prepared>>,
         request: SotwRequest,
-    ) -> Vec<SotwResponse> {
+    ) -> Result<Vec<SotwResponse>, Status> {
         let SotwRequest {
             version_info,
             resource_names,
@@ -95,8 +99,13 @@ impl Handler for Sotw {
         } = request;
         if type_url.is_empty() {
             debug!(stream = ctx.id, node = %ctx.node(), "ADS request without type_url ignored");
-            return Vec::new();
+            return Ok(Vec::new());
         }
+        ctx.check_type(
+            &type_url,
+            self.types.len(),
+            !self.types.contains_key(&type_url),
+        )?;
         let state = self
             .types
             .entry(type_url)
@@ -114,20 +123,27 @@ impl Handler for Sotw {
                     latest_nonce = %last.nonce,
                     "stale request ignored"
                 );
-                return Vec::new();
+                return Ok(Vec::new());
             }
             let version = last.version.to_string();
             if let Some(error) = error_detail {
+                if state.nacked.as_deref() == Some(response_nonce.as_str()) {
+                    // The same NACK again: reported once per nonce.
+                    debug!(stream = ctx.id, node = %ctx.node(), type_url = %state.type_url, nonce = %response_nonce, "repeated NACK ignored");
+                    return Ok(Vec::new());
+                }
+                state.nacked = Some(response_nonce.clone());
+                let message = nack_message(error.message);
                 let (resource_names, sources) =
-                    nack_subjects(&error.message, state.resources_of(last).into_iter());
-                warn!(
+                    nack_subjects(&message, state.resources_of(last).into_iter());
+                // The host logs it (once, with the objects behind it).
+                debug!(
                     stream = ctx.id,
                     node = %ctx.node(),
                     type_url = %state.type_url,
                     version = %version,
                     nonce = %response_nonce,
                     client_version = %version_info,
-                    error = %error.message,
                     "xDS client rejected configuration"
                 );
                 ctx.emit(XdsEvent::Nack(Nack {
@@ -139,7 +155,7 @@ impl Handler for Sotw {
                     client_version: version_info,
                     nonce: response_nonce,
                     code: error.code,
-                    message: error.message,
+                    message,
                     resource_names,
                     sources,
                 }));
@@ -170,6 +186,10 @@ impl Handler for Sotw {
         {
             false
         } else {
+            ctx.check_names(
+                &state.type_url,
+                resource_names.iter().count() + resource_locators.len(),
+            )?;
             let names = resource_names
                 .iter()
                 .map(str::to_string)
@@ -178,10 +198,10 @@ impl Handler for Sotw {
             state.last_names = resource_names;
             widened
         };
-        match current {
+        Ok(match current {
             Some(p) if state.last.is_none() || widened => vec![state.respond(ctx, p, None)],
             _ => Vec::new(),
-        }
+        })
     }
 
     fn on_snapshot(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Vec<SotwResponse> {
@@ -209,6 +229,7 @@ impl TypeState {
             names: Arc::default(),
             last_names: RawNames::default(),
             last: None,
+            nacked: None,
         }
     }
 

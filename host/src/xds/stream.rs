@@ -2,7 +2,7 @@
 //! computed once for all streams, the event channel, and the task that runs
 //! one stream (requests and snapshots in, responses out).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 use super::event::{Protocol, XdsEvent};
+use super::limits::{MAX_NACK_MESSAGE, MAX_NODE_ID, MAX_TYPE_URL, XdsLimits};
 use super::snapshot::{Resource, Snapshot, TypeChanges, type_url};
 use crate::store::ObjectKey;
 
@@ -78,6 +79,7 @@ impl Prepared {
 }
 
 pub(crate) struct Shared {
+    pub limits: XdsLimits,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub events: Option<mpsc::Sender<XdsEvent>>,
     pub dropped_events: AtomicU64,
@@ -91,8 +93,10 @@ impl Shared {
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         events: Option<mpsc::Sender<XdsEvent>>,
+        limits: XdsLimits,
     ) -> Self {
         Shared {
+            limits,
             snapshots,
             events,
             dropped_events: AtomicU64::new(0),
@@ -169,7 +173,10 @@ impl StreamCtx {
 
     fn observe(&mut self, node: Option<&Node>) {
         if self.node.is_none() {
-            let id = node.map(|n| n.id.clone()).unwrap_or_default();
+            // Client-chosen: bounded before it reaches logs and labels.
+            let id = node
+                .map(|n| super::truncate(&n.id, MAX_NODE_ID))
+                .unwrap_or_default();
             debug!(stream = self.id, node = %id, protocol = self.protocol.as_str(), "xDS stream opened");
             self.shared.emit(XdsEvent::StreamOpened {
                 stream: self.id,
@@ -188,6 +195,49 @@ impl StreamCtx {
 
     pub fn emit(&self, event: XdsEvent) {
         self.shared.emit(event)
+    }
+
+    pub fn limits(&self) -> &XdsLimits {
+        &self.shared.limits
+    }
+
+    /// Refuses a type URL past the stream's limits: too long, or one more
+    /// type than a stream may subscribe to (`known` types so far).
+    pub fn check_type(&self, type_url: &str, known: usize, new: bool) -> Result<(), Status> {
+        if type_url.len() > MAX_TYPE_URL {
+            return Err(Status::invalid_argument(format!(
+                "type_url is {} bytes; at most {MAX_TYPE_URL}",
+                type_url.len()
+            )));
+        }
+        if new && known >= self.limits().max_types_per_stream {
+            return Err(Status::resource_exhausted(format!(
+                "a stream may subscribe to at most {} type URLs",
+                self.limits().max_types_per_stream
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a subscription of more names than a type may hold.
+    pub fn check_names(&self, type_url: &str, names: usize) -> Result<(), Status> {
+        let max = self.limits().max_names_per_type;
+        if names > max {
+            return Err(Status::resource_exhausted(format!(
+                "{names} resource names for {}; a subscription may hold at most {max}",
+                super::truncate(type_url, MAX_TYPE_URL)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A NACK's message as the host keeps it: bounded (a client chooses it).
+pub(crate) fn nack_message(message: String) -> String {
+    if message.len() <= MAX_NACK_MESSAGE {
+        message
+    } else {
+        super::truncate(&message, MAX_NACK_MESSAGE)
     }
 }
 
@@ -214,12 +264,14 @@ pub(crate) trait Handler: Send + 'static {
     fn node(request: &Self::Request) -> Option<&Node>;
 
     /// A request arrived; `current` is the latest ready snapshot, if any.
+    /// An error ends the stream with that status (a request past the
+    /// stream's limits).
     fn on_request(
         &mut self,
         ctx: &mut StreamCtx,
         current: Option<&Arc<Prepared>>,
         request: Self::Request,
-    ) -> Vec<Self::Response>;
+    ) -> Result<Vec<Self::Response>, Status>;
 
     /// A new snapshot is ready. Responses must come in push order.
     fn on_snapshot(&mut self, ctx: &mut StreamCtx, current: &Arc<Prepared>) -> Vec<Self::Response>;
@@ -243,7 +295,10 @@ where
 enum End {
     ClientClosed,
     ClientGone,
+    /// The request stream failed: malformed, too large, or reset.
     RequestError(Status),
+    /// A request went past the stream's limits.
+    Refused(Status),
     Shutdown,
 }
 
@@ -274,7 +329,10 @@ async fn drive<H, S>(
             request = requests.next() => match request {
                 Some(Ok(request)) => {
                     ctx.observe(H::node(&request));
-                    handler.on_request(&mut ctx, current.as_ref(), request)
+                    match handler.on_request(&mut ctx, current.as_ref(), request) {
+                        Ok(out) => out,
+                        Err(status) => break End::Refused(status),
+                    }
                 }
                 Some(Err(status)) => break End::RequestError(status),
                 None => break End::ClientClosed,
@@ -311,20 +369,42 @@ async fn drive<H, S>(
     match end {
         End::ClientClosed => debug!(stream = ctx.id, node = %node, "xDS client closed its stream"),
         End::ClientGone => debug!(stream = ctx.id, node = %node, "xDS client went away"),
-        End::RequestError(status) if status.code() == Code::Internal => {
-            warn!(stream = ctx.id, node = %node, error = %status.message(), "xDS stream ended on a bad request")
+        End::RequestError(status) => {
+            let status = request_error(status);
+            if matches!(
+                status.code(),
+                Code::InvalidArgument | Code::ResourceExhausted
+            ) {
+                warn!(stream = ctx.id, node = %node, code = ?status.code(), error = %status.message(), "xDS stream ended on a bad request")
+            } else {
+                debug!(stream = ctx.id, node = %node, code = ?status.code(), error = %status.message(), "xDS client disconnected")
+            }
+            // The client learns why (a malformed request is not a clean
+            // end, `grpc-status: 0`); a client already gone never reads it.
+            let _ = tx.try_send(Err(status));
         }
-        End::RequestError(status) => debug!(
-            stream = ctx.id,
-            node = %node,
-            code = ?status.code(),
-            error = %status.message(),
-            "xDS client disconnected"
-        ),
+        End::Refused(status) => {
+            warn!(stream = ctx.id, node = %node, code = ?status.code(), error = %status.message(), "xDS stream ended: request past the stream's limits");
+            let _ = tx.try_send(Err(status));
+        }
         End::Shutdown => {
             debug!(stream = ctx.id, node = %node, "xDS stream ended by server shutdown");
             let _ = tx.try_send(Err(Status::unavailable("xDS server shutting down")));
         }
+    }
+}
+
+/// The status a failed request stream ends with: a request that does not
+/// decode is the client's error (`INVALID_ARGUMENT`), one over the size
+/// limit `RESOURCE_EXHAUSTED`, as gRPC says of messages larger than allowed.
+fn request_error(status: Status) -> Status {
+    match status.code() {
+        Code::Internal => Status::invalid_argument(format!(
+            "malformed request: {}",
+            super::truncate(status.message(), 512)
+        )),
+        Code::OutOfRange => Status::resource_exhausted(status.message().to_string()),
+        _ => status,
     }
 }
 
@@ -364,20 +444,24 @@ pub(crate) fn push_rank(type_url: &str) -> (usize, &str) {
 /// Which of the rejected resources a NACK is about, and the objects behind
 /// them: the resources whose name the error message mentions, or all of
 /// them when it mentions none.
+///
+/// One pass over the message for all names at once (Aho-Corasick): linear
+/// in the message and the names, where a search per name was their product.
 pub(crate) fn nack_subjects<'a>(
     message: &str,
     rejected: impl Iterator<Item = &'a Arc<Resource>>,
 ) -> (Vec<String>, Vec<ObjectKey>) {
     let rejected: Vec<&Arc<Resource>> = rejected.collect();
-    let mentioned: Vec<&Arc<Resource>> = rejected
-        .iter()
-        .copied()
-        .filter(|r| mentions(message, &r.name))
-        .collect();
-    let chosen = if mentioned.is_empty() {
+    let mentioned = mentioned(message, rejected.iter().map(|r| r.name.as_str()));
+    let chosen: Vec<&Arc<Resource>> = if mentioned.is_empty() {
         rejected
     } else {
-        mentioned
+        rejected
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mentioned.contains(i))
+            .map(|(_, r)| *r)
+            .collect()
     };
     let names = chosen.iter().map(|r| r.name.clone()).collect();
     let mut sources: Vec<ObjectKey> = chosen
@@ -389,17 +473,38 @@ pub(crate) fn nack_subjects<'a>(
     (names, sources)
 }
 
-/// Whether `name` occurs in `message` as a whole token.
-fn mentions(message: &str, name: &str) -> bool {
-    if name.is_empty() {
-        return false;
+/// The indexes of the `names` that occur in `message` as whole tokens.
+fn mentioned<'a>(message: &str, names: impl Iterator<Item = &'a str>) -> HashSet<usize> {
+    let names: Vec<&str> = names.collect();
+    let mut found = HashSet::new();
+    // Empty names match everywhere and mean nothing.
+    let patterns: Vec<(usize, &str)> = names
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+        .collect();
+    if patterns.is_empty() {
+        return found;
     }
+    let Ok(automaton) = aho_corasick::AhoCorasick::new(patterns.iter().map(|(_, n)| n)) else {
+        return found;
+    };
     let is_name_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
-    message.match_indices(name).any(|(i, _)| {
-        let before = message[..i].chars().next_back();
-        let after = message[i + name.len()..].chars().next();
-        !before.is_some_and(is_name_char) && !after.is_some_and(is_name_char)
-    })
+    for m in automaton.find_overlapping_iter(message) {
+        let before = message[..m.start()].chars().next_back();
+        let after = message[m.end()..].chars().next();
+        if !before.is_some_and(is_name_char) && !after.is_some_and(is_name_char) {
+            found.insert(patterns[m.pattern().as_usize()].0);
+        }
+    }
+    found
+}
+
+/// Whether `name` occurs in `message` as a whole token.
+#[cfg(test)]
+fn mentions(message: &str, name: &str) -> bool {
+    !mentioned(message, std::iter::once(name)).is_empty()
 }
 
 #[cfg(test)]
@@ -448,7 +553,11 @@ mod tests {
 
     #[test]
     fn changes_since_a_snapshot_missed_in_between() {
-        let shared = Shared::new(tokio::sync::watch::channel(Arc::default()).1, None);
+        let shared = Shared::new(
+            tokio::sync::watch::channel(Arc::default()).1,
+            None,
+            XdsLimits::default(),
+        );
         let s1 = snapshot(1, &[("a", b"1"), ("b", b"1"), ("c", b"1")]);
         let s2 = snapshot(2, &[("a", b"2"), ("b", b"1"), ("c", b"1")]);
         let s3 = snapshot(3, &[("a", b"2"), ("b", b"2")]);
@@ -507,5 +616,35 @@ mod tests {
                 "type.googleapis.com/x.Raw"
             ]
         );
+    }
+
+    /// Issue 17: NACK-to-object matching searched the message once per
+    /// rejected resource; now one pass for all names.
+    #[test]
+    fn nack_subjects_among_many_resources() {
+        let resources: Vec<Arc<Resource>> = (0..20_000)
+            .map(|i| {
+                Arc::new(Resource::new(
+                    type_url::CLUSTER,
+                    format!("ns/svc-{i}/80"),
+                    bytes::Bytes::new(),
+                    vec![ObjectKey::new(
+                        crate::store::KindKey::new("v1", "Service"),
+                        "ns",
+                        format!("svc-{i}"),
+                    )],
+                ))
+            })
+            .collect();
+        let message = format!(
+            "cluster 'ns/svc-17/80' rejected; ns/svc-1 and ns/svc-17/800 are not names; {}",
+            "y".repeat(MAX_NACK_MESSAGE)
+        );
+        let (names, sources) = nack_subjects(&message, resources.iter());
+        assert_eq!(names, ["ns/svc-17/80"]);
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].name, "svc-17");
+        let (names, _) = nack_subjects("nothing named", resources.iter());
+        assert_eq!(names.len(), resources.len());
     }
 }

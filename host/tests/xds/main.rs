@@ -32,6 +32,7 @@ use isobar::testing::ads::{DeltaResponse, DeltaStream, SotwResponse, SotwStream}
 use isobar::xds::*;
 
 mod delta;
+mod hostile;
 mod named_only;
 mod sotw;
 
@@ -210,8 +211,13 @@ struct Harness {
 
 impl Harness {
     async fn start(initial: Snapshot) -> Self {
+        Self::start_with(initial, XdsLimits::default()).await
+    }
+
+    async fn start_with(initial: Snapshot, limits: XdsLimits) -> Self {
         let (snapshots, rx) = watch::channel(Arc::new(initial));
-        let (server, events) = XdsServer::new(rx);
+        let (tx, events) = mpsc::channel(isobar::xds::server::EVENT_QUEUE);
+        let server = XdsServer::with_limits(rx, Some(tx), limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

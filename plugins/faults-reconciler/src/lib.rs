@@ -7,6 +7,10 @@
 //! - `trap`: panics; `loop`: never returns (the deadline stops it);
 //! - `foreign-delete`: deletes a ConfigMap it does not own;
 //! - `cross-namespace`: applies a child in another namespace;
+//! - `unowned-kind`: applies a ClusterRole (cluster-scoped, not in `owns`);
+//! - `unowned-delete`: deletes the Secret `db`, a kind it does not own;
+//! - `take-over`: applies the ConfigMap `not-mine`, which exists and is
+//!   not its object's;
 //! - `requeue`: writes `status.ok` and asks to be called again in 50 ms.
 
 use std::time::Duration;
@@ -46,6 +50,20 @@ impl Reconciler for FaultsReconciler {
                 "not-mine",
             ))]),
             "cross-namespace" => Ok(vec![Action::apply(&child("elsewhere"))]),
+            "unowned-kind" => Ok(vec![Action::apply(&json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "escalated"},
+                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}))]),
+            "unowned-delete" => Ok(vec![Action::delete(ObjectId::new(
+                "v1",
+                "Secret",
+                &object.namespace,
+                "db",
+            ))]),
+            "take-over" => Ok(vec![Action::apply(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "not-mine", "namespace": object.namespace},
+                "data": {"taken": "yes"}}))]),
             "requeue" => Ok(vec![
                 Action::patch_status(&json!({"ok": true})),
                 Action::requeue_after(Duration::from_millis(50)),

@@ -12,6 +12,11 @@
 //! | `missing-backend` | forwards to Service `does-not-exist` port 80, *without* a diagnostic (the host must notice) |
 //! | `error`           | returns `Err(Error { reason: "Injected", .. })`                  |
 //! | `log-flood`       | logs `isobar.dev/fault-log-count` messages (default 10000), then behaves as absent |
+//! | `sleep`           | `std::thread::sleep(5 s)`, then behaves as absent (the deadline must hold through a blocking host call) |
+//! | `nap`             | `std::thread::sleep(10 ms)`, then behaves as absent (a wait within the deadline is fine) |
+//! | `busy-poll`       | zero-length sleeps until 5 s have passed on the monotonic clock    |
+//! | `clock`           | `Err` with reason `Sandbox`: the wall clock's seconds and how far the monotonic clock moved over a 1 ms sleep |
+//! | `random`          | `Err` with reason `Sandbox`: a hash keyed by std's random state    |
 //!
 //! Any other value is an `Err` with reason `UnknownFault`. Only `absent`,
 //! `missing-backend`, `error` and `log-flood` are exercised natively: the
@@ -72,6 +77,23 @@ impl Translator for FaultsTranslator {
                 good(root, &ingress)
             }
             Some("sandbox") => Err(Error::new("Sandbox", probe_sandbox())),
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                good(root, &ingress)
+            }
+            Some("nap") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                good(root, &ingress)
+            }
+            Some("busy-poll") => {
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_secs(5) {
+                    std::thread::sleep(std::time::Duration::ZERO);
+                }
+                good(root, &ingress)
+            }
+            Some("clock") => Err(Error::new("Sandbox", probe_clock())),
+            Some("random") => Err(Error::new("Sandbox", probe_random())),
             Some(other) => Err(Error::new(
                 "UnknownFault",
                 format!("{FAULT_ANNOTATION}={other:?} is not a known fault"),
@@ -150,6 +172,27 @@ fn exhaust_memory() -> ! {
 
 #[cfg(target_arch = "wasm32")]
 isobar_guest::export_translator!(FaultsTranslator);
+
+/// What the plugin sees of time: `wall=<seconds since the epoch>
+/// slept=<nanoseconds the monotonic clock moved over a 1 ms sleep>`.
+fn probe_clock() -> String {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let before = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    let slept = before.elapsed().as_nanos();
+    format!("wall={wall} slept={slept}")
+}
+
+/// What the plugin sees of randomness: a hash keyed by std's random state
+/// (drawn from `wasi:random`), `random=<hex>`.
+fn probe_random() -> String {
+    use std::hash::BuildHasher;
+    let hash = std::collections::hash_map::RandomState::new().hash_one(42u64);
+    format!("random={hash:016x}")
+}
 
 /// What the sandbox lets the plugin see: environment variables, the
 /// filesystem root, a granted directory, and the network. The host's tests

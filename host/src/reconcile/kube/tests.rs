@@ -62,7 +62,7 @@ async fn apply_is_server_side_with_the_plugins_field_manager_and_a_no_op_is_unch
     assert_eq!(requests[1].0, "PATCH");
     assert_eq!(
         requests[1].1,
-        format!("{DEPLOYMENT}?&force=true&fieldManager=isobar%2Fmemcached")
+        format!("{DEPLOYMENT}?&fieldManager=isobar%2Fmemcached")
     );
     assert_eq!(fake.object(DEPLOYMENT).unwrap()["spec"]["replicas"], 3);
     assert_eq!(
@@ -95,7 +95,7 @@ async fn status_goes_to_the_status_subresource() {
         last,
         (
             "PATCH".into(),
-            format!("{MEMCACHED}/status?&force=true&fieldManager=isobar%2Fmemcached")
+            format!("{MEMCACHED}/status?&fieldManager=isobar%2Fmemcached")
         )
     );
     assert_eq!(fake.object(MEMCACHED).unwrap()["status"], st);
@@ -171,5 +171,34 @@ async fn deleting_what_is_gone_is_unchanged_and_events_are_published() {
             "POST".into(),
             "/apis/events.k8s.io/v1/namespaces/shop/events?".into()
         )
+    );
+}
+
+/// Issue 13 item 3: a cluster-scoped kind is refused before any write (the
+/// plugin's reach ends at its owner's namespace), and apply is never forced.
+#[tokio::test]
+async fn cluster_scoped_objects_are_refused_and_apply_is_not_forced() {
+    let (fake, client) = FakeApi::start([]);
+    let roles = KindKey::new("rbac.authorization.k8s.io/v1", "ClusterRole");
+    let c = cluster(client).with_resource(
+        roles.clone(),
+        crate::resource::api_resource("rbac.authorization.k8s.io/v1", "ClusterRole"),
+        false,
+    );
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                      "metadata": {"name": "escalated"}});
+    let err = c.apply(role, "isobar/p").await.unwrap_err();
+    assert!(
+        matches!(err, ApiError::Invalid(ref m) if m.contains("cluster-scoped")),
+        "{err:?}"
+    );
+    assert!(requests(&fake).is_empty(), "{:?}", requests(&fake));
+    c.apply(deployment(1), "isobar/p").await.unwrap();
+    assert!(
+        requests(&fake)
+            .iter()
+            .all(|(_, uri)| !uri.contains("force")),
+        "{:?}",
+        requests(&fake)
     );
 }
