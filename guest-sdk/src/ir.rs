@@ -9,15 +9,33 @@ use k8s_openapi::Resource;
 use crate::types::*;
 
 impl ObjectRef {
+    /// An object of a kind the plugin declares, by kind name: the host
+    /// resolves the group from the plugin's declared kinds. Use
+    /// [`ObjectRef::of`] (or [`Object::object_ref`]) when the group is known.
     pub fn new(
         kind: impl Into<String>,
         namespace: impl Into<String>,
         name: impl Into<String>,
     ) -> ObjectRef {
         ObjectRef {
+            api_version: String::new(),
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
+        }
+    }
+
+    /// A fully named object: `api_version` (its group tells kinds apart),
+    /// kind, namespace and name.
+    pub fn of(
+        api_version: impl Into<String>,
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> ObjectRef {
+        ObjectRef {
+            api_version: api_version.into(),
+            ..ObjectRef::new(kind, namespace, name)
         }
     }
 }
@@ -36,11 +54,11 @@ impl KindRef {
     }
 }
 
-impl PluginInfo {
-    /// A plugin that watches nothing yet; add kinds with [`PluginInfo::watch`]
-    /// and [`PluginInfo::root`].
+impl TranslatorInfo {
+    /// A plugin that watches nothing yet; add kinds with
+    /// [`TranslatorInfo::watch`] and [`TranslatorInfo::root`].
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> PluginInfo {
-        PluginInfo {
+        TranslatorInfo {
             name: name.into(),
             version: version.into(),
             watches: Vec::new(),
@@ -344,8 +362,15 @@ impl Redirect {
         self
     }
 
+    /// Replaces the whole path.
     pub fn with_path(mut self, path: impl Into<String>) -> Redirect {
-        self.path = Some(path.into());
+        self.path = Some(PathModifier::Full(path.into()));
+        self
+    }
+
+    /// Replaces the part of the path the route's prefix matched.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Redirect {
+        self.path = Some(PathModifier::Prefix(prefix.into()));
         self
     }
 }
@@ -425,12 +450,14 @@ impl Route {
         Route {
             matches,
             action,
-            prefix_rewrite: None,
+            path_rewrite: None,
             host_rewrite: None,
             timeout_ms: None,
             retry: None,
             request_headers: None,
             response_headers: None,
+            mirrors: Vec::new(),
+            source: None,
         }
     }
 
@@ -459,8 +486,28 @@ impl Route {
         Route::new(matches, RouteAction::DirectResponse(response))
     }
 
+    /// Replaces the matched prefix (or the whole exact path) upstream.
     pub fn with_prefix_rewrite(mut self, prefix: impl Into<String>) -> Route {
-        self.prefix_rewrite = Some(prefix.into());
+        self.path_rewrite = Some(PathModifier::Prefix(prefix.into()));
+        self
+    }
+
+    /// Replaces the whole path upstream.
+    pub fn with_path_rewrite(mut self, path: impl Into<String>) -> Route {
+        self.path_rewrite = Some(PathModifier::Full(path.into()));
+        self
+    }
+
+    /// Copies requests to `backend` (`percent` of them; none: all).
+    pub fn with_mirror(mut self, backend: Backend, percent: Option<u32>) -> Route {
+        self.mirrors.push(Mirror { backend, percent });
+        self
+    }
+
+    /// The object that produced the route (translators may leave it: the
+    /// host sets the root).
+    pub fn with_source(mut self, source: ObjectRef) -> Route {
+        self.source = Some(source);
         self
     }
 
@@ -527,6 +574,7 @@ impl Default for Fragment {
             virtual_hosts: Vec::new(),
             raw: Vec::new(),
             diagnostics: Vec::new(),
+            statuses: Vec::new(),
         }
     }
 }
@@ -544,6 +592,7 @@ impl Fragment {
             && self.virtual_hosts.is_empty()
             && self.raw.is_empty()
             && self.diagnostics.is_empty()
+            && self.statuses.is_empty()
     }
 
     /// Declares a listener once; later declarations with the same name are
@@ -600,6 +649,137 @@ impl Fragment {
 
     pub fn add_raw(&mut self, raw: RawResource) -> &mut Fragment {
         self.raw.push(raw);
+        self
+    }
+
+    /// Says what the plugin judged of `status.object` (the root, or an
+    /// object this call read): one status per object.
+    pub fn add_status(&mut self, status: ObjectStatus) -> &mut Fragment {
+        match self.statuses.iter_mut().find(|s| s.object == status.object) {
+            Some(existing) => *existing = status,
+            None => self.statuses.push(status),
+        }
+        self
+    }
+
+    pub fn with_status(mut self, status: ObjectStatus) -> Fragment {
+        self.add_status(status);
+        self
+    }
+}
+
+impl Condition {
+    /// A condition judged against the object's current generation.
+    pub fn new(
+        type_: impl Into<String>,
+        status: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: if status {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: None,
+        }
+    }
+
+    pub fn unknown(
+        type_: impl Into<String>,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Condition {
+        Condition {
+            status: ConditionStatus::Unknown,
+            ..Condition::new(type_, false, reason, message)
+        }
+    }
+
+    pub fn with_observed_generation(mut self, generation: i64) -> Condition {
+        self.observed_generation = Some(generation);
+        self
+    }
+}
+
+impl ObjectStatus {
+    pub fn new(object: ObjectRef) -> ObjectStatus {
+        ObjectStatus {
+            object,
+            conditions: Vec::new(),
+            fields: None,
+        }
+    }
+
+    /// Sets (or replaces, by type) a top-level condition.
+    pub fn with_condition(mut self, condition: Condition) -> ObjectStatus {
+        self.conditions.retain(|c| c.type_ != condition.type_);
+        self.conditions.push(condition);
+        self
+    }
+
+    /// Status fields the plugin owns besides `conditions`, e.g.
+    /// `{"parents": [...]}`.
+    pub fn with_fields(mut self, fields: &serde_json::Value) -> ObjectStatus {
+        self.fields = Some(fields.to_string());
+        self
+    }
+}
+
+impl PolicyInfo {
+    /// A policy for every virtual host that reads nothing yet.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> PolicyInfo {
+        PolicyInfo {
+            name: name.into(),
+            version: version.into(),
+            reads: Vec::new(),
+            listeners: Vec::new(),
+            domains: Vec::new(),
+        }
+    }
+
+    /// Declares a kind the policy reads.
+    pub fn read<K: Resource>(self) -> PolicyInfo {
+        self.read_kind(KindRef::of::<K>())
+    }
+
+    pub fn read_kind(mut self, kind: KindRef) -> PolicyInfo {
+        if !self.reads.contains(&kind) {
+            self.reads.push(kind);
+        }
+        self
+    }
+
+    /// Runs only for the virtual hosts of `listener` (repeatable).
+    pub fn on_listener(mut self, listener: impl Into<String>) -> PolicyInfo {
+        self.listeners.push(listener.into());
+        self
+    }
+
+    /// Runs only for the virtual host of `domain` (repeatable).
+    pub fn on_domain(mut self, domain: impl Into<String>) -> PolicyInfo {
+        self.domains.push(domain.into());
+        self
+    }
+}
+
+impl PolicyOutput {
+    /// `host` as the policy leaves it, with nothing to say.
+    pub fn new(host: VirtualHost) -> PolicyOutput {
+        PolicyOutput {
+            host,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn with_diagnostic(mut self, diagnostic: Diagnostic) -> PolicyOutput {
+        if !self.diagnostics.contains(&diagnostic) {
+            self.diagnostics.push(diagnostic);
+        }
         self
     }
 }

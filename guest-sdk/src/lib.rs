@@ -105,6 +105,7 @@ pub mod log;
 mod object;
 mod reconcile;
 mod store;
+pub mod v0_1;
 
 pub use k8s_openapi;
 pub use reconcile::FinalizerState;
@@ -113,72 +114,130 @@ pub use serde_json;
 pub use store::HostStore;
 pub use store::{MemoryStore, Store};
 
-/// Bindings generated from the contract (`wit/`, world `translator`).
+/// Bindings generated from the contract (`wit/plugin-0.2.wit`,
+/// `isobar:plugin@0.2.0`).
 ///
-/// Plugins normally use [`types`] and [`export_translator!`] instead.
+/// Plugins normally use [`types`] and the `export_*!` macros instead.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/plugin-0.2.wit",
         world: "translator",
         pub_export_macro: true,
         default_bindings_module: "isobar_guest::bindings",
-        // The host derives the same set, so native and Wasm output can be
-        // compared as values or as JSON.
+        // The host's IR compares and prints the same way, so native and
+        // Wasm output can be compared as values or as JSON.
         additional_derives: [PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize],
     });
 
-    /// Bindings for world `reconciler`. Only its own interface
-    /// (`reconciliation`) is generated here: `types`, `store` and `log` are
-    /// the translator bindings' above, so [`Object`](crate::types::Object),
-    /// [`Store`](crate::Store), `HostStore` and [`log`](crate::log) are one
-    /// set of types for both worlds. (Both worlds import the same
-    /// `isobar:plugin/store@0.1.0`, so one import serves either.)
+    /// World `policy`. Only its own interface (`transformation`) is
+    /// generated here; `types`, `store` and `log` are the translator
+    /// bindings' above, so every world shares one set of types. With a
+    /// public export macro, wit-bindgen describes a world's exports in a
+    /// custom section emitted by `export!` in the plugin crate: a component
+    /// exports the world whose macro it invokes, nothing else.
+    pub mod policy {
+        wit_bindgen::generate!({
+            path: "../wit/plugin-0.2.wit",
+            world: "policy",
+            pub_export_macro: true,
+            default_bindings_module: "isobar_guest::bindings::policy",
+            with: {
+                "isobar:plugin/types@0.2.0": isobar_guest::bindings::isobar::plugin::types,
+                "isobar:plugin/store@0.2.0": isobar_guest::bindings::isobar::plugin::store,
+                "isobar:plugin/log@0.2.0": isobar_guest::bindings::isobar::plugin::log,
+            },
+            additional_derives: [PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize],
+        });
+    }
+
+    /// World `reconciler`, like [`policy`].
     pub mod reconciler {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "../wit/plugin-0.2.wit",
             world: "reconciler",
-            // Keeps this world's exports out of translator components (and
-            // the translator's out of reconcilers): with a public export
-            // macro, wit-bindgen describes the exports in a custom section
-            // emitted by `export!` in the plugin crate, only imports here.
             pub_export_macro: true,
             default_bindings_module: "isobar_guest::bindings::reconciler",
             with: {
-                "isobar:plugin/types@0.1.0": isobar_guest::bindings::isobar::plugin::types,
-                "isobar:plugin/store@0.1.0": isobar_guest::bindings::isobar::plugin::store,
-                "isobar:plugin/log@0.1.0": isobar_guest::bindings::isobar::plugin::log,
+                "isobar:plugin/types@0.2.0": isobar_guest::bindings::isobar::plugin::types,
+                "isobar:plugin/store@0.2.0": isobar_guest::bindings::isobar::plugin::store,
+                "isobar:plugin/log@0.2.0": isobar_guest::bindings::isobar::plugin::log,
             },
             additional_derives: [PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize],
         });
     }
 }
 
-/// The contract's vocabulary: objects, the routing IR, diagnostics, errors.
+/// The contract's vocabulary: objects, the routing IR, statuses,
+/// diagnostics, errors, and each world's records.
 ///
 /// Builder methods for these types are defined in this crate (see the
 /// individual types).
 pub mod types {
+    pub use crate::bindings::exports::isobar::plugin::translation::TranslatorInfo;
     pub use crate::bindings::isobar::plugin::types::*;
+    pub use crate::bindings::policy::exports::isobar::plugin::transformation::{
+        PolicyInfo, PolicyOutput,
+    };
     pub use crate::bindings::reconciler::exports::isobar::plugin::reconciliation::{
         Action, Event, EventType, ObjectId, ReconcilerInfo,
     };
+
+    /// Contract 0.1's name for [`TranslatorInfo`].
+    pub type PluginInfo = TranslatorInfo;
 }
 
 /// Everything a plugin usually needs: `use isobar_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::types::*;
-    pub use crate::{FinalizerState, MemoryStore, Reconciler, Store, Translator};
+    pub use crate::{FinalizerState, MemoryStore, Policy, Reconciler, Store, Translator};
 }
 
-use types::{Action, Error, Fragment, Object, PluginInfo, ReconcilerInfo};
+use types::{
+    Action, Error, Fragment, Object, PolicyInfo, PolicyOutput, ReconcilerInfo, TranslatorInfo,
+    VirtualHost,
+};
+
+/// The operator's configuration of this plugin, as JSON (`"{}"` when none
+/// was given): what the host passed to `configure` on this instance.
+/// Natively, what [`with_config`] set (else `"{}"`).
+pub fn config() -> std::rc::Rc<str> {
+    CONFIG.with_borrow(|c| c.clone())
+}
+
+/// The configuration, parsed into `T`.
+pub fn config_as<T: serde::de::DeserializeOwned>() -> Result<T, Error> {
+    serde_json::from_str(&config())
+        .map_err(|e| Error::new("InvalidConfig", format!("the plugin's configuration: {e}")))
+}
+
+/// Runs `f` with `config` as the plugin's configuration (native tests).
+pub fn with_config<R>(config: &str, f: impl FnOnce() -> R) -> R {
+    let before = CONFIG.replace(std::rc::Rc::from(config));
+    let result = f();
+    CONFIG.set(before);
+    result
+}
+
+thread_local! {
+    static CONFIG: std::cell::RefCell<std::rc::Rc<str>> =
+        std::cell::RefCell::new(std::rc::Rc::from("{}"));
+}
 
 /// The one trait a translator plugin implements.
 ///
-/// Both functions are associated functions (no `self`): a plugin has no
-/// state between calls, because the host gives every call a fresh instance.
+/// Associated functions only (no `self`): a result must depend on the root
+/// and what it reads, never on what else an instance did (the host may make
+/// many calls on one instance, and drops it at the end of a round).
 pub trait Translator {
     /// Name, version and the kinds the plugin reads and is called for.
-    fn describe() -> PluginInfo;
+    fn describe() -> TranslatorInfo;
+
+    /// Checks the operator's configuration (JSON) before any call; an
+    /// `Err` refuses it. Read it with [`config`] or [`config_as`].
+    fn configure(config: &str) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
 
     /// Translates one root object. Must be a pure function of `root` and what
     /// it reads from `store`; the host records those reads to know when to
@@ -186,10 +245,31 @@ pub trait Translator {
     fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error>;
 }
 
-/// Exports a [`Translator`] as the component's `translation` interface.
+/// The one trait a routing policy implements: it transforms a merged
+/// virtual host (headers, canary weights, deny rules, ...) without
+/// translating anything itself.
+pub trait Policy {
+    /// Name, version, the kinds it reads and the hosts it applies to.
+    fn describe() -> PolicyInfo;
+
+    /// As [`Translator::configure`].
+    fn configure(config: &str) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// The virtual host to serve instead of `host` (same listener and
+    /// domain). Routes carry the objects that produced them (`source`):
+    /// keep it on the routes you return.
+    fn apply(host: VirtualHost, store: &dyn Store) -> Result<PolicyOutput, Error>;
+}
+
+/// Exports a [`Translator`] as the component's `translation` interface
+/// (`isobar:plugin/translation@0.2.0`).
 ///
 /// Expands to nothing on targets other than `wasm32`, so it may be invoked
-/// unconditionally; the plugins in this repository still gate it for clarity.
+/// unconditionally. A component exports one world: invoke one export macro,
+/// once.
 #[macro_export]
 macro_rules! export_translator {
     ($translator:ty) => {
@@ -202,30 +282,81 @@ macro_rules! export_translator {
             impl $crate::bindings::exports::isobar::plugin::translation::Guest
                 for __IsobarTranslatorExport
             {
-                fn describe() -> $crate::types::PluginInfo {
+                fn describe() -> $crate::types::TranslatorInfo {
                     $crate::__private::describe::<$translator>()
+                }
+
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<(), $crate::types::Error> {
+                    $crate::__private::configure(
+                        config,
+                        <$translator as $crate::Translator>::configure,
+                    )
                 }
 
                 fn translate(
                     root: $crate::types::Object,
                 ) -> ::core::result::Result<$crate::types::Fragment, $crate::types::Error> {
                     $crate::__private::translate::<$translator>(root)
+        }
+            }
+
+            $crate::bindings::export!(__IsobarTranslatorExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Exports a [`Policy`] as the component's `transformation` interface
+/// (world `policy`).
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __IsobarPolicyExport;
+
+            impl $crate::bindings::policy::exports::isobar::plugin::transformation::Guest
+                for __IsobarPolicyExport
+            {
+                fn describe() -> $crate::types::PolicyInfo {
+                    $crate::__private::describe_policy::<$policy>()
+                }
+
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<(), $crate::types::Error> {
+                    $crate::__private::configure(config, <$policy as $crate::Policy>::configure)
+                }
+
+                fn apply(
+                    host: $crate::types::VirtualHost,
+                ) -> ::core::result::Result<$crate::types::PolicyOutput, $crate::types::Error>
+                {
+                    $crate::__private::apply::<$policy>(host)
                 }
             }
 
-    $crate::bindings::export!(__IsobarTranslatorExport with_types_in $crate::bindings);
+            $crate::bindings::policy::export!(
+                __IsobarPolicyExport with_types_in $crate::bindings::policy
+            );
         };
     };
 }
 
 /// The one trait a reconciler plugin (an operator) implements.
 ///
-/// Like [`Translator`], both functions are associated functions: the host
-/// gives every call a fresh instance, so the object and the store are the
-/// only state there is.
+/// Like [`Translator`], associated functions only: the object and the
+/// store are the only state there is.
 pub trait Reconciler {
     /// Name, version, the kind reconciled and the kinds owned and read.
     fn describe() -> ReconcilerInfo;
+
+    /// As [`Translator::configure`].
+    fn configure(config: &str) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
 
     /// Says, for one object, what the world should look like: the actions
     /// (apply children, patch status, events, finalizers, requeue) the host
@@ -236,10 +367,6 @@ pub trait Reconciler {
 
 /// Exports a [`Reconciler`] as the component's `reconciliation` interface
 /// (world `reconciler`).
-///
-/// Expands to nothing on targets other than `wasm32`, like
-/// [`export_translator!`]. A component exports one world: invoke either this
-/// or [`export_translator!`], once.
 #[macro_export]
 macro_rules! export_reconciler {
     ($reconciler:ty) => {
@@ -252,6 +379,15 @@ macro_rules! export_reconciler {
             {
                 fn describe() -> $crate::types::ReconcilerInfo {
                     $crate::__private::describe_reconciler::<$reconciler>()
+                }
+
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<(), $crate::types::Error> {
+                    $crate::__private::configure(
+                        config,
+                        <$reconciler as $crate::Reconciler>::configure,
+                    )
                 }
 
                 fn reconcile(
@@ -274,27 +410,52 @@ macro_rules! export_reconciler {
 /// Glue for [`export_translator!`] and [`export_reconciler!`]; not a public
 /// API.
 #[doc(hidden)]
-#[cfg(target_arch = "wasm32")]
 pub mod __private {
     use super::*;
 
-    pub fn describe_reconciler<R: Reconciler>() -> ReconcilerInfo {
-        log::install_panic_hook();
-        R::describe()
+    /// Keeps the configuration for [`config`](crate::config) once the
+    /// plugin's own check accepts it.
+    pub fn configure(config: String, check: fn(&str) -> Result<(), Error>) -> Result<(), Error> {
+        #[cfg(target_arch = "wasm32")]
+        log::install(log::to_host);
+        check(&config)?;
+        CONFIG.set(std::rc::Rc::from(config));
+        Ok(())
     }
 
-    pub fn reconcile<R: Reconciler>(object: Object) -> Result<Vec<Action>, Error> {
-        log::install_panic_hook();
-        R::reconcile(&object, &HostStore)
-    }
-
-    pub fn describe<T: Translator>() -> PluginInfo {
-        log::install_panic_hook();
+    #[cfg(target_arch = "wasm32")]
+    pub fn describe<T: Translator>() -> TranslatorInfo {
+        log::install(log::to_host);
         T::describe()
     }
 
+    #[cfg(target_arch = "wasm32")]
     pub fn translate<T: Translator>(root: Object) -> Result<Fragment, Error> {
-        log::install_panic_hook();
+        log::install(log::to_host);
         T::translate(&root, &HostStore)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn describe_policy<P: Policy>() -> PolicyInfo {
+        log::install(log::to_host);
+        P::describe()
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn apply<P: Policy>(host: VirtualHost) -> Result<PolicyOutput, Error> {
+        log::install(log::to_host);
+        P::apply(host, &HostStore)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn describe_reconciler<R: Reconciler>() -> ReconcilerInfo {
+        log::install(log::to_host);
+        R::describe()
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn reconcile<R: Reconciler>(object: Object) -> Result<Vec<Action>, Error> {
+        log::install(log::to_host);
+        R::reconcile(&object, &HostStore)
     }
 }

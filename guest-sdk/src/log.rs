@@ -32,15 +32,31 @@ pub fn error(message: impl AsRef<str>) {
     emit(Level::Error, message.as_ref());
 }
 
+/// Where messages go inside a component: the `log` import of the contract
+/// the component is exported through, set by the export glue. Through a
+/// function pointer, so a component links only its own contract's import.
+#[cfg(target_arch = "wasm32")]
+static SINK: std::sync::OnceLock<fn(Level, &str)> = std::sync::OnceLock::new();
+
 #[cfg(target_arch = "wasm32")]
 fn emit(level: Level, message: &str) {
+    if let Some(sink) = SINK.get() {
+        sink(level, message);
+    }
+}
+
+/// Contract 0.2's `log` import.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn to_host(level: Level, message: &str) {
     crate::bindings::isobar::plugin::log::log(level, message);
 }
 
-/// Sends the panic message to the host before the panic becomes a trap, so
-/// the host can report why the plugin trapped, not only that it did.
+/// Routes messages to `sink` and sends the panic message to the host
+/// before the panic becomes a trap, so the host can report why the plugin
+/// trapped, not only that it did.
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn install_panic_hook() {
+pub(crate) fn install(sink: fn(Level, &str)) {
+    let _ = SINK.set(sink);
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {

@@ -85,7 +85,7 @@ impl Object {
 
     /// A reference to this object, for diagnostics.
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(&self.kind, &self.namespace, &self.name)
+        ObjectRef::of(&self.api_version, &self.kind, &self.namespace, &self.name)
     }
 
     /// `namespace/name`, or `name` for cluster-scoped objects.

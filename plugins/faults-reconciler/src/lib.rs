@@ -76,4 +76,4 @@ impl Reconciler for FaultsReconciler {
     }
 }
 
-isobar_guest::export_reconciler!(FaultsReconciler);
+isobar_guest::v0_1::export_reconciler!(FaultsReconciler);

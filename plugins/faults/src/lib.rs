@@ -171,7 +171,7 @@ fn exhaust_memory() -> ! {
 }
 
 #[cfg(target_arch = "wasm32")]
-isobar_guest::export_translator!(FaultsTranslator);
+isobar_guest::v0_1::export_translator!(FaultsTranslator);
 
 /// What the plugin sees of time: `wall=<seconds since the epoch>
 /// slept=<nanoseconds the monotonic clock moved over a 1 ms sleep>`.

@@ -23,7 +23,7 @@ cd "$here"
 
 # The component is built from the plugin's modules, not from its tests.
 sources=$(find . -maxdepth 1 -name '*.py' ! -name 'test_*' | LC_ALL=C sort)
-inputs=$( (echo "$sources"; find ../../../wit -type f | LC_ALL=C sort; echo requirements.txt build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
+inputs=$( (echo "$sources"; find ../../../wit/plugin.wit -type f | LC_ALL=C sort; echo requirements.txt build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
     echo "memcached-py: up to date: $out"
     exit 0
@@ -48,7 +48,7 @@ cp $sources "$stage/"
     cd "$stage"
     # A venv the caller activated would be searched for modules too.
     unset VIRTUAL_ENV
-    "$venv/bin/componentize-py" -d "$root/wit" -w reconciler componentize app -o "$out.tmp"
+    "$venv/bin/componentize-py" -d "$root/wit/plugin.wit" -w reconciler componentize app -o "$out.tmp"
 )
 mv "$out.tmp" "$out"
 echo "$inputs" > "$stamp"
