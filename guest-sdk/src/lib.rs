@@ -299,10 +299,10 @@ macro_rules! export_translator {
                     root: $crate::types::Object,
                 ) -> ::core::result::Result<$crate::types::Fragment, $crate::types::Error> {
                     $crate::__private::translate::<$translator>(root)
-        }
+                }
             }
 
-            $crate::bindings::export!(__IsobarTranslatorExport with_types_in $crate::bindings);
+    $crate::bindings::export!(__IsobarTranslatorExport with_types_in $crate::bindings);
         };
     };
 }

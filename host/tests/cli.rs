@@ -106,7 +106,8 @@ fn inspect_names_the_plugin_and_its_contract() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["contract"], "isobar:plugin@0.1.0");
+    assert_eq!(doc["contract"], "isobar:plugin@0.2.0");
+    assert_eq!(doc["world"], "translator");
     assert_eq!(doc["info"]["name"], "ingress");
     assert!(doc["digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(
@@ -116,6 +117,22 @@ fn inspect_names_the_plugin_and_its_contract() {
             .iter()
             .any(|k| k["kind"] == "Ingress")
     );
+}
+
+#[test]
+fn inspect_names_a_0_1_plugin_as_such() {
+    // the faults plugin stays on 0.1 on purpose: both versions load side by side
+    let out = isobar(&[
+        "plugin",
+        "inspect",
+        plugin("isobar_plugin_faults").to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["contract"], "isobar:plugin@0.1.0");
+    assert_eq!(doc["world"], "translator");
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub enum CompileError {
     #[error("route {route}: backend weights add up to more than {}", u32::MAX)]
     WeightOverflow { route: usize },
 
+    #[error("route {route}: mirror percent {percent} is above 100")]
+    InvalidMirrorPercent { route: usize, percent: u32 },
     #[error("route {route}: redirect status {status} is not one of 301, 302, 303, 307, 308")]
     InvalidRedirectStatus { route: usize, status: u16 },
 

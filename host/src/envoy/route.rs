@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source,
     header_value_option::HeaderAppendAction,
 };
+use envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy;
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteMatch, VirtualHost, WeightedCluster,
@@ -25,8 +27,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
@@ -303,7 +306,7 @@ fn compile_route(
     authority: Option<&HeaderMatcher>,
     out: &mut Vec<Route>,
 ) -> Result<(), CompileError> {
-    let parts = path_parts(index, &r.matches.path, r.prefix_rewrite.as_deref())?;
+    let parts = path_parts(index, &r.matches.path, prefix_rewrite(r))?;
 
     let mut headers = Vec::with_capacity(r.matches.headers.len() + 2);
     headers.extend(authority.cloned());
@@ -450,6 +453,35 @@ fn query_matcher(index: usize, q: &ir::QueryMatch) -> Result<QueryParameterMatch
     })
 }
 
+/// What replaces the matched prefix: the route's rewrite, or a redirect's
+/// prefix (a redirect without a path of its own replaces the matched
+/// prefix the way a forward would).
+fn prefix_rewrite(r: &ir::Route) -> Option<&str> {
+    let route = match &r.path_rewrite {
+        Some(ir::PathModifier::Prefix(p)) => Some(p.as_str()),
+        _ => None,
+    };
+    match &r.action {
+        ir::RouteAction::Redirect(rd) => match &rd.path {
+            Some(ir::PathModifier::Prefix(p)) => Some(p.as_str()),
+            Some(ir::PathModifier::Full(_)) => None,
+            None => route,
+        },
+        _ => route,
+    }
+}
+
+fn check_path(index: usize, path: &str) -> Result<(), CompileError> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(CompileError::InvalidPath {
+            route: index,
+            path: path.to_string(),
+        })
+    }
+}
+
 fn action(index: usize, r: &ir::Route) -> Result<route::Action, CompileError> {
     Ok(match &r.action {
         ir::RouteAction::Forward(backends) => {
@@ -464,6 +496,32 @@ fn action(index: usize, r: &ir::Route) -> Result<route::Action, CompileError> {
                 }),
                 ..Default::default()
             };
+            if let Some(ir::PathModifier::Full(path)) = &r.path_rewrite {
+                check_path(index, path)?;
+                ra.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex("^/.*$".into())),
+                    substitution: path.clone(),
+                });
+            }
+            for m in &r.mirrors {
+                if let Some(percent) = m.percent.filter(|p| *p > 100) {
+                    return Err(CompileError::InvalidMirrorPercent {
+                        route: index,
+                        percent,
+                    });
+                }
+                ra.request_mirror_policies.push(RequestMirrorPolicy {
+                    cluster: names::cluster(&m.backend),
+                    runtime_fraction: m.percent.map(|p| RuntimeFractionalPercent {
+                        default_value: Some(FractionalPercent {
+                            numerator: p,
+                            denominator: fractional_percent::DenominatorType::Hundred as i32,
+                        }),
+                        runtime_key: String::new(),
+                    }),
+                    ..Default::default()
+                });
+            }
             if let Some(host) = &r.host_rewrite {
                 if host.is_empty() || !is_header_value(host) {
                     return Err(CompileError::InvalidHeaderValue {
@@ -491,12 +549,17 @@ fn action(index: usize, r: &ir::Route) -> Result<route::Action, CompileError> {
                     });
                 }
             };
-            if let Some(path) = rd.path.as_ref().filter(|p| !p.starts_with('/')) {
-                return Err(CompileError::InvalidPath {
-                    route: index,
-                    path: path.clone(),
-                });
-            }
+            let path_redirect = match &rd.path {
+                Some(ir::PathModifier::Full(p)) => {
+                    check_path(index, p)?;
+                    Some(p.clone())
+                }
+                Some(ir::PathModifier::Prefix(p)) => {
+                    check_path(index, p)?;
+                    None
+                }
+                None => None,
+            };
             route::Action::Redirect(RedirectAction {
                 response_code: code as i32,
                 scheme_rewrite_specifier: rd.scheme.clone().map(|s| {
@@ -504,9 +567,7 @@ fn action(index: usize, r: &ir::Route) -> Result<route::Action, CompileError> {
                 }),
                 host_redirect: rd.host.clone().unwrap_or_default(),
                 port_redirect: rd.port.map(u32::from).unwrap_or(0),
-                path_rewrite_specifier: rd
-                    .path
-                    .clone()
+                path_rewrite_specifier: path_redirect
                     .map(redirect_action::PathRewriteSpecifier::PathRedirect),
                 strip_query: false,
             })
@@ -754,7 +815,7 @@ mod tests {
     fn prefix_rewrite_is_consistent_on_both_expanded_routes() {
         let rewrites = |p: &str, rw: &str| {
             let mut r = route(prefix(p), forward(&[("a", 1)]));
-            r.prefix_rewrite = Some(rw.into());
+            r.path_rewrite = Some(ir::PathModifier::Prefix(rw.into()));
             compile(r)
                 .iter()
                 .map(|r| (path_of(r).clone(), route_action(r).prefix_rewrite.clone()))
@@ -788,7 +849,7 @@ mod tests {
     #[test]
     fn exact_and_regex_rewrite_replace_the_whole_path() {
         let mut r = route(ir::PathMatch::Exact("/old".into()), forward(&[("a", 1)]));
-        r.prefix_rewrite = Some("/new".into());
+        r.path_rewrite = Some(ir::PathModifier::Prefix("/new".into()));
         assert_eq!(route_action(&compile(r)[0]).prefix_rewrite, "/new");
     }
 
@@ -818,7 +879,7 @@ mod tests {
             }
         );
         let mut r = route(prefix("/foo"), forward(&[("a", 1)]));
-        r.prefix_rewrite = Some("bar".into());
+        r.path_rewrite = Some(ir::PathModifier::Prefix("bar".into()));
         assert!(matches!(
             virtual_host("a", &[r]),
             Err(CompileError::InvalidRewrite { .. })
@@ -1051,7 +1112,7 @@ mod tests {
                 scheme: Some("HTTPS".into()),
                 host: Some("new.example.com".into()),
                 port: Some(8443),
-                path: Some("/new".into()),
+                path: Some(ir::PathModifier::Full("/new".into())),
                 status: 308,
             }),
         );
@@ -1091,7 +1152,7 @@ mod tests {
                 status: 302,
             }),
         );
-        r.prefix_rewrite = Some("/new".into());
+        r.path_rewrite = Some(ir::PathModifier::Prefix("/new".into()));
         let routes = compile(r);
         let rewrite = |r: &Route| match r.action.as_ref().unwrap() {
             route::Action::Redirect(rd) => rd.path_rewrite_specifier.clone(),

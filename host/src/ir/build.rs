@@ -6,11 +6,14 @@ use super::*;
 impl ObjectRef {
     /// The object a store key names.
     pub fn of(key: &crate::store::ObjectKey) -> Self {
-        ObjectRef::new(
-            key.kind.kind.clone(),
-            key.namespace.clone(),
-            key.name.clone(),
-        )
+        ObjectRef {
+            group: key.kind.group.clone(),
+            ..ObjectRef::new(
+                key.kind.kind.clone(),
+                key.namespace.clone(),
+                key.name.clone(),
+            )
+        }
     }
 
     pub fn new(
@@ -22,6 +25,7 @@ impl ObjectRef {
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
+            group: String::new(),
         }
     }
 }
@@ -251,7 +255,12 @@ impl Redirect {
     }
 
     pub fn with_path(mut self, path: impl Into<String>) -> Self {
-        self.path = Some(path.into());
+        self.path = Some(PathModifier::Full(path.into()));
+        self
+    }
+
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path = Some(PathModifier::Prefix(prefix.into()));
         self
     }
 }
@@ -311,12 +320,14 @@ impl Route {
         Route {
             matches,
             action,
-            prefix_rewrite: None,
+            path_rewrite: None,
             host_rewrite: None,
             timeout_ms: None,
             retry: None,
             request_headers: None,
             response_headers: None,
+            mirrors: Vec::new(),
+            source: None,
         }
     }
 
@@ -343,7 +354,17 @@ impl Route {
     }
 
     pub fn with_prefix_rewrite(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix_rewrite = Some(prefix.into());
+        self.path_rewrite = Some(PathModifier::Prefix(prefix.into()));
+        self
+    }
+
+    pub fn with_path_rewrite(mut self, path: impl Into<String>) -> Self {
+        self.path_rewrite = Some(PathModifier::Full(path.into()));
+        self
+    }
+
+    pub fn with_mirror(mut self, backend: Backend, percent: Option<u32>) -> Self {
+        self.mirrors.push(Mirror { backend, percent });
         self
     }
 
@@ -405,6 +426,7 @@ impl Fragment {
             && self.virtual_hosts.is_empty()
             && self.raw.is_empty()
             && self.diagnostics.is_empty()
+            && self.statuses.is_empty()
     }
 
     pub fn with_listener(mut self, listener: Listener) -> Self {

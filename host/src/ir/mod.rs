@@ -30,11 +30,15 @@ impl PartialOrd for Diagnostic {
 }
 
 /// Points at an object; the namespace is empty for cluster-scoped kinds.
+/// The group tells kinds of one name apart; empty for core kinds, and for
+/// references a plugin of contract 0.1 made (it named kinds only).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -177,13 +181,21 @@ pub struct WeightedBackend {
     pub weight: u32,
 }
 
+/// A new path for a request (a rewrite) or a redirect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PathModifier {
+    /// Replaces the whole path.
+    Full(String),
+    /// Replaces the part the route's prefix (or exact) match matched.
+    Prefix(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Redirect {
     pub scheme: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
-    /// Replaces the whole path.
-    pub path: Option<String>,
+    pub path: Option<PathModifier>,
     /// 301, 302, 303, 307 or 308.
     pub status: u16,
 }
@@ -222,17 +234,29 @@ pub struct RetryPolicy {
     pub per_try_timeout_ms: Option<u32>,
 }
 
+/// A copy of each request to another backend (responses are ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mirror {
+    pub backend: Backend,
+    /// Share of requests mirrored, 0-100; none: all.
+    pub percent: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Route {
     pub matches: RouteMatch,
     pub action: RouteAction,
-    /// Replaces the matched prefix (or the whole exact path).
-    pub prefix_rewrite: Option<String>,
+    /// The path sent upstream.
+    pub path_rewrite: Option<PathModifier>,
     pub host_rewrite: Option<String>,
     pub timeout_ms: Option<u32>,
     pub retry: Option<RetryPolicy>,
     pub request_headers: Option<HeaderChanges>,
     pub response_headers: Option<HeaderChanges>,
+    pub mirrors: Vec<Mirror>,
+    /// The object that produced the route: set by the host to the root for
+    /// translators; policies see it and keep it.
+    pub source: Option<ObjectRef>,
 }
 
 /// One domain on one listener: a host name, a one-label wildcard
@@ -255,6 +279,45 @@ pub struct RawResource {
     pub value: Vec<u8>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A Kubernetes condition as a plugin judged it; the host stamps
+/// `lastTransitionTime`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+}
+
+/// What a translator says about one object it judged.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    pub object: ObjectRef,
+    /// `status.conditions`.
+    pub conditions: Vec<Condition>,
+    /// Other status fields the plugin owns, a JSON object.
+    pub fields: Option<serde_json::Value>,
+}
+
 /// Every diagnostic, ordered by object, reason and message, with how many
 /// parts of the pipeline report it. A persistent map: the pipeline updates
 /// it as units change and hands it to readers in O(1).
@@ -267,4 +330,5 @@ pub struct Fragment {
     pub virtual_hosts: Vec<VirtualHost>,
     pub raw: Vec<RawResource>,
     pub diagnostics: Vec<Diagnostic>,
+    pub statuses: Vec<ObjectStatus>,
 }

@@ -183,6 +183,28 @@ fn compile_routes(
             continue;
         }
         let mut route = mr.route.clone();
+        // A mirror to a backend that is not there is left out; the route
+        // itself still serves.
+        route.mirrors.retain(|m| {
+            compiled
+                .services
+                .insert(NamespacedName::new(&m.backend.namespace, &m.backend.name));
+            match check_backend(store, &m.backend) {
+                Some((reason, message)) => {
+                    compiled.diagnostics.push(diag(
+                        &mr.root,
+                        reason,
+                        format!("mirror left out: {message}"),
+                    ));
+                    false
+                }
+                None => {
+                    clusters.insert(envoy::names::cluster(&m.backend));
+                    compiled.backends.push(m.backend.clone());
+                    true
+                }
+            }
+        });
         if let ir::RouteAction::Forward(backends) = &route.action {
             compiled.services.extend(
                 backends

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::{Grants, Limits, Plugin, PluginError, Runtime};
+use super::{Grants, Limits, Plugin, PluginError, Runtime, World};
 
 /// Where the compiled-component cache lives unless told otherwise.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -62,42 +62,50 @@ pub fn load_translator(
 /// What `isobar plugin inspect` prints.
 #[derive(serde::Serialize)]
 pub struct Inspection {
+    /// `isobar:plugin@0.2.0`.
     pub contract: String,
-    /// `translator` or `reconciler`.
-    pub world: &'static str,
+    pub world: World,
     pub digest: String,
     pub info: serde_json::Value,
 }
 
-fn contract() -> String {
-    format!("{}@{}", super::CONTRACT_PACKAGE, super::CONTRACT_VERSION)
-}
-
-/// Inspects a component of either world.
+/// Inspects a component of any world and contract version.
 pub fn inspect_file(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
-    match load_translator(runtime, Some(path), Grants::default()) {
-        Ok(plugin) => Ok(Inspection {
-            contract: contract(),
-            world: "translator",
-            digest: format!("sha256:{}", plugin.digest),
-            info: serde_json::to_value(&plugin.info).unwrap_or_default(),
-        }),
-        Err(e)
-            if e.root_cause()
-                .downcast_ref::<PluginError>()
-                .is_some_and(|e| matches!(e, PluginError::WrongWorld { .. })) =>
-        {
-            let plugin = runtime
-                .load_reconciler_file(path)
-                .map_err(|e| anyhow::anyhow!(e))
-                .with_context(|| format!("loading plugin {}", path.display()))?;
-            Ok(Inspection {
-                contract: contract(),
-                world: "reconciler",
-                digest: format!("sha256:{}", plugin.digest),
-                info: serde_json::to_value(&plugin.info).unwrap_or_default(),
-            })
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let source = path.display().to_string();
+    let loading = || format!("loading plugin {}", path.display());
+    let (version, world) = runtime
+        .identify(&bytes)
+        .map_err(anyhow::Error::new)
+        .with_context(loading)?;
+    let (digest, info) = match world {
+        World::Translator => {
+            let p = runtime
+                .load_with(&bytes, &source, Grants::default())
+                .map_err(anyhow::Error::new)
+                .with_context(loading)?;
+            (p.digest, serde_json::to_value(&p.info)?)
         }
-        Err(e) => Err(e),
-    }
+        World::Policy => {
+            let p = runtime
+                .load_policy(&bytes, &source, Grants::default(), None)
+                .map_err(anyhow::Error::new)
+                .with_context(loading)?;
+            (p.digest, serde_json::to_value(&p.info)?)
+        }
+        World::Reconciler => {
+            let p = runtime
+                .load_reconciler(&bytes, &source)
+                .map_err(anyhow::Error::new)
+                .with_context(loading)?;
+            (p.digest, serde_json::to_value(&p.info)?)
+        }
+    };
+    Ok(Inspection {
+        contract: version.contract(),
+        world,
+        digest: format!("sha256:{digest}"),
+        info,
+    })
 }

@@ -1,21 +1,27 @@
 //! The plugin runtime: one engine, compiled components cached by content
-//! hash, a fresh instance per call under a deadline and a memory cap.
+//! hash, instances under a deadline and a memory cap per call.
 //!
-//! Every call gets a new instance from an `InstancePre`, so no state leaks
-//! between calls or survives a swap; the store is the truth.
+//! Contract 0.1 and 0.2 components load side by side (one linker provides
+//! both versions' imports); each version's bindings convert into the
+//! host's own types (`v0_1`, `v0_2`), so nothing outside this module sees
+//! a contract version. A 0.1 call gets a fresh instance; a 0.2 instance
+//! serves many calls of one round (`translate_batch`, `apply_batch`) and is
+//! dropped at the round's end, so no state survives a round or a swap.
 
 mod cache;
 mod call;
 mod clock;
 pub mod load;
+mod policy;
 mod reads;
 pub mod reconciler;
 mod v0_1;
+mod v0_2;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
@@ -25,16 +31,83 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::ir;
 use crate::store::{Object, ObjectKey, Store};
 use call::CallState;
-pub use call::Reads;
+pub use call::{MAX_LOG_LINE, MAX_READ_FIELD, MAX_READS, Readable, Reads};
+pub use policy::{PolicyInfo, PolicyPlugin, PolicyResult};
 pub use reads::ReadIndex;
 pub use reconciler::{ReconcileOutcome, ReconcilerPlugin};
-use v0_1::{Translator, TranslatorPre};
 
-/// The contract this host speaks.
+/// The contract this host speaks, in its versions.
 pub const CONTRACT_PACKAGE: &str = "isobar:plugin";
-pub const CONTRACT_VERSION: &str = "0.1.0";
-const TRANSLATION_EXPORT: &str = "isobar:plugin/translation@0.1.0";
-const RECONCILIATION_EXPORT: &str = "isobar:plugin/reconciliation@0.1.0";
+pub const CONTRACT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+
+/// A contract version a component was built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Version {
+    V0_1,
+    V0_2,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V0_1 => "0.1.0",
+            Version::V0_2 => "0.2.0",
+        }
+    }
+
+    /// `isobar:plugin@0.2.0`.
+    pub fn contract(self) -> String {
+        format!("{CONTRACT_PACKAGE}@{}", self.as_str())
+    }
+}
+
+/// What a component is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    Translator,
+    Policy,
+    Reconciler,
+}
+
+impl World {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Translator => "translator",
+            World::Policy => "policy",
+            World::Reconciler => "reconciler",
+        }
+    }
+}
+
+/// The interface each (version, world) exports.
+const EXPORTS: [(&str, Version, World); 5] = [
+    (
+        "isobar:plugin/translation@0.1.0",
+        Version::V0_1,
+        World::Translator,
+    ),
+    (
+        "isobar:plugin/translation@0.2.0",
+        Version::V0_2,
+        World::Translator,
+    ),
+    (
+        "isobar:plugin/transformation@0.2.0",
+        Version::V0_2,
+        World::Policy,
+    ),
+    (
+        "isobar:plugin/reconciliation@0.1.0",
+        Version::V0_1,
+        World::Reconciler,
+    ),
+    (
+        "isobar:plugin/reconciliation@0.2.0",
+        Version::V0_2,
+        World::Reconciler,
+    ),
+];
 
 /// Bytes of each memory slot kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -121,11 +194,17 @@ pub enum PluginError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     #[error(
-        "plugin was built against contract {found}; this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
+        "plugin was built against contract {found}; this host speaks isobar:plugin@0.1.0 and isobar:plugin@0.2.0"
     )]
     ContractMismatch { found: String },
-    #[error("plugin exports {found}, not {wanted}: it is another kind of plugin")]
+    #[error("plugin is a {found}, not a {wanted}: it is another kind of plugin")]
     WrongWorld { wanted: String, found: String },
+    #[error("plugin describes itself inconsistently: {0}")]
+    Inconsistent(String),
+    #[error("plugin refused its configuration ({reason}): {message}")]
+    ConfigRejected { reason: String, message: String },
+    #[error("plugin went past a limit: {0}")]
+    Limit(String),
     #[error("plugin needs imports this host does not grant: {0}")]
     Link(String),
     #[error("plugin exceeded its deadline of {0:?}")]
@@ -150,6 +229,9 @@ impl PluginError {
             PluginError::Timeout(_) => "PluginTimeout",
             PluginError::MemoryLimit(_) => "PluginMemoryLimit",
             PluginError::Trap(_) => "PluginTrap",
+            PluginError::Inconsistent(_) => "PluginInconsistent",
+            PluginError::ConfigRejected { .. } => "ConfigRejected",
+            PluginError::Limit(_) => "PluginLimit",
             PluginError::Rejected { reason, .. } => reason,
         }
     }
@@ -201,7 +283,13 @@ impl Runtime {
         // Waits are bounded by the call's deadline (a blocking host call is
         // beyond epoch interruption): the plugin's own monotonic clock.
         clock::shadow_in_linker(&mut linker)?;
-        Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+        // Both contract versions' imports: their interfaces have names of
+        // their own, and every world of a version imports the same ones.
+        v0_1::Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        v0_2::Translator::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
             &mut linker,
             |s| s,
         )?;
@@ -225,7 +313,7 @@ impl Runtime {
     }
 
     /// Reads, compiles (or fetches from the cache), checks the contract and
-    /// asks the plugin to describe itself.
+    /// asks the translator to describe itself.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
         let bytes = read_component(path)?;
         self.load(&bytes, &path.display().to_string())
@@ -235,58 +323,126 @@ impl Runtime {
         self.load_with(bytes, source, Grants::default())
     }
 
-    /// Loads a plugin with WASI capabilities granted to it.
+    /// Loads a translator with WASI capabilities granted to it.
     pub fn load_with(
         &self,
         bytes: &[u8],
         source: &str,
         grants: Grants,
     ) -> Result<Plugin, PluginError> {
-        for (dir, _) in &grants.read_only_dirs {
-            if !dir.is_dir() {
-                return Err(PluginError::Io {
-                    path: dir.display().to_string(),
-                    message: "granted directory does not exist".into(),
-                });
-            }
-        }
-        let (digest, pre) = self.prepare(bytes, TRANSLATION_EXPORT)?;
-        let pre = TranslatorPre::new(pre).map_err(|e| PluginError::ContractMismatch {
-            found: format!("{e:#}"),
-        })?;
+        self.load_translator(bytes, source, grants, None)
+    }
+
+    /// Loads a translator with its grants and the operator's configuration
+    /// (JSON; none: `{}`), which it must accept.
+    pub fn load_translator(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        grants: Grants,
+        config: Option<Arc<str>>,
+    ) -> Result<Plugin, PluginError> {
+        check_grants(&grants)?;
+        let (digest, version, pre) = self.prepare(bytes, World::Translator)?;
+        let pre = match version {
+            Version::V0_1 => TranslatorPre::V0_1(v0_1::TranslatorPre::new(pre).map_err(mismatch)?),
+            Version::V0_2 => TranslatorPre::V0_2(v0_2::TranslatorPre::new(pre).map_err(mismatch)?),
+        };
         let mut plugin = Plugin {
             shared: self.shared.clone(),
             pre,
+            version,
             info: PluginInfo::default(),
             digest,
             source: source.to_string(),
             grants: Arc::new(grants),
+            config: config.unwrap_or_else(|| Arc::from("{}")),
+            readable: Readable::of([]),
         };
-        plugin.info = plugin.describe()?;
+        let info = plugin.describe()?;
+        check_translator(&info)?;
+        plugin.readable = Readable::of(info.watches.iter().chain(&info.roots).map(KindRef::key));
+        plugin.info = info;
+        plugin.check_config()?;
         Ok(plugin)
     }
-}
 
-impl Runtime {
-    /// Compiles (or takes from the cache) a component exporting `export`
-    /// and links it: what loading either kind of plugin starts with.
-    fn prepare(
-        &self,
-        bytes: &[u8],
-        export: &str,
-    ) -> Result<(String, wasmtime::component::InstancePre<CallState>), PluginError> {
+    /// What a component is, without loading it as anything.
+    pub fn identify(&self, bytes: &[u8]) -> Result<(Version, World), PluginError> {
         let digest = hex::encode(Sha256::digest(bytes));
         let component = self
             .shared
             .cache
             .get_or_compile(&self.shared.engine, &digest, bytes)?;
-        check_contract(&self.shared.engine, &component, export)?;
+        identify(&self.shared.engine, &component)
+    }
+}
+
+fn mismatch(e: wasmtime::Error) -> PluginError {
+    PluginError::ContractMismatch {
+        found: format!("{e:#}"),
+    }
+}
+
+fn check_grants(grants: &Grants) -> Result<(), PluginError> {
+    for (dir, _) in &grants.read_only_dirs {
+        if !dir.is_dir() {
+            return Err(PluginError::Io {
+                path: dir.display().to_string(),
+                message: "granted directory does not exist".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A translator is called for the kinds it names as roots: at least one,
+/// never a Secret (plugins do not read them).
+fn check_translator(info: &PluginInfo) -> Result<(), PluginError> {
+    if info.roots.is_empty() {
+        return Err(PluginError::Inconsistent(format!(
+            "translator {} declares no root kinds: it would never be called",
+            info.name
+        )));
+    }
+    if let Some(k) = info.roots.iter().find(|k| {
+        let key = k.key();
+        key.group.is_empty() && key.kind == "Secret"
+    }) {
+        return Err(PluginError::Inconsistent(format!(
+            "translator {} declares {k} as a root kind: plugins never read Secrets",
+            info.name
+        )));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Compiles (or takes from the cache) a component that must be a
+    /// `wanted`, and links it: what loading any kind of plugin starts with.
+    fn prepare(
+        &self,
+        bytes: &[u8],
+        wanted: World,
+    ) -> Result<(String, Version, wasmtime::component::InstancePre<CallState>), PluginError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self
+            .shared
+            .cache
+            .get_or_compile(&self.shared.engine, &digest, bytes)?;
+        let (version, world) = identify(&self.shared.engine, &component)?;
+        if world != wanted {
+            return Err(PluginError::WrongWorld {
+                wanted: wanted.as_str().to_string(),
+                found: world.as_str().to_string(),
+            });
+        }
         let pre = self
             .shared
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        Ok((digest, pre))
+        Ok((digest, version, pre))
     }
 }
 
@@ -319,26 +475,20 @@ fn spawn_ticker(shared: Weak<EngineShared>) {
         .expect("spawning the epoch thread");
 }
 
-/// Names the contract a component was built against, so a user learns
+/// Which contract version and world a component exports, so a user learns
 /// "built for isobar:plugin@0.0.9", not "missing export".
-fn check_contract(engine: &Engine, component: &Component, wanted: &str) -> Result<(), PluginError> {
+fn identify(engine: &Engine, component: &Component) -> Result<(Version, World), PluginError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name.to_string())
         .collect();
-    if exports.iter().any(|e| e == wanted) {
-        return Ok(());
-    }
-    let other_world = [TRANSLATION_EXPORT, RECONCILIATION_EXPORT]
-        .into_iter()
-        .find(|e| *e != wanted && exports.iter().any(|x| x == e));
-    if let Some(other) = other_world {
-        return Err(PluginError::WrongWorld {
-            wanted: wanted.to_string(),
-            found: other.to_string(),
-        });
+    if let Some((_, version, world)) = EXPORTS
+        .iter()
+        .find(|(name, _, _)| exports.iter().any(|e| e == name))
+    {
+        return Ok((*version, *world));
     }
     let found = exports
         .iter()
@@ -360,17 +510,28 @@ fn check_contract(engine: &Engine, component: &Component, wanted: &str) -> Resul
     Err(PluginError::ContractMismatch { found })
 }
 
+/// A translator's instance factory, per contract version.
+#[derive(Clone)]
+enum TranslatorPre {
+    V0_1(v0_1::TranslatorPre<CallState>),
+    V0_2(v0_2::TranslatorPre<CallState>),
+}
+
 /// A loaded translator plugin, ready to be called. Cheap to clone.
 #[derive(Clone)]
 pub struct Plugin {
     shared: Arc<EngineShared>,
-    pre: TranslatorPre<CallState>,
+    pre: TranslatorPre,
+    pub version: Version,
     pub info: PluginInfo,
     /// sha256 of the component bytes.
     pub digest: String,
     /// Where it was loaded from, for people.
     pub source: String,
     grants: Arc<Grants>,
+    /// The operator's configuration, JSON.
+    pub config: Arc<str>,
+    readable: Readable,
 }
 
 /// The result of one plugin call (`translate` by default) and what it read.
@@ -384,42 +545,213 @@ pub struct CallOutcome<T = ir::Fragment> {
     pub elapsed: std::time::Duration,
 }
 
-impl<T> CallOutcome<T> {
-    /// Converts what the call returned (the contract's bindings) into the
-    /// host's own types.
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> CallOutcome<U> {
-        CallOutcome {
-            result: self.result.map(f),
-            reads: self.reads,
-            dropped_logs: self.dropped_logs,
-            elapsed: self.elapsed,
-        }
+/// The outcome of a call just made on `ws`: its result (a wasmtime error
+/// classified), and what the call read and logged.
+fn outcome<T>(
+    result: wasmtime::Result<Result<T, PluginError>>,
+    ws: &mut wasmtime::Store<CallState>,
+    limits: &Limits,
+    started: Instant,
+) -> CallOutcome<T> {
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => Err(call::classify(e, ws, limits)),
+    };
+    let state = ws.data_mut();
+    CallOutcome {
+        // A failed call's reads are not kept: the root keeps depending on
+        // what its last good call read.
+        reads: if result.is_ok() {
+            std::mem::take(&mut state.reads)
+        } else {
+            Reads::default()
+        },
+        result,
+        dropped_logs: state.dropped_logs,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn failed<T>(error: PluginError, started: Instant) -> CallOutcome<T> {
+    CallOutcome {
+        result: Err(error),
+        reads: Reads::default(),
+        dropped_logs: 0,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// A 0.1 component has no `configure`: only the empty configuration.
+fn no_config_for_v0_1(config: &str) -> Result<(), PluginError> {
+    match serde_json::from_str::<serde_json::Value>(config) {
+        Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
+        _ => Err(PluginError::ConfigRejected {
+            reason: "ContractMismatch".into(),
+            message: "contract 0.1 plugins take no configuration".into(),
+        }),
+    }
+}
+
+fn configure_result<E: Into<PluginError>>(
+    result: wasmtime::Result<Result<(), E>>,
+    ws: &wasmtime::Store<CallState>,
+    limits: &Limits,
+) -> Result<(), PluginError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(match e.into() {
+            PluginError::Rejected { reason, message } => {
+                PluginError::ConfigRejected { reason, message }
+            }
+            other => other,
+        }),
+        Err(e) => Err(call::classify(e, ws, limits)),
     }
 }
 
 impl Plugin {
     /// Asks a fresh instance to describe itself: the cheapest whole call.
     pub fn describe(&self) -> Result<PluginInfo, PluginError> {
-        let mut store = call::new_store(&self.shared, None, &self.info.name, &self.grants);
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.isobar_plugin_translation().call_describe(&mut store));
-        result
-            .map(Into::into)
-            .map_err(|e| call::classify(e, &store, &self.shared.limits))
+        let mut ws = call::new_store(&self.shared, None, &self.info.name, &self.grants);
+        let result = match &self.pre {
+            TranslatorPre::V0_1(pre) => pre
+                .instantiate(&mut ws)
+                .and_then(|i| i.isobar_plugin_translation().call_describe(&mut ws))
+                .map(Into::into),
+            TranslatorPre::V0_2(pre) => pre
+                .instantiate(&mut ws)
+                .and_then(|i| i.isobar_plugin_translation().call_describe(&mut ws))
+                .map(Into::into),
+        };
+        result.map_err(|e| call::classify(e, &ws, &self.shared.limits))
+    }
+
+    /// `isobar:plugin@0.2.0`, or 0.1.0.
+    pub fn contract(&self) -> String {
+        self.version.contract()
+    }
+
+    /// The same component with another configuration, which it must
+    /// accept.
+    pub fn with_config(&self, config: Arc<str>) -> Result<Plugin, PluginError> {
+        let plugin = Plugin {
+            config,
+            ..self.clone()
+        };
+        plugin.check_config()?;
+        Ok(plugin)
+    }
+
+    /// Offers the configuration to a fresh instance (0.2); 0.1 plugins
+    /// take none, so only `{}` (or none) is accepted.
+    fn check_config(&self) -> Result<(), PluginError> {
+        match &self.pre {
+            TranslatorPre::V0_1(_) => no_config_for_v0_1(&self.config),
+            TranslatorPre::V0_2(pre) => {
+                let mut ws = call::new_store(&self.shared, None, &self.info.name, &self.grants);
+                let instance = pre
+                    .instantiate(&mut ws)
+                    .map_err(|e| call::classify(e, &ws, &self.shared.limits))?;
+                configure_result(
+                    instance
+                        .isobar_plugin_translation()
+                        .call_configure(&mut ws, &self.config),
+                    &ws,
+                    &self.shared.limits,
+                )
+            }
+        }
     }
 
     /// Translates one root against `store`, recording every read.
     pub fn translate(&self, store: &Store, root: &Object) -> CallOutcome {
-        let root = v0_1::object(root);
-        call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
-            self.pre
-                .instantiate(&mut *ws)?
-                .isobar_plugin_translation()
-                .call_translate(ws, &root)
-        })
-        .map(ir::Fragment::from)
+        self.translate_batch(store, std::slice::from_ref(&Arc::new(root.clone())))
+            .pop()
+            .expect("one outcome per root")
+    }
+
+    /// Translates `roots` in order, one outcome each. A 0.2 plugin serves
+    /// them from one instance (configured once); every call has its own
+    /// deadline and reads. A call that traps, overruns or runs out of memory
+    /// fails alone: the instance is dropped and the rest go on in a fresh
+    /// one. A 0.1 plugin gets a fresh instance per root, as its contract
+    /// says.
+    pub fn translate_batch(&self, store: &Store, roots: &[Arc<Object>]) -> Vec<CallOutcome> {
+        let view = Some((store.clone(), self.readable.clone()));
+        match &self.pre {
+            TranslatorPre::V0_1(pre) => roots
+                .iter()
+                .map(|root| {
+                    let started = Instant::now();
+                    let mut ws =
+                        call::new_store(&self.shared, view.clone(), &self.info.name, &self.grants);
+                    let arg = v0_1::object(root);
+                    let result = pre
+                        .instantiate(&mut ws)
+                        .and_then(|i| i.isobar_plugin_translation().call_translate(&mut ws, &arg));
+                    outcome(
+                        result.map(|r| r.map(ir::Fragment::from).map_err(Into::into)),
+                        &mut ws,
+                        &self.shared.limits,
+                        started,
+                    )
+                })
+                .collect(),
+            TranslatorPre::V0_2(pre) => {
+                let mut out = Vec::with_capacity(roots.len());
+                let mut instance: Option<(wasmtime::Store<CallState>, v0_2::Translator)> = None;
+                for root in roots {
+                    let started = Instant::now();
+                    if instance.is_none() {
+                        let mut ws = call::new_store(
+                            &self.shared,
+                            view.clone(),
+                            &self.info.name,
+                            &self.grants,
+                        );
+                        let made = pre.instantiate(&mut ws).and_then(|i| {
+                            i.isobar_plugin_translation()
+                                .call_configure(&mut ws, &self.config)
+                                .map(|r| (i, r))
+                        });
+                        match made {
+                            Ok((i, Ok(()))) => instance = Some((ws, i)),
+                            Ok((_, Err(e))) => {
+                                out.push(failed(
+                                    PluginError::ConfigRejected {
+                                        reason: e.reason,
+                                        message: e.message,
+                                    },
+                                    started,
+                                ));
+                                continue;
+                            }
+                            Err(e) => {
+                                let error = call::classify(e, &ws, &self.shared.limits);
+                                out.push(failed(error, started));
+                                continue;
+                            }
+                        }
+                    }
+                    let (ws, i) = instance.as_mut().expect("made above");
+                    CallState::begin(ws);
+                    let arg = v0_2::object(root);
+                    let result = i.isobar_plugin_translation().call_translate(&mut *ws, &arg);
+                    let broken = result.is_err();
+                    out.push(outcome(
+                        result.map(|r| r.map(ir::Fragment::from).map_err(Into::into)),
+                        ws,
+                        &self.shared.limits,
+                        started,
+                    ));
+                    if broken {
+                        // A trapped instance cannot be entered again.
+                        instance = None;
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// The root kinds, as store keys.

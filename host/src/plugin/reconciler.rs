@@ -1,12 +1,14 @@
-//! Reconciler plugins (world `reconciler`): loaded and called like
-//! translators (same engine, cache, limits, fresh instance per call), but
-//! they return actions for the host to carry out rather than routing IR.
+//! Reconciler plugins (world `reconciler`, contract 0.1 or 0.2): loaded
+//! and called like translators (same engine, cache, limits; a fresh
+//! instance per call: the work queue calls one object at a time), but they
+//! return actions for the host to carry out rather than routing IR.
 
 use std::sync::Arc;
 
 use super::call::{self, CallState};
-use super::v0_1::reconciler::{Reconciler, ReconcilerPre};
-use super::{EngineShared, Grants, KindRef, PluginError, RECONCILIATION_EXPORT, Runtime};
+use super::{
+    EngineShared, Grants, KindRef, PluginError, Readable, Runtime, Version, World, v0_1, v0_2,
+};
 use crate::store::{KindKey, Object, Store};
 
 /// What a reconciler says it is, reconciles, owns and reads.
@@ -57,15 +59,25 @@ pub enum Action {
     RequeueAfterMs(u64),
 }
 
+/// A reconciler's instance factory, per contract version.
+#[derive(Clone)]
+enum Pre {
+    V0_1(v0_1::reconciler::ReconcilerPre<CallState>),
+    V0_2(v0_2::reconciler::ReconcilerPre<CallState>),
+}
+
 /// A loaded reconciler component, ready to be called. Cheap to clone.
 #[derive(Clone)]
 pub struct ReconcilerPlugin {
     shared: Arc<EngineShared>,
-    pre: ReconcilerPre<CallState>,
+    pre: Pre,
+    pub version: Version,
     pub info: ReconcilerInfo,
     pub digest: String,
     pub source: String,
     grants: Arc<Grants>,
+    pub config: Arc<str>,
+    readable: Readable,
 }
 
 /// The result of one `reconcile` call and what it read.
@@ -79,19 +91,47 @@ impl Runtime {
         bytes: &[u8],
         source: &str,
     ) -> Result<ReconcilerPlugin, PluginError> {
-        let (digest, pre) = self.prepare(bytes, RECONCILIATION_EXPORT)?;
-        let pre = ReconcilerPre::new(pre).map_err(|e| PluginError::ContractMismatch {
-            found: format!("{e:#}"),
-        })?;
+        self.load_reconciler_with(bytes, source, Grants::default(), None)
+    }
+
+    /// With grants and the operator's configuration (which it must accept).
+    pub fn load_reconciler_with(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        grants: Grants,
+        config: Option<Arc<str>>,
+    ) -> Result<ReconcilerPlugin, PluginError> {
+        super::check_grants(&grants)?;
+        let (digest, version, pre) = self.prepare(bytes, World::Reconciler)?;
+        let pre = match version {
+            Version::V0_1 => {
+                Pre::V0_1(v0_1::reconciler::ReconcilerPre::new(pre).map_err(super::mismatch)?)
+            }
+            Version::V0_2 => {
+                Pre::V0_2(v0_2::reconciler::ReconcilerPre::new(pre).map_err(super::mismatch)?)
+            }
+        };
         let mut plugin = ReconcilerPlugin {
             shared: self.shared.clone(),
             pre,
+            version,
             info: ReconcilerInfo::default(),
             digest,
             source: source.to_string(),
-            grants: Arc::new(Grants::default()),
+            grants: Arc::new(grants),
+            config: config.unwrap_or_else(|| Arc::from("{}")),
+            readable: Readable::of([]),
         };
         plugin.info = plugin.describe()?;
+        plugin.readable = Readable::of(plugin.watched_kinds());
+        if let Pre::V0_1(_) = plugin.pre {
+            super::no_config_for_v0_1(&plugin.config)?;
+        } else {
+            // A configuration the plugin refuses refuses the plugin.
+            let mut ws = call::new_store(&plugin.shared, None, &plugin.info.name, &plugin.grants);
+            plugin.configure(&mut ws)?;
+        }
         Ok(plugin)
     }
 
@@ -106,26 +146,80 @@ impl Runtime {
 
 impl ReconcilerPlugin {
     pub fn describe(&self) -> Result<ReconcilerInfo, PluginError> {
-        let mut store = call::new_store(&self.shared, None, &self.info.name, &self.grants);
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i: Reconciler| i.isobar_plugin_reconciliation().call_describe(&mut store));
-        result
-            .map(Into::into)
-            .map_err(|e| call::classify(e, &store, &self.shared.limits))
+        let mut ws = call::new_store(&self.shared, None, &self.info.name, &self.grants);
+        let result = match &self.pre {
+            Pre::V0_1(pre) => pre
+                .instantiate(&mut ws)
+                .and_then(|i| i.isobar_plugin_reconciliation().call_describe(&mut ws))
+                .map(Into::into),
+            Pre::V0_2(pre) => pre
+                .instantiate(&mut ws)
+                .and_then(|i| i.isobar_plugin_reconciliation().call_describe(&mut ws))
+                .map(Into::into),
+        };
+        result.map_err(|e| call::classify(e, &ws, &self.shared.limits))
     }
 
-    /// Reconciles one object against `store`, recording every read.
+    fn configure(&self, ws: &mut wasmtime::Store<CallState>) -> Result<(), PluginError> {
+        let Pre::V0_2(pre) = &self.pre else {
+            return Ok(());
+        };
+        let i = pre
+            .instantiate(&mut *ws)
+            .map_err(|e| call::classify(e, ws, &self.shared.limits))?;
+        super::configure_result(
+            i.isobar_plugin_reconciliation()
+                .call_configure(&mut *ws, &self.config),
+            ws,
+            &self.shared.limits,
+        )
+    }
+
+    pub fn contract(&self) -> String {
+        self.version.contract()
+    }
+
+    /// Reconciles one object against `store` on a fresh instance, recording
+    /// every read.
     pub fn reconcile(&self, store: &Store, object: &Object) -> ReconcileOutcome {
-        let object = super::v0_1::object(object);
-        call::call(&self.shared, store, &self.info.name, &self.grants, |ws| {
-            self.pre
-                .instantiate(&mut *ws)?
-                .isobar_plugin_reconciliation()
-                .call_reconcile(ws, &object)
-        })
-        .map(|actions| actions.into_iter().map(Action::from).collect())
+        let started = std::time::Instant::now();
+        let view = Some((store.clone(), self.readable.clone()));
+        let mut ws = call::new_store(&self.shared, view, &self.info.name, &self.grants);
+        let result = match &self.pre {
+            Pre::V0_1(pre) => {
+                let arg = v0_1::object(object);
+                pre.instantiate(&mut ws).and_then(|i| {
+                    i.isobar_plugin_reconciliation()
+                        .call_reconcile(&mut ws, &arg)
+                        .map(|r| {
+                            r.map(|a| a.into_iter().map(Action::from).collect())
+                                .map_err(Into::into)
+                        })
+                })
+            }
+            Pre::V0_2(pre) => {
+                let arg = v0_2::object(object);
+                pre.instantiate(&mut ws).and_then(|i| {
+                    let configured = i
+                        .isobar_plugin_reconciliation()
+                        .call_configure(&mut ws, &self.config)?;
+                    if let Err(e) = configured {
+                        return Ok(Err(PluginError::ConfigRejected {
+                            reason: e.reason,
+                            message: e.message,
+                        }));
+                    }
+                    CallState::begin(&mut ws);
+                    i.isobar_plugin_reconciliation()
+                        .call_reconcile(&mut ws, &arg)
+                        .map(|r| {
+                            r.map(|a| a.into_iter().map(Action::from).collect())
+                                .map_err(Into::into)
+                        })
+                })
+            }
+        };
+        super::outcome(result, &mut ws, &self.shared.limits, started)
     }
 
     /// The reconciled kind.

@@ -7,6 +7,7 @@ use crate::ir;
 wasmtime::component::bindgen!({
     path: "../wit/plugin.wit",
     world: "translator",
+    imports: { default: trappable },
 });
 
 /// The `reconciler` world. Its imports are the translator's interfaces
@@ -15,6 +16,7 @@ pub mod reconciler {
     wasmtime::component::bindgen!({
         path: "../wit/plugin.wit",
         world: "reconciler",
+        imports: { default: trappable },
         with: {
             "isobar:plugin/types": super::isobar::plugin::types,
             "isobar:plugin/store": super::isobar::plugin::store,
@@ -23,7 +25,54 @@ pub mod reconciler {
     });
 }
 
-use self::isobar::plugin::types as t;
+use self::isobar::plugin::{log, store, types as t};
+use super::call::{CallState, LogLevel};
+
+impl t::Host for CallState {}
+
+impl store::Host for CallState {
+    fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> wasmtime::Result<Option<t::Object>> {
+        Ok(self
+            .read_get(&api_version, &kind, namespace, name)?
+            .as_deref()
+            .map(object))
+    }
+
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: Option<String>,
+    ) -> wasmtime::Result<Vec<t::Object>> {
+        Ok(self
+            .read_list(&api_version, &kind, namespace)?
+            .iter()
+            .map(|o| object(o))
+            .collect())
+    }
+}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        self.guest_log(
+            match level {
+                log::Level::Trace => LogLevel::Trace,
+                log::Level::Debug => LogLevel::Debug,
+                log::Level::Info => LogLevel::Info,
+                log::Level::Warn => LogLevel::Warn,
+                log::Level::Error => LogLevel::Error,
+            },
+            message,
+        );
+        Ok(())
+    }
+}
 use reconciler::exports::isobar::plugin::reconciliation as r;
 
 impl From<t::KindRef> for super::KindRef {
@@ -73,6 +122,7 @@ impl From<t::Fragment> for ir::Fragment {
             virtual_hosts: f.virtual_hosts.into_iter().map(Into::into).collect(),
             raw: f.raw.into_iter().map(Into::into).collect(),
             diagnostics: f.diagnostics.into_iter().map(Into::into).collect(),
+            statuses: Vec::new(),
         }
     }
 }
@@ -80,11 +130,7 @@ impl From<t::Fragment> for ir::Fragment {
 impl From<t::Diagnostic> for ir::Diagnostic {
     fn from(d: t::Diagnostic) -> Self {
         ir::Diagnostic {
-            object: ir::ObjectRef {
-                kind: d.object.kind,
-                namespace: d.object.namespace,
-                name: d.object.name,
-            },
+            object: ir::ObjectRef::new(d.object.kind, d.object.namespace, d.object.name),
             severity: match d.severity {
                 t::Severity::Info => ir::Severity::Info,
                 t::Severity::Warning => ir::Severity::Warning,
@@ -151,7 +197,7 @@ impl From<t::Route> for ir::Route {
                     scheme: rd.scheme,
                     host: rd.host,
                     port: rd.port,
-                    path: rd.path,
+                    path: rd.path.map(ir::PathModifier::Full),
                     status: rd.status,
                 }),
                 t::RouteAction::DirectResponse(d) => {
@@ -161,7 +207,7 @@ impl From<t::Route> for ir::Route {
                     })
                 }
             },
-            prefix_rewrite: r.prefix_rewrite,
+            path_rewrite: r.prefix_rewrite.map(ir::PathModifier::Prefix),
             host_rewrite: r.host_rewrite,
             timeout_ms: r.timeout_ms,
             retry: r.retry.map(|p| ir::RetryPolicy {
@@ -171,6 +217,8 @@ impl From<t::Route> for ir::Route {
             }),
             request_headers: r.request_headers.map(Into::into),
             response_headers: r.response_headers.map(Into::into),
+            mirrors: Vec::new(),
+            source: None,
         }
     }
 }

@@ -346,11 +346,7 @@ impl Report {
             digest: format!("sha256:{}", plugin.digest),
             source: plugin.source.clone(),
             loaded_at: at.clone(),
-            contract: format!(
-                "{}@{}",
-                crate::plugin::CONTRACT_PACKAGE,
-                crate::plugin::CONTRACT_VERSION
-            ),
+            contract: plugin.contract(),
             watches: kinds(&plugin.info.watches),
             roots: kinds(&plugin.info.roots),
             last_error: None,

@@ -56,4 +56,4 @@ impl Translator for IngressTranslator {
 }
 
 #[cfg(target_arch = "wasm32")]
-isobar_guest::v0_1::export_translator!(IngressTranslator);
+isobar_guest::export_translator!(IngressTranslator);

@@ -142,7 +142,7 @@ impl Reconciler for MemcachedReconciler {
     }
 }
 
-isobar_guest::v0_1::export_reconciler!(MemcachedReconciler);
+isobar_guest::export_reconciler!(MemcachedReconciler);
 
 /// `spec.size` when it is a JSON integer from 0 to [`MAX_SIZE`]; a float
 /// such as `3.0` is not an integer.
