@@ -11,6 +11,7 @@ pub mod latency;
 pub mod leader;
 pub mod pipeline;
 pub mod plugin;
+pub mod policy;
 pub mod queue;
 pub mod reconcile;
 pub mod report;

@@ -47,6 +47,43 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// Parses NAME=@FILE (a plugin's configuration file).
+fn plugin_config(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once("=@") {
+        Some((n, f)) if !n.is_empty() && !f.is_empty() => Ok((n.to_string(), PathBuf::from(f))),
+        _ => Err(format!("expected NAME=@FILE.json, got {s:?}")),
+    }
+}
+
+/// The plugins to run.
+#[derive(clap::Args)]
+struct PluginArgs {
+    /// A translator plugin (repeatable; default: the Ingress plugin). Each
+    /// owns the root kinds it declares; two claiming one kind are refused.
+    #[arg(long = "plugin")]
+    plugins: Vec<PathBuf>,
+    /// A policy plugin (repeatable): every merged virtual host goes through
+    /// the policies in the order given.
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    /// Configuration (a JSON object) for the plugin that declares itself
+    /// NAME, as NAME=@FILE.json (repeatable).
+    #[arg(long = "plugin-config", value_parser = plugin_config)]
+    configs: Vec<(String, PathBuf)>,
+}
+
+impl PluginArgs {
+    /// The translators given, or the default Ingress plugin.
+    fn translators(&self) -> anyhow::Result<Vec<PathBuf>> {
+        if !self.plugins.is_empty() {
+            return Ok(self.plugins.clone());
+        }
+        Ok(vec![load::default_plugin_path().context(
+            "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
+        )?])
+    }
+}
+
 /// Parses HOST_DIR:GUEST_DIR.
 fn dir_mapping(s: &str) -> Result<(PathBuf, String), String> {
     s.split_once(':')
@@ -202,9 +239,8 @@ enum Command {
         /// Manifest files or directories.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
-        /// The translator plugin (default: the Ingress plugin).
-        #[arg(long)]
-        plugin: Option<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginArgs,
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: Format,
         #[command(flatten)]
@@ -224,9 +260,9 @@ enum Command {
         /// Where compiled plugins are cached (default: ~/.cache/isobar/components).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// The translator plugin (default: the Ingress plugin); watched.
-        #[arg(long)]
-        plugin: Option<PathBuf>,
+        /// Plugins, each file watched and hot-swapped alone.
+        #[command(flatten)]
+        plugins: PluginArgs,
         /// A reconciler plugin (an operator) to run beside it (repeatable);
         /// watched and hot-swapped. Serving files, its actions go to an
         /// in-memory cluster shown at /debug/cluster.
@@ -348,14 +384,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Translate {
             files,
-            plugin,
+            plugins,
             output,
             limits,
             grants,
         } => {
             let runtime = load::runtime(limits.limits())?;
-            let plugin = load::load_translator(&runtime, plugin.as_deref(), grants.grants())?;
-            let translated = isobar::pipeline::manifests::translate(plugin, &files);
+            let configs = load::read_configs(&plugins.configs)?;
+            let loaded = load::load_plugins(
+                &runtime,
+                &plugins.translators()?,
+                &plugins.policies,
+                &configs,
+                grants.grants(),
+            )?;
+            let translated = isobar::pipeline::manifests::translate(loaded, &files);
             for e in &translated.manifest_errors {
                 eprintln!("error: {e}");
             }
@@ -418,7 +461,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             manifests,
             cluster,
             cache_dir,
-            plugin,
+            plugins,
             reconcilers,
             xds_listen,
             admin_listen,
@@ -429,12 +472,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             probe_listen,
             limits,
         } => {
-            let plugin = match plugin {
-                Some(p) => p,
-                None => load::default_plugin_path().context(
-                    "no plugin given and the default Ingress plugin was not found; pass --plugin X.wasm or set ISOBAR_PLUGIN",
-                )?,
-            };
+            let translators = plugins.translators()?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let source = match manifests {
                 Some(dir) => serve::Source::Manifests(dir),
@@ -443,7 +481,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     serve::Source::Cluster(runtime.block_on(serve::cluster::connect(options))?)
                 }
             };
-            let mut config = serve::Config::with_source(source, plugin);
+            let mut config = serve::Config::with_source(source, translators[0].clone());
+            config.plugins = translators;
+            config.policies = plugins.policies;
+            config.plugin_configs = plugins.configs;
             config.reconcilers = reconcilers;
             if cache_dir.is_some() {
                 config.cache_dir = cache_dir;

@@ -272,7 +272,7 @@ impl AsRef<[u8]> for ArcBytes {
 
 async fn plugins(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
     Json(json!({
-        "plugins": status.plugin().into_iter().collect::<Vec<_>>(),
+        "plugins": status.plugins(),
         "history": status.plugin_history(),
     }))
 }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::pipeline::{Pipeline, Round, host_kinds};
-use crate::plugin::{Plugin, Runtime};
+use crate::plugin::{Plugins, Runtime};
 use crate::reconcile::MemoryApi;
 use crate::reconcile::runner::RunnerInput;
 use crate::report::metrics::{labels1, labels2, secs, short_type};
@@ -75,7 +75,10 @@ struct Batch {
     /// Events from the cluster or the in-memory API, in the order they came.
     objects: Vec<Event>,
     synced: Vec<KindKey>,
-    plugin: bool,
+    /// Plugin files (translators then policies) that may have changed.
+    plugins: BTreeSet<usize>,
+    /// Plugins (by name) whose configuration file may have changed.
+    configs: BTreeSet<String>,
     /// Reconciler files that may have changed, by index.
     reconcilers: BTreeSet<usize>,
     rescan: bool,
@@ -89,19 +92,21 @@ impl Batch {
                 self.first_at.get_or_insert(at);
                 for p in paths {
                     let reconcilers = watched.reconcilers_at(&p);
-                    let is_plugin = watched.is_plugin(&p);
-                    if !is_plugin && reconcilers.is_empty() {
+                    let plugins = watched.plugins_at(&p);
+                    let configs = watched.configs_at(&p);
+                    if plugins.is_empty() && configs.is_empty() && reconcilers.is_empty() {
                         self.manifests.insert(p);
                         continue;
                     }
-                    self.plugin |= is_plugin;
+                    self.plugins.extend(plugins);
+                    self.configs.extend(configs);
                     self.reconcilers.extend(reconcilers);
                 }
             }
             Input::Files(FsEvent::Rescan { at }) => {
                 self.first_at.get_or_insert(at);
                 self.rescan = true;
-                self.plugin = true;
+                self.plugins.extend(0..watched.plugins.len());
             }
             Input::Objects(update) => {
                 self.first_at.get_or_insert(update.at);
@@ -154,20 +159,19 @@ impl ClusterState {
     }
 }
 
-/// The kinds a translator needs in the store: what it reads and what the
+/// The kinds the plugins need in the store: what they read and what the
 /// host reads itself.
-pub fn kinds_of(plugin: &Plugin) -> HashSet<KindKey> {
-    let mut kinds: HashSet<KindKey> = plugin.watched_kinds().into_iter().collect();
-    kinds.extend(plugin.root_kinds());
+pub fn kinds_of(plugins: &Plugins) -> HashSet<KindKey> {
+    let mut kinds = plugins.kinds();
     kinds.extend(host_kinds());
     kinds
 }
 
-/// The watches a plugin needs: its roots (which a label selector narrows),
-/// what it reads, and what the host reads itself.
-pub fn watch_specs(plugin: &Plugin, extra: &HashSet<KindKey>) -> Vec<WatchSpec> {
-    let roots: HashSet<KindKey> = plugin.root_kinds().into_iter().collect();
-    let mut kinds = kinds_of(plugin);
+/// The watches the plugins need: their roots (which a label selector
+/// narrows), what they read, and what the host reads itself.
+pub fn watch_specs(plugins: &Plugins, extra: &HashSet<KindKey>) -> Vec<WatchSpec> {
+    let roots = plugins.root_kinds();
+    let mut kinds = kinds_of(plugins);
     kinds.extend(extra.iter().cloned());
     kinds
         .into_iter()
@@ -199,14 +203,15 @@ pub struct Controller {
     /// The manifest directory as read while the plugin compiled.
     prescanned: Option<Vec<Event>>,
     reconcilers: Option<Reconcilers>,
-    /// The pipeline (by plugin) and roots generation last published.
-    roots_published: Option<(String, u64)>,
+    /// The pipeline (by its translators) and roots generation last
+    /// published.
+    roots_published: Option<(Vec<String>, u64)>,
 }
 
 /// What a [`Controller`] is built from.
 pub struct Parts {
     pub runtime: Runtime,
-    pub plugin: Plugin,
+    pub plugins: Plugins,
     pub watched: Watched,
     pub writer: Writer,
     pub snapshots: watch::Sender<Arc<Snapshot>>,
@@ -219,9 +224,10 @@ pub struct Parts {
 
 impl Controller {
     pub fn new(parts: Parts) -> Self {
-        let pipeline = Pipeline::new(parts.writer.store(), parts.plugin);
+        let kinds = kinds_of(&parts.plugins);
+        let pipeline = Pipeline::with(parts.writer.store(), parts.plugins);
         Controller {
-            kinds: kinds_of(pipeline.plugin()),
+            kinds,
             pipeline,
             runtime: parts.runtime,
             watched: parts.watched,
@@ -253,9 +259,7 @@ impl Controller {
             let report = self.report.clone();
             let _round = report.round_started();
             self.initial(std::mem::take(&mut early.objects));
-            if early.plugin {
-                self.swap(early.first_at);
-            }
+            self.swap_all(&early.plugins, &early.configs, early.first_at);
         }
         self.swap_reconcilers(std::mem::take(&mut early.reconcilers));
         while let Ok(first) = inputs.recv() {
@@ -339,8 +343,7 @@ impl Controller {
             (None, Origin::Files { set, .. }) => set.rescan(),
             (None, Origin::Cluster(_)) => Vec::new(),
         };
-        let plugin = self.pipeline.plugin().clone();
-        self.report.plugin_loaded(&plugin);
+        self.report.plugins_loaded(&self.pipeline.plugins());
         let mut changes = self.ingest(events);
         changes.extend(self.writer.apply_all(early_objects));
         if matches!(self.origin, Origin::Cluster(_)) {
@@ -359,7 +362,8 @@ impl Controller {
         // Published (and ready) before it is said to be built.
         self.after_round(Some(started), "initial");
         info!(
-            plugin = %plugin.info.name,
+            translators = self.pipeline.translators().count(),
+            policies = self.pipeline.policies().len(),
             objects = self.writer.store().len(),
             calls = round.translation.calls,
             failures = round.translation.failures,
@@ -445,9 +449,7 @@ impl Controller {
             self.after_round(at, self.trigger());
         }
         self.swap_when_synced();
-        if batch.plugin {
-            self.swap(at);
-        }
+        self.swap_all(&batch.plugins, &batch.configs, at);
         self.swap_reconcilers(batch.reconcilers);
     }
 
@@ -480,31 +482,29 @@ impl Controller {
     }
 
     fn observe_round(&self, round: &Round) {
-        let plugin = self.pipeline.plugin().clone();
-        self.observe_round_for(&plugin, round);
-    }
-
-    fn observe_round_for(&self, plugin: &Plugin, round: &Round) {
         let m = &self.report.metrics;
-        // A plugin names itself and its reasons: bounded as labels.
-        let plugin_label = m.chosen_label(&plugin.info.name);
-        let name = labels1("plugin", plugin_label.clone());
-        let hist = m.plugin_call_duration.get_or_create_owned(&name);
-        for d in &round.translation.call_durations {
-            hist.observe(secs(*d));
-        }
-        m.plugin_calls
-            .get_or_create(&name)
-            .inc_by(round.translation.calls as u64);
-        for (reason, n) in &round.translation.failure_reasons {
-            m.plugin_failures
-                .get_or_create(&labels2(
-                    "plugin",
-                    plugin_label.clone(),
-                    "reason",
-                    m.chosen_label(reason),
-                ))
-                .inc_by(*n as u64);
+        for p in &round.plugins {
+            // A plugin names itself and its reasons: bounded as labels.
+            let plugin_label = m.chosen_label(&p.plugin);
+            let name = labels1("plugin", plugin_label.clone());
+            let hist = m.plugin_call_duration.get_or_create_owned(&name);
+            for d in &p.stats.call_durations {
+                hist.observe(secs(*d));
+            }
+            m.plugin_calls
+                .get_or_create(&name)
+                .inc_by(p.stats.calls as u64);
+            for (reason, n) in &p.stats.failure_reasons {
+                m.plugin_failures
+                    .get_or_create(&labels2(
+                        "plugin",
+                        plugin_label.clone(),
+                        "reason",
+                        m.chosen_label(reason),
+                    ))
+                    .inc_by(*n as u64);
+            }
+            self.report.plugin_round(&p.plugin, &p.stats);
         }
     }
 
@@ -545,7 +545,10 @@ impl Controller {
         // Roots change only in rounds that translated something: an
         // endpoint-only round does not rebuild the list.
         let generation = Some((
-            self.pipeline.plugin().digest.clone(),
+            self.pipeline
+                .translators()
+                .map(|p| p.digest.clone())
+                .collect(),
             self.pipeline.roots_generation(),
         ));
         if self.report.wants_roots() && self.roots_published != generation {

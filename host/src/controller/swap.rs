@@ -8,7 +8,7 @@
 //! In the cluster, a plugin that reads kinds nobody watched yet waits until
 //! their watches have listed once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -16,14 +16,14 @@ use tracing::{info, warn};
 
 use super::{Controller, Origin, kinds_of, watch_specs};
 use crate::pipeline::Pipeline;
-use crate::plugin::Plugin;
+use crate::plugin::{Grants, Plugins};
 use crate::report::metrics::labels1;
 use crate::report::{PluginFailure, rfc3339};
 use crate::store::KindKey;
 
-/// A plugin compiled and waiting for the first list of kinds it adds.
+/// Plugins compiled and waiting for the first list of kinds they add.
 pub(super) struct Pending {
-    plugin: Plugin,
+    plugins: Plugins,
     source: String,
     at: Option<Instant>,
     kinds: HashSet<KindKey>,
@@ -41,14 +41,39 @@ impl Controller {
             .is_some_and(|p| cluster.all_synced(&p.kinds))
             && let Some(p) = cluster.pending.take()
         {
-            info!(plugin = %p.plugin.info.name, "the kinds the new plugin reads have synced");
-            self.commit_swap(p.plugin, p.source, p.at, Instant::now(), Duration::ZERO);
+            info!(plugin = %p.source, "the kinds the new plugins read have synced");
+            self.commit_swap(
+                p.plugins,
+                p.source,
+                None,
+                p.at,
+                Instant::now(),
+                Duration::ZERO,
+            );
         }
     }
 
-    /// Tries the plugin file as it is now.
-    pub(super) fn swap(&mut self, at: Option<Instant>) {
-        let path = self.watched.plugin.clone();
+    /// Tries the plugin files (by index: translators, then policies) and
+    /// the configuration files (by plugin name) that may have changed.
+    pub(super) fn swap_all(
+        &mut self,
+        files: &BTreeSet<usize>,
+        configs: &BTreeSet<String>,
+        at: Option<Instant>,
+    ) {
+        for &i in files {
+            self.swap(i, at);
+        }
+        for name in configs {
+            self.swap_config(name, at);
+        }
+    }
+
+    /// Tries plugin file `i` as it is now; the others stay as they are.
+    pub(super) fn swap(&mut self, i: usize, at: Option<Instant>) {
+        let Some(path) = self.watched.plugins.get(i).cloned() else {
+            return;
+        };
         let source = path.display().to_string();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -62,29 +87,111 @@ impl Controller {
             }
         };
         let digest = hex::encode(Sha256::digest(&bytes));
-        if digest == self.pipeline.plugin().digest {
+        let mut plugins = self.pipeline.plugins();
+        let translators = plugins.translators.len();
+        let current = if i < translators {
+            &plugins.translators[i].digest
+        } else {
+            &plugins.policies[i - translators].digest
+        };
+        if &digest == current {
             return;
         }
-        let started = Instant::now();
-        let plugin = match self.runtime.load(&bytes, &source) {
-            Ok(p) => p,
-            Err(e) => return self.reject(source, Some(digest), e.reason(), e.to_string()),
+        let configs = match crate::plugin::load::read_configs(&self.watched.configs) {
+            Ok(c) => c,
+            Err(e) => return self.reject(source, Some(digest), "ConfigInvalid", format!("{e:#}")),
         };
+        let started = Instant::now();
+        let loaded = if i < translators {
+            self.runtime
+                .load_translator(&bytes, &source, Grants::default(), &configs)
+                .map(|p| plugins.translators[i] = p)
+        } else {
+            self.runtime
+                .load_policy(&bytes, &source, Grants::default(), &configs)
+                .map(|p| plugins.policies[i - translators] = p)
+        };
+        if let Err(e) = loaded.and_then(|()| plugins.check()) {
+            return self.reject(source, Some(digest), e.reason(), e.to_string());
+        }
         let compiled = started.elapsed();
+        self.try_swap(plugins, source, Some(digest), at, started, compiled);
+    }
+
+    /// Gives the plugin named `name` its configuration file as it is now:
+    /// a swap like a new component's, dry run included.
+    fn swap_config(&mut self, name: &str, at: Option<Instant>) {
+        let Some((_, path)) = self
+            .watched
+            .configs
+            .iter()
+            .find(|(n, _)| n == name)
+            .cloned()
+        else {
+            return;
+        };
+        let source = path.display().to_string();
+        let config = match crate::plugin::load::read_config(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                if !path.exists() {
+                    info!(config = %source, "configuration file is gone; the loaded configuration stays");
+                    return;
+                }
+                return self.reject(source, None, "ConfigInvalid", format!("{e:#}"));
+            }
+        };
+        let started = Instant::now();
+        let mut plugins = self.pipeline.plugins();
+        let mut changed = false;
+        for p in &mut plugins.translators {
+            if p.info.name == name && p.config != config {
+                match p.with_config(config.clone()) {
+                    Ok(next) => *p = next,
+                    Err(e) => return self.reject(source, None, e.reason(), e.to_string()),
+                }
+                changed = true;
+            }
+        }
+        for p in &mut plugins.policies {
+            if p.info.name == name && p.config != config {
+                match p.with_config(config.clone()) {
+                    Ok(next) => *p = next,
+                    Err(e) => return self.reject(source, None, e.reason(), e.to_string()),
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.try_swap(plugins, source, None, at, started, Duration::ZERO);
+        }
+    }
+
+    /// In the cluster, waits for the watches of kinds the candidate adds;
+    /// then (or at once) the dry run and the swap.
+    fn try_swap(
+        &mut self,
+        plugins: Plugins,
+        source: String,
+        digest: Option<String>,
+        at: Option<Instant>,
+        started: Instant,
+        compiled: Duration,
+    ) {
         let reconciler_kinds = self.reconciler_kinds();
         if let Origin::Cluster(cluster) = &mut self.origin {
             // A previous candidate still waiting for its watches is superseded.
             cluster.pending = None;
-            let kinds = kinds_of(&plugin);
+            let kinds = kinds_of(&plugins);
             if !cluster.all_synced(&kinds) {
-                // Watch what it adds (keeping what the loaded plugin reads),
+                // Watch what it adds (keeping what the loaded plugins read),
                 // and swap once those kinds have listed.
-                let mut specs = watch_specs(self.pipeline.plugin(), &reconciler_kinds);
-                specs.extend(watch_specs(&plugin, &reconciler_kinds));
-                info!(plugin = %plugin.info.name, "starting the watches the new plugin needs before swapping");
+                let mut specs = watch_specs(&self.pipeline.plugins(), &reconciler_kinds);
+                specs.extend(watch_specs(&plugins, &reconciler_kinds));
+                info!(plugin = %source, "starting the watches the new plugin needs before swapping");
                 cluster.source.want(specs);
                 cluster.pending = Some(Pending {
-                    plugin,
+                    plugins,
                     source,
                     at,
                     kinds,
@@ -92,7 +199,7 @@ impl Controller {
                 return;
             }
         }
-        self.commit_swap(plugin, source, at, started, compiled);
+        self.commit_swap(plugins, source, digest, at, started, compiled);
     }
 
     fn reconciler_kinds(&self) -> HashSet<KindKey> {
@@ -102,23 +209,24 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    /// Translates the whole current store with `plugin`, off to the side,
-    /// and swaps it in only if every call succeeded.
+    /// Runs the whole current store through `plugins`, off to the side
+    /// (every root translated, every virtual host through the policy
+    /// chain), and swaps them in only if every call succeeded.
     fn commit_swap(
         &mut self,
-        plugin: Plugin,
+        plugins: Plugins,
         source: String,
+        digest: Option<String>,
         at: Option<Instant>,
         started: Instant,
         compiled: Duration,
     ) {
-        let digest = plugin.digest.clone();
-        let kinds = kinds_of(&plugin);
-        let mut next = Pipeline::new(self.writer.store(), plugin.clone());
+        let kinds = kinds_of(&plugins);
+        let mut next = Pipeline::with(self.writer.store(), plugins.clone());
         let old_version = self.pipeline.snapshot().version;
         next.continue_after(old_version);
         let round = next.rebuild();
-        self.observe_round_for(&plugin, &round);
+        self.observe_round(&round);
         if round.translation.failures > 0 {
             let failed: Vec<String> = next
                 .diagnostics()
@@ -133,7 +241,7 @@ impl Controller {
                 })
                 .collect();
             let message = format!(
-                "{} of {} translate calls failed ({}); first: {}",
+                "{} of {} plugin calls failed in the dry run ({}); first: {}",
                 round.translation.failures,
                 round.translation.calls,
                 round
@@ -145,7 +253,7 @@ impl Controller {
                     .join(", "),
                 failed.join("; ")
             );
-            return self.reject(source, Some(digest), "TranslationFailed", message);
+            return self.reject(source, digest, "DryRunFailed", message);
         }
         if next.snapshot().version <= old_version {
             // Nothing was built (an empty store): still a new version, so
@@ -155,7 +263,9 @@ impl Controller {
         let old = std::mem::replace(&mut self.pipeline, next);
         let reconciler_kinds = self.reconciler_kinds();
         if let Origin::Cluster(cluster) = &mut self.origin {
-            cluster.source.want(watch_specs(&plugin, &reconciler_kinds));
+            cluster
+                .source
+                .want(watch_specs(&plugins, &reconciler_kinds));
             let mut keep = kinds.clone();
             keep.extend(reconciler_kinds);
             cluster.synced.retain(|k| keep.contains(k));
@@ -168,10 +278,9 @@ impl Controller {
             .get_or_create(&labels1("result", "applied"))
             .inc();
         info!(
-            plugin = %plugin.info.name,
-            version = %plugin.info.version,
-            digest = %plugin.digest,
-            replaced = %old.plugin().info.name,
+            source = %source,
+            translators = ?plugins.translators.iter().map(|p| p.info.name.as_str()).collect::<Vec<_>>(),
+            policies = ?plugins.policies.iter().map(|p| p.info.name.as_str()).collect::<Vec<_>>(),
             calls = round.translation.calls,
             snapshot = self.pipeline.snapshot().version,
             compile_ms = compiled.as_millis() as u64,
@@ -181,7 +290,7 @@ impl Controller {
         drop(old);
         self.after_round(at, "plugin");
         // Once its snapshot is out: whoever sees the new plugin sees it.
-        self.report.plugin_loaded(&plugin);
+        self.report.plugins_loaded(&plugins);
         self.log_unread_kinds();
     }
 

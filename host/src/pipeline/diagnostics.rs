@@ -15,6 +15,8 @@ pub(super) enum Unit {
     Root(ObjectKey),
     Listener(String),
     Vhost(VhostKey),
+    /// The policy chain's findings on a host.
+    Policy(VhostKey),
     Raw(RawKey),
     Secret(NamespacedName),
 }

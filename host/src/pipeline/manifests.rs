@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{Offline, host_kinds};
 use crate::ir;
-use crate::plugin::Plugin;
+use crate::plugin::Plugins;
 use crate::source::files::{self, ManifestError};
 use crate::store::{Event, KindKey};
 
@@ -23,12 +23,12 @@ impl Translated {
     }
 }
 
-/// Reads manifests, keeps the kinds the plugin or the host reads, and
+/// Reads manifests, keeps the kinds the plugins or the host read, and
 /// builds the snapshot.
-pub fn translate(plugin: Plugin, paths: &[PathBuf]) -> Translated {
+pub fn translate(plugins: impl Into<Plugins>, paths: &[PathBuf]) -> Translated {
+    let plugins = plugins.into();
     let loaded = files::load_paths(paths);
-    let mut known: BTreeSet<KindKey> = plugin.watched_kinds().into_iter().collect();
-    known.extend(plugin.root_kinds());
+    let mut known: BTreeSet<KindKey> = plugins.kinds().into_iter().collect();
     known.extend(host_kinds());
     let mut skipped = Vec::new();
     let mut events = Vec::new();
@@ -50,7 +50,7 @@ pub fn translate(plugin: Plugin, paths: &[PathBuf]) -> Translated {
             ));
         }
     }
-    let mut pipeline = Offline::new(plugin);
+    let mut pipeline = Offline::with(plugins);
     pipeline.load(events);
     pipeline.rebuild();
     Translated {

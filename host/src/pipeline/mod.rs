@@ -35,19 +35,23 @@ use rayon::prelude::*;
 use diagnostics::{Diagnostics, Unit};
 
 use crate::ir::{self, DiagnosticSet};
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, Plugins, PolicyPlugin};
+use crate::policy::Chain;
 use crate::store::{
     Change, Event, Index, KindKey, NamespacedName, Object, ObjectKey, Store, Writer,
 };
-use crate::translate::merge::{self, Merger, VhostKey};
-use crate::translate::{OutputChange, RoundStats, Translations};
+use crate::translate::merge::{self, MergedVhost, Merger, VhostKey};
+use crate::translate::{OutputChange, PluginRound, RoundStats, Translators};
 use crate::xds::Snapshot;
 
 /// What one round did, for logs, metrics and tests.
 #[derive(Clone, Debug, Default)]
 pub struct Round {
     pub changes: usize,
+    /// Every plugin's calls together (translators and policies).
     pub translation: RoundStats,
+    /// Each plugin's share, translators then policies.
+    pub plugins: Vec<PluginRound>,
     pub roots_changed: usize,
     pub vhosts_compiled: usize,
     pub resources_changed: usize,
@@ -75,7 +79,8 @@ fn slice_kind() -> KindKey {
 
 pub struct Pipeline {
     store: Store,
-    translations: Translations,
+    translations: Translators,
+    chain: Chain,
     merger: Merger,
     listeners: listeners::Listeners,
     vhosts: vhosts::VirtualHosts,
@@ -92,9 +97,15 @@ impl Pipeline {
     /// A pipeline reading `store` through `plugin`; nothing is translated
     /// until [`rebuild`](Self::rebuild).
     pub fn new(store: Store, plugin: Plugin) -> Self {
+        Self::with(store, Plugins::translator(plugin))
+    }
+
+    /// A pipeline running every translator and the policy chain.
+    pub fn with(store: Store, plugins: Plugins) -> Self {
         Pipeline {
             store,
-            translations: Translations::new(plugin),
+            translations: Translators::new(plugins.translators),
+            chain: Chain::new(plugins.policies),
             merger: Merger::new(),
             listeners: Default::default(),
             vhosts: Default::default(),
@@ -135,8 +146,34 @@ impl Pipeline {
         out
     }
 
+    /// The first translator (the only one, mostly).
     pub fn plugin(&self) -> &Plugin {
-        self.translations.plugin()
+        self.translations
+            .plugins()
+            .next()
+            .expect("a pipeline has a translator")
+    }
+
+    pub fn translators(&self) -> impl Iterator<Item = &Plugin> {
+        self.translations.plugins()
+    }
+
+    pub fn policies(&self) -> &[PolicyPlugin] {
+        self.chain.policies()
+    }
+
+    /// The plugins this pipeline runs.
+    pub fn plugins(&self) -> Plugins {
+        Plugins {
+            translators: self.translations.plugins().cloned().collect(),
+            policies: self.chain.policies().to_vec(),
+        }
+    }
+
+    /// Serves `batch` roots per plugin instance (tests vary it).
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.translations = self.translations.with_batch(batch);
+        self
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -162,13 +199,13 @@ impl Pipeline {
 
     /// Translates what `changes` make stale and recompiles.
     pub fn update(&mut self, changes: &[Change]) -> Round {
-        let (outputs, stats) = self.translations.apply_changes(&self.store, changes);
-        self.recompile(changes, outputs, stats)
+        let (outputs, plugins) = self.translations.apply_changes(&self.store, changes);
+        self.recompile(changes, outputs, plugins)
     }
 
     /// Translates every root and recompiles everything that changed.
     pub fn rebuild(&mut self) -> Round {
-        let (outputs, stats) = self.translations.translate_all(&self.store);
+        let (outputs, plugins) = self.translations.translate_all(&self.store);
         let every: Vec<Change> = {
             let store = self.store.read();
             host_kinds()
@@ -176,7 +213,7 @@ impl Pipeline {
                 .flat_map(|k| store.list(k, None).map(|o| Change::Added(o.key())))
                 .collect()
         };
-        let mut round = self.recompile(&every, outputs, stats);
+        let mut round = self.recompile(&every, outputs, plugins);
         round.changes = 0;
         round
     }
@@ -185,13 +222,12 @@ impl Pipeline {
         &mut self,
         changes: &[Change],
         outputs: Vec<OutputChange>,
-        translation: RoundStats,
+        plugins: Vec<PluginRound>,
     ) -> Round {
-        let store = self.store.clone();
-        let store = store.read();
+        let shared = self.store.clone();
+        let store = shared.read();
         let mut round = Round {
             changes: changes.len(),
-            translation,
             roots_changed: outputs.len(),
             ..Round::default()
         };
@@ -203,6 +239,10 @@ impl Pipeline {
         }
         let dirty = self.merger.apply(&outputs);
         let mut dirty_vhosts = dirty.vhosts;
+        // Hosts whose policies read what changed.
+        for change in changes {
+            dirty_vhosts.extend(self.chain.readers_of(change.key()).cloned());
+        }
 
         // Listeners first: a changed listener re-validates its hosts.
         for name in &dirty.listeners {
@@ -255,16 +295,35 @@ impl Pipeline {
                 self.release(key, &old, &mut secrets_touched);
             }
         }
-        let compile = |key: &VhostKey| {
-            self.merger.vhost_roots(key).next()?;
-            let merged = merge::merge_vhost(
+        // Merge, run the policy chain, then compile (reading only the
+        // chain's output, listeners and store: on every core).
+        let mut merged: Vec<(VhostKey, MergedVhost)> = Vec::new();
+        for key in &dirty_vhosts {
+            if self.merger.vhost_roots(key).next().is_none() {
+                self.chain.forget(key);
+                self.diagnostics.set(Unit::Policy(key.clone()), vec![]);
+                continue;
+            }
+            let m = merge::merge_vhost(
                 key,
                 self.translations.contributors(self.merger.vhost_roots(key)),
             );
+            merged.push((key.clone(), m));
+        }
+        let keys: Vec<VhostKey> = merged.iter().map(|(k, _)| k.clone()).collect();
+        let (chained, policy_rounds) = self.chain.run(&shared, merged);
+        let mut hosts: std::collections::HashMap<VhostKey, MergedVhost> = Default::default();
+        for (key, out) in keys.into_iter().zip(chained) {
+            self.diagnostics
+                .set(Unit::Policy(key.clone()), out.diagnostics);
+            if let Some(host) = out.host {
+                hosts.insert(key, host);
+            }
+        }
+        let compile = |key: &VhostKey| {
+            let merged = hosts.get(key)?;
             let listener = self.listeners.get(&key.listener);
-            Some(vhosts::VirtualHosts::compile(
-                key, &merged, listener, &store,
-            ))
+            Some(vhosts::VirtualHosts::compile(key, merged, listener, &store))
         };
         let compiled: Vec<Option<vhosts::CompiledVhost>> = if dirty_vhosts.len() >= PARALLEL_VHOSTS
         {
@@ -272,6 +331,11 @@ impl Pipeline {
         } else {
             dirty_vhosts.iter().map(compile).collect()
         };
+        for p in plugins.iter().chain(&policy_rounds) {
+            round.translation.add(&p.stats);
+        }
+        round.plugins = plugins;
+        round.plugins.extend(policy_rounds);
         for (key, compiled) in dirty_vhosts.iter().zip(compiled) {
             round.vhosts_compiled += 1;
             let diagnostics = compiled
@@ -410,9 +474,19 @@ pub struct Offline {
 
 impl Offline {
     pub fn new(plugin: Plugin) -> Self {
+        Self::with(Plugins::translator(plugin))
+    }
+
+    /// Every translator and the policy chain.
+    pub fn with(plugins: Plugins) -> Self {
         let writer = Writer::new();
-        let pipeline = Pipeline::new(writer.store(), plugin);
+        let pipeline = Pipeline::with(writer.store(), plugins);
         Offline { writer, pipeline }
+    }
+
+    /// The store's writer, for tests that build a pipeline beside this one.
+    pub fn store_handle(&self) -> Store {
+        self.writer.store()
     }
 
     /// Loads objects without translating; `rebuild` or `update` follows.

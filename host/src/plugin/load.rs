@@ -59,6 +59,74 @@ pub fn load_translator(
         .with_context(|| format!("loading plugin {}", path.display()))
 }
 
+/// Reads each plugin's configuration file: JSON, an object.
+pub fn read_configs(files: &[(String, PathBuf)]) -> anyhow::Result<super::Configs> {
+    let mut configs = super::Configs::new();
+    for (name, path) in files {
+        configs.insert(name.clone(), read_config(path)?);
+    }
+    Ok(configs)
+}
+
+/// One configuration file, checked to be a JSON object.
+pub fn read_config(path: &Path) -> anyhow::Result<std::sync::Arc<str>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading plugin configuration {}", path.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(_)) => Ok(std::sync::Arc::from(text.as_str())),
+        Ok(_) => anyhow::bail!(
+            "plugin configuration {} is not a JSON object",
+            path.display()
+        ),
+        Err(e) => {
+            Err(e).with_context(|| format!("parsing plugin configuration {}", path.display()))
+        }
+    }
+}
+
+/// Loads translators and policies (in chain order) with their
+/// configuration; refuses two translators claiming one root kind and
+/// configuration for a plugin that is not loaded.
+pub fn load_plugins(
+    runtime: &Runtime,
+    translators: &[PathBuf],
+    policies: &[PathBuf],
+    configs: &super::Configs,
+    grants: Grants,
+) -> anyhow::Result<super::Plugins> {
+    let read =
+        |p: &Path| std::fs::read(p).with_context(|| format!("reading plugin {}", p.display()));
+    let translators = translators
+        .iter()
+        .map(|p| {
+            runtime
+                .load_translator(&read(p)?, &p.display().to_string(), grants.clone(), configs)
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("loading plugin {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let policies = policies
+        .iter()
+        .map(|p| {
+            runtime
+                .load_policy(&read(p)?, &p.display().to_string(), grants.clone(), configs)
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("loading policy {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plugins = super::Plugins::new(translators, policies).map_err(anyhow::Error::new)?;
+    for name in configs.keys() {
+        let known = plugins.translators.iter().any(|p| &p.info.name == name)
+            || plugins.policies.iter().any(|p| &p.info.name == name);
+        if !known {
+            anyhow::bail!(
+                "configuration given for plugin {name:?}, which is not loaded (plugins are named by what they declare: isobar plugin inspect)"
+            );
+        }
+    }
+    Ok(plugins)
+}
+
 /// What `isobar plugin inspect` prints.
 #[derive(serde::Serialize)]
 pub struct Inspection {
@@ -89,7 +157,7 @@ pub fn inspect_file(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection
         }
         World::Policy => {
             let p = runtime
-                .load_policy(&bytes, &source, Grants::default(), None)
+                .load_policy(&bytes, &source, Grants::default(), &Default::default())
                 .map_err(anyhow::Error::new)
                 .with_context(loading)?;
             (p.digest, serde_json::to_value(&p.info)?)

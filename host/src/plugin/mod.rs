@@ -109,6 +109,16 @@ const EXPORTS: [(&str, Version, World); 5] = [
     ),
 ];
 
+/// Operators' configuration (JSON) by the name a plugin declares.
+pub type Configs = std::collections::BTreeMap<String, Arc<str>>;
+
+fn config_for(configs: &Configs, name: &str) -> Arc<str> {
+    configs
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| Arc::from("{}"))
+}
+
 /// Bytes of each memory slot kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
 
@@ -201,6 +211,12 @@ pub enum PluginError {
     WrongWorld { wanted: String, found: String },
     #[error("plugin describes itself inconsistently: {0}")]
     Inconsistent(String),
+    #[error("root kind {kind} is claimed by two translators: {first} and {second}")]
+    RootClaimed {
+        kind: String,
+        first: String,
+        second: String,
+    },
     #[error("plugin refused its configuration ({reason}): {message}")]
     ConfigRejected { reason: String, message: String },
     #[error("plugin went past a limit: {0}")]
@@ -230,6 +246,7 @@ impl PluginError {
             PluginError::MemoryLimit(_) => "PluginMemoryLimit",
             PluginError::Trap(_) => "PluginTrap",
             PluginError::Inconsistent(_) => "PluginInconsistent",
+            PluginError::RootClaimed { .. } => "RootKindClaimed",
             PluginError::ConfigRejected { .. } => "ConfigRejected",
             PluginError::Limit(_) => "PluginLimit",
             PluginError::Rejected { reason, .. } => reason,
@@ -330,17 +347,17 @@ impl Runtime {
         source: &str,
         grants: Grants,
     ) -> Result<Plugin, PluginError> {
-        self.load_translator(bytes, source, grants, None)
+        self.load_translator(bytes, source, grants, &Configs::new())
     }
 
     /// Loads a translator with its grants and the operator's configuration
-    /// (JSON; none: `{}`), which it must accept.
+    /// for the name it declares (JSON; none: `{}`), which it must accept.
     pub fn load_translator(
         &self,
         bytes: &[u8],
         source: &str,
         grants: Grants,
-        config: Option<Arc<str>>,
+        configs: &Configs,
     ) -> Result<Plugin, PluginError> {
         check_grants(&grants)?;
         let (digest, version, pre) = self.prepare(bytes, World::Translator)?;
@@ -356,11 +373,12 @@ impl Runtime {
             digest,
             source: source.to_string(),
             grants: Arc::new(grants),
-            config: config.unwrap_or_else(|| Arc::from("{}")),
+            config: Arc::from("{}"),
             readable: Readable::of([]),
         };
         let info = plugin.describe()?;
         check_translator(&info)?;
+        plugin.config = config_for(configs, &info.name);
         plugin.readable = Readable::of(info.watches.iter().chain(&info.roots).map(KindRef::key));
         plugin.info = info;
         plugin.check_config()?;
@@ -766,6 +784,74 @@ impl Plugin {
     /// Whether `key` is a root of this plugin.
     pub fn is_root(&self, key: &ObjectKey) -> bool {
         self.info.roots.iter().any(|k| k.key() == key.kind)
+    }
+}
+
+/// The plugins one pipeline runs: translators, each owning the root kinds
+/// it declares, and the policy chain in order.
+#[derive(Clone, Debug, Default)]
+pub struct Plugins {
+    pub translators: Vec<Plugin>,
+    pub policies: Vec<PolicyPlugin>,
+}
+
+impl From<Plugin> for Plugins {
+    fn from(plugin: Plugin) -> Self {
+        Plugins::translator(plugin)
+    }
+}
+
+impl Plugins {
+    /// Checks that no root kind has two translators.
+    pub fn new(translators: Vec<Plugin>, policies: Vec<PolicyPlugin>) -> Result<Self, PluginError> {
+        let set = Plugins {
+            translators,
+            policies,
+        };
+        set.check()?;
+        Ok(set)
+    }
+
+    pub fn translator(plugin: Plugin) -> Self {
+        Plugins {
+            translators: vec![plugin],
+            policies: vec![],
+        }
+    }
+
+    pub fn check(&self) -> Result<(), PluginError> {
+        let mut owners: std::collections::HashMap<crate::store::KindKey, &Plugin> =
+            Default::default();
+        for p in &self.translators {
+            for k in &p.info.roots {
+                if let Some(first) = owners.insert(k.key(), p) {
+                    return Err(PluginError::RootClaimed {
+                        kind: k.to_string(),
+                        first: format!("{} ({})", first.info.name, first.source),
+                        second: format!("{} ({})", p.info.name, p.source),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every kind the plugins read, roots included.
+    pub fn kinds(&self) -> std::collections::HashSet<crate::store::KindKey> {
+        let mut kinds: std::collections::HashSet<_> = self
+            .translators
+            .iter()
+            .flat_map(|p| p.watched_kinds().into_iter().chain(p.root_kinds()))
+            .collect();
+        kinds.extend(self.policies.iter().flat_map(|p| p.read_kinds()));
+        kinds
+    }
+
+    pub fn root_kinds(&self) -> std::collections::HashSet<crate::store::KindKey> {
+        self.translators
+            .iter()
+            .flat_map(|p| p.root_kinds())
+            .collect()
     }
 }
 

@@ -53,7 +53,7 @@ impl Runtime {
         bytes: &[u8],
         source: &str,
         grants: Grants,
-        config: Option<Arc<str>>,
+        configs: &super::Configs,
     ) -> Result<PolicyPlugin, PluginError> {
         super::check_grants(&grants)?;
         let (digest, version, pre) = self.prepare(bytes, World::Policy)?;
@@ -66,10 +66,22 @@ impl Runtime {
             digest,
             source: source.to_string(),
             grants: Arc::new(grants),
-            config: config.unwrap_or_else(|| Arc::from("{}")),
+            config: Arc::from("{}"),
             readable: Readable::of([]),
         };
         plugin.info = plugin.describe()?;
+        if let Some(k) = plugin
+            .info
+            .reads
+            .iter()
+            .find(|k| k.key() == KindKey::new("v1", "Secret"))
+        {
+            return Err(PluginError::Inconsistent(format!(
+                "policy {} declares it reads {k}: plugins never read Secrets",
+                plugin.info.name
+            )));
+        }
+        plugin.config = super::config_for(configs, &plugin.info.name);
         plugin.readable = Readable::of(plugin.read_kinds());
         plugin.check_config()?;
         Ok(plugin)

@@ -7,15 +7,26 @@ use std::collections::{HashMap, HashSet};
 use super::Reads;
 use crate::store::{KindKey, ObjectKey};
 
-#[derive(Debug, Default)]
-pub struct ReadIndex {
-    by_get: HashMap<ObjectKey, HashSet<ObjectKey>>,
-    by_list: HashMap<(KindKey, Option<String>), HashSet<ObjectKey>>,
+/// Readers are roots (translators, reconcilers) or virtual hosts
+/// (policies).
+#[derive(Debug)]
+pub struct ReadIndex<R = ObjectKey> {
+    by_get: HashMap<ObjectKey, HashSet<R>>,
+    by_list: HashMap<(KindKey, Option<String>), HashSet<R>>,
 }
 
-impl ReadIndex {
+impl<R> Default for ReadIndex<R> {
+    fn default() -> Self {
+        ReadIndex {
+            by_get: HashMap::new(),
+            by_list: HashMap::new(),
+        }
+    }
+}
+
+impl<R: Clone + Eq + std::hash::Hash> ReadIndex<R> {
     /// Records that `reader`'s call made `reads`.
-    pub fn index(&mut self, reader: &ObjectKey, reads: &Reads) {
+    pub fn index(&mut self, reader: &R, reads: &Reads) {
         for k in &reads.gets {
             self.by_get
                 .entry(k.clone())
@@ -31,7 +42,7 @@ impl ReadIndex {
     }
 
     /// Forgets `reads` of `reader` (what `index` was given for it).
-    pub fn unindex(&mut self, reader: &ObjectKey, reads: &Reads) {
+    pub fn unindex(&mut self, reader: &R, reads: &Reads) {
         for k in &reads.gets {
             if let Some(set) = self.by_get.get_mut(k) {
                 set.remove(reader);
@@ -52,7 +63,7 @@ impl ReadIndex {
 
     /// The readers a change to `key` concerns: those that got it, and those
     /// that listed its kind in its namespace or in all. May repeat one.
-    pub fn readers_of<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a ObjectKey> {
+    pub fn readers_of<'a>(&'a self, key: &ObjectKey) -> impl Iterator<Item = &'a R> {
         let gets = self.by_get.get(key).into_iter().flatten();
         let lists = [Some(key.namespace.clone()), None]
             .into_iter()

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::ir::{self, DiagnosticSet};
-use crate::plugin::Plugin;
+use crate::plugin::Plugins;
 use crate::source::files::ManifestError;
 use crate::store::ObjectKey;
 use crate::xds::{Protocol, Snapshot};
@@ -29,10 +29,12 @@ const TIMED_VERSIONS: usize = 256;
 /// Plugin load attempts remembered for /debug/plugins.
 const HISTORY: usize = 32;
 
-/// The loaded plugin, as /debug/plugins shows it.
+/// A loaded plugin, as /debug/plugins shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginStatus {
     pub name: String,
+    /// "translator" or "policy".
+    pub world: &'static str,
     pub version: String,
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
@@ -41,8 +43,20 @@ pub struct PluginStatus {
     /// When it started serving (RFC 3339, UTC).
     pub loaded_at: String,
     pub contract: String,
+    /// What it reads (translators: roots included; policies: `reads`).
     pub watches: Vec<String>,
     pub roots: Vec<String>,
+    /// Policies: the listeners and domains they run for (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// The operator's configuration (JSON).
+    pub config: serde_json::Value,
+    /// Calls since it was loaded, and those that failed, by reason.
+    pub calls: u64,
+    pub failures: u64,
+    pub failure_reasons: BTreeMap<String, u64>,
     /// Why the latest attempt to replace it failed; None when the latest
     /// attempt succeeded (or there was none).
     pub last_error: Option<PluginFailure>,
@@ -149,7 +163,8 @@ pub struct ReconcilerStatus {
 
 #[derive(Default)]
 struct Inner {
-    plugin: Option<PluginStatus>,
+    /// Translators, then policies in chain order.
+    plugins: Vec<PluginStatus>,
     history: VecDeque<LoadAttempt>,
     manifest_errors: Vec<ManifestProblem>,
     diagnostics: DiagnosticSet,
@@ -325,45 +340,126 @@ impl Report {
 
     // ---- plugins ----------------------------------------------------------
 
+    /// The first translator (the only one, mostly).
     pub fn plugin(&self) -> Option<PluginStatus> {
-        self.inner.read().plugin.clone()
+        self.inner.read().plugins.first().cloned()
+    }
+
+    /// Every loaded plugin: translators, then policies in chain order.
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.inner.read().plugins.clone()
     }
 
     pub fn plugin_history(&self) -> Vec<LoadAttempt> {
         self.inner.read().history.iter().cloned().collect()
     }
 
-    pub fn plugin_loaded(&self, plugin: &Plugin) {
+    /// The plugins now serving. One that was serving before (same name and
+    /// digest and configuration) keeps its counters and load time.
+    pub fn plugins_loaded(&self, plugins: &Plugins) {
         let at = rfc3339(SystemTime::now());
-        let kinds = |ks: &[crate::plugin::KindRef]| {
+        let kinds = |ks: &[crate::plugin::KindRef]| -> Vec<String> {
             ks.iter()
                 .map(|k| format!("{}/{}", k.api_version, k.kind))
                 .collect()
         };
-        let status = PluginStatus {
-            name: plugin.info.name.clone(),
-            version: plugin.info.version.clone(),
-            digest: format!("sha256:{}", plugin.digest),
-            source: plugin.source.clone(),
+        let config = |c: &str| serde_json::from_str(c).unwrap_or(serde_json::Value::Null);
+        let fresh = |name: &str,
+                     world: &'static str,
+                     version: &str,
+                     digest: &str,
+                     source: &str,
+                     contract: String,
+                     c: &str| PluginStatus {
+            name: name.to_string(),
+            world,
+            version: version.to_string(),
+            digest: format!("sha256:{digest}"),
+            source: source.to_string(),
             loaded_at: at.clone(),
-            contract: plugin.contract(),
-            watches: kinds(&plugin.info.watches),
-            roots: kinds(&plugin.info.roots),
+            contract,
+            watches: vec![],
+            roots: vec![],
+            listeners: vec![],
+            domains: vec![],
+            config: config(c),
+            calls: 0,
+            failures: 0,
+            failure_reasons: BTreeMap::new(),
             last_error: None,
         };
+        let mut next: Vec<PluginStatus> = Vec::new();
+        for p in &plugins.translators {
+            let mut s = fresh(
+                &p.info.name,
+                "translator",
+                &p.info.version,
+                &p.digest,
+                &p.source,
+                p.contract(),
+                &p.config,
+            );
+            s.watches = kinds(&p.info.watches);
+            s.roots = kinds(&p.info.roots);
+            next.push(s);
+        }
+        for p in &plugins.policies {
+            let mut s = fresh(
+                &p.info.name,
+                "policy",
+                &p.info.version,
+                &p.digest,
+                &p.source,
+                p.contract(),
+                &p.config,
+            );
+            s.watches = kinds(&p.info.reads);
+            s.listeners = p.info.listeners.clone();
+            s.domains = p.info.domains.clone();
+            next.push(s);
+        }
         let mut inner = self.inner.write();
-        push_bounded(
-            &mut inner.history,
-            LoadAttempt {
-                at,
-                digest: Some(status.digest.clone()),
-                result: "loaded",
-                message: format!("{} {} serving", status.name, status.version),
-            },
-        );
-        inner.plugin = Some(status);
+        for s in &mut next {
+            let same = inner
+                .plugins
+                .iter()
+                .find(|o| o.name == s.name && o.digest == s.digest && o.config == s.config);
+            if let Some(o) = same {
+                s.loaded_at = o.loaded_at.clone();
+                s.calls = o.calls;
+                s.failures = o.failures;
+                s.failure_reasons = o.failure_reasons.clone();
+                s.last_error = o.last_error.clone();
+            } else {
+                push_bounded(
+                    &mut inner.history,
+                    LoadAttempt {
+                        at: at.clone(),
+                        digest: Some(s.digest.clone()),
+                        result: "loaded",
+                        message: format!("{} {} {} serving", s.world, s.name, s.version),
+                    },
+                );
+            }
+        }
+        inner.plugins = next;
         drop(inner);
         self.changed();
+    }
+
+    /// Adds one round's calls to a plugin's counters.
+    pub fn plugin_round(&self, name: &str, stats: &crate::translate::RoundStats) {
+        if stats.calls == 0 {
+            return;
+        }
+        let mut inner = self.inner.write();
+        if let Some(p) = inner.plugins.iter_mut().find(|p| p.name == name) {
+            p.calls += stats.calls as u64;
+            p.failures += stats.failures as u64;
+            for (r, n) in &stats.failure_reasons {
+                *p.failure_reasons.entry(r.clone()).or_default() += *n as u64;
+            }
+        }
     }
 
     pub fn plugin_rejected(&self, failure: PluginFailure) {
@@ -377,7 +473,14 @@ impl Report {
                 message: format!("{}: {}", failure.reason, failure.message),
             },
         );
-        if let Some(p) = inner.plugin.as_mut() {
+        // On the plugin loaded from the same file (or, for a configuration
+        // file, the first).
+        let i = inner
+            .plugins
+            .iter()
+            .position(|p| p.source == failure.source)
+            .unwrap_or(0);
+        if let Some(p) = inner.plugins.get_mut(i) {
             p.last_error = Some(failure);
         }
         drop(inner);

@@ -33,7 +33,7 @@ pub use crate::controller::Debounce;
 
 use crate::admin;
 use crate::controller::{self, ClusterState, Controller, Input, Origin};
-use crate::plugin::{Limits, Plugin, ReconcilerPlugin, Runtime};
+use crate::plugin::{Limits, Plugins, ReconcilerPlugin, Runtime};
 use crate::reconcile::runner::{Runner, RunnerInput};
 use crate::reconcile::{KubeApi, MemoryApi};
 use crate::report::Report;
@@ -89,8 +89,14 @@ pub struct Writeback {
 pub struct Config {
     /// Where objects come from.
     pub source: Source,
-    /// The translator plugin (watched: a new file is hot-swapped in).
-    pub plugin: PathBuf,
+    /// The translator plugins (each watched and hot-swapped alone; each
+    /// owns the root kinds it declares).
+    pub plugins: Vec<PathBuf>,
+    /// The policy chain, in order (each watched and hot-swapped alone).
+    pub policies: Vec<PathBuf>,
+    /// Configuration files (JSON) by the name a plugin declares; watched:
+    /// a change is a swap of that plugin.
+    pub plugin_configs: Vec<(String, PathBuf)>,
     /// Reconciler plugins (operators), each watched and hot-swapped.
     pub reconcilers: Vec<PathBuf>,
     pub xds_listen: SocketAddr,
@@ -172,7 +178,9 @@ impl Config {
     pub fn with_source(source: Source, plugin: impl Into<PathBuf>) -> Self {
         Config {
             source,
-            plugin: plugin.into(),
+            plugins: vec![plugin.into()],
+            policies: Vec::new(),
+            plugin_configs: Vec::new(),
             reconcilers: Vec::new(),
             xds_listen: DEFAULT_XDS_LISTEN.parse().expect("valid default"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
@@ -240,7 +248,17 @@ fn watched(config: &Config) -> anyhow::Result<Watched> {
     };
     Ok(Watched {
         manifests,
-        plugin: canonical_file(&config.plugin)?,
+        plugins: config
+            .plugins
+            .iter()
+            .chain(&config.policies)
+            .map(|p| canonical_file(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        configs: config
+            .plugin_configs
+            .iter()
+            .map(|(n, p)| Ok((n.clone(), canonical_file(p)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
         reconcilers: config
             .reconcilers
             .iter()
@@ -253,15 +271,20 @@ fn watched(config: &Config) -> anyhow::Result<Watched> {
 async fn load_plugins(
     config: &Config,
     watched: &Watched,
-) -> anyhow::Result<(Runtime, Plugin, Vec<ReconcilerPlugin>)> {
+) -> anyhow::Result<(Runtime, Plugins, Vec<ReconcilerPlugin>)> {
     let (limits, cache_dir) = (config.limits.clone(), config.cache_dir.clone());
+    let translators = config.plugins.len();
     let watched = watched.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let runtime = Runtime::new(limits, cache_dir).context("starting the Wasm engine")?;
-        let plugin = runtime
-            .load_file(&watched.plugin)
-            .map_err(|e| anyhow::anyhow!(e))
-            .with_context(|| format!("loading plugin {}", watched.plugin.display()))?;
+        let configs = crate::plugin::load::read_configs(&watched.configs)?;
+        let plugins = crate::plugin::load::load_plugins(
+            &runtime,
+            &watched.plugins[..translators],
+            &watched.plugins[translators..],
+            &configs,
+            crate::plugin::Grants::default(),
+        )?;
         let reconcilers = watched
             .reconcilers
             .iter()
@@ -272,7 +295,7 @@ async fn load_plugins(
                     .with_context(|| format!("loading reconciler {}", p.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((runtime, plugin, reconcilers))
+        Ok((runtime, plugins, reconcilers))
     })
     .await?
 }
@@ -345,7 +368,7 @@ fn origin(
     watched: &Watched,
     prescanned: Option<(ManifestSet, Vec<Event>)>,
     memory_api: Option<(Arc<MemoryApi>, HashSet<KindKey>)>,
-    plugin: &Plugin,
+    plugins: &Plugins,
     reconciler_kinds: &HashSet<KindKey>,
     inputs: &std::sync::mpsc::Sender<Input>,
     report: &Arc<Report>,
@@ -384,7 +407,7 @@ fn origin(
                 },
                 report.metrics.kube.clone(),
             );
-            source.want(controller::watch_specs(plugin, reconciler_kinds));
+            source.want(controller::watch_specs(plugins, reconciler_kinds));
             tasks.push(task);
             if let Some(wb) = &cluster.writeback {
                 *writeback = Some((
@@ -437,12 +460,17 @@ impl Server {
                     (set, events)
                 })
             });
-        let (runtime, plugin, reconcilers) = load_plugins(&config, &watched).await?;
+        let (runtime, plugins, reconcilers) = load_plugins(&config, &watched).await?;
         let prescanned = match prescan {
             Some(task) => Some(task.await?),
             None => None,
         };
-        info!(plugin = %plugin.info.name, version = %plugin.info.version, digest = %plugin.digest, "plugin loaded");
+        for p in &plugins.translators {
+            info!(plugin = %p.info.name, version = %p.info.version, digest = %p.digest, contract = %p.contract(), "translator loaded");
+        }
+        for p in &plugins.policies {
+            info!(plugin = %p.info.name, version = %p.info.version, digest = %p.digest, "policy loaded");
+        }
 
         let xds_listener = TcpListener::bind(config.xds_listen)
             .await
@@ -537,7 +565,7 @@ impl Server {
             &watched,
             prescanned,
             memory_api.clone().map(|m| (m, reconciler_kinds.clone())),
-            &plugin,
+            &plugins,
             &reconciler_kinds,
             &inputs,
             &report,
@@ -547,7 +575,7 @@ impl Server {
         );
         let controller = Controller::new(controller::Parts {
             runtime,
-            plugin,
+            plugins,
             watched,
             writer,
             snapshots: snapshots_tx,

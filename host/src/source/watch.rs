@@ -23,7 +23,11 @@ pub enum FsEvent {
 pub struct Watched {
     /// The manifest directory; none when objects come from the cluster.
     pub manifests: Option<PathBuf>,
-    pub plugin: PathBuf,
+    /// Translator then policy files, by index.
+    pub plugins: Vec<PathBuf>,
+    /// Configuration files, by the name of the plugin they configure: a
+    /// change is a swap of that plugin.
+    pub configs: Vec<(String, PathBuf)>,
     /// Reconciler plugin files, by index.
     pub reconcilers: Vec<PathBuf>,
 }
@@ -44,13 +48,32 @@ impl Watched {
             .collect()
     }
 
-    /// The plugin file itself, or anything else in its directory (outside
-    /// the manifests): a ConfigMap volume swaps a hidden `..data` link and
-    /// never names the file. The swap compares digests, so a false alarm
-    /// costs a read.
-    pub fn is_plugin(&self, p: &Path) -> bool {
-        p == self.plugin
-            || (p.parent() == self.plugin.parent()
+    /// The plugins a change at `p` may concern: the file itself, or
+    /// anything else in its directory (outside the manifests): a ConfigMap
+    /// volume swaps a hidden `..data` link and never names the file. A swap
+    /// compares digests, so a false alarm costs a read.
+    pub fn plugins_at(&self, p: &Path) -> Vec<usize> {
+        self.plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| self.near(p, f))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The plugins (by name) whose configuration a change at `p` may
+    /// concern, as for [`plugins_at`](Self::plugins_at).
+    pub fn configs_at(&self, p: &Path) -> Vec<String> {
+        self.configs
+            .iter()
+            .filter(|(_, f)| self.near(p, f))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn near(&self, p: &Path, f: &Path) -> bool {
+        p == f
+            || (p.parent() == f.parent()
                 && !self.manifests.as_ref().is_some_and(|m| p.starts_with(m)))
     }
 }
@@ -87,7 +110,8 @@ pub fn start(
                         .into_iter()
                         .filter(|p| {
                             w.manifests.as_ref().is_some_and(|m| p.starts_with(m))
-                                || w.is_plugin(p)
+                                || !w.plugins_at(p).is_empty()
+                                || !w.configs_at(p).is_empty()
                                 || !w.reconcilers_at(p).is_empty()
                         })
                         .collect();
@@ -111,7 +135,13 @@ pub fn start(
         watcher.watch(manifests, RecursiveMode::Recursive)?;
     }
     let mut dirs: Vec<&Path> = Vec::new();
-    for file in std::iter::once(&watched.plugin).chain(&watched.reconcilers) {
+    let configs = watched.configs.iter().map(|(_, f)| f);
+    for file in watched
+        .plugins
+        .iter()
+        .chain(configs)
+        .chain(&watched.reconcilers)
+    {
         let dir = file.parent().unwrap_or(Path::new("/"));
         let in_manifests = watched
             .manifests

@@ -266,6 +266,30 @@ fn normalize_prefix(p: &str) -> &str {
     if t.is_empty() { "/" } else { t }
 }
 
+/// A lost conflict between roots of two translators is news to both: the
+/// winner's plugin never saw the other object, so it is told too.
+fn conflicts(
+    out: &mut Vec<ir::Diagnostic>,
+    loser: (&ObjectKey, &str),
+    winner: (&ObjectKey, &str),
+    reason: &str,
+    what: String,
+) {
+    if loser.1 != winner.1 {
+        out.push(ir::Diagnostic::warning(
+            ir::ObjectRef::of(winner.0),
+            reason,
+            format!(
+                "{what} is also claimed by {} (translated by {}, not {}); this object's claim wins as the older",
+                describe(loser.0),
+                loser.1,
+                winner.1
+            ),
+        ));
+    }
+    out.push(conflict(loser.0, winner.0, reason, what));
+}
+
 /// Two routes conflict when they match the same requests.
 fn match_key(m: &ir::RouteMatch) -> ir::RouteMatch {
     let mut k = m.clone();
@@ -325,10 +349,11 @@ pub fn merge_vhost<'a>(
         roots: vec![],
         diagnostics: vec![],
     };
-    let mut tls_owner: Option<ObjectKey> = None;
-    let mut claimed: HashMap<ir::RouteMatch, ObjectKey> = HashMap::new();
+    let mut tls_owner: Option<(ObjectKey, &str)> = None;
+    let mut claimed: HashMap<ir::RouteMatch, (ObjectKey, &str)> = HashMap::new();
     for (root, output) in contributors {
         merged.roots.push(root.clone());
+        let plugin: &str = &output.plugin;
         for vh in output
             .fragment
             .virtual_hosts
@@ -339,15 +364,16 @@ pub fn merge_vhost<'a>(
                 match (&merged.tls, &tls_owner) {
                     (None, _) => {
                         merged.tls = Some(tls.clone());
-                        tls_owner = Some(root.clone());
+                        tls_owner = Some((root.clone(), plugin));
                     }
-                    (Some(existing), Some(owner)) if existing != tls && owner != root => {
-                        merged.diagnostics.push(conflict(
-                            root,
-                            owner,
+                    (Some(existing), Some(owner)) if existing != tls && &owner.0 != root => {
+                        conflicts(
+                            &mut merged.diagnostics,
+                            (root, plugin),
+                            (&owner.0, owner.1),
                             "TLSConflict",
                             format!("TLS for {} on {}", key.domain, key.listener),
-                        ))
+                        )
                     }
                     _ => {}
                 }
@@ -356,15 +382,16 @@ pub fn merge_vhost<'a>(
                 let mk = match_key(&route.matches);
                 match claimed.get(&mk) {
                     None => {
-                        claimed.insert(mk, root.clone());
+                        claimed.insert(mk, (root.clone(), plugin));
                         merged.routes.push(MergedRoute {
                             route: route.clone(),
                             root: root.clone(),
                         });
                     }
-                    Some(owner) if owner != root => merged.diagnostics.push(conflict(
-                        root,
-                        owner,
+                    Some(owner) if &owner.0 != root => conflicts(
+                        &mut merged.diagnostics,
+                        (root, plugin),
+                        (&owner.0, owner.1),
                         "RouteConflict",
                         format!(
                             "{} on {} ({})",
@@ -372,7 +399,7 @@ pub fn merge_vhost<'a>(
                             key.domain,
                             key.listener
                         ),
-                    )),
+                    ),
                     // A root repeating its own match: the first one wins,
                     // as it would in Envoy.
                     Some(_) => {}
@@ -389,8 +416,9 @@ pub fn merge_listener<'a>(
     name: &str,
     contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
 ) -> Option<MergedListener> {
-    let mut merged: Option<(MergedListener, ObjectKey)> = None;
+    let mut merged: Option<(MergedListener, ObjectKey, &str)> = None;
     for (root, output) in contributors {
+        let plugin: &str = &output.plugin;
         for l in output.fragment.listeners.iter().filter(|l| l.name == name) {
             match &mut merged {
                 None => {
@@ -401,26 +429,28 @@ pub fn merge_listener<'a>(
                             diagnostics: vec![],
                         },
                         root.clone(),
+                        plugin,
                     ))
                 }
-                Some((m, owner)) => {
+                Some((m, owner, owner_plugin)) => {
                     // Contributors come root by root: only the last can repeat.
                     if m.roots.last() != Some(root) {
                         m.roots.push(root.clone());
                     }
                     if &m.listener != l {
-                        m.diagnostics.push(conflict(
-                            root,
-                            owner,
+                        conflicts(
+                            &mut m.diagnostics,
+                            (root, plugin),
+                            (owner, owner_plugin),
                             "ListenerConflict",
                             format!("listener {name} (port {}, {:?})", l.port, l.protocol),
-                        ));
+                        );
                     }
                 }
             }
         }
     }
-    merged.map(|(m, _)| m)
+    merged.map(|(m, _, _)| m)
 }
 
 /// Merges one raw resource: the oldest root's wins.
@@ -429,7 +459,9 @@ pub fn merge_raw<'a>(
     contributors: impl IntoIterator<Item = (&'a ObjectKey, &'a RootOutput)>,
 ) -> Option<MergedRaw> {
     let mut merged: Option<MergedRaw> = None;
+    let mut owner_plugin: &str = "";
     for (root, output) in contributors {
+        let plugin: &str = &output.plugin;
         for r in output
             .fragment
             .raw
@@ -438,18 +470,23 @@ pub fn merge_raw<'a>(
         {
             match &mut merged {
                 None => {
+                    owner_plugin = plugin;
                     merged = Some(MergedRaw {
                         raw: r.clone(),
                         root: root.clone(),
                         diagnostics: vec![],
                     })
                 }
-                Some(m) if &m.root != root => m.diagnostics.push(conflict(
-                    root,
-                    &m.root,
-                    "RawResourceConflict",
-                    format!("raw resource {} {}", key.type_url, key.name),
-                )),
+                Some(m) if &m.root != root => {
+                    let owner = m.root.clone();
+                    conflicts(
+                        &mut m.diagnostics,
+                        (root, plugin),
+                        (&owner, owner_plugin),
+                        "RawResourceConflict",
+                        format!("raw resource {} {}", key.type_url, key.name),
+                    )
+                }
                 Some(_) => {}
             }
         }
@@ -467,6 +504,7 @@ mod tests {
         let key = ObjectKey::new(KindKey::new("networking.k8s.io/v1", "Ingress"), "ns", name);
         let out = RootOutput {
             order: RootOrder::new(created, key.clone()),
+            plugin: std::sync::Arc::from("test"),
             fragment: Arc::new(ir::Fragment {
                 virtual_hosts: vhosts,
                 ..Default::default()

@@ -66,6 +66,9 @@ impl PartialOrd for RootOrder {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RootOutput {
     pub order: RootOrder,
+    /// The translator that produced it (conflicts between plugins are
+    /// reported on both sides).
+    pub plugin: Arc<str>,
     /// The last good fragment (empty if the root never translated).
     pub fragment: Arc<ir::Fragment>,
     /// Why the latest call failed, if it did.
@@ -100,9 +103,12 @@ pub struct RoundStats {
 /// The translation state of one plugin over one store.
 pub struct Translations {
     plugin: Plugin,
+    name: Arc<str>,
     root_kinds: Vec<KindKey>,
     roots: HashMap<ObjectKey, RootState>,
     readers: ReadIndex,
+    /// Roots per instance (see [`BATCH`]).
+    batch: usize,
     /// Counts rounds that looked at any root: unchanged, no root (object,
     /// output or presence) can have changed.
     generation: u64,
@@ -112,12 +118,21 @@ impl Translations {
     pub fn new(plugin: Plugin) -> Self {
         let root_kinds = plugin.root_kinds();
         Translations {
+            name: Arc::from(plugin.info.name.as_str()),
             plugin,
             root_kinds,
             roots: HashMap::new(),
             readers: ReadIndex::default(),
+            batch: BATCH,
             generation: 0,
         }
+    }
+
+    /// Serves `batch` roots per instance; tests vary it to show batching
+    /// changes nothing.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
     }
 
     /// Moves on whenever a round looked at any root.
@@ -227,7 +242,7 @@ impl Translations {
             .filter_map(|k| objects.get(k).cloned())
             .collect();
         drop(objects);
-        let outcomes = call_all(&self.plugin, store, &jobs);
+        let outcomes = call_all(&self.plugin, store, &jobs, self.batch);
         for (obj, outcome) in jobs.iter().zip(outcomes) {
             let key = obj.key();
             stats.calls += 1;
@@ -241,6 +256,7 @@ impl Translations {
                 Ok(fragment) => (
                     RootOutput {
                         order: RootOrder::of(obj),
+                        plugin: self.name.clone(),
                         fragment: Arc::new(fragment),
                         error: None,
                     },
@@ -268,6 +284,7 @@ impl Translations {
                     (
                         RootOutput {
                             order: RootOrder::of(obj),
+                            plugin: self.name.clone(),
                             fragment,
                             error: Some(error),
                         },
@@ -298,20 +315,150 @@ impl Translations {
     }
 }
 
-/// Calls the plugin for every job, spread over the machine's cores (rayon,
-/// as everything else in a round). Calls are independent (a fresh instance
-/// each), so order does not matter; small rounds stay on this thread.
+/// Every translator over one store. Each owns its root kinds (checked by
+/// [`Plugins`](crate::plugin::Plugins)), so a root has one translator and
+/// its output one home.
+pub struct Translators {
+    sets: Vec<Translations>,
+    owner: HashMap<KindKey, usize>,
+}
+
+impl Translators {
+    pub fn new(plugins: Vec<Plugin>) -> Self {
+        let sets: Vec<Translations> = plugins.into_iter().map(Translations::new).collect();
+        let owner = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.root_kinds.iter().map(move |k| (k.clone(), i)))
+            .collect();
+        Translators { sets, owner }
+    }
+
+    /// Serves `batch` roots per instance in every translator.
+    pub fn with_batch(self, batch: usize) -> Self {
+        Translators {
+            sets: self.sets.into_iter().map(|t| t.with_batch(batch)).collect(),
+            owner: self.owner,
+        }
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
+        self.sets.iter().map(|t| &t.plugin)
+    }
+
+    pub fn sets(&self) -> &[Translations] {
+        &self.sets
+    }
+
+    /// Moves on whenever a round of any translator looked at any root.
+    pub fn generation(&self) -> u64 {
+        self.sets.iter().map(|t| t.generation).sum()
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = (&ObjectKey, &RootOutput)> {
+        self.sets.iter().flat_map(|t| t.outputs())
+    }
+
+    pub fn output(&self, root: &ObjectKey) -> Option<&RootOutput> {
+        self.sets[*self.owner.get(&root.kind)?].output(root)
+    }
+
+    /// The outputs of `roots` (those that have one), in the order given.
+    pub fn contributors<'a>(
+        &'a self,
+        roots: impl Iterator<Item = &'a ObjectKey> + 'a,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a RootOutput)> + 'a {
+        roots.filter_map(|k| self.output(k).map(|o| (k, o)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.sets.iter().map(|t| t.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Translates every root of every translator.
+    pub fn translate_all(&mut self, store: &Store) -> (Vec<OutputChange>, Vec<PluginRound>) {
+        self.each(|t| t.translate_all(store))
+    }
+
+    /// Translates what the changes make stale, in every translator.
+    pub fn apply_changes(
+        &mut self,
+        store: &Store,
+        changes: &[Change],
+    ) -> (Vec<OutputChange>, Vec<PluginRound>) {
+        self.each(|t| t.apply_changes(store, changes))
+    }
+
+    pub fn dependents(&self, key: &ObjectKey) -> Vec<ObjectKey> {
+        let mut out: Vec<ObjectKey> = self.sets.iter().flat_map(|t| t.dependents(key)).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn each(
+        &mut self,
+        mut f: impl FnMut(&mut Translations) -> (Vec<OutputChange>, RoundStats),
+    ) -> (Vec<OutputChange>, Vec<PluginRound>) {
+        let mut changes = Vec::new();
+        let mut rounds = Vec::with_capacity(self.sets.len());
+        for t in &mut self.sets {
+            let (c, stats) = f(t);
+            changes.extend(c);
+            rounds.push(PluginRound {
+                plugin: t.name.clone(),
+                stats,
+            });
+        }
+        (changes, rounds)
+    }
+}
+
+/// One plugin's share of a round.
+#[derive(Clone, Debug, Default)]
+pub struct PluginRound {
+    pub plugin: Arc<str>,
+    pub stats: RoundStats,
+}
+
+impl RoundStats {
+    /// Adds another plugin's counters to these.
+    pub fn add(&mut self, other: &RoundStats) {
+        self.calls += other.calls;
+        self.failures += other.failures;
+        self.dropped_logs += other.dropped_logs;
+        for (r, n) in &other.failure_reasons {
+            *self.failure_reasons.entry(r.clone()).or_default() += n;
+        }
+        self.call_durations.extend(&other.call_durations);
+    }
+}
+
+/// Roots one instance serves in a row. A 0.2 instance is configured once
+/// and reused within a batch, so batches amortise instantiation; several
+/// batches spread a large round over the machine's cores (rayon, as
+/// everything else in a round). Small rounds stay on this thread.
+pub const BATCH: usize = 128;
+
+/// Calls the plugin for every job, in batches of `batch`; outcomes in job
+/// order. Calls are independent (the contract makes translation a function
+/// of the root and its reads), so how jobs are batched does not matter.
 fn call_all(
     plugin: &Plugin,
     store: &Store,
     jobs: &[Arc<Object>],
+    batch: usize,
 ) -> Vec<crate::plugin::CallOutcome> {
     use rayon::prelude::*;
-    if jobs.len() < 64 {
-        return jobs.iter().map(|o| plugin.translate(store, o)).collect();
+    let batch = batch.max(1);
+    if jobs.len() <= batch {
+        return plugin.translate_batch(store, jobs);
     }
-    jobs.par_iter()
-        .with_min_len(64)
-        .map(|o| plugin.translate(store, o))
+    jobs.par_chunks(batch)
+        .flat_map_iter(|chunk| plugin.translate_batch(store, chunk))
         .collect()
 }
