@@ -62,8 +62,9 @@ fn arb_ingress() -> impl Strategy<Value = Value> {
         0..3u8,
         prop::option::of(0..4usize),
         prop::bool::ANY,
+        0..3usize,
     )
-        .prop_map(|(ns, n, rules, age, tls, classed)| {
+        .prop_map(|(ns, n, rules, age, tls, classed, ask)| {
             let rules: Vec<Value> = rules
                 .into_iter()
                 .map(|(h, paths)| {
@@ -92,6 +93,13 @@ fn arb_ingress() -> impl Strategy<Value = Value> {
                 "spec":{"rules":rules}});
             if classed {
                 ing["spec"]["ingressClassName"] = json!("isobar");
+            }
+            // What the test policy in the chain does to this Ingress's hosts
+            // (only transformations that succeed: a failure keeps the last
+            // good output, which a full rebuild has not seen).
+            if ask > 0 {
+                ing["metadata"]["annotations"] =
+                    json!({"isobar.dev/test-policy": format!("header:x-ask={ask}")});
             }
             if let Some(h) = tls {
                 ing["spec"]["tls"] = json!([{"hosts":[HOSTS[h]],"secretName":"cert"}]);
@@ -134,12 +142,38 @@ fn served(
     (resources, p.diagnostics())
 }
 
+/// The Ingress plugin with the test policy chained after it.
+fn chained() -> Offline {
+    static POLICY: std::sync::OnceLock<isobar::plugin::PolicyPlugin> = std::sync::OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        let bytes = std::fs::read(plugin_path("isobar-plugin-faults-policy")).unwrap();
+        runtime()
+            .load_policy(
+                &bytes,
+                "faults-policy",
+                Default::default(),
+                &Default::default(),
+            )
+            .expect("policy")
+    });
+    Offline::with(
+        isobar::plugin::Plugins::new(vec![ingress_plugin()], vec![policy.clone()]).unwrap(),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn incremental_equals_full(ops in prop::collection::vec(arb_op(), 1..24)) {
-        let mut incremental = Offline::new(ingress_plugin());
+    fn incremental_equals_full(
+        ops in prop::collection::vec(arb_op(), 1..24),
+        batches in (1..6usize, 1..6usize),
+        seeds in (any::<u64>(), any::<u64>()),
+    ) {
+        // Both sides run the test policy; each calls its roots in batches
+        // of its own size, in an order of its own.
+        let mut incremental = chained();
+        incremental.set_batch(batches.0, Some(seeds.0));
         incremental.rebuild();
         for (i, op) in ops.iter().enumerate() {
             let event = match op {
@@ -147,7 +181,8 @@ proptest! {
                 Op::Delete(v) => Event::Delete(key(v)),
             };
             incremental.apply([event]);
-            let mut full = Offline::new(ingress_plugin());
+            let mut full = chained();
+            full.set_batch(batches.1, Some(seeds.1));
             full.load(incremental.store().read().list_all().map(|o| Event::Apply(o.clone())).collect::<Vec<_>>());
             full.rebuild();
             let (a, b) = (served(&incremental), served(&full));

@@ -428,3 +428,38 @@ fn incremental_equals_full_with_policies() {
     );
     assert_eq!(p.diagnostics(), full.diagnostics());
 }
+
+#[test]
+fn nothing_survives_a_round_in_a_translator_instance() {
+    let statics = |name: &str, host: &str| {
+        json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":name,"namespace":"shop",
+            "annotations":{"isobar.dev/routes": format!(r#"[{{"host":"{host}","service":"web","port":80}}]"#)}}})
+    };
+    let counting = configmap_routes()
+        .with_config(Arc::from(r#"{"count":true}"#))
+        .expect("accepted");
+    let calls = |p: &Offline, host: &str| -> String {
+        response_headers(p, host)[0]["x-translate-calls"].clone()
+    };
+    let mut p = pipeline(
+        Plugins::new(vec![ingress_plugin(), counting], vec![]).unwrap(),
+        base()
+            .into_iter()
+            .chain((0..3).map(|i| statics(&format!("s{i}"), &format!("s{i}.example.com")))),
+    );
+    let mut first: Vec<String> = (0..3)
+        .map(|i| calls(&p, &format!("s{i}.example.com")))
+        .collect();
+    first.sort();
+    assert_eq!(
+        first,
+        ["1", "2", "3"],
+        "one instance serves a round's roots"
+    );
+    p.apply([apply(statics("s1", "s1-moved.example.com"))]);
+    assert_eq!(
+        calls(&p, "s1-moved.example.com"),
+        "1",
+        "a fresh instance each round"
+    );
+}

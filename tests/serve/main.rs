@@ -25,6 +25,7 @@ mod admin;
 mod manifests;
 mod measure;
 mod operators;
+mod policies;
 mod swap;
 mod transport;
 

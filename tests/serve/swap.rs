@@ -261,7 +261,7 @@ async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
     // returns an error for the annotated Ingress (the Ingress plugin
     // ignores the annotation).
     f.install_plugin(&std::fs::read(plugin_path("isobar-plugin-faults")).unwrap());
-    f.wait("the failed translation", rejected("TranslationFailed"))
+    f.wait("the failed translation", rejected("DryRunFailed"))
         .await;
 
     let status = f.server.report();
@@ -282,7 +282,7 @@ async fn failing_swaps_keep_the_old_plugin_and_snapshot() {
     assert!(p["source"].as_str().unwrap().ends_with("plugin.wasm"));
     assert!(p["loaded_at"].as_str().unwrap().ends_with('Z'));
     let last = &p["last_error"];
-    assert_eq!(last["reason"], "TranslationFailed");
+    assert_eq!(last["reason"], "DryRunFailed");
     assert!(
         last["message"].as_str().unwrap().contains("faulty"),
         "{last}"

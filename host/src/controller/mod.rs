@@ -206,6 +206,8 @@ pub struct Controller {
     /// The pipeline (by its translators) and roots generation last
     /// published.
     roots_published: Option<(Vec<String>, u64)>,
+    /// The plugin a configuration swap under way concerns.
+    swapping: Option<String>,
 }
 
 /// What a [`Controller`] is built from.
@@ -239,6 +241,7 @@ impl Controller {
             prescanned: parts.prescanned,
             reconcilers: parts.reconcilers,
             roots_published: None,
+            swapping: None,
         }
     }
 

@@ -144,6 +144,8 @@ impl Controller {
         let started = Instant::now();
         let mut plugins = self.pipeline.plugins();
         let mut changed = false;
+        // A refusal names the plugin, not only the file.
+        self.swapping = Some(name.to_string());
         for p in &mut plugins.translators {
             if p.info.name == name && p.config != config {
                 match p.with_config(config.clone()) {
@@ -165,6 +167,7 @@ impl Controller {
         if changed {
             self.try_swap(plugins, source, None, at, started, Duration::ZERO);
         }
+        self.swapping = None;
     }
 
     /// In the cluster, waits for the watches of kinds the candidate adds;
@@ -303,6 +306,7 @@ impl Controller {
             .inc();
         self.report.plugin_rejected(PluginFailure {
             at: rfc3339(SystemTime::now()),
+            plugin: self.swapping.take(),
             source,
             digest: digest.map(|d| format!("sha256:{d}")),
             reason: reason.to_string(),

@@ -170,10 +170,12 @@ impl Pipeline {
         }
     }
 
-    /// Serves `batch` roots per plugin instance (tests vary it).
-    pub fn with_batch(mut self, batch: usize) -> Self {
-        self.translations = self.translations.with_batch(batch);
-        self
+    /// Serves `batch` roots per plugin instance, in an order shuffled by
+    /// `shuffle` when set: tests vary both to show neither matters. Call
+    /// before the first round.
+    pub fn set_batch(&mut self, batch: usize, shuffle: Option<u64>) {
+        let t = std::mem::replace(&mut self.translations, Translators::new(vec![]));
+        self.translations = t.with_batch(batch, shuffle);
     }
 
     pub fn snapshot(&self) -> &Snapshot {

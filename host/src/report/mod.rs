@@ -67,9 +67,13 @@ pub struct PluginStatus {
 pub struct PluginFailure {
     pub at: String,
     pub source: String,
+    /// The loaded plugin the attempt concerned, when the source does not
+    /// say (a configuration file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     /// `sha256:<hex>` of the rejected bytes, when they could be read.
     pub digest: Option<String>,
-    /// CamelCase cause: PluginInvalid, ContractMismatch, TranslationFailed, ...
+    /// CamelCase cause: PluginInvalid, ContractMismatch, DryRunFailed, ...
     pub reason: String,
     pub message: String,
 }
@@ -478,7 +482,7 @@ impl Report {
         let i = inner
             .plugins
             .iter()
-            .position(|p| p.source == failure.source)
+            .position(|p| p.source == failure.source || failure.plugin.as_ref() == Some(&p.name))
             .unwrap_or(0);
         if let Some(p) = inner.plugins.get_mut(i) {
             p.last_error = Some(failure);

@@ -109,6 +109,8 @@ pub struct Translations {
     readers: ReadIndex,
     /// Roots per instance (see [`BATCH`]).
     batch: usize,
+    /// Tests: call roots in an order shuffled by this seed.
+    shuffle: Option<u64>,
     /// Counts rounds that looked at any root: unchanged, no root (object,
     /// output or presence) can have changed.
     generation: u64,
@@ -124,6 +126,7 @@ impl Translations {
             roots: HashMap::new(),
             readers: ReadIndex::default(),
             batch: BATCH,
+            shuffle: None,
             generation: 0,
         }
     }
@@ -132,6 +135,13 @@ impl Translations {
     /// changes nothing.
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Calls a round's roots in an order shuffled by `seed` (tests: a
+    /// root's result must not depend on its place in a batch).
+    pub fn with_shuffle(mut self, seed: Option<u64>) -> Self {
+        self.shuffle = seed;
         self
     }
 
@@ -237,11 +247,14 @@ impl Translations {
                 });
             }
         }
-        let jobs: Vec<Arc<Object>> = present
+        let mut jobs: Vec<Arc<Object>> = present
             .iter()
             .filter_map(|k| objects.get(k).cloned())
             .collect();
         drop(objects);
+        if let Some(seed) = self.shuffle {
+            shuffle(&mut jobs, seed.wrapping_add(self.generation));
+        }
         let outcomes = call_all(&self.plugin, store, &jobs, self.batch);
         for (obj, outcome) in jobs.iter().zip(outcomes) {
             let key = obj.key();
@@ -334,10 +347,15 @@ impl Translators {
         Translators { sets, owner }
     }
 
-    /// Serves `batch` roots per instance in every translator.
-    pub fn with_batch(self, batch: usize) -> Self {
+    /// Serves `batch` roots per instance in every translator, called in
+    /// an order shuffled by `shuffle` when set (tests).
+    pub fn with_batch(self, batch: usize, shuffle: Option<u64>) -> Self {
         Translators {
-            sets: self.sets.into_iter().map(|t| t.with_batch(batch)).collect(),
+            sets: self
+                .sets
+                .into_iter()
+                .map(|t| t.with_batch(batch).with_shuffle(shuffle))
+                .collect(),
             owner: self.owner,
         }
     }
@@ -435,6 +453,17 @@ impl RoundStats {
             *self.failure_reasons.entry(r.clone()).or_default() += n;
         }
         self.call_durations.extend(&other.call_durations);
+    }
+}
+
+/// Fisher-Yates with a small deterministic generator (tests only).
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed | 1;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
     }
 }
 

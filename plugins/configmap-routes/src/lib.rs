@@ -12,6 +12,13 @@
 //! It shows two translators sharing a listener and merging into one
 //! virtual host, and gives the host's tests a translator whose roots are
 //! not Ingresses. ConfigMaps without the annotation contribute nothing.
+//!
+//! Configured with `{"count": true}`, it adds response header
+//! `x-translate-calls` (how many roots this instance has translated) to
+//! its routes: the host's tests use it to see that no instance outlives a
+//! round.
+
+use std::cell::Cell;
 
 use isobar_guest::k8s_openapi::api::core::v1::{ConfigMap, Service};
 use isobar_guest::prelude::*;
@@ -37,6 +44,17 @@ fn root() -> String {
 
 pub struct ConfigMapRoutes;
 
+thread_local! {
+    static CALLS: Cell<u32> = const { Cell::new(0) };
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    count: bool,
+}
+
 impl Translator for ConfigMapRoutes {
     fn describe() -> TranslatorInfo {
         TranslatorInfo::new("configmap-routes", env!("CARGO_PKG_VERSION"))
@@ -44,7 +62,18 @@ impl Translator for ConfigMapRoutes {
             .watch::<Service>()
     }
 
+    fn configure(config: &str) -> Result<(), Error> {
+        serde_json::from_str::<Config>(config)
+            .map(|_| ())
+            .map_err(|e| Error::new("InvalidConfig", e.to_string()))
+    }
+
     fn translate(root: &Object, _store: &dyn Store) -> Result<Fragment, Error> {
+        let calls = CALLS.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let config: Config = isobar_guest::config_as()?;
         let cm: ConfigMap = root.parse()?;
         let Some(value) = cm
             .metadata
@@ -74,10 +103,15 @@ impl Translator for ConfigMapRoutes {
         };
         let mut f = Fragment::new().with_listener(Listener::http(LISTENER, PORT));
         for r in routes {
-            let route = Route::forward(
+            let mut route = Route::forward(
                 RouteMatch::prefix(r.path),
                 Backend::service(root.namespace.clone(), r.service, r.port),
             );
+            if config.count {
+                route = route.with_response_headers(
+                    HeaderChanges::new().with_set("x-translate-calls", calls.to_string()),
+                );
+            }
             f.add_virtual_host(VirtualHost::new(LISTENER, r.host).with_route(route));
         }
         Ok(f)
