@@ -301,3 +301,93 @@ fn certgen_writes_pem_files_that_will_not_be_overwritten_by_accident() {
             .success()
     );
 }
+
+#[test]
+fn translate_runs_several_translators_and_a_configured_policy_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("objects.yaml"),
+        r#"apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: isobar}
+spec: {controller: isobar.dev/ingress-controller}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: shop}
+spec:
+  ingressClassName: isobar
+  rules:
+  - host: shop.example.com
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: static
+  namespace: shop
+  annotations:
+    isobar.dev/routes: '[{"host": "static.example.com", "service": "web", "port": 80}]'
+"#,
+    )
+    .unwrap();
+    // (outside the manifests: JSON there is read as objects)
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("policy.json");
+    std::fs::write(&config, r#"{"tag": "from-the-cli"}"#).unwrap();
+    let out = isobar(&[
+        "translate",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--plugin",
+        plugin("isobar_plugin_ingress").to_str().unwrap(),
+        "--plugin",
+        plugin("isobar_plugin_configmap_routes").to_str().unwrap(),
+        "--policy",
+        plugin("isobar_plugin_faults_policy").to_str().unwrap(),
+        "--plugin-config",
+        &format!("faults-policy=@{}", config.display()),
+        "-o",
+        "json",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("static.example.com"), "{stdout}");
+    assert!(stdout.contains("shop.example.com"), "{stdout}");
+    assert!(stdout.contains("from-the-cli"), "{stdout}");
+
+    // Two translators for Ingresses: refused, naming both.
+    let out = isobar(&[
+        "translate",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--plugin",
+        plugin("isobar_plugin_ingress").to_str().unwrap(),
+        "--plugin",
+        plugin("isobar_plugin_faults").to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("claimed by two translators")
+            && stderr.contains("ingress (")
+            && stderr.contains("faults ("),
+        "{stderr}"
+    );
+
+    // Configuration for a plugin nobody loaded is an error, not ignored.
+    let out = isobar(&[
+        "translate",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--plugin-config",
+        &format!("nobody=@{}", config.display()),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("\"nobody\""), "{}", text(&out.stderr));
+}
