@@ -463,3 +463,67 @@ fn nothing_survives_a_round_in_a_translator_instance() {
         "a fresh instance each round"
     );
 }
+
+// ---- statuses from translators ------------------------------------------------
+
+fn with_status(name: &str, status: Value) -> Value {
+    json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":name,"namespace":"shop",
+        "annotations":{"isobar.dev/test-status": status.to_string()}}})
+}
+
+fn status_pipeline(objects: impl IntoIterator<Item = Value>) -> Offline {
+    pipeline(
+        Plugins::new(vec![ingress_plugin(), configmap_routes()], vec![]).unwrap(),
+        base().into_iter().chain(objects),
+    )
+}
+
+#[test]
+fn a_translators_status_on_its_root_is_written_under_its_own_field_manager() {
+    let p = status_pipeline([with_status(
+        "cm",
+        json!({"object":{"api_version":"v1","kind":"ConfigMap","namespace":"shop","name":"cm"},
+            "type":"Accepted","reason":"Valid","fields":{"routes":0}}),
+    )]);
+    let statuses = p.statuses();
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    let s = &statuses[0];
+    assert_eq!(s.field_manager(), "isobar-plugin-configmap-routes");
+    assert_eq!(s.object.name, "cm");
+    assert_eq!(s.status.conditions[0].type_, "Accepted");
+    assert_eq!(s.status.fields, Some(json!({"routes": 0})));
+    let written = isobar::writeback::plugin_status(s).status;
+    assert_eq!(written["conditions"][0]["reason"], "Valid");
+    assert!(written["conditions"][0]["lastTransitionTime"].is_string());
+    assert_eq!(written["routes"], 0);
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
+}
+
+#[test]
+fn statuses_a_translator_may_not_give_are_refused_on_its_root() {
+    let cases = [
+        // an object it neither translated nor read
+        json!({"object":{"api_version":"v1","kind":"Service","namespace":"shop","name":"web"},
+            "type":"Accepted","reason":"Valid"}),
+        // a data-plane fact
+        json!({"object":{"api_version":"v1","kind":"ConfigMap","namespace":"shop","name":"cm"},
+            "type":"Programmed","reason":"Valid"}),
+        // a reason the API server refuses
+        json!({"object":{"api_version":"v1","kind":"ConfigMap","namespace":"shop","name":"cm"},
+            "type":"Accepted","reason":"not a reason!"}),
+        // fields that are not an object
+        json!({"object":{"api_version":"v1","kind":"ConfigMap","namespace":"shop","name":"cm"},
+            "type":"Accepted","reason":"Valid","fields":[1,2]}),
+    ];
+    for case in cases {
+        let p = status_pipeline([with_status("cm", case.clone())]);
+        assert!(p.statuses().is_empty(), "{case}");
+        let diags = diagnostics_of(&p, "cm");
+        assert!(
+            diags
+                .iter()
+                .any(|(r, m)| r == "StatusInvalid" && m.contains("configmap-routes")),
+            "{case}: {diags:?}"
+        );
+    }
+}

@@ -389,5 +389,9 @@ metadata:
         &format!("nobody=@{}", config.display()),
     ]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("\"nobody\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("\"nobody\""),
+        "{}",
+        text(&out.stderr)
+    );
 }

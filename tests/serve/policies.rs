@@ -16,7 +16,8 @@ impl Plugins {
         std::fs::write(manifests.path().join("00-backends.yaml"), backends()).unwrap();
         std::fs::write(manifests.path().join("10-shop.yaml"), yaml(&[shop()])).unwrap();
         let cm = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"static","namespace":"default",
-            "annotations":{"isobar.dev/routes": r#"[{"host":"static.example.com","service":"web","port":80}]"#}}});
+            "annotations":{"isobar.dev/routes": r#"[{"host":"static.example.com","service":"web","port":80}]"#,
+                "isobar.dev/test-status": r#"{"object":{"api_version":"v1","kind":"ConfigMap","namespace":"default","name":"static"},"type":"Accepted","reason":"RoutesValid"}"#}}});
         std::fs::write(manifests.path().join("20-static.yaml"), yaml(&[cm])).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let copy = |name: &str, crate_name: &str| {

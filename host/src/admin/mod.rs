@@ -6,6 +6,7 @@
 //! | `/readyz`             | 200 once the first complete snapshot is served, 503 before       |
 //! | `/metrics`            | Prometheus / OpenMetrics text, every metric named `isobar_*`     |
 //! | `/debug/config_dump`  | the snapshot being served, as Envoy JSON (key material redacted) |
+//! | `/debug/status`       | what translators say about objects, as the leader writes it (object, field manager, status) |
 //! | `/debug/plugins`      | the loaded plugin (name, version, digest, source, loaded_at, last_error) and recent load attempts |
 //! | `/debug/diagnostics`  | manifest errors (file:line), diagnostics by object, NACKs        |
 //! | `/debug/streams`      | live xDS streams: node, protocol, versions pushed and acknowledged |
@@ -74,6 +75,7 @@ fn admin_router(admin: Admin) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/plugins", get(plugins))
         .route("/debug/diagnostics", get(diagnostics))
+        .route("/debug/status", get(statuses))
         .route("/debug/streams", get(streams))
         .route("/debug/reconcilers", get(reconcilers))
         .route("/debug/cluster", get(cluster))
@@ -171,7 +173,7 @@ async fn serve_router_with(
 type S = State<Admin>;
 
 async fn index() -> &'static str {
-    "isobar admin: /healthz /readyz /metrics /debug/config_dump /debug/plugins /debug/diagnostics /debug/streams\n"
+    "isobar admin: /healthz /readyz /metrics /debug/config_dump /debug/plugins /debug/diagnostics /debug/status /debug/streams\n"
 }
 
 async fn healthz(State(Admin { status, .. }): S) -> Response {
@@ -285,6 +287,26 @@ async fn diagnostics(State(Admin { status, .. }): S) -> Json<serde_json::Value> 
         "nacks": status.nacks(),
         "nack_diagnostics": status.nack_diagnostics(),
     }))
+}
+
+/// What translators say about objects, as the leader would write it:
+/// the object, the field manager and the status body.
+async fn statuses(State(Admin { status, .. }): S) -> Json<serde_json::Value> {
+    let writes: Vec<serde_json::Value> = status
+        .statuses()
+        .iter()
+        .map(|s| {
+            json!({
+                "apiVersion": s.object.api_version,
+                "kind": s.object.kind,
+                "namespace": s.object.namespace,
+                "name": s.object.name,
+                "fieldManager": s.field_manager(),
+                "status": crate::writeback::plugin_status(s).status,
+            })
+        })
+        .collect();
+    Json(json!({ "statuses": writes }))
 }
 
 async fn streams(State(Admin { status, .. }): S) -> Json<serde_json::Value> {

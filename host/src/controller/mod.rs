@@ -563,6 +563,7 @@ impl Controller {
                 .set_manifest_errors(set.errors().iter().map(ManifestProblem::from).collect());
         }
         self.report.set_diagnostics(self.pipeline.diagnostic_set());
+        self.report.set_statuses(self.pipeline.statuses());
     }
 }
 

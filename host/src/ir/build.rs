@@ -16,6 +16,15 @@ impl ObjectRef {
         }
     }
 
+    /// Whether this names `key` (a reference without a group names that
+    /// kind in any group, as contract 0.1 references do).
+    pub fn names(&self, key: &crate::store::ObjectKey) -> bool {
+        self.kind == key.kind.kind
+            && self.namespace == key.namespace
+            && self.name == key.name
+            && (self.group.is_empty() || self.group == key.kind.group)
+    }
+
     pub fn new(
         kind: impl Into<String>,
         namespace: impl Into<String>,

@@ -91,6 +91,8 @@ pub struct Pipeline {
     secrets: secrets::Secrets,
     diagnostics: Diagnostics,
     resources: resources::Resources,
+    /// Roots whose output carries statuses.
+    status_roots: BTreeSet<ObjectKey>,
 }
 
 impl Pipeline {
@@ -116,6 +118,7 @@ impl Pipeline {
             secrets: Default::default(),
             diagnostics: Default::default(),
             resources: Default::default(),
+            status_roots: BTreeSet::new(),
         }
     }
 
@@ -194,6 +197,18 @@ impl Pipeline {
         self.diagnostics.all().clone()
     }
 
+    /// What the translators say about objects, to be written to their
+    /// status (merged per object and plugin, in root order).
+    pub fn statuses(&self) -> Vec<crate::translate::StatusOf> {
+        let store = self.store.read();
+        crate::translate::merge_statuses(
+            &store,
+            self.status_roots
+                .iter()
+                .filter_map(|k| self.translations.output(k)),
+        )
+    }
+
     /// [`diagnostic_set`](Self::diagnostic_set) as a list, in order.
     pub fn diagnostics(&self) -> Vec<ir::Diagnostic> {
         self.diagnostics.all().keys().cloned().collect()
@@ -234,6 +249,14 @@ impl Pipeline {
             ..Round::default()
         };
         for o in &outputs {
+            if o.new
+                .as_ref()
+                .is_some_and(|n| !n.fragment.statuses.is_empty())
+            {
+                self.status_roots.insert(o.root.clone());
+            } else {
+                self.status_roots.remove(&o.root);
+            }
             self.diagnostics.set(
                 Unit::Root(o.root.clone()),
                 root_diagnostics(&o.root, o.new.as_ref()),

@@ -36,6 +36,16 @@ impl Reads {
                 .iter()
                 .any(|(k, ns)| *k == key.kind && ns.as_ref().is_none_or(|n| *n == key.namespace))
     }
+
+    /// Whether these reads saw the object `r` names.
+    pub fn saw_ref(&self, r: &crate::ir::ObjectRef) -> bool {
+        self.gets.iter().any(|k| r.names(k))
+            || self.lists.iter().any(|(kind, ns)| {
+                kind.kind == r.kind
+                    && (r.group.is_empty() || r.group == kind.group)
+                    && ns.as_ref().is_none_or(|ns| ns == &r.namespace)
+            })
+    }
 }
 
 const STDERR_CAPTURE: usize = 16 << 10;

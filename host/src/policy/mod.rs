@@ -332,24 +332,6 @@ fn merged_host(input: &MergedVhost, host: ir::VirtualHost) -> MergedVhost {
     }
 }
 
-/// Whether `r` names `k` (a reference without a group names any group's
-/// kind of that name, as contract 0.1 references do).
-fn names(r: &ir::ObjectRef, k: &ObjectKey) -> bool {
-    r.kind == k.kind.kind
-        && r.namespace == k.namespace
-        && r.name == k.name
-        && (r.group.is_empty() || r.group == k.kind.group)
-}
-
-fn read_it(reads: &Reads, r: &ir::ObjectRef) -> bool {
-    reads.gets.iter().any(|k| names(r, k))
-        || reads.lists.iter().any(|(kind, ns)| {
-            kind.kind == r.kind
-                && (r.group.is_empty() || r.group == kind.group)
-                && ns.as_ref().is_none_or(|ns| ns == &r.namespace)
-        })
-}
-
 /// Refuses an output that is not the same host, names sources it was not
 /// given, or puts diagnostics on objects it neither was given nor read.
 fn check(
@@ -384,7 +366,7 @@ fn check(
     if let Some(d) = result
         .diagnostics
         .iter()
-        .find(|d| !sources.contains(&d.object) && !read_it(reads, &d.object))
+        .find(|d| !sources.contains(&d.object) && !reads.saw_ref(&d.object))
     {
         return invalid(format!(
             "put a diagnostic on {} {}/{}, which is neither behind this host nor read by the policy",

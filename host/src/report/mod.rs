@@ -172,6 +172,8 @@ struct Inner {
     history: VecDeque<LoadAttempt>,
     manifest_errors: Vec<ManifestProblem>,
     diagnostics: DiagnosticSet,
+    /// What translators say about objects, for their status.
+    statuses: Vec<crate::translate::StatusOf>,
     reconcilers: Vec<ReconcilerStatus>,
     nacks: BTreeMap<(u64, String), NackRecord>,
     streams: BTreeMap<u64, StreamStatus>,
@@ -540,6 +542,21 @@ impl Report {
                 .get_or_create(&[("severity", severity.to_string())])
                 .set(n);
         }
+        self.reports_changed();
+    }
+
+    /// What the translators say about objects (written by the leader).
+    pub fn statuses(&self) -> Vec<crate::translate::StatusOf> {
+        self.inner.read().statuses.clone()
+    }
+
+    pub fn set_statuses(&self, statuses: Vec<crate::translate::StatusOf>) {
+        let mut inner = self.inner.write();
+        if inner.statuses == statuses {
+            return;
+        }
+        inner.statuses = statuses;
+        drop(inner);
         self.reports_changed();
     }
 

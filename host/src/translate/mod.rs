@@ -266,15 +266,18 @@ impl Translations {
                 self.readers.unindex(&key, &prev.reads);
             }
             let (output, reads) = match outcome.result {
-                Ok(fragment) => (
-                    RootOutput {
-                        order: RootOrder::of(obj),
-                        plugin: self.name.clone(),
-                        fragment: Arc::new(fragment),
-                        error: None,
-                    },
-                    outcome.reads,
-                ),
+                Ok(mut fragment) => {
+                    check_statuses(&key, &self.name, &outcome.reads, &mut fragment);
+                    (
+                        RootOutput {
+                            order: RootOrder::of(obj),
+                            plugin: self.name.clone(),
+                            fragment: Arc::new(fragment),
+                            error: None,
+                        },
+                        outcome.reads,
+                    )
+                }
                 Err(error) => {
                     stats.failures += 1;
                     *stats
@@ -453,6 +456,160 @@ impl RoundStats {
             *self.failure_reasons.entry(r.clone()).or_default() += n;
         }
         self.call_durations.extend(&other.call_durations);
+    }
+}
+
+/// What one translator says about one object (merged over the roots it
+/// came from): the leader writes it by server-side apply on `/status`
+/// under the plugin's own field manager.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusOf {
+    /// The object as the store holds it now.
+    pub object: Arc<Object>,
+    pub plugin: Arc<str>,
+    pub status: ir::ObjectStatus,
+}
+
+impl StatusOf {
+    /// `isobar-plugin-<name>`: each plugin owns its own fields.
+    pub fn field_manager(&self) -> String {
+        format!("isobar-plugin-{}", self.plugin)
+    }
+}
+
+/// Merges what roots (oldest first) said about objects, per object and
+/// plugin: a condition type or a top-level field goes to the oldest root
+/// that set it.
+pub fn merge_statuses<'a>(
+    store: &crate::store::Index,
+    outputs: impl IntoIterator<Item = &'a RootOutput>,
+) -> Vec<StatusOf> {
+    let mut merged: BTreeMap<(ir::ObjectRef, Arc<str>), ir::ObjectStatus> = BTreeMap::new();
+    let mut ordered: Vec<&RootOutput> = outputs.into_iter().collect();
+    ordered.sort_by(|a, b| a.order.cmp(&b.order));
+    for output in ordered {
+        for s in &output.fragment.statuses {
+            let entry = merged
+                .entry((s.object.clone(), output.plugin.clone()))
+                .or_insert_with(|| ir::ObjectStatus {
+                    object: s.object.clone(),
+                    conditions: vec![],
+                    fields: None,
+                });
+            for c in &s.conditions {
+                if !entry.conditions.iter().any(|e| e.type_ == c.type_) {
+                    entry.conditions.push(c.clone());
+                }
+            }
+            if let Some(serde_json::Value::Object(fields)) = &s.fields {
+                let into = entry
+                    .fields
+                    .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if let serde_json::Value::Object(into) = into {
+                    for (k, v) in fields {
+                        into.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .filter_map(|((r, plugin), status)| {
+            let object = find(store, &r)?;
+            Some(StatusOf {
+                object,
+                plugin,
+                status,
+            })
+        })
+        .collect()
+}
+
+/// The object a reference names, in the store.
+fn find(store: &crate::store::Index, r: &ir::ObjectRef) -> Option<Arc<Object>> {
+    store
+        .kinds()
+        .filter(|k| k.kind == r.kind && (r.group.is_empty() || k.group == r.group))
+        .find_map(|k| {
+            store
+                .get(&ObjectKey::new(
+                    k.clone(),
+                    r.namespace.clone(),
+                    r.name.clone(),
+                ))
+                .cloned()
+        })
+}
+
+/// Condition types the host alone sets: what the data plane did.
+pub const HOST_CONDITIONS: [&str; 1] = ["Programmed"];
+
+/// Keeps the statuses a translator may give: on its root or an object the
+/// call read, conditions well formed (type and reason as the API server
+/// validates them), fields a JSON object without `conditions`. Each refused
+/// one becomes a diagnostic on the root naming the plugin.
+fn check_statuses(root: &ObjectKey, plugin: &str, reads: &Reads, fragment: &mut ir::Fragment) {
+    // ^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$, at most 1024 bytes
+    let reason_ok = |r: &str| {
+        let b = r.as_bytes();
+        match (b.first(), b.last()) {
+            (Some(first), Some(last)) => {
+                r.len() <= 1024
+                    && first.is_ascii_alphabetic()
+                    && (last.is_ascii_alphanumeric() || *last == b'_')
+                    && b.iter()
+                        .all(|c| c.is_ascii_alphanumeric() || b"_,:".contains(c))
+            }
+            _ => false,
+        }
+    };
+    let type_ok = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 316
+            && t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c))
+    };
+    let statuses = std::mem::take(&mut fragment.statuses);
+    for s in statuses {
+        let o = &s.object;
+        let what = format!("{} {}/{}", o.kind, o.namespace, o.name);
+        let problem = if !o.names(root) && !reads.saw_ref(o) {
+            Some(format!(
+                "a status for {what}, which it neither translated nor read"
+            ))
+        } else if let Some(c) = s.conditions.iter().find(|c| !type_ok(&c.type_)) {
+            Some(format!("a condition of type {:?} on {what}", c.type_))
+        } else if let Some(c) = s.conditions.iter().find(|c| !reason_ok(&c.reason)) {
+            Some(format!("a condition with reason {:?} on {what}", c.reason))
+        } else if let Some(c) = s
+            .conditions
+            .iter()
+            .find(|c| HOST_CONDITIONS.contains(&c.type_.as_str()))
+        {
+            Some(format!(
+                "a {} condition on {what}: the host sets it from what the data plane did",
+                c.type_
+            ))
+        } else {
+            match &s.fields {
+                Some(serde_json::Value::Object(m)) if m.contains_key("conditions") => Some(
+                    format!("status fields for {what} with conditions in them (use conditions)"),
+                ),
+                Some(serde_json::Value::Object(_)) | None => None,
+                Some(_) => Some(format!(
+                    "status fields for {what} that are not a JSON object"
+                )),
+            }
+        };
+        match problem {
+            None => fragment.statuses.push(s),
+            Some(p) => fragment.diagnostics.push(ir::Diagnostic::error(
+                ir::ObjectRef::of(root),
+                "StatusInvalid",
+                format!("translator {plugin} returned {p}; it is not written"),
+            )),
+        }
     }
 }
 

@@ -46,6 +46,19 @@ pub fn desired_status(
     diagnostics: &[&ir::Diagnostic],
     addresses: Option<&[String]>,
 ) -> Option<Desired> {
+    desired_status_except(object, claimed, diagnostics, addresses, &[])
+}
+
+/// As [`desired_status`], leaving out the condition types a translator
+/// sets on the object itself (its plugin owns them; two field managers on
+/// one condition would conflict).
+pub fn desired_status_except(
+    object: &Object,
+    claimed: bool,
+    diagnostics: &[&ir::Diagnostic],
+    addresses: Option<&[String]>,
+    plugin_types: &[&str],
+) -> Option<Desired> {
     if !claimed {
         return None;
     }
@@ -133,26 +146,127 @@ pub fn desired_status(
             "lastTransitionTime": since,
         })
     };
-    let status = json!({"conditions": [
-        condition("Accepted", accepted),
-        condition("Programmed", programmed),
-    ]});
+    let conditions: Vec<Value> = [("Accepted", accepted), ("Programmed", programmed)]
+        .into_iter()
+        .filter(|(t, _)| !plugin_types.contains(t))
+        .map(|(t, c)| condition(t, c))
+        .collect();
+    let status = json!({ "conditions": conditions });
     Some(Desired {
         key: strip_times(&status),
         status,
     })
 }
 
-fn strip_times(status: &Value) -> Value {
-    let mut s = status.clone();
-    if let Some(conditions) = s.get_mut("conditions").and_then(Value::as_array_mut) {
-        for c in conditions {
-            if let Some(c) = c.as_object_mut() {
-                c.remove("lastTransitionTime");
+/// What a translator's status for an object renders to: its conditions
+/// (observedGeneration defaulted to the object's generation) and its
+/// fields, every condition list at any depth stamped with a
+/// lastTransitionTime kept while that condition's status stays the same.
+/// `key` (times left out) is what "unchanged" compares.
+pub fn plugin_status(s: &crate::translate::StatusOf) -> Desired {
+    let value: Value = serde_json::from_str(&s.object.json).unwrap_or(Value::Null);
+    let generation = value
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let conditions: Vec<Value> = s
+        .status
+        .conditions
+        .iter()
+        .map(|c| {
+            json!({
+                "type": c.type_,
+                "status": c.status.as_str(),
+                "reason": c.reason,
+                "message": truncate(&c.message, MAX_MESSAGE),
+                "observedGeneration": c.observed_generation.unwrap_or(generation),
+            })
+        })
+        .collect();
+    let mut status = match &s.status.fields {
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    if !conditions.is_empty() {
+        status["conditions"] = Value::Array(conditions);
+    }
+    let key = strip_times(&status);
+    let now = crate::report::rfc3339(std::time::SystemTime::now());
+    stamp(&mut status, value.get("status"), &now);
+    Desired { key, status }
+}
+
+/// Gives every condition (an object with a `type` in a `conditions` list,
+/// at any depth) the transition time the object shows for it at the same
+/// place while its status is the same, else `now`.
+fn stamp(v: &mut Value, current: Option<&Value>, now: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let here = current.and_then(|c| c.get(k));
+                if k == "conditions" {
+                    if let Value::Array(list) = child {
+                        for c in list.iter_mut().filter_map(Value::as_object_mut) {
+                            if c.contains_key("lastTransitionTime") {
+                                continue;
+                            }
+                            let since = here
+                                .and_then(Value::as_array)
+                                .and_then(|have| {
+                                    have.iter().find(|e| {
+                                        e.get("type") == c.get("type")
+                                            && e.get("status") == c.get("status")
+                                    })
+                                })
+                                .and_then(|e| e.get("lastTransitionTime").cloned())
+                                .unwrap_or_else(|| Value::String(now.to_string()));
+                            c.insert("lastTransitionTime".into(), since);
+                        }
+                        continue;
+                    }
+                }
+                stamp(child, here, now);
             }
         }
+        Value::Array(list) => {
+            for (i, child) in list.iter_mut().enumerate() {
+                stamp(child, current.and_then(|c| c.get(i)), now);
+            }
+        }
+        _ => {}
     }
-    s
+}
+
+/// Whether the object already shows what a plugin owns of its status.
+pub fn shows(object: &crate::store::Object, desired: &Desired) -> bool {
+    let Ok(value) = serde_json::from_str::<Value>(&object.json) else {
+        return false;
+    };
+    let current = strip_times(&value.get("status").cloned().unwrap_or(Value::Null));
+    let Some(wanted) = desired.key.as_object() else {
+        return false;
+    };
+    wanted.iter().all(|(k, v)| {
+        if k == "conditions" {
+            comparable(&current, &json!({"conditions": v})) == json!({"conditions": v})
+        } else {
+            current.get(k) == Some(v)
+        }
+    })
+}
+
+/// The same without any lastTransitionTime, at any depth.
+fn strip_times(status: &Value) -> Value {
+    match status {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), strip_times(v)))
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.iter().map(strip_times).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The part of `current` that `key` speaks about, in `key`'s shape: the
@@ -185,6 +299,69 @@ fn comparable(current: &Value, key: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status_of(object: Object, fields: Value, accepted: bool) -> crate::translate::StatusOf {
+        crate::translate::StatusOf {
+            object: std::sync::Arc::new(object),
+            plugin: std::sync::Arc::from("gw"),
+            status: ir::ObjectStatus {
+                object: ir::ObjectRef::new("Gateway", "shop", "gw"),
+                conditions: vec![ir::Condition {
+                    type_: "Accepted".into(),
+                    status: if accepted {
+                        ir::ConditionStatus::True
+                    } else {
+                        ir::ConditionStatus::False
+                    },
+                    reason: "Accepted".into(),
+                    message: "ok".into(),
+                    observed_generation: None,
+                }],
+                fields: Some(fields),
+            },
+        }
+    }
+
+    #[test]
+    fn plugin_statuses_keep_transition_times_at_any_depth_while_the_status_holds() {
+        let listeners = json!({"listeners": [{"name": "http", "attachedRoutes": 1,
+            "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed", "message": "", "observedGeneration": 3}]}]});
+        let object = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "shop", "generation": 3},
+            "status": {
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "ok",
+                    "observedGeneration": 3, "lastTransitionTime": "2020-01-01T00:00:00Z"}],
+                "listeners": [{"name": "http", "attachedRoutes": 1,
+                    "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed", "message": "",
+                        "observedGeneration": 3, "lastTransitionTime": "2021-01-01T00:00:00Z"}]}],
+            },
+        }));
+        let same = plugin_status(&status_of(object.clone(), listeners.clone(), true));
+        assert_eq!(
+            same.status["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        assert_eq!(same.status["conditions"][0]["observedGeneration"], 3);
+        assert_eq!(
+            same.status["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "2021-01-01T00:00:00Z"
+        );
+        assert!(shows(&object, &same), "nothing to write");
+
+        let flipped = plugin_status(&status_of(object.clone(), listeners, false));
+        assert_ne!(
+            flipped.status["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        assert!(!shows(&object, &flipped));
+        let moved = plugin_status(&status_of(
+            object.clone(),
+            json!({"listeners": [{"name": "http", "attachedRoutes": 2}]}),
+            true,
+        ));
+        assert!(!shows(&object, &moved), "a changed field is written");
+    }
 
     fn object(json: Value) -> Object {
         Object::from_value(json).unwrap()

@@ -32,7 +32,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use desired::{Desired, desired_status, is_ingress};
+pub use desired::{
+    Desired, desired_status, desired_status_except, is_ingress, plugin_status, shows,
+};
 
 use crate::ir;
 use crate::queue::limit::TokenBucket;
@@ -130,8 +132,14 @@ pub async fn run_until(
 /// What went into a root's last evaluation: when none of it changed, the
 /// root is not looked at again. An object from the API server is told by
 /// its resourceVersion; only one without (never, from a watch) is hashed.
-fn fingerprint(object: &Object, claimed: bool, diagnostics: &[&ir::Diagnostic]) -> u64 {
+fn fingerprint(
+    object: &Object,
+    claimed: bool,
+    diagnostics: &[&ir::Diagnostic],
+    plugin_types: &[&str],
+) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    plugin_types.hash(&mut h);
     object.uid.hash(&mut h);
     object.resource_version.hash(&mut h);
     if object.resource_version.is_empty() {
@@ -160,6 +168,8 @@ pub(crate) struct StatusWriter {
     bucket: TokenBucket,
     evaluated: HashMap<ObjectKey, u64>,
     written: HashMap<ObjectKey, Written>,
+    /// Plugin statuses written, by object and field manager.
+    written_by_plugins: HashMap<(ObjectKey, String), Written>,
     /// Events published for the diagnostics that are still current:
     /// (uid, reason, message).
     announced: HashSet<(String, String, String)>,
@@ -182,6 +192,7 @@ impl StatusWriter {
             status,
             evaluated: HashMap::new(),
             written: HashMap::new(),
+            written_by_plugins: HashMap::new(),
             announced: HashSet::new(),
             retry_at: None,
         }
@@ -261,6 +272,16 @@ impl StatusWriter {
         }
         let status = self.status.clone();
         let m = &status.metrics;
+        let plugin_statuses = status.statuses();
+        // Condition types translators set on each object: the host leaves
+        // them to the plugin.
+        let mut plugin_types: HashMap<ObjectKey, Vec<&str>> = HashMap::new();
+        for s in &plugin_statuses {
+            let types = plugin_types.entry(s.object.key()).or_default();
+            types.extend(s.status.conditions.iter().map(|c| c.type_.as_str()));
+            types.sort();
+            types.dedup();
+        }
         let mut current_announcements = HashSet::new();
         let present: HashSet<ObjectKey> = roots.iter().map(|(o, _)| o.key()).collect();
         // Objects with something to say first: a rejection should not wait
@@ -291,12 +312,13 @@ impl StatusWriter {
                     }
                 }
             }
-            let print = fingerprint(object, *claimed, &diags);
+            let types = plugin_types.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let print = fingerprint(object, *claimed, &diags, types);
             if out_of_tokens || self.evaluated.get(&key) == Some(&print) {
                 continue;
             }
             let kind_label = || labels2("kind", object.kind.clone(), "result", "");
-            let desired = desired_status(object, *claimed, &diags, addresses);
+            let desired = desired_status_except(object, *claimed, &diags, addresses, types);
             let Some(desired) = desired else {
                 self.evaluated.insert(key, print);
                 continue;
@@ -347,6 +369,53 @@ impl StatusWriter {
         self.evaluated.retain(|k, _| present.contains(k));
         self.written.retain(|k, _| present.contains(k));
 
+        // What translators say, each under its own field manager, never
+        // forced: another manager's fields are not taken.
+        let mut wanted = HashSet::new();
+        for s in &plugin_statuses {
+            if out_of_tokens {
+                break;
+            }
+            let manager = s.field_manager();
+            let key = (s.object.key(), manager.clone());
+            wanted.insert(key.clone());
+            let desired = plugin_status(s);
+            let l =
+                |result: &str| labels2("kind", s.object.kind.clone(), "result", result.to_string());
+            let unchanged = shows(&s.object, &desired)
+                || self.written_by_plugins.get(&key).is_some_and(|w| {
+                    w.resource_version == s.object.resource_version && w.status == desired.key
+                });
+            if unchanged {
+                continue;
+            }
+            let wait = self.bucket.reserve(Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                out_of_tokens = true;
+                self.retry_at = Some(Instant::now());
+            }
+            match self.write_as(&s.object, &desired, &manager, false).await {
+                Ok(()) => {
+                    debug!(object = %key.0, manager = %manager, "plugin status written");
+                    self.written_by_plugins.insert(
+                        key,
+                        Written {
+                            resource_version: s.object.resource_version.clone(),
+                            status: desired.key,
+                        },
+                    );
+                    m.status_writes.get_or_create(&l("written")).inc();
+                }
+                Err(e) => {
+                    warn!(object = %key.0, manager = %manager, error = %e, "plugin status write failed; retrying");
+                    self.retry_at = Some(Instant::now() + RETRY);
+                    m.status_writes.get_or_create(&l("failed")).inc();
+                }
+            }
+        }
+        self.written_by_plugins.retain(|k, _| wanted.contains(k));
+
         // Events: one per diagnostic while it lasts (the recorder folds
         // repeats into a series).
         let objects: HashMap<&str, &Object> =
@@ -377,6 +446,18 @@ impl StatusWriter {
     }
 
     async fn write(&self, object: &Object, desired: &Desired) -> Result<(), kube::Error> {
+        self.write_as(object, desired, FIELD_MANAGER, true).await
+    }
+
+    /// Server-side apply of `status` as `manager`; forced only for the
+    /// host's own fields.
+    async fn write_as(
+        &self,
+        object: &Object,
+        desired: &Desired,
+        manager: &str,
+        force: bool,
+    ) -> Result<(), kube::Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &object.namespace,
@@ -388,13 +469,11 @@ impl StatusWriter {
             "metadata": {"name": object.name, "namespace": object.namespace},
             "status": desired.status,
         });
-        api.patch_status(
-            &object.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map(|_| ())
+        let params = PatchParams::apply(manager);
+        let params = if force { params.force() } else { params };
+        api.patch_status(&object.name, &params, &Patch::Apply(body))
+            .await
+            .map(|_| ())
     }
 
     async fn announce(

@@ -371,3 +371,61 @@ async fn shutting_down_lets_the_pass_under_way_finish_and_starts_no_other() {
     assert_eq!(patches.len(), 2, "the pass was cut short: {patches:?}");
     assert_eq!(writes(&st, "written"), 2);
 }
+
+/// What a translator says about an HTTPRoute: its own conditions and
+/// `parents`, applied under the plugin's field manager, never forced; the
+/// host leaves the Accepted condition to it and keeps Programmed.
+#[tokio::test]
+async fn a_translators_status_is_applied_under_its_own_field_manager() {
+    let (api, client) = FakeApi::start([]);
+    let st = status();
+    let object = route("1", json!({}));
+    st.set_statuses(vec![crate::translate::StatusOf {
+        object: object.clone(),
+        plugin: Arc::from("gateway-api"),
+        status: ir::ObjectStatus {
+            object: ir::ObjectRef::new("HTTPRoute", "shop", "r"),
+            conditions: vec![ir::Condition {
+                type_: "Accepted".into(),
+                status: ir::ConditionStatus::True,
+                reason: "Accepted".into(),
+                message: "attached".into(),
+                observed_generation: None,
+            }],
+            fields: Some(json!({"parents": [{"controllerName": "isobar.dev/gateway-controller",
+                "conditions": [{"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "", "observedGeneration": 1}]}]})),
+        },
+    }]);
+    let mut w = StatusWriter::new(client, WritebackConfig::default(), st.clone());
+    w.pass(&[(object.clone(), true)], None).await;
+    let seen = api.take();
+    let plugin: Vec<_> = seen
+        .iter()
+        .filter(|r| r.uri.contains("fieldManager=isobar-plugin-gateway-api"))
+        .collect();
+    assert_eq!(plugin.len(), 1, "{seen:?}");
+    assert!(!plugin[0].uri.contains("force=true"), "{}", plugin[0].uri);
+    let body = &plugin[0].body["status"];
+    assert_eq!(body["conditions"][0]["type"], "Accepted");
+    assert_eq!(body["conditions"][0]["observedGeneration"], 1);
+    assert!(body["parents"][0]["conditions"][0]["lastTransitionTime"].is_string());
+    // The host's own write leaves Accepted to the plugin.
+    let host: Vec<_> = seen
+        .iter()
+        .filter(|r| {
+            r.uri.contains("fieldManager=isobar&") || r.uri.ends_with("fieldManager=isobar")
+        })
+        .collect();
+    assert_eq!(host.len(), 1, "{seen:?}");
+    let types: Vec<&str> = host[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Programmed"]);
+
+    // Written once: the next pass (the watch not yet echoing) writes nothing.
+    w.pass(&[(object, true)], None).await;
+    assert!(api.take().is_empty());
+}

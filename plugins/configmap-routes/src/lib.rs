@@ -13,6 +13,11 @@
 //! virtual host, and gives the host's tests a translator whose roots are
 //! not Ingresses. ConfigMaps without the annotation contribute nothing.
 //!
+//! For the host's status tests, annotation `isobar.dev/test-status` makes
+//! it return a status as given: `{"object": {api_version, kind, namespace,
+//! name}, "type": .., "reason": .., "fields": <JSON>}` (the host validates
+//! it; this plugin does not).
+//!
 //! Configured with `{"count": true}`, it adds response header
 //! `x-translate-calls` (how many roots this instance has translated) to
 //! its routes: the host's tests use it to see that no instance outlives a
@@ -43,6 +48,18 @@ fn root() -> String {
 }
 
 pub struct ConfigMapRoutes;
+
+pub const TEST_STATUS: &str = "isobar.dev/test-status";
+
+#[derive(serde::Deserialize)]
+struct TestStatus {
+    object: ObjectRef,
+    #[serde(rename = "type")]
+    type_: String,
+    reason: String,
+    #[serde(default)]
+    fields: Option<serde_json::Value>,
+}
 
 thread_local! {
     static CALLS: Cell<u32> = const { Cell::new(0) };
@@ -75,13 +92,36 @@ impl Translator for ConfigMapRoutes {
         });
         let config: Config = isobar_guest::config_as()?;
         let cm: ConfigMap = root.parse()?;
+        let mut statuses = Vec::new();
+        if let Some(v) = cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TEST_STATUS))
+        {
+            let t: TestStatus = serde_json::from_str(v)
+                .map_err(|e| Error::new("InvalidTestStatus", e.to_string()))?;
+            let mut s = ObjectStatus::new(t.object).with_condition(Condition::new(
+                t.type_,
+                true,
+                t.reason,
+                "as the test asked",
+            ));
+            if let Some(fields) = t.fields {
+                // Verbatim, even when not an object: the host must refuse it.
+                s.fields = Some(fields.to_string());
+            }
+            statuses.push(s);
+        }
         let Some(value) = cm
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(ANNOTATION))
         else {
-            return Ok(Fragment::new());
+            let mut f = Fragment::new();
+            f.statuses = statuses;
+            return Ok(f);
         };
         let me = ObjectRef {
             api_version: "v1".into(),
@@ -102,6 +142,7 @@ impl Translator for ConfigMapRoutes {
             }
         };
         let mut f = Fragment::new().with_listener(Listener::http(LISTENER, PORT));
+        f.statuses = statuses;
         for r in routes {
             let mut route = Route::forward(
                 RouteMatch::prefix(r.path),
