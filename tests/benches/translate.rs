@@ -104,6 +104,22 @@ fn translate_side_by_side(n: usize) {
             .sum::<usize>();
     }
     let wasm = t.elapsed();
+    // Contract 0.2: one instance configured once serves a batch of roots.
+    let t = Instant::now();
+    let mut routes_batched = 0;
+    for chunk in roots.chunks(isobar::translate::BATCH) {
+        for out in plugin.translate_batch(&store, chunk) {
+            routes_batched += out
+                .result
+                .expect("wasm translate")
+                .virtual_hosts
+                .iter()
+                .map(|v| v.routes.len())
+                .sum::<usize>();
+        }
+    }
+    let batched = t.elapsed();
+    assert_eq!(routes_wasm, routes_batched);
     let native_store = NativeStore(&store);
     let t = Instant::now();
     let mut routes_native = 0;
@@ -128,12 +144,24 @@ fn translate_side_by_side(n: usize) {
     p.rebuild();
     let full = t.elapsed();
     println!(
-        "translate {n:>6} Ingresses (1 thread): wasm {:>10}  native {:>10}  wasm/native {:.2}x  ({} per root wasm, {} native)",
-        ms(wasm),
+        "translate {n:>6} Ingresses (1 thread): wasm batched ({} roots per instance) {:>10}  native {:>10}  wasm/native {:.2}x  [goal <= 1.5x: {}]  ({} per root batched, {} native)",
+        isobar::translate::BATCH,
+        ms(batched),
         ms(native),
+        batched.as_secs_f64() / native.as_secs_f64(),
+        if batched.as_secs_f64() <= 1.5 * native.as_secs_f64() {
+            "met"
+        } else {
+            "NOT met"
+        },
+        us(batched / n as u32),
+        us(native / n as u32),
+    );
+    println!(
+        "translate {n:>6} Ingresses (1 thread): wasm, a fresh instance per root {:>10}  wasm/native {:.2}x  ({} per root)",
+        ms(wasm),
         wasm.as_secs_f64() / native.as_secs_f64(),
         us(wasm / n as u32),
-        us(native / n as u32),
     );
     println!(
         "full pipeline {n:>6} Ingresses (translate on all cores + merge + compile + validate): {}  -> {} resources",
@@ -162,6 +190,97 @@ fn incremental(n: usize) {
         ms(percentile(&times, 0.5)),
         ms(percentile(&times, 0.99)),
         ms(*times.last().unwrap())
+    );
+}
+
+/// Three policies chained (the test policy: reads the source Ingress, adds
+/// a header) over every virtual host: the rebuild, one Ingress changed
+/// until the new snapshot, and a policy swap (a new configuration: the
+/// dry run over every host, then the snapshot).
+fn policies(n: usize) {
+    let bytes = std::fs::read(plugin_path("isobar-plugin-faults-policy")).unwrap();
+    let policy = |tag: &str| {
+        let mut configs = isobar::plugin::Configs::new();
+        configs.insert(
+            "faults-policy".into(),
+            Arc::from(format!(r#"{{"tag":"{tag}"}}"#).as_str()),
+        );
+        runtime()
+            .load_policy(&bytes, "faults-policy", Default::default(), &configs)
+            .expect("policy")
+    };
+    let chain = |tags: [&str; 3]| {
+        isobar::plugin::Plugins::new(
+            vec![ingress_plugin()],
+            tags.iter().map(|t| policy(t)).collect(),
+        )
+        .unwrap()
+    };
+    let objects = universe(n);
+    let mut bare = Offline::new(ingress_plugin());
+    bare.load(objects.iter().map(|v| apply(v.clone())));
+    let t = Instant::now();
+    bare.rebuild();
+    let bare_full = t.elapsed();
+    let mut p = Offline::with(chain(["a", "b", "c"]));
+    p.load(objects.iter().map(|v| apply(v.clone())));
+    let t = Instant::now();
+    let round = p.rebuild();
+    let full = t.elapsed();
+    let hosts = round
+        .plugins
+        .iter()
+        .find(|r| &*r.plugin == "faults-policy")
+        .map_or(0, |r| r.stats.calls);
+    let mut times = Vec::new();
+    let mut bare_times = Vec::new();
+    for round in 0..60 {
+        let i = (round * 7919) % n;
+        let changed = changed_ingress(i, round);
+        let t = Instant::now();
+        bare.apply([apply(changed.clone())]);
+        bare_times.push(t.elapsed());
+        let t = Instant::now();
+        p.apply([apply(changed)]);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    bare_times.sort();
+    let mut swaps = Vec::new();
+    for i in 0..3 {
+        let t = Instant::now();
+        let mut next = isobar::pipeline::Pipeline::with(
+            p.store_handle(),
+            chain(["a", "b", if i % 2 == 0 { "d" } else { "c" }]),
+        );
+        next.continue_after(p.snapshot().version);
+        let r = next.rebuild();
+        assert_eq!(r.translation.failures, 0);
+        p.replace(next);
+        swaps.push(t.elapsed());
+    }
+    swaps.sort();
+    println!(
+        "three policies chained over {hosts} virtual hosts ({n} Ingresses): full rebuild {} (without policies {}); \
+         one Ingress changed -> new snapshot p50 {} p99 {} [goal p99 <= 10 ms: {}] (without policies p50 {} p99 {}); \
+         policy swap (dry run over every host + snapshot) median {} [goal <= 500 ms: {}]",
+        ms(full),
+        ms(bare_full),
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        if percentile(&times, 0.99) <= Duration::from_millis(10) {
+            "met"
+        } else {
+            "NOT met"
+        },
+        ms(percentile(&bare_times, 0.5)),
+        ms(percentile(&bare_times, 0.99)),
+        ms(swaps[1]),
+        if swaps[1] <= Duration::from_millis(500) {
+            "met"
+        } else {
+            "NOT met"
+        },
     );
 }
 
@@ -229,6 +348,7 @@ fn main() {
         translate_side_by_side(n);
     }
     incremental(10_000);
+    policies(10_000);
     // Peak memory in a fresh process, so earlier runs do not count.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--rss-child", "10000"])
