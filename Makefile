@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
-PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached isobar-plugin-faults-policy isobar-plugin-configmap-routes
+PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached isobar-plugin-faults-policy isobar-plugin-configmap-routes isobar-plugin-gateway-api
 
 TEST_VENV := $(TARGET_DIR)/test-venv
 # `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000 --xds-allow-insecure'
