@@ -1,0 +1,844 @@
+//! The Gateway API plugin (plugins/gateway-api) through the real component
+//! and the host pipeline, beside the Ingress plugin: objects in, Envoy
+//! resources and statuses out. Tests named after an upstream conformance
+//! test (v1.6.1, conformance/tests) port its manifests and assert on what
+//! the data plane would be given and on the statuses written.
+
+use std::sync::OnceLock;
+
+use envoy_types::pb::envoy::config::route::v3 as route;
+use isobar::pipeline::Offline;
+use isobar::plugin::{Plugin, Plugins};
+use isobar_tests::*;
+use serde_json::{Value, json};
+
+const INFRA: &str = "gateway-conformance-infra";
+const APP: &str = "gateway-conformance-app-backend";
+const WEB: &str = "gateway-conformance-web-backend";
+const CONTROLLER: &str = "isobar.dev/gateway-controller";
+const GW: &str = "gw_80";
+
+fn gateway_plugin() -> Plugin {
+    static P: OnceLock<Plugin> = OnceLock::new();
+    P.get_or_init(|| load("isobar-plugin-gateway-api")).clone()
+}
+
+fn pipeline(objects: impl IntoIterator<Item = Value>) -> Offline {
+    let plugins = Plugins::new(vec![ingress_plugin(), gateway_plugin()], vec![]).expect("plugins");
+    let mut p = Offline::with(plugins);
+    p.load(objects.into_iter().map(apply));
+    p.rebuild();
+    p
+}
+
+// ---- fixtures (the conformance base manifests, trimmed) --------------------
+
+fn gateway_class() -> Value {
+    json!({"apiVersion":"gateway.networking.k8s.io/v1","kind":"GatewayClass",
+        "metadata":{"name":"isobar","generation":1},"spec":{"controllerName":CONTROLLER}})
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":name,
+        "labels":{"gateway-conformance":name.trim_start_matches("gateway-conformance-")}}})
+}
+
+fn gateway(name: &str, listeners: Value) -> Value {
+    json!({"apiVersion":"gateway.networking.k8s.io/v1","kind":"Gateway",
+        "metadata":{"namespace":INFRA,"name":name,"generation":1},
+        "spec":{"gatewayClassName":"isobar","listeners":listeners}})
+}
+
+fn http(name: &str, port: u16, from: &str) -> Value {
+    json!({"name":name,"port":port,"protocol":"HTTP","allowedRoutes":{"namespaces":{"from":from}}})
+}
+
+fn with_host(mut l: Value, host: &str) -> Value {
+    l["hostname"] = json!(host);
+    l
+}
+
+/// The conformance base: `same-namespace` (Same) and
+/// `all-namespaces` (All) Gateways, on ports 80 and 81 here so their Envoy
+/// listeners stay apart (upstream both use 80 on separate addresses).
+fn base() -> Vec<Value> {
+    let mut v = vec![
+        gateway_class(),
+        namespace(INFRA),
+        namespace(APP),
+        namespace(WEB),
+        gateway("same-namespace", json!([http("http", 80, "Same")])),
+        gateway("all-namespaces", json!([http("http", 81, "All")])),
+    ];
+    for (ns, names) in [
+        (INFRA, &["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"][..]),
+        (APP, &["app-backend-v1", "app-backend-v2"][..]),
+        (WEB, &["web-backend"][..]),
+    ] {
+        for name in names {
+            v.push(service(ns, name, &[("", 8080, json!(3000))]));
+            v.push(slice(ns, name, "a", "", 3000, &["10.0.0.1"]));
+        }
+    }
+    v
+}
+
+fn with(mut base: Vec<Value>, more: impl IntoIterator<Item = Value>) -> Vec<Value> {
+    base.extend(more);
+    base
+}
+
+fn http_route(ns: &str, name: &str, parents: Value, hostnames: Value, rules: Value) -> Value {
+    json!({"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute",
+        "metadata":{"namespace":ns,"name":name,"generation":1},
+        "spec":{"parentRefs":parents,"hostnames":hostnames,"rules":rules}})
+}
+
+fn grpc_route(ns: &str, name: &str, parents: Value, hostnames: Value, rules: Value) -> Value {
+    json!({"apiVersion":"gateway.networking.k8s.io/v1","kind":"GRPCRoute",
+        "metadata":{"namespace":ns,"name":name,"generation":1},
+        "spec":{"parentRefs":parents,"hostnames":hostnames,"rules":rules}})
+}
+
+fn parent(name: &str) -> Value {
+    json!([{"name":name,"namespace":INFRA}])
+}
+
+fn backend(name: &str) -> Value {
+    json!({"name":name,"port":8080})
+}
+
+fn rule(path: (&str, &str), backends: &[&str]) -> Value {
+    json!({"matches":[{"path":{"type":path.0,"value":path.1}}],
+        "backendRefs": backends.iter().map(|b| backend(b)).collect::<Vec<_>>()})
+}
+
+fn reference_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to_kind: &str, to_name: Option<&str>) -> Value {
+    let mut to = json!({"group":"","kind":to_kind});
+    if let Some(n) = to_name {
+        to["name"] = json!(n);
+    }
+    json!({"apiVersion":"gateway.networking.k8s.io/v1","kind":"ReferenceGrant",
+        "metadata":{"namespace":ns,"name":name},
+        "spec":{"from":[{"group":"gateway.networking.k8s.io","kind":from_kind,"namespace":from_ns}],"to":[to]}})
+}
+
+fn cluster_of(ns: &str, name: &str) -> String {
+    format!("cluster={ns}/{name}/8080")
+}
+
+// ---- statuses ---------------------------------------------------------------
+
+fn status_of(p: &Offline, kind: &str, name: &str) -> isobar::ir::ObjectStatus {
+    p.statuses()
+        .into_iter()
+        .find(|s| s.object.kind == kind && s.object.name == name)
+        .map(|s| {
+            assert_eq!(s.field_manager(), "isobar-plugin-gateway-api");
+            s.status
+        })
+        .unwrap_or_else(|| panic!("no status for {kind} {name}: {:?}", p.statuses()))
+}
+
+/// (type, status, reason) of every condition of the route's parent `gateway`.
+fn parent_conditions(p: &Offline, kind: &str, route: &str, gateway: &str) -> Vec<(String, String, String)> {
+    let s = status_of(p, kind, route);
+    let parents = s.fields.expect("fields")["parents"].clone();
+    let parent = parents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["parentRef"]["name"] == gateway)
+        .unwrap_or_else(|| panic!("no parent {gateway} in {parents}"))
+        .clone();
+    assert_eq!(parent["controllerName"], CONTROLLER);
+    triples(&parent["conditions"])
+}
+
+fn triples(conditions: &Value) -> Vec<(String, String, String)> {
+    conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+                c["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn t(type_: &str, status: &str, reason: &str) -> (String, String, String) {
+    (type_.into(), status.into(), reason.into())
+}
+
+fn accepted_and_resolved() -> Vec<(String, String, String)> {
+    vec![t("Accepted", "True", "Accepted"), t("ResolvedRefs", "True", "ResolvedRefs")]
+}
+
+/// The listener entries of a Gateway's status.
+fn listener_status(p: &Offline, gateway: &str) -> Vec<Value> {
+    status_of(p, "Gateway", gateway).fields.expect("fields")["listeners"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn envoy_routes(p: &Offline, rc: &str, domain: &str) -> Vec<route::Route> {
+    route_config(p.snapshot(), rc)
+        .unwrap_or_else(|| panic!("no route config {rc}"))
+        .virtual_hosts
+        .into_iter()
+        .find(|v| v.domains.iter().any(|d| d == domain))
+        .unwrap_or_else(|| panic!("no virtual host {domain} in {rc}"))
+        .routes
+}
+
+// ---- side by side with Ingress ------------------------------------------------
+
+#[test]
+fn ingress_and_gateway_api_are_served_side_by_side() {
+    let objects = with(
+        base(),
+        [
+            ingress_class("isobar", false),
+            ingress("gateway-conformance-infra", "ing", &[("ingress.example.com", &[("/", "Prefix", "infra-backend-v1", json!(8080))])]),
+            http_route(INFRA, "route", parent("same-namespace"), json!(["gateway.example.com"]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])])),
+        ],
+    );
+    let p = pipeline(objects);
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
+    assert_eq!(
+        routes(p.snapshot(), "ingress_http", "ingress.example.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
+    assert_eq!(
+        routes(p.snapshot(), GW, "gateway.example.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))])
+    );
+    assert!(!domains_of(p.snapshot(), GW).contains("ingress.example.com"));
+    assert!(!domains_of(p.snapshot(), "ingress_http").contains("gateway.example.com"));
+    let l = listener(p.snapshot(), GW).expect("gateway listener");
+    let port = l.address.unwrap();
+    assert!(format!("{port:?}").contains("port_value: Some(PortValue(80))") || format!("{port:?}").contains("80"), "{port:?}");
+}
+
+// ---- GatewayClass and Gateway ---------------------------------------------------
+
+#[test]
+fn gatewayclass_observed_generation_bump() {
+    let mut p = pipeline(base());
+    let s = status_of(&p, "GatewayClass", "isobar");
+    assert_eq!((s.conditions[0].type_.as_str(), s.conditions[0].reason.as_str()), ("Accepted", "Accepted"));
+    assert_eq!(s.conditions[0].observed_generation, Some(1));
+    let mut class = gateway_class();
+    class["metadata"]["generation"] = json!(2);
+    p.apply([apply(class)]);
+    assert_eq!(status_of(&p, "GatewayClass", "isobar").conditions[0].observed_generation, Some(2));
+}
+
+#[test]
+fn gateway_observed_generation_bump() {
+    let mut p = pipeline(base());
+    let s = status_of(&p, "Gateway", "same-namespace");
+    assert_eq!(s.conditions[0].observed_generation, Some(1));
+    let mut gw = gateway("same-namespace", json!([http("http", 80, "Same"), http("other", 82, "Same")]));
+    gw["metadata"]["generation"] = json!(2);
+    p.apply([apply(gw)]);
+    let s = status_of(&p, "Gateway", "same-namespace");
+    assert_eq!(s.conditions[0].observed_generation, Some(2));
+    assert_eq!(listener_status(&p, "same-namespace").len(), 2);
+    assert!(listener(p.snapshot(), "gw_82").is_some());
+}
+
+#[test]
+fn gateway_listener_unsupported_protocol() {
+    let p = pipeline(with(base(), [gateway("gateway-listener-unsupported-protocol",
+        json!([{"name":"unsupported","port":8090,"protocol":"UNSUPPORTED"}]))]));
+    let l = listener_status(&p, "gateway-listener-unsupported-protocol");
+    assert_eq!(triples(&l[0]["conditions"])[0], t("Accepted", "False", "UnsupportedProtocol"));
+    assert!(listener(p.snapshot(), "gw_8090").is_none());
+}
+
+#[test]
+fn gateway_invalid_route_kind() {
+    let p = pipeline(with(base(), [
+        gateway("gateway-only-invalid-route-kind", json!([{"name":"http","port":8091,"protocol":"HTTP",
+            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"}]}}])),
+        gateway("gateway-supported-and-invalid-route-kind", json!([{"name":"http","port":8092,"protocol":"HTTP",
+            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"},{"kind":"HTTPRoute"}]}}])),
+    ]));
+    let only = listener_status(&p, "gateway-only-invalid-route-kind");
+    assert_eq!(only[0]["supportedKinds"], json!([]));
+    assert_eq!(triples(&only[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidRouteKinds"));
+    let both = listener_status(&p, "gateway-supported-and-invalid-route-kind");
+    assert_eq!(both[0]["supportedKinds"], json!([{"group":"gateway.networking.k8s.io","kind":"HTTPRoute"}]));
+    assert_eq!(triples(&both[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidRouteKinds"));
+}
+
+fn https_gateway(name: &str, port: u16, cert: Value) -> Value {
+    gateway(name, json!([{"name":"https","port":port,"protocol":"HTTPS","hostname":"secure.test.com",
+        "allowedRoutes":{"namespaces":{"from":"All"}},"tls":{"certificateRefs":[cert]}}]))
+}
+
+#[test]
+fn gateway_invalid_tls_configuration() {
+    let p = pipeline(with(base(), [
+        https_gateway("gateway-certificate-unsupported-kind", 8443 + 1000, json!({"group":"","kind":"WrongKind","name":"tls-validity-checks-certificate"})),
+        https_gateway("gateway-certificate-unsupported-group", 8443 + 1001, json!({"group":"wrong.group.company.io","kind":"Secret","name":"tls-validity-checks-certificate"})),
+    ]));
+    for gw in ["gateway-certificate-unsupported-kind", "gateway-certificate-unsupported-group"] {
+        let l = listener_status(&p, gw);
+        assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidCertificateRef"), "{gw}");
+    }
+    assert!(listener(p.snapshot(), "gw_9443").is_none());
+}
+
+#[test]
+fn gateway_secret_missing_reference_grant() {
+    let p = pipeline(with(base(), [https_gateway("gateway-secret-missing-reference-grant", 9443,
+        json!({"name":"certificate","namespace":"gateway-conformance-web-backend"}))]));
+    let l = listener_status(&p, "gateway-secret-missing-reference-grant");
+    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+}
+
+#[test]
+fn gateway_secret_invalid_reference_grant() {
+    // The grant names another Secret.
+    let p = pipeline(with(base(), [
+        https_gateway("gateway-secret-invalid-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
+        reference_grant(WEB, "reference-grant-wrong-name", "Gateway", INFRA, "Secret", Some("not-the-certificate")),
+    ]));
+    let l = listener_status(&p, "gateway-secret-invalid-reference-grant");
+    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+}
+
+#[test]
+fn gateway_secret_reference_grant_all_in_namespace() {
+    let p = pipeline(with(base(), [
+        https_gateway("gateway-secret-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
+        reference_grant(WEB, "reference-grant-all", "Gateway", INFRA, "Secret", None),
+        tls_secret(WEB, "certificate"),
+        http_route(INFRA, "r", parent("gateway-secret-reference-grant"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
+    ]));
+    let l = listener_status(&p, "gateway-secret-reference-grant");
+    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+    let envoy = listener(p.snapshot(), "gw_9443").expect("https listener");
+    let sni = &envoy.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names;
+    assert_eq!(sni, &["secure.test.com".to_string()]);
+    assert!(secret(p.snapshot(), &format!("{WEB}/certificate")).is_some());
+}
+
+#[test]
+fn gateway_secret_reference_grant_specific() {
+    let p = pipeline(with(base(), [
+        https_gateway("gateway-secret-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
+        reference_grant(WEB, "reference-grant-specific", "Gateway", INFRA, "Secret", Some("certificate")),
+    ]));
+    let l = listener_status(&p, "gateway-secret-reference-grant");
+    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+}
+
+#[test]
+fn gateway_with_attached_routes() {
+    let mut p = pipeline(with(base(), [
+        gateway("gateway-with-one-attached-route", json!([with_host(http("http", 83, "Same"), "*.example.com")])),
+        gateway("gateway-with-two-attached-routes", json!([http("http", 84, "All")])),
+        http_route(INFRA, "http-route-1", parent("gateway-with-one-attached-route"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
+        http_route(INFRA, "http-route-2", parent("gateway-with-two-attached-routes"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
+        http_route(WEB, "http-route-3", parent("gateway-with-two-attached-routes"), json!([]), json!([rule(("PathPrefix", "/"), &["web-backend"])])),
+    ]));
+    assert_eq!(listener_status(&p, "gateway-with-one-attached-route")[0]["attachedRoutes"], 1);
+    assert_eq!(listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"], 2);
+    let l = listener_status(&p, "gateway-with-one-attached-route");
+    assert_eq!(triples(&l[0]["conditions"]), [
+        t("Accepted", "True", "Accepted"), t("ResolvedRefs", "True", "ResolvedRefs"), t("Conflicted", "False", "NoConflicts")]);
+    // A route that goes away is no longer counted: the Gateway read it.
+    p.apply([delete(&http_route(WEB, "http-route-3", json!([]), json!([]), json!([])))]);
+    assert_eq!(listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"], 1);
+}
+
+#[test]
+fn gateway_modify_listeners() {
+    let mut p = pipeline(with(base(), [http_route(INFRA, "r", parent("same-namespace"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]))]));
+    assert!(listener(p.snapshot(), GW).is_some());
+    // The Gateway moves its listener: the route follows (it read the Gateway).
+    p.apply([apply(gateway("same-namespace", json!([http("http", 85, "Same")])))]);
+    assert!(listener(p.snapshot(), GW).is_none());
+    assert_eq!(routes(p.snapshot(), "gw_85", "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+}
+
+// ---- HTTPRoute ------------------------------------------------------------------
+
+#[test]
+fn httproute_simple_same_namespace() {
+    let p = pipeline(with(base(), [http_route(INFRA, "gateway-conformance-infra-test", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "gateway-conformance-infra-test", "same-namespace"), accepted_and_resolved());
+    assert!(cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080")).is_some());
+}
+
+#[test]
+fn httproute_cross_namespace() {
+    let p = pipeline(with(base(), [http_route(WEB, "cross-namespace", json!([{"name":"all-namespaces","namespace":INFRA}]), json!([]),
+        json!([{"backendRefs":[backend("web-backend")]}]))]));
+    assert_eq!(routes(p.snapshot(), "gw_81", "*"), pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "cross-namespace", "all-namespaces"), accepted_and_resolved());
+}
+
+#[test]
+fn httproute_invalid_cross_namespace_parent_ref() {
+    let p = pipeline(with(base(), [http_route(WEB, "invalid-cross-namespace-parent-ref", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[backend("web-backend")]}]))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-cross-namespace-parent-ref", "same-namespace")[0],
+        t("Accepted", "False", "NotAllowedByListeners"));
+    assert!(domains_of(p.snapshot(), GW).is_empty());
+}
+
+#[test]
+fn httproute_exact_path_matching() {
+    let p = pipeline(with(base(), [http_route(INFRA, "exact-matching", parent("same-namespace"), json!([]), json!([
+        rule(("Exact", "/one"), &["infra-backend-v1"]), rule(("Exact", "/two"), &["infra-backend-v2"])]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[
+        ("path=/one", &cluster_of(INFRA, "infra-backend-v1")),
+        ("path=/two", &cluster_of(INFRA, "infra-backend-v2"))]));
+}
+
+#[test]
+fn httproute_matching() {
+    let p = pipeline(with(base(), [http_route(INFRA, "matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/"}},{"headers":[{"name":"version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    let summary: Vec<(String, usize, String)> = routes(p.snapshot(), GW, "*")
+        .into_iter()
+        .zip(&rs)
+        .map(|((m, a), r)| (m, r.r#match.as_ref().unwrap().headers.len(), a))
+        .collect();
+    // /v2 before /; a header match before none at the same path.
+    assert_eq!(summary, [
+        ("prefix=/v2".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
+        ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v1")),
+        ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v2")),
+        ("prefix=/".into(), 0, cluster_of(INFRA, "infra-backend-v1")),
+    ]);
+}
+
+#[test]
+fn httproute_matching_across_routes() {
+    let p = pipeline(with(base(), [
+        http_route(INFRA, "matching-part1", parent("same-namespace"), json!(["example.com", "example.net"]), json!([
+            rule(("PathPrefix", "/"), &["infra-backend-v1"]),
+            {"matches":[{"path":{"type":"Exact","value":"/example"}}],"backendRefs":[backend("infra-backend-v1")]}])),
+        http_route(INFRA, "matching-part2", parent("same-namespace"), json!(["example.com"]), json!([
+            {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}])),
+    ]));
+    let got = routes(p.snapshot(), GW, "example.com");
+    assert_eq!(got[0], ("path=/example".to_string(), cluster_of(INFRA, "infra-backend-v1")));
+    assert_eq!(got[1], ("prefix=/v2".to_string(), cluster_of(INFRA, "infra-backend-v2")));
+    assert_eq!(got.last().unwrap(), &("prefix=/".to_string(), cluster_of(INFRA, "infra-backend-v1")));
+    assert_eq!(routes(p.snapshot(), GW, "example.net").len(), 2);
+}
+
+#[test]
+fn httproute_path_match_order() {
+    let p = pipeline(with(base(), [http_route(INFRA, "path-matching-order", parent("same-namespace"), json!([]), json!([
+        rule(("PathPrefix", "/match"), &["infra-backend-v1"]),
+        rule(("Exact", "/match/exact"), &["infra-backend-v2"]),
+        rule(("PathPrefix", "/match/prefix"), &["infra-backend-v3"]),
+        rule(("PathPrefix", "/match/prefix/one"), &["infra-backend-v1"]),
+    ]))]));
+    let got: Vec<String> = routes(p.snapshot(), GW, "*").into_iter().map(|(m, _)| m).collect();
+    assert_eq!(got, ["path=/match/exact", "prefix=/match/prefix/one", "prefix=/match/prefix", "prefix=/match"]);
+}
+
+#[test]
+fn httproute_header_matching() {
+    let p = pipeline(with(base(), [http_route(INFRA, "header-matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"headers":[{"name":"Version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"headers":[{"name":"Version","value":"two"},{"name":"Color","value":"orange"}]}],"backendRefs":[backend("infra-backend-v2")]},
+    ]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    let names: Vec<Vec<String>> = rs.iter().map(|r| r.r#match.as_ref().unwrap().headers.iter().map(|h| h.name.clone()).collect()).collect();
+    // More header matches first.
+    assert_eq!(names, [vec!["version".to_string(), "color".into()], vec!["version".to_string()]]);
+}
+
+#[test]
+fn httproute_query_param_matching() {
+    let p = pipeline(with(base(), [http_route(INFRA, "query-param-matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"queryParams":[{"name":"animal","value":"whale"}]}],"backendRefs":[backend("infra-backend-v1")]},
+    ]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    let q = &rs[0].r#match.as_ref().unwrap().query_parameters;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].name, "animal");
+}
+
+#[test]
+fn httproute_method_matching() {
+    let p = pipeline(with(base(), [http_route(INFRA, "method-matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"method":"POST"}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"method":"GET"}],"backendRefs":[backend("infra-backend-v2")]},
+    ]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    let methods: Vec<String> = rs.iter().map(|r| format!("{:?}", r.r#match.as_ref().unwrap().headers)).collect();
+    assert_eq!(methods.len(), 2);
+    assert!(methods.iter().any(|m| m.contains(":method") && m.contains("POST")), "{methods:?}");
+    assert!(methods.iter().any(|m| m.contains(":method") && m.contains("GET")), "{methods:?}");
+}
+
+#[test]
+fn httproute_hostname_intersection() {
+    let p = pipeline(with(base(), [
+        gateway("httproute-hostname-intersection", json!([
+            with_host(http("listener-1", 86, "All"), "very.specific.com"),
+            with_host(http("listener-2", 86, "All"), "*.wildcard.io"),
+            with_host(http("listener-3", 86, "All"), "*.anotherwildcard.io")])),
+        http_route(INFRA, "specific-host-matches-listener-specific-host", parent("httproute-hostname-intersection"),
+            json!(["non.matching.com", "*.nonmatchingwildcard.io", "very.specific.com"]), json!([rule(("PathPrefix", "/s1"), &["infra-backend-v1"])])),
+        http_route(INFRA, "specific-host-matches-listener-wildcard-host", parent("httproute-hostname-intersection"),
+            json!(["non.matching.com", "wildcard.io", "foo.wildcard.io", "bar.wildcard.io", "foo.bar.wildcard.io"]), json!([rule(("PathPrefix", "/s2"), &["infra-backend-v2"])])),
+        http_route(INFRA, "wildcard-host-matches-listener-specific-host", parent("httproute-hostname-intersection"),
+            json!(["non.matching.com", "*.specific.com"]), json!([rule(("PathPrefix", "/s3"), &["infra-backend-v3"])])),
+        http_route(INFRA, "wildcard-host-matches-listener-wildcard-host", parent("httproute-hostname-intersection"),
+            json!(["*.anotherwildcard.io"]), json!([rule(("PathPrefix", "/s4"), &["infra-backend-v1"])])),
+        http_route(INFRA, "no-intersecting-hosts", parent("httproute-hostname-intersection"),
+            json!(["specific.but.wrong.com", "wildcard.io"]), json!([rule(("PathPrefix", "/s5"), &["infra-backend-v2"])])),
+    ]));
+    let domains = domains_of(p.snapshot(), "gw_86");
+    for d in ["very.specific.com", "foo.wildcard.io", "bar.wildcard.io", "foo.bar.wildcard.io", "*.anotherwildcard.io"] {
+        assert!(domains.contains(d), "{d}: {domains:?}");
+    }
+    for d in ["non.matching.com", "wildcard.io", "*.specific.com", "specific.but.wrong.com", "*.nonmatchingwildcard.io"] {
+        assert!(!domains.contains(d), "{d}: {domains:?}");
+    }
+    // The listener's own name for the route's wider wildcard.
+    let very: Vec<String> = routes(p.snapshot(), "gw_86", "very.specific.com").into_iter().map(|(m, _)| m).collect();
+    assert_eq!(very, ["prefix=/s3", "prefix=/s1"]);
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "no-intersecting-hosts", "httproute-hostname-intersection")[0],
+        t("Accepted", "False", "NoMatchingListenerHostname"));
+}
+
+#[test]
+fn httproute_listener_hostname_matching() {
+    let p = pipeline(with(base(), [
+        gateway("httproute-listener-hostname-matching", json!([
+            with_host(http("listener-1", 87, "All"), "bar.com"),
+            with_host(http("listener-2", 87, "All"), "foo.bar.com"),
+            with_host(http("listener-3", 87, "All"), "*.bar.com"),
+            with_host(http("listener-4", 87, "All"), "*.foo.com")])),
+        http_route(INFRA, "backend-v1", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
+        http_route(INFRA, "backend-v2", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v2")]}])),
+        http_route(INFRA, "backend-v3", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-3"},
+            {"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-4"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v3")]}])),
+    ]));
+    let rc = "gw_87";
+    assert_eq!(routes(p.snapshot(), rc, "bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(routes(p.snapshot(), rc, "foo.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
+    assert_eq!(routes(p.snapshot(), rc, "*.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))]));
+    assert_eq!(routes(p.snapshot(), rc, "*.foo.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "backend-v3", "httproute-listener-hostname-matching"), accepted_and_resolved());
+}
+
+#[test]
+fn httproute_invalid_parent_ref_not_matching_section_name() {
+    let p = pipeline(with(base(), [http_route(INFRA, "httproute-not-matching-section-name",
+        json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"unknown-section"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-not-matching-section-name", "same-namespace")[0],
+        t("Accepted", "False", "NoMatchingParent"));
+    assert!(domains_of(p.snapshot(), GW).is_empty());
+}
+
+#[test]
+fn httproute_invalid_parent_ref_not_matching_listener_port() {
+    let p = pipeline(with(base(), [http_route(INFRA, "httproute-listener-not-matching-route-port",
+        json!([{"name":"same-namespace","namespace":INFRA,"port":81}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-listener-not-matching-route-port", "same-namespace")[0],
+        t("Accepted", "False", "NoMatchingParent"));
+}
+
+#[test]
+fn httproute_listener_port_matching() {
+    let p = pipeline(with(base(), [
+        gateway("httproute-listener-port-matching", json!([http("http-88", 88, "Same"), http("http-89", 89, "Same")])),
+        http_route(INFRA, "route-89", json!([{"name":"httproute-listener-port-matching","namespace":INFRA,"port":89}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
+    ]));
+    assert!(domains_of(p.snapshot(), "gw_88").is_empty());
+    assert_eq!(routes(p.snapshot(), "gw_89", "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+}
+
+#[test]
+fn httproute_invalid_nonexistent_backend_ref() {
+    let p = pipeline(with(base(), [http_route(INFRA, "invalid-nonexistent-backend-ref", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[backend("nonexistent")]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-nonexistent-backend-ref", "same-namespace"),
+        [t("Accepted", "True", "Accepted"), t("ResolvedRefs", "False", "BackendNotFound")]);
+}
+
+#[test]
+fn httproute_invalid_backend_ref_unknown_kind() {
+    let p = pipeline(with(base(), [http_route(INFRA, "invalid-backend-ref-unknown-kind", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[{"group":"unknownkind.example.com","kind":"NonExistent","name":"infra-backend-v1","port":8080}]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-backend-ref-unknown-kind", "same-namespace")[1],
+        t("ResolvedRefs", "False", "InvalidKind"));
+}
+
+#[test]
+fn httproute_invalid_cross_namespace_backend_ref() {
+    let p = pipeline(with(base(), [http_route(INFRA, "invalid-cross-namespace-backend-ref", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-cross-namespace-backend-ref", "same-namespace")[1],
+        t("ResolvedRefs", "False", "RefNotPermitted"));
+}
+
+#[test]
+fn httproute_reference_grant() {
+    let route = http_route(INFRA, "reference-grant", parent("same-namespace"), json!([]),
+        json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]));
+    let mut p = pipeline(with(base(), [route, reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", Some("web-backend"))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace"), accepted_and_resolved());
+    // The grant is withdrawn: the route read it, so it is translated again.
+    p.apply([delete(&reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", None))]);
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+}
+
+#[test]
+fn httproute_invalid_reference_grant() {
+    // The grant is for another Service.
+    let p = pipeline(with(base(), [
+        http_route(INFRA, "reference-grant", parent("same-namespace"), json!([]),
+            json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}])),
+        reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", Some("not-web-backend")),
+    ]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace")[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+}
+
+#[test]
+fn httproute_partially_invalid_via_invalid_reference_grant() {
+    let p = pipeline(with(base(), [http_route(INFRA, "invalid-reference-grant", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}}],"backendRefs":[{"name":"app-backend-v2","namespace":APP,"port":8080}]},
+        rule(("PathPrefix", "/"), &["infra-backend-v1"])]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/v2", "direct=500"), ("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-reference-grant", "same-namespace"),
+        [t("Accepted", "True", "Accepted"), t("ResolvedRefs", "False", "RefNotPermitted")]);
+}
+
+#[test]
+fn httproute_no_backend_refs() {
+    let p = pipeline(with(base(), [http_route(INFRA, "no-backends", parent("same-namespace"), json!([]), json!([{"matches":[{"path":{"type":"PathPrefix","value":"/"}}]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "no-backends", "same-namespace"), accepted_and_resolved());
+}
+
+#[test]
+fn httproute_weight() {
+    let p = pipeline(with(base(), [http_route(INFRA, "weighted-backends", parent("same-namespace"), json!([]), json!([{"backendRefs":[
+        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30},{"name":"infra-backend-v3","port":8080,"weight":0}]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
+        &format!("weighted={INFRA}/infra-backend-v1/8080:70,{INFRA}/infra-backend-v2/8080:30"))]));
+}
+
+#[test]
+fn httproute_request_header_modifier() {
+    let p = pipeline(with(base(), [http_route(INFRA, "request-header-modifier", parent("same-namespace"), json!([]), json!([{
+        "filters":[{"type":"RequestHeaderModifier","requestHeaderModifier":{"set":[{"name":"X-Header-Set","value":"set-overwrites-values"}],
+            "add":[{"name":"X-Header-Add","value":"add-appends-values"}],"remove":["X-Header-Remove"]}}],
+        "backendRefs":[backend("infra-backend-v1")]}]))]));
+    let r = &envoy_routes(&p, GW, "*")[0];
+    let added: Vec<(String, String)> = r.request_headers_to_add.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
+    assert!(added.contains(&("X-Header-Set".into(), "set-overwrites-values".into())), "{added:?}");
+    assert!(added.contains(&("X-Header-Add".into(), "add-appends-values".into())), "{added:?}");
+    assert_eq!(r.request_headers_to_remove, ["X-Header-Remove"]);
+}
+
+#[test]
+fn httproute_response_header_modifier() {
+    let p = pipeline(with(base(), [http_route(INFRA, "response-header-modifier", parent("same-namespace"), json!([]), json!([{
+        "filters":[{"type":"ResponseHeaderModifier","responseHeaderModifier":{"set":[{"name":"X-Header-Set","value":"set-overwrites-values"}],"remove":["X-Header-Remove"]}}],
+        "backendRefs":[backend("infra-backend-v1")]}]))]));
+    let r = &envoy_routes(&p, GW, "*")[0];
+    assert_eq!(r.response_headers_to_add[0].header.as_ref().unwrap().key, "X-Header-Set");
+    assert_eq!(r.response_headers_to_remove, ["X-Header-Remove"]);
+}
+
+fn redirect_of(r: &route::Route) -> route::RedirectAction {
+    match &r.action {
+        Some(route::route::Action::Redirect(x)) => x.clone(),
+        other => panic!("not a redirect: {other:?}"),
+    }
+}
+
+#[test]
+fn httproute_redirect_host_and_status() {
+    let p = pipeline(with(base(), [http_route(INFRA, "redirect-host-and-status", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/hostname-redirect"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org"}}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/host-and-status"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org","statusCode":301}}]}]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    let by = |prefix: &str| {
+        let i = routes(p.snapshot(), GW, "*").iter().position(|(m, _)| m == &format!("prefix={prefix}")).unwrap();
+        redirect_of(&rs[i])
+    };
+    assert_eq!(by("/hostname-redirect").host_redirect, "example.org");
+    assert_eq!(by("/hostname-redirect").response_code, route::redirect_action::RedirectResponseCode::Found as i32);
+    assert_eq!(by("/host-and-status").response_code, route::redirect_action::RedirectResponseCode::MovedPermanently as i32);
+}
+
+#[test]
+fn httproute_303_redirect() {
+    let p = pipeline(with(base(), [http_route(INFRA, "redirect-303", parent("same-namespace"), json!([]), json!([
+        {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":303}}]}]))]));
+    assert_eq!(redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code, route::redirect_action::RedirectResponseCode::SeeOther as i32);
+}
+
+#[test]
+fn httproute_redirect_path() {
+    let p = pipeline(with(base(), [http_route(INFRA, "redirect-path", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/original-prefix"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"path":{"type":"ReplacePrefixMatch","replacePrefixMatch":"/replacement-prefix"}}}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/full"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"path":{"type":"ReplaceFullPath","replaceFullPath":"/full-path-replacement"}}}]}]))]));
+    let all = format!("{:?}", envoy_routes(&p, GW, "*"));
+    assert!(all.contains("/replacement-prefix") && all.contains("/full-path-replacement"), "{all}");
+}
+
+#[test]
+fn httproute_redirect_scheme_and_port() {
+    let p = pipeline(with(base(), [http_route(INFRA, "redirect-scheme", parent("same-namespace"), json!([]), json!([
+        {"filters":[{"type":"RequestRedirect","requestRedirect":{"scheme":"https","port":8443}}]}]))]));
+    let r = redirect_of(&envoy_routes(&p, GW, "*")[0]);
+    assert_eq!(r.port_redirect, 8443);
+    assert!(format!("{r:?}").contains("https"), "{r:?}");
+}
+
+#[test]
+fn httproute_rewrite_host_and_path() {
+    let p = pipeline(with(base(), [http_route(INFRA, "rewrite", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/prefix/one"}}],"filters":[{"type":"URLRewrite","urlRewrite":{"hostname":"one.example.org","path":{"type":"ReplacePrefixMatch","replacePrefixMatch":"/one"}}}],"backendRefs":[backend("infra-backend-v1")]}]))]));
+    let r = format!("{:?}", envoy_routes(&p, GW, "*")[0]);
+    assert!(r.contains("one.example.org") && r.contains("\"/one\""), "{r}");
+}
+
+#[test]
+fn httproute_request_mirror() {
+    let p = pipeline(with(base(), [http_route(INFRA, "request-mirror", parent("same-namespace"), json!([]), json!([
+        {"filters":[{"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v2")}}],"backendRefs":[backend("infra-backend-v1")]}]))]));
+    let r = &envoy_routes(&p, GW, "*")[0];
+    let Some(route::route::Action::Route(ra)) = &r.action else { panic!() };
+    assert_eq!(ra.request_mirror_policies.len(), 1);
+    assert_eq!(ra.request_mirror_policies[0].cluster, format!("{INFRA}/infra-backend-v2/8080"));
+}
+
+#[test]
+fn httproute_timeout_request() {
+    let p = pipeline(with(base(), [http_route(INFRA, "request-timeout", parent("same-namespace"), json!([]), json!([
+        {"backendRefs":[backend("infra-backend-v1")],"timeouts":{"request":"500ms"}}]))]));
+    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else { panic!() };
+    assert_eq!(ra.timeout.as_ref().map(|d| (d.seconds, d.nanos)), Some((0, 500_000_000)));
+}
+
+#[test]
+fn httproute_https_listener() {
+    let p = pipeline(with(base(), [
+        gateway("same-namespace-with-https-listener", json!([{"name":"https","port":9444,"protocol":"HTTPS","hostname":"*.example.com",
+            "tls":{"certificateRefs":[{"name":"tls-validity-checks-certificate"}]}}])),
+        tls_secret(INFRA, "tls-validity-checks-certificate"),
+        http_route(INFRA, "httproute-https-test", parent("same-namespace-with-https-listener"), json!(["example.org", "second-example.example.com"]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}])),
+    ]));
+    let l = listener(p.snapshot(), "gw_9444").expect("https listener");
+    let sni = &l.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names;
+    assert_eq!(sni, &["second-example.example.com".to_string()]);
+    assert_eq!(routes(p.snapshot(), "gw_9444/second-example.example.com", "second-example.example.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-https-test", "same-namespace-with-https-listener"), accepted_and_resolved());
+}
+
+#[test]
+fn httproute_multiple_gateways() {
+    let p = pipeline(with(base(), [http_route(INFRA, "multiple-gateways", json!([
+        {"name":"same-namespace","namespace":INFRA},{"name":"all-namespaces","namespace":INFRA}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    for rc in [GW, "gw_81"] {
+        assert_eq!(routes(p.snapshot(), rc, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]), "{rc}");
+    }
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "multiple-gateways", "same-namespace"), accepted_and_resolved());
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "multiple-gateways", "all-namespaces"), accepted_and_resolved());
+}
+
+#[test]
+fn httproute_observed_generation_bump() {
+    let mut route = http_route(INFRA, "observed-generation-bump", parent("same-namespace"), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]));
+    let mut p = pipeline(with(base(), [route.clone()]));
+    let generation = |p: &Offline| status_of(p, "HTTPRoute", "observed-generation-bump").fields.unwrap()["parents"][0]["conditions"][0]["observedGeneration"].clone();
+    assert_eq!(generation(&p), 1);
+    route["metadata"]["generation"] = json!(2);
+    route["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
+    p.apply([apply(route)]);
+    assert_eq!(generation(&p), 2);
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
+}
+
+#[test]
+fn a_route_conflict_across_routes_goes_to_the_oldest() {
+    let mut old = http_route(INFRA, "old", parent("same-namespace"), json!(["c.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]));
+    old["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    let mut new = http_route(INFRA, "new", parent("same-namespace"), json!(["c.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])]));
+    new["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
+    let p = pipeline(with(base(), [new, old]));
+    assert_eq!(routes(p.snapshot(), GW, "c.example.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert!(reasons(&p.diagnostics()).contains(&("new".into(), "RouteConflict".into())), "{:?}", p.diagnostics());
+}
+
+// ---- GRPCRoute ------------------------------------------------------------------
+
+#[test]
+fn grpc_exact_method_matching() {
+    let p = pipeline(with(base(), [grpc_route(INFRA, "exact-matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"Echo"}}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"EchoTwo"}}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+    let mut got = routes(p.snapshot(), GW, "*");
+    got.sort();
+    assert_eq!(got, pairs(&[
+        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo", &cluster_of(INFRA, "infra-backend-v1")),
+        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo", &cluster_of(INFRA, "infra-backend-v2"))]));
+    assert_eq!(parent_conditions(&p, "GRPCRoute", "exact-matching", "same-namespace"), accepted_and_resolved());
+    // gRPC backends speak HTTP/2.
+    let c = cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080")).unwrap();
+    assert!(format!("{c:?}").contains("Http2ProtocolOptions") || format!("{c:?}").to_lowercase().contains("http2"), "{c:?}");
+}
+
+#[test]
+fn grpc_route_header_matching() {
+    let p = pipeline(with(base(), [grpc_route(INFRA, "grpc-header-matching", parent("same-namespace"), json!([]), json!([
+        {"matches":[{"headers":[{"name":"version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+    let rs = envoy_routes(&p, GW, "*");
+    assert_eq!(rs.len(), 2);
+    assert!(rs.iter().all(|r| r.r#match.as_ref().unwrap().headers.len() == 1));
+}
+
+#[test]
+fn grpc_route_listener_hostname_matching() {
+    let p = pipeline(with(base(), [
+        gateway("grpcroute-listener-hostname-matching", json!([
+            with_host(http("listener-1", 90, "All"), "bar.com"), with_host(http("listener-2", 90, "All"), "foo.bar.com")])),
+        grpc_route(INFRA, "backend-v1", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
+        grpc_route(INFRA, "backend-v2", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v2")]}])),
+    ]));
+    assert_eq!(routes(p.snapshot(), "gw_90", "bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(routes(p.snapshot(), "gw_90", "foo.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
+}
+
+#[test]
+fn grpc_route_weight() {
+    let p = pipeline(with(base(), [grpc_route(INFRA, "weighted-backends", parent("same-namespace"), json!([]), json!([{"backendRefs":[
+        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30}]}]))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
+        &format!("weighted={INFRA}/infra-backend-v1/8080:70,{INFRA}/infra-backend-v2/8080:30"))]));
+}
