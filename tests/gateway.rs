@@ -221,9 +221,11 @@ fn ingress_and_gateway_api_are_served_side_by_side() {
     );
     assert!(!domains_of(p.snapshot(), GW).contains("ingress.example.com"));
     assert!(!domains_of(p.snapshot(), "ingress_http").contains("gateway.example.com"));
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
     let l = listener(p.snapshot(), GW).expect("gateway listener");
-    let port = l.address.unwrap();
-    assert!(format!("{port:?}").contains("port_value: Some(PortValue(80))") || format!("{port:?}").contains("80"), "{port:?}");
+    let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!("no socket address") };
+    assert_eq!(sa.port_specifier, Some(PortSpecifier::PortValue(80)));
+    assert!(listener(p.snapshot(), "ingress_http").is_some());
 }
 
 // ---- GatewayClass and Gateway ---------------------------------------------------
@@ -421,7 +423,8 @@ fn httproute_matching() {
         .collect();
     // /v2 before /; a header match before none at the same path.
     assert_eq!(summary, [
-        ("prefix=/v2".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
+        ("path=/v2".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
+        ("prefix=/v2/".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
         ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v1")),
         ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v2")),
         ("prefix=/".into(), 0, cluster_of(INFRA, "infra-backend-v1")),
@@ -439,9 +442,10 @@ fn httproute_matching_across_routes() {
     ]));
     let got = routes(p.snapshot(), GW, "example.com");
     assert_eq!(got[0], ("path=/example".to_string(), cluster_of(INFRA, "infra-backend-v1")));
-    assert_eq!(got[1], ("prefix=/v2".to_string(), cluster_of(INFRA, "infra-backend-v2")));
+    assert_eq!(got[1], ("path=/v2".to_string(), cluster_of(INFRA, "infra-backend-v2")));
+    assert_eq!(got[2], ("prefix=/v2/".to_string(), cluster_of(INFRA, "infra-backend-v2")));
     assert_eq!(got.last().unwrap(), &("prefix=/".to_string(), cluster_of(INFRA, "infra-backend-v1")));
-    assert_eq!(routes(p.snapshot(), GW, "example.net").len(), 2);
+    assert_eq!(routes(p.snapshot(), GW, "example.net").len(), 2, "the exact path and the prefix");
 }
 
 #[test]
@@ -453,7 +457,7 @@ fn httproute_path_match_order() {
         rule(("PathPrefix", "/match/prefix/one"), &["infra-backend-v1"]),
     ]))]));
     let got: Vec<String> = routes(p.snapshot(), GW, "*").into_iter().map(|(m, _)| m).collect();
-    assert_eq!(got, ["path=/match/exact", "prefix=/match/prefix/one", "prefix=/match/prefix", "prefix=/match"]);
+    assert_eq!(got, ["path=/match/exact", "path=/match/prefix/one", "prefix=/match/prefix/one/", "path=/match/prefix", "prefix=/match/prefix/", "path=/match", "prefix=/match/"]);
 }
 
 #[test]
@@ -519,7 +523,8 @@ fn httproute_hostname_intersection() {
     }
     // The listener's own name for the route's wider wildcard.
     let very: Vec<String> = routes(p.snapshot(), "gw_86", "very.specific.com").into_iter().map(|(m, _)| m).collect();
-    assert_eq!(very, ["prefix=/s3", "prefix=/s1"]);
+    // A segment prefix is compiled to an exact path and a "/"-ended prefix.
+    assert_eq!(very, ["path=/s1", "prefix=/s1/", "path=/s3", "prefix=/s3/"]);
     assert_eq!(parent_conditions(&p, "HTTPRoute", "no-intersecting-hosts", "httproute-hostname-intersection")[0],
         t("Accepted", "False", "NoMatchingListenerHostname"));
 }
@@ -627,7 +632,7 @@ fn httproute_partially_invalid_via_invalid_reference_grant() {
     let p = pipeline(with(base(), [http_route(INFRA, "invalid-reference-grant", parent("same-namespace"), json!([]), json!([
         {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}}],"backendRefs":[{"name":"app-backend-v2","namespace":APP,"port":8080}]},
         rule(("PathPrefix", "/"), &["infra-backend-v1"])]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/v2", "direct=500"), ("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("path=/v2", "direct=500"), ("prefix=/v2/", "direct=500"), ("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
     assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-reference-grant", "same-namespace"),
         [t("Accepted", "True", "Accepted"), t("ResolvedRefs", "False", "RefNotPermitted")]);
 }
@@ -654,10 +659,11 @@ fn httproute_request_header_modifier() {
             "add":[{"name":"X-Header-Add","value":"add-appends-values"}],"remove":["X-Header-Remove"]}}],
         "backendRefs":[backend("infra-backend-v1")]}]))]));
     let r = &envoy_routes(&p, GW, "*")[0];
+    // Header names reach Envoy lower-cased (HTTP header names are case-insensitive).
     let added: Vec<(String, String)> = r.request_headers_to_add.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
-    assert!(added.contains(&("X-Header-Set".into(), "set-overwrites-values".into())), "{added:?}");
-    assert!(added.contains(&("X-Header-Add".into(), "add-appends-values".into())), "{added:?}");
-    assert_eq!(r.request_headers_to_remove, ["X-Header-Remove"]);
+    assert!(added.contains(&("x-header-set".into(), "set-overwrites-values".into())), "{added:?}");
+    assert!(added.contains(&("x-header-add".into(), "add-appends-values".into())), "{added:?}");
+    assert_eq!(r.request_headers_to_remove, ["x-header-remove"]);
 }
 
 #[test]
@@ -666,8 +672,8 @@ fn httproute_response_header_modifier() {
         "filters":[{"type":"ResponseHeaderModifier","responseHeaderModifier":{"set":[{"name":"X-Header-Set","value":"set-overwrites-values"}],"remove":["X-Header-Remove"]}}],
         "backendRefs":[backend("infra-backend-v1")]}]))]));
     let r = &envoy_routes(&p, GW, "*")[0];
-    assert_eq!(r.response_headers_to_add[0].header.as_ref().unwrap().key, "X-Header-Set");
-    assert_eq!(r.response_headers_to_remove, ["X-Header-Remove"]);
+    assert_eq!(r.response_headers_to_add[0].header.as_ref().unwrap().key, "x-header-set");
+    assert_eq!(r.response_headers_to_remove, ["x-header-remove"]);
 }
 
 fn redirect_of(r: &route::Route) -> route::RedirectAction {
@@ -684,7 +690,7 @@ fn httproute_redirect_host_and_status() {
         {"matches":[{"path":{"type":"PathPrefix","value":"/host-and-status"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org","statusCode":301}}]}]))]));
     let rs = envoy_routes(&p, GW, "*");
     let by = |prefix: &str| {
-        let i = routes(p.snapshot(), GW, "*").iter().position(|(m, _)| m == &format!("prefix={prefix}")).unwrap();
+        let i = routes(p.snapshot(), GW, "*").iter().position(|(m, _)| m == &format!("path={prefix}")).unwrap();
         redirect_of(&rs[i])
     };
     assert_eq!(by("/hostname-redirect").host_redirect, "example.org");
@@ -797,6 +803,11 @@ fn a_route_conflict_across_routes_goes_to_the_oldest() {
 
 // ---- GRPCRoute ------------------------------------------------------------------
 
+/// gRPC backends are clusters of their own (HTTP/2 upstream).
+fn grpc_cluster(ns: &str, name: &str) -> String {
+    format!("cluster={ns}/{name}/8080/grpc")
+}
+
 #[test]
 fn grpc_exact_method_matching() {
     let p = pipeline(with(base(), [grpc_route(INFRA, "exact-matching", parent("same-namespace"), json!([]), json!([
@@ -805,11 +816,11 @@ fn grpc_exact_method_matching() {
     let mut got = routes(p.snapshot(), GW, "*");
     got.sort();
     assert_eq!(got, pairs(&[
-        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo", &cluster_of(INFRA, "infra-backend-v1")),
-        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo", &cluster_of(INFRA, "infra-backend-v2"))]));
+        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo", &grpc_cluster(INFRA, "infra-backend-v1")),
+        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo", &grpc_cluster(INFRA, "infra-backend-v2"))]));
     assert_eq!(parent_conditions(&p, "GRPCRoute", "exact-matching", "same-namespace"), accepted_and_resolved());
     // gRPC backends speak HTTP/2.
-    let c = cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080")).unwrap();
+    let c = cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080/grpc")).unwrap();
     assert!(format!("{c:?}").contains("Http2ProtocolOptions") || format!("{c:?}").to_lowercase().contains("http2"), "{c:?}");
 }
 
@@ -831,8 +842,8 @@ fn grpc_route_listener_hostname_matching() {
         grpc_route(INFRA, "backend-v1", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
         grpc_route(INFRA, "backend-v2", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v2")]}])),
     ]));
-    assert_eq!(routes(p.snapshot(), "gw_90", "bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert_eq!(routes(p.snapshot(), "gw_90", "foo.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
+    assert_eq!(routes(p.snapshot(), "gw_90", "bar.com"), pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v1"))]));
+    assert_eq!(routes(p.snapshot(), "gw_90", "foo.bar.com"), pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v2"))]));
 }
 
 #[test]
@@ -840,5 +851,5 @@ fn grpc_route_weight() {
     let p = pipeline(with(base(), [grpc_route(INFRA, "weighted-backends", parent("same-namespace"), json!([]), json!([{"backendRefs":[
         {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30}]}]))]));
     assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
-        &format!("weighted={INFRA}/infra-backend-v1/8080:70,{INFRA}/infra-backend-v2/8080:30"))]));
+        &format!("weighted={INFRA}/infra-backend-v1/8080/grpc:70,{INFRA}/infra-backend-v2/8080/grpc:30"))]));
 }
