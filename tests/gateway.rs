@@ -853,3 +853,20 @@ fn grpc_route_weight() {
     assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
         &format!("weighted={INFRA}/infra-backend-v1/8080/grpc:70,{INFRA}/infra-backend-v2/8080/grpc:30"))]));
 }
+
+#[test]
+fn a_gateway_port_the_ingress_plugin_uses_is_unavailable() {
+    // The host does not refuse two Envoy listeners on one port (Envoy would
+    // fail to bind the second), so the plugin keeps off the Ingress
+    // plugin's ports (configurable: reservedPorts).
+    let p = pipeline(with(base(), [
+        ingress_class("isobar", false),
+        ingress(INFRA, "ing", &[("ingress.example.com", &[("/", "Prefix", "infra-backend-v1", json!(8080))])]),
+        gateway("clash", json!([http("http", 8080, "Same")])),
+        http_route(INFRA, "r", parent("clash"), json!(["gw.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])])),
+    ]));
+    assert!(listener(p.snapshot(), "gw_8080").is_none());
+    assert_eq!(triples(&listener_status(&p, "clash")[0]["conditions"])[0], t("Accepted", "False", "PortUnavailable"));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "r", "clash")[0], t("Accepted", "False", "NotAllowedByListeners"));
+    assert_eq!(routes(p.snapshot(), "ingress_http", "ingress.example.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+}

@@ -137,6 +137,12 @@ fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerVi
     }
     if view.port == 0 {
         view.accepted = (false, "PortUnavailable", format!("port {} is not usable", l.port));
+    } else if crate::Config::get().reserved_ports.contains(&view.port) {
+        view.accepted = (
+            false,
+            "PortUnavailable",
+            format!("port {} is reserved for another translator's listener (reservedPorts)", view.port),
+        );
     }
     let allowed = l.allowed_routes.clone().unwrap_or_default();
     view.from = match allowed.namespaces.as_ref().and_then(|n| n.from.as_deref()).unwrap_or("Same") {

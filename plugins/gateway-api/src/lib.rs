@@ -65,6 +65,30 @@ pub(crate) fn ref_granted(
         })
 }
 
+/// The operator's configuration (`--plugin-config gateway-api=@file.json`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Ports no Gateway listener may take: the host does not keep two Envoy
+    /// listeners off one port, so by default the Ingress plugin's
+    /// (`ingress_http` 8080, `ingress_https` 8443). A listener on one is
+    /// `Accepted=False/PortUnavailable`.
+    pub reserved_ports: Vec<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { reserved_ports: vec![8080, 8443] }
+    }
+}
+
+impl Config {
+    /// The configuration `configure` accepted (checked there, so it parses).
+    pub fn get() -> Config {
+        isobar_guest::config_as().unwrap_or_default()
+    }
+}
+
 fn kind(k: &str) -> KindRef {
     KindRef::new(api::API_VERSION, k)
 }
@@ -82,6 +106,12 @@ impl Translator for GatewayApiTranslator {
             .watch_kind(kind("ReferenceGrant"))
             .watch::<Service>()
             .watch::<Namespace>()
+    }
+
+    fn configure(config: &str) -> Result<(), Error> {
+        serde_json::from_str::<Config>(config)
+            .map(|_| ())
+            .map_err(|e| Error::new("InvalidConfig", e.to_string()))
     }
 
     fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {

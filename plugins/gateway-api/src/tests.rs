@@ -458,3 +458,15 @@ fn grpc_route_not_allowed_by_http_route_only_listener() {
     let f = translate(&store([gw]), r);
     assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NotAllowedByListeners".into()));
 }
+
+#[test]
+fn reserved_ports_are_unavailable_and_configurable() {
+    let gw = gateway("gw", json!([http_listener("a", 8080, None, "All")]));
+    let f = translate(&store([]), gw.clone());
+    assert_eq!(fields(&f)["listeners"][0]["conditions"][0]["reason"], "PortUnavailable");
+    assert!(f.listeners.is_empty());
+    let f = isobar_guest::with_config(r#"{"reservedPorts": []}"#, || translate(&store([]), gw));
+    assert_eq!(fields(&f)["listeners"][0]["conditions"][0]["reason"], "Accepted");
+    assert!(GatewayApiTranslator::configure(r#"{"reservedPorts": "x"}"#).is_err());
+    assert!(GatewayApiTranslator::configure(r#"{"nope": 1}"#).is_err());
+}
