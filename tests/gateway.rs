@@ -266,6 +266,16 @@ fn gateway_listener_unsupported_protocol() {
 }
 
 #[test]
+fn gateway_invalid_parameters_ref() {
+    let mut gw = gateway("gateway-invalid-parameters-ref", json!([http("http", 80, "Same")]));
+    gw["spec"]["infrastructure"] = json!({"parametersRef":{"group":"invalid.io","kind":"InvalidParameters","name":"invalid"}});
+    let p = pipeline(with(base(), [gw]));
+    let s = status_of(&p, "Gateway", "gateway-invalid-parameters-ref");
+    assert_eq!((s.conditions[0].type_.as_str(), s.conditions[0].reason.as_str()), ("Accepted", "InvalidParameters"));
+    assert_eq!(s.conditions[0].status, isobar::ir::ConditionStatus::False);
+}
+
+#[test]
 fn gateway_invalid_route_kind() {
     let p = pipeline(with(base(), [
         gateway("gateway-only-invalid-route-kind", json!([{"name":"http","port":8091,"protocol":"HTTP",
@@ -869,4 +879,27 @@ fn a_gateway_port_the_ingress_plugin_uses_is_unavailable() {
     assert_eq!(triples(&listener_status(&p, "clash")[0]["conditions"])[0], t("Accepted", "False", "PortUnavailable"));
     assert_eq!(parent_conditions(&p, "HTTPRoute", "r", "clash")[0], t("Accepted", "False", "NotAllowedByListeners"));
     assert_eq!(routes(p.snapshot(), "ingress_http", "ingress.example.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+}
+
+#[test]
+fn httproute_service_types() {
+    // Headless Services and hand-made EndpointSlices: the plugin names the
+    // Service port, the host takes endpoints from the slices.
+    let headless = |name: &str| {
+        let mut s = service(INFRA, name, &[("", 8080, json!(3000))]);
+        s["spec"]["clusterIP"] = json!("None");
+        s
+    };
+    let p = pipeline(with(base(), [
+        headless("infra-backend-v1-headless"),
+        slice(INFRA, "infra-backend-v1-headless", "manual", "", 3000, &["10.0.1.1"]),
+        http_route(INFRA, "service-types", parent("same-namespace"), json!([]), json!([
+            rule(("Exact", "/"), &["infra-backend-v1"]),
+            rule(("Exact", "/headless"), &["infra-backend-v1-headless"])])),
+    ]));
+    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[
+        ("path=/headless", &cluster_of(INFRA, "infra-backend-v1-headless")),
+        ("path=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    let la = load_assignment(p.snapshot(), &format!("{INFRA}/infra-backend-v1-headless/8080")).expect("endpoints");
+    assert_eq!(la.endpoints.iter().map(|e| e.lb_endpoints.len()).sum::<usize>(), 1);
 }

@@ -45,6 +45,13 @@ pub struct GatewaySpec {
     pub gateway_class_name: String,
     pub listeners: Vec<GatewayListener>,
     pub addresses: Vec<serde_json::Value>,
+    pub infrastructure: Option<Infrastructure>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Infrastructure {
+    pub parameters_ref: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

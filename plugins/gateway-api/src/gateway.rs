@@ -418,7 +418,12 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
             "conditions": [c("Accepted", l.accepted.clone()), c("ResolvedRefs", l.resolved.clone()), conflicted],
         }));
     }
-    let accepted = if !view.gateway.spec.addresses.is_empty() {
+    let parameters = view.gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref());
+    // No parameters kind is supported: any reference is invalid. The
+    // listeners are still served (the parameters could only tune them).
+    let accepted = if parameters.is_some() {
+        Condition::new("Accepted", false, "InvalidParameters", "infrastructure.parametersRef: no parameters kind is supported")
+    } else if !view.gateway.spec.addresses.is_empty() {
         Condition::new("Accepted", false, "UnsupportedAddress", "spec.addresses is not supported")
     } else if !view.listeners.is_empty() && !view.listeners.iter().any(ListenerView::usable) {
         Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid")
