@@ -903,3 +903,52 @@ fn httproute_service_types() {
     let la = load_assignment(p.snapshot(), &format!("{INFRA}/infra-backend-v1-headless/8080")).expect("endpoints");
     assert_eq!(la.endpoints.iter().map(|e| e.lb_endpoints.len()).sum::<usize>(), 1);
 }
+
+#[test]
+fn httproute_invalid_parent_ref_section_name_not_matching_port() {
+    let p = pipeline(with(base(), [http_route(INFRA, "httproute-listener-section-name-not-matching-port",
+        json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"http","port":81}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-listener-section-name-not-matching-port", "same-namespace")[0],
+        t("Accepted", "False", "NoMatchingParent"));
+    assert!(domains_of(p.snapshot(), GW).is_empty());
+}
+
+#[test]
+fn httproute_307_and_308_redirect() {
+    use route::redirect_action::RedirectResponseCode as Code;
+    for (status, code) in [(307, Code::TemporaryRedirect), (308, Code::PermanentRedirect)] {
+        let p = pipeline(with(base(), [http_route(INFRA, "redirect", parent("same-namespace"), json!([]), json!([
+            {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":status}}]}]))]));
+        assert_eq!(redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code, code as i32, "{status}");
+    }
+}
+
+#[test]
+fn httproute_request_multiple_mirrors_and_percentage_mirror() {
+    let p = pipeline(with(base(), [http_route(INFRA, "request-mirror", parent("same-namespace"), json!([]), json!([
+        {"filters":[
+            {"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v2")}},
+            {"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v3"),"fraction":{"numerator":1,"denominator":4}}}],
+         "backendRefs":[backend("infra-backend-v1")]}]))]));
+    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else { panic!() };
+    let mirrors: Vec<(String, Option<u32>)> = ra.request_mirror_policies.iter()
+        .map(|m| (m.cluster.clone(), m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()).map(|v| v.numerator)))
+        .collect();
+    assert_eq!(mirrors.len(), 2, "{mirrors:?}");
+    assert_eq!(mirrors[0].0, format!("{INFRA}/infra-backend-v2/8080"));
+    assert_eq!(mirrors[1], (format!("{INFRA}/infra-backend-v3/8080"), Some(25)));
+}
+
+#[test]
+fn an_https_listener_whose_secret_is_missing_is_not_served_and_the_route_is_told() {
+    // The plugin cannot read Secrets: it names the certificate, the host
+    // finds it missing and says so on the root that placed the host (the
+    // route), not on the Gateway listener.
+    let p = pipeline(with(base(), [
+        https_gateway("gw-tls", 9445, json!({"name":"missing-cert"})),
+        http_route(INFRA, "r", parent("gw-tls"), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
+    ]));
+    assert!(listener(p.snapshot(), "gw_9445").is_none());
+    assert!(reasons(&p.diagnostics()).contains(&("r".into(), "SecretInvalid".into())), "{:?}", p.diagnostics());
+    assert_eq!(triples(&listener_status(&p, "gw-tls")[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+}
