@@ -952,3 +952,19 @@ fn an_https_listener_whose_secret_is_missing_is_not_served_and_the_route_is_told
     assert!(reasons(&p.diagnostics()).contains(&("r".into(), "SecretInvalid".into())), "{:?}", p.diagnostics());
     assert_eq!(triples(&listener_status(&p, "gw-tls")[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
 }
+
+#[test]
+fn gateways_sharing_a_port_share_its_envoy_listener_unless_their_protocols_clash() {
+    let mut a = gateway("a", json!([with_host(http("http", 8000, "All"), "a.example.com")]));
+    a["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    let mut b = gateway("b", json!([with_host(http("http", 8000, "All"), "b.example.com")]));
+    b["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
+    let mut c = gateway("c", json!([{"name":"https","port":8000,"protocol":"HTTPS","tls":{"certificateRefs":[{"name":"cert"}]}}]));
+    c["metadata"]["creationTimestamp"] = json!("2022-01-01T00:00:00Z");
+    let route = |name: &str, gw: &str| http_route(INFRA, name, parent(gw), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]));
+    let p = pipeline(with(base(), [a, b, c, route("ra", "a"), route("rb", "b"), route("rc", "c")]));
+    assert_eq!(domains_of(p.snapshot(), "gw_8000"), ["a.example.com".to_string(), "b.example.com".into()].into());
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
+    assert_eq!(triples(&listener_status(&p, "c")[0]["conditions"])[2], t("Conflicted", "True", "ProtocolConflict"));
+    assert_eq!(parent_conditions(&p, "HTTPRoute", "rc", "c")[0], t("Accepted", "False", "NotAllowedByListeners"));
+}

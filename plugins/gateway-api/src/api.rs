@@ -17,6 +17,7 @@ pub struct Meta {
     pub namespace: String,
     pub generation: i64,
     pub labels: BTreeMap<String, String>,
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -106,7 +106,54 @@ pub fn analyse(gateway: Gateway, store: &dyn Store) -> GatewayView {
             }
         }
     }
+    cross_gateway_conflicts(&gateway, &mut listeners, store);
     GatewayView { gateway, listeners }
+}
+
+/// One port is one Envoy listener of one protocol, whichever Gateways use
+/// it: a listener whose port an older Gateway of ours (creation time, then
+/// namespace/name, as the host orders roots) uses with the other protocol
+/// is ProtocolConflict, so it is not declared and the host never sees two
+/// declarations of `gw_<port>`. Lists every Gateway (recorded).
+fn cross_gateway_conflicts(gateway: &Gateway, listeners: &mut [ListenerView], store: &dyn Store) {
+    let order = |g: &Gateway| {
+        (
+            g.metadata.creation_timestamp.clone().unwrap_or_default(),
+            g.metadata.namespace.clone(),
+            g.metadata.name.clone(),
+        )
+    };
+    let mine = order(gateway);
+    let mut classes: BTreeMap<String, bool> = BTreeMap::new();
+    for other in store
+        .list(api::API_VERSION, "Gateway", None)
+        .iter()
+        .filter_map(|o| o.parse::<Gateway>().ok())
+        .filter(|g| order(g) < mine)
+    {
+        let class = other.spec.gateway_class_name.clone();
+        let ours = *classes
+            .entry(class)
+            .or_insert_with(|| is_ours(&other, store).unwrap_or(false));
+        if !ours {
+            continue;
+        }
+        for theirs in &other.spec.listeners {
+            let proto = match theirs.protocol.as_str() {
+                "HTTP" => Proto::Http,
+                "HTTPS" => Proto::Https,
+                _ => continue,
+            };
+            for l in listeners.iter_mut() {
+                if i32::from(l.port) == theirs.port
+                    && l.proto.is_some_and(|p| p != proto)
+                    && l.conflicted.is_none()
+                {
+                    l.conflicted = Some("ProtocolConflict");
+                }
+            }
+        }
+    }
 }
 
 fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerView {

@@ -470,3 +470,20 @@ fn reserved_ports_are_unavailable_and_configurable() {
     assert!(GatewayApiTranslator::configure(r#"{"reservedPorts": "x"}"#).is_err());
     assert!(GatewayApiTranslator::configure(r#"{"nope": 1}"#).is_err());
 }
+
+#[test]
+fn a_port_an_older_gateway_uses_with_another_protocol_is_a_protocol_conflict() {
+    let mut old = gateway("old", json!([http_listener("h", 443, None, "All")]));
+    old["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    let mut new = gateway("new", json!([{"name": "s", "port": 443, "protocol": "HTTPS",
+        "tls": {"certificateRefs": [{"name": "cert"}]}}, http_listener("h", 80, None, "All")]));
+    new["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
+    let s = store([old.clone(), new.clone()]);
+    let f = translate(&s, new);
+    assert_eq!(fields(&f)["listeners"][0]["conditions"][2]["reason"], "ProtocolConflict");
+    assert_eq!(fields(&f)["listeners"][1]["conditions"][2]["reason"], "NoConflicts");
+    assert_eq!(f.listeners, [Listener::http("gw_80", 80)]);
+    // The older one keeps its listener.
+    let f = translate(&s, old);
+    assert_eq!(f.listeners, [Listener::http("gw_443", 443)]);
+}
