@@ -71,7 +71,10 @@ fn base() -> Vec<Value> {
         gateway("all-namespaces", json!([http("http", 81, "All")])),
     ];
     for (ns, names) in [
-        (INFRA, &["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"][..]),
+        (
+            INFRA,
+            &["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"][..],
+        ),
         (APP, &["app-backend-v1", "app-backend-v2"][..]),
         (WEB, &["web-backend"][..]),
     ] {
@@ -113,7 +116,14 @@ fn rule(path: (&str, &str), backends: &[&str]) -> Value {
         "backendRefs": backends.iter().map(|b| backend(b)).collect::<Vec<_>>()})
 }
 
-fn reference_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to_kind: &str, to_name: Option<&str>) -> Value {
+fn reference_grant(
+    ns: &str,
+    name: &str,
+    from_kind: &str,
+    from_ns: &str,
+    to_kind: &str,
+    to_name: Option<&str>,
+) -> Value {
     let mut to = json!({"group":"","kind":to_kind});
     if let Some(n) = to_name {
         to["name"] = json!(n);
@@ -141,7 +151,12 @@ fn status_of(p: &Offline, kind: &str, name: &str) -> isobar::ir::ObjectStatus {
 }
 
 /// (type, status, reason) of every condition of the route's parent `gateway`.
-fn parent_conditions(p: &Offline, kind: &str, route: &str, gateway: &str) -> Vec<(String, String, String)> {
+fn parent_conditions(
+    p: &Offline,
+    kind: &str,
+    route: &str,
+    gateway: &str,
+) -> Vec<(String, String, String)> {
     let s = status_of(p, kind, route);
     let parents = s.fields.expect("fields")["parents"].clone();
     let parent = parents
@@ -175,7 +190,10 @@ fn t(type_: &str, status: &str, reason: &str) -> (String, String, String) {
 }
 
 fn accepted_and_resolved() -> Vec<(String, String, String)> {
-    vec![t("Accepted", "True", "Accepted"), t("ResolvedRefs", "True", "ResolvedRefs")]
+    vec![
+        t("Accepted", "True", "Accepted"),
+        t("ResolvedRefs", "True", "ResolvedRefs"),
+    ]
 }
 
 /// The listener entries of a Gateway's status.
@@ -204,9 +222,21 @@ fn ingress_and_gateway_api_are_served_side_by_side() {
         base(),
         [
             ingress_class("isobar", false),
-            ingress("gateway-conformance-infra", "ing", &[("ingress.example.com", &[("/", "Prefix", "infra-backend-v1", json!(8080))])]),
-            http_route(INFRA, "route", parent("same-namespace"), json!(["gateway.example.com"]),
-                json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])])),
+            ingress(
+                "gateway-conformance-infra",
+                "ing",
+                &[(
+                    "ingress.example.com",
+                    &[("/", "Prefix", "infra-backend-v1", json!(8080))],
+                )],
+            ),
+            http_route(
+                INFRA,
+                "route",
+                parent("same-namespace"),
+                json!(["gateway.example.com"]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])]),
+            ),
         ],
     );
     let p = pipeline(objects);
@@ -223,7 +253,9 @@ fn ingress_and_gateway_api_are_served_side_by_side() {
     assert!(!domains_of(p.snapshot(), "ingress_http").contains("gateway.example.com"));
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
     let l = listener(p.snapshot(), GW).expect("gateway listener");
-    let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!("no socket address") };
+    let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
+        panic!("no socket address")
+    };
     assert_eq!(sa.port_specifier, Some(PortSpecifier::PortValue(80)));
     assert!(listener(p.snapshot(), "ingress_http").is_some());
 }
@@ -234,12 +266,21 @@ fn ingress_and_gateway_api_are_served_side_by_side() {
 fn gatewayclass_observed_generation_bump() {
     let mut p = pipeline(base());
     let s = status_of(&p, "GatewayClass", "isobar");
-    assert_eq!((s.conditions[0].type_.as_str(), s.conditions[0].reason.as_str()), ("Accepted", "Accepted"));
+    assert_eq!(
+        (
+            s.conditions[0].type_.as_str(),
+            s.conditions[0].reason.as_str()
+        ),
+        ("Accepted", "Accepted")
+    );
     assert_eq!(s.conditions[0].observed_generation, Some(1));
     let mut class = gateway_class();
     class["metadata"]["generation"] = json!(2);
     p.apply([apply(class)]);
-    assert_eq!(status_of(&p, "GatewayClass", "isobar").conditions[0].observed_generation, Some(2));
+    assert_eq!(
+        status_of(&p, "GatewayClass", "isobar").conditions[0].observed_generation,
+        Some(2)
+    );
 }
 
 #[test]
@@ -247,7 +288,10 @@ fn gateway_observed_generation_bump() {
     let mut p = pipeline(base());
     let s = status_of(&p, "Gateway", "same-namespace");
     assert_eq!(s.conditions[0].observed_generation, Some(1));
-    let mut gw = gateway("same-namespace", json!([http("http", 80, "Same"), http("other", 82, "Same")]));
+    let mut gw = gateway(
+        "same-namespace",
+        json!([http("http", 80, "Same"), http("other", 82, "Same")]),
+    );
     gw["metadata"]["generation"] = json!(2);
     p.apply([apply(gw)]);
     let s = status_of(&p, "Gateway", "same-namespace");
@@ -258,173 +302,428 @@ fn gateway_observed_generation_bump() {
 
 #[test]
 fn gateway_listener_unsupported_protocol() {
-    let p = pipeline(with(base(), [gateway("gateway-listener-unsupported-protocol",
-        json!([{"name":"unsupported","port":8090,"protocol":"UNSUPPORTED"}]))]));
+    let p = pipeline(with(
+        base(),
+        [gateway(
+            "gateway-listener-unsupported-protocol",
+            json!([{"name":"unsupported","port":8090,"protocol":"UNSUPPORTED"}]),
+        )],
+    ));
     let l = listener_status(&p, "gateway-listener-unsupported-protocol");
-    assert_eq!(triples(&l[0]["conditions"])[0], t("Accepted", "False", "UnsupportedProtocol"));
+    assert_eq!(
+        triples(&l[0]["conditions"])[0],
+        t("Accepted", "False", "UnsupportedProtocol")
+    );
     assert!(listener(p.snapshot(), "gw_8090").is_none());
 }
 
 #[test]
 fn gateway_invalid_parameters_ref() {
-    let mut gw = gateway("gateway-invalid-parameters-ref", json!([http("http", 80, "Same")]));
-    gw["spec"]["infrastructure"] = json!({"parametersRef":{"group":"invalid.io","kind":"InvalidParameters","name":"invalid"}});
+    let mut gw = gateway(
+        "gateway-invalid-parameters-ref",
+        json!([http("http", 80, "Same")]),
+    );
+    gw["spec"]["infrastructure"] =
+        json!({"parametersRef":{"group":"invalid.io","kind":"InvalidParameters","name":"invalid"}});
     let p = pipeline(with(base(), [gw]));
     let s = status_of(&p, "Gateway", "gateway-invalid-parameters-ref");
-    assert_eq!((s.conditions[0].type_.as_str(), s.conditions[0].reason.as_str()), ("Accepted", "InvalidParameters"));
+    assert_eq!(
+        (
+            s.conditions[0].type_.as_str(),
+            s.conditions[0].reason.as_str()
+        ),
+        ("Accepted", "InvalidParameters")
+    );
     assert_eq!(s.conditions[0].status, isobar::ir::ConditionStatus::False);
 }
 
 #[test]
 fn gateway_invalid_route_kind() {
-    let p = pipeline(with(base(), [
-        gateway("gateway-only-invalid-route-kind", json!([{"name":"http","port":8091,"protocol":"HTTP",
-            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"}]}}])),
-        gateway("gateway-supported-and-invalid-route-kind", json!([{"name":"http","port":8092,"protocol":"HTTP",
-            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"},{"kind":"HTTPRoute"}]}}])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "gateway-only-invalid-route-kind",
+                json!([{"name":"http","port":8091,"protocol":"HTTP",
+            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"}]}}]),
+            ),
+            gateway(
+                "gateway-supported-and-invalid-route-kind",
+                json!([{"name":"http","port":8092,"protocol":"HTTP",
+            "allowedRoutes":{"kinds":[{"kind":"InvalidRoute"},{"kind":"HTTPRoute"}]}}]),
+            ),
+        ],
+    ));
     let only = listener_status(&p, "gateway-only-invalid-route-kind");
     assert_eq!(only[0]["supportedKinds"], json!([]));
-    assert_eq!(triples(&only[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidRouteKinds"));
+    assert_eq!(
+        triples(&only[0]["conditions"])[1],
+        t("ResolvedRefs", "False", "InvalidRouteKinds")
+    );
     let both = listener_status(&p, "gateway-supported-and-invalid-route-kind");
-    assert_eq!(both[0]["supportedKinds"], json!([{"group":"gateway.networking.k8s.io","kind":"HTTPRoute"}]));
-    assert_eq!(triples(&both[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidRouteKinds"));
+    assert_eq!(
+        both[0]["supportedKinds"],
+        json!([{"group":"gateway.networking.k8s.io","kind":"HTTPRoute"}])
+    );
+    assert_eq!(
+        triples(&both[0]["conditions"])[1],
+        t("ResolvedRefs", "False", "InvalidRouteKinds")
+    );
 }
 
 fn https_gateway(name: &str, port: u16, cert: Value) -> Value {
-    gateway(name, json!([{"name":"https","port":port,"protocol":"HTTPS","hostname":"secure.test.com",
-        "allowedRoutes":{"namespaces":{"from":"All"}},"tls":{"certificateRefs":[cert]}}]))
+    gateway(
+        name,
+        json!([{"name":"https","port":port,"protocol":"HTTPS","hostname":"secure.test.com",
+        "allowedRoutes":{"namespaces":{"from":"All"}},"tls":{"certificateRefs":[cert]}}]),
+    )
 }
 
 #[test]
 fn gateway_invalid_tls_configuration() {
-    let p = pipeline(with(base(), [
-        https_gateway("gateway-certificate-unsupported-kind", 8443 + 1000, json!({"group":"","kind":"WrongKind","name":"tls-validity-checks-certificate"})),
-        https_gateway("gateway-certificate-unsupported-group", 8443 + 1001, json!({"group":"wrong.group.company.io","kind":"Secret","name":"tls-validity-checks-certificate"})),
-    ]));
-    for gw in ["gateway-certificate-unsupported-kind", "gateway-certificate-unsupported-group"] {
+    let p = pipeline(with(
+        base(),
+        [
+            https_gateway(
+                "gateway-certificate-unsupported-kind",
+                8443 + 1000,
+                json!({"group":"","kind":"WrongKind","name":"tls-validity-checks-certificate"}),
+            ),
+            https_gateway(
+                "gateway-certificate-unsupported-group",
+                8443 + 1001,
+                json!({"group":"wrong.group.company.io","kind":"Secret","name":"tls-validity-checks-certificate"}),
+            ),
+        ],
+    ));
+    for gw in [
+        "gateway-certificate-unsupported-kind",
+        "gateway-certificate-unsupported-group",
+    ] {
         let l = listener_status(&p, gw);
-        assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "InvalidCertificateRef"), "{gw}");
+        assert_eq!(
+            triples(&l[0]["conditions"])[1],
+            t("ResolvedRefs", "False", "InvalidCertificateRef"),
+            "{gw}"
+        );
     }
     assert!(listener(p.snapshot(), "gw_9443").is_none());
 }
 
 #[test]
 fn gateway_secret_missing_reference_grant() {
-    let p = pipeline(with(base(), [https_gateway("gateway-secret-missing-reference-grant", 9443,
-        json!({"name":"certificate","namespace":"gateway-conformance-web-backend"}))]));
+    let p = pipeline(with(
+        base(),
+        [https_gateway(
+            "gateway-secret-missing-reference-grant",
+            9443,
+            json!({"name":"certificate","namespace":"gateway-conformance-web-backend"}),
+        )],
+    ));
     let l = listener_status(&p, "gateway-secret-missing-reference-grant");
-    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+    assert_eq!(
+        triples(&l[0]["conditions"])[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
 }
 
 #[test]
 fn gateway_secret_invalid_reference_grant() {
     // The grant names another Secret.
-    let p = pipeline(with(base(), [
-        https_gateway("gateway-secret-invalid-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
-        reference_grant(WEB, "reference-grant-wrong-name", "Gateway", INFRA, "Secret", Some("not-the-certificate")),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            https_gateway(
+                "gateway-secret-invalid-reference-grant",
+                9443,
+                json!({"name":"certificate","namespace":WEB}),
+            ),
+            reference_grant(
+                WEB,
+                "reference-grant-wrong-name",
+                "Gateway",
+                INFRA,
+                "Secret",
+                Some("not-the-certificate"),
+            ),
+        ],
+    ));
     let l = listener_status(&p, "gateway-secret-invalid-reference-grant");
-    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+    assert_eq!(
+        triples(&l[0]["conditions"])[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
 }
 
 #[test]
 fn gateway_secret_reference_grant_all_in_namespace() {
-    let p = pipeline(with(base(), [
-        https_gateway("gateway-secret-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
-        reference_grant(WEB, "reference-grant-all", "Gateway", INFRA, "Secret", None),
-        tls_secret(WEB, "certificate"),
-        http_route(INFRA, "r", parent("gateway-secret-reference-grant"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            https_gateway(
+                "gateway-secret-reference-grant",
+                9443,
+                json!({"name":"certificate","namespace":WEB}),
+            ),
+            reference_grant(WEB, "reference-grant-all", "Gateway", INFRA, "Secret", None),
+            tls_secret(WEB, "certificate"),
+            http_route(
+                INFRA,
+                "r",
+                parent("gateway-secret-reference-grant"),
+                json!([]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+            ),
+        ],
+    ));
     let l = listener_status(&p, "gateway-secret-reference-grant");
-    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+    assert_eq!(
+        triples(&l[0]["conditions"])[1],
+        t("ResolvedRefs", "True", "ResolvedRefs")
+    );
     let envoy = listener(p.snapshot(), "gw_9443").expect("https listener");
-    let sni = &envoy.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names;
+    let sni = &envoy.filter_chains[0]
+        .filter_chain_match
+        .as_ref()
+        .unwrap()
+        .server_names;
     assert_eq!(sni, &["secure.test.com".to_string()]);
     assert!(secret(p.snapshot(), &format!("{WEB}/certificate")).is_some());
 }
 
 #[test]
 fn gateway_secret_reference_grant_specific() {
-    let p = pipeline(with(base(), [
-        https_gateway("gateway-secret-reference-grant", 9443, json!({"name":"certificate","namespace":WEB})),
-        reference_grant(WEB, "reference-grant-specific", "Gateway", INFRA, "Secret", Some("certificate")),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            https_gateway(
+                "gateway-secret-reference-grant",
+                9443,
+                json!({"name":"certificate","namespace":WEB}),
+            ),
+            reference_grant(
+                WEB,
+                "reference-grant-specific",
+                "Gateway",
+                INFRA,
+                "Secret",
+                Some("certificate"),
+            ),
+        ],
+    ));
     let l = listener_status(&p, "gateway-secret-reference-grant");
-    assert_eq!(triples(&l[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+    assert_eq!(
+        triples(&l[0]["conditions"])[1],
+        t("ResolvedRefs", "True", "ResolvedRefs")
+    );
 }
 
 #[test]
 fn gateway_with_attached_routes() {
-    let mut p = pipeline(with(base(), [
-        gateway("gateway-with-one-attached-route", json!([with_host(http("http", 83, "Same"), "*.example.com")])),
-        gateway("gateway-with-two-attached-routes", json!([http("http", 84, "All")])),
-        http_route(INFRA, "http-route-1", parent("gateway-with-one-attached-route"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
-        http_route(INFRA, "http-route-2", parent("gateway-with-two-attached-routes"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])])),
-        http_route(WEB, "http-route-3", parent("gateway-with-two-attached-routes"), json!([]), json!([rule(("PathPrefix", "/"), &["web-backend"])])),
-    ]));
-    assert_eq!(listener_status(&p, "gateway-with-one-attached-route")[0]["attachedRoutes"], 1);
-    assert_eq!(listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"], 2);
+    let mut p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "gateway-with-one-attached-route",
+                json!([with_host(http("http", 83, "Same"), "*.example.com")]),
+            ),
+            gateway(
+                "gateway-with-two-attached-routes",
+                json!([http("http", 84, "All")]),
+            ),
+            http_route(
+                INFRA,
+                "http-route-1",
+                parent("gateway-with-one-attached-route"),
+                json!([]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+            ),
+            http_route(
+                INFRA,
+                "http-route-2",
+                parent("gateway-with-two-attached-routes"),
+                json!([]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+            ),
+            http_route(
+                WEB,
+                "http-route-3",
+                parent("gateway-with-two-attached-routes"),
+                json!([]),
+                json!([rule(("PathPrefix", "/"), &["web-backend"])]),
+            ),
+        ],
+    ));
+    assert_eq!(
+        listener_status(&p, "gateway-with-one-attached-route")[0]["attachedRoutes"],
+        1
+    );
+    assert_eq!(
+        listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"],
+        2
+    );
     let l = listener_status(&p, "gateway-with-one-attached-route");
-    assert_eq!(triples(&l[0]["conditions"]), [
-        t("Accepted", "True", "Accepted"), t("ResolvedRefs", "True", "ResolvedRefs"), t("Conflicted", "False", "NoConflicts")]);
+    assert_eq!(
+        triples(&l[0]["conditions"]),
+        [
+            t("Accepted", "True", "Accepted"),
+            t("ResolvedRefs", "True", "ResolvedRefs"),
+            t("Conflicted", "False", "NoConflicts")
+        ]
+    );
     // A route that goes away is no longer counted: the Gateway read it.
-    p.apply([delete(&http_route(WEB, "http-route-3", json!([]), json!([]), json!([])))]);
-    assert_eq!(listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"], 1);
+    p.apply([delete(&http_route(
+        WEB,
+        "http-route-3",
+        json!([]),
+        json!([]),
+        json!([]),
+    ))]);
+    assert_eq!(
+        listener_status(&p, "gateway-with-two-attached-routes")[0]["attachedRoutes"],
+        1
+    );
 }
 
 #[test]
 fn gateway_modify_listeners() {
-    let mut p = pipeline(with(base(), [http_route(INFRA, "r", parent("same-namespace"), json!([]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]))]));
+    let mut p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "r",
+            parent("same-namespace"),
+            json!([]),
+            json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+        )],
+    ));
     assert!(listener(p.snapshot(), GW).is_some());
     // The Gateway moves its listener: the route follows (it read the Gateway).
-    p.apply([apply(gateway("same-namespace", json!([http("http", 85, "Same")])))]);
+    p.apply([apply(gateway(
+        "same-namespace",
+        json!([http("http", 85, "Same")]),
+    ))]);
     assert!(listener(p.snapshot(), GW).is_none());
-    assert_eq!(routes(p.snapshot(), "gw_85", "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(
+        routes(p.snapshot(), "gw_85", "*"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
 }
 
 // ---- HTTPRoute ------------------------------------------------------------------
 
 #[test]
 fn httproute_simple_same_namespace() {
-    let p = pipeline(with(base(), [http_route(INFRA, "gateway-conformance-infra-test", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "gateway-conformance-infra-test", "same-namespace"), accepted_and_resolved());
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "gateway-conformance-infra-test",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "gateway-conformance-infra-test",
+            "same-namespace"
+        ),
+        accepted_and_resolved()
+    );
     assert!(cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080")).is_some());
 }
 
 #[test]
 fn httproute_cross_namespace() {
-    let p = pipeline(with(base(), [http_route(WEB, "cross-namespace", json!([{"name":"all-namespaces","namespace":INFRA}]), json!([]),
-        json!([{"backendRefs":[backend("web-backend")]}]))]));
-    assert_eq!(routes(p.snapshot(), "gw_81", "*"), pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "cross-namespace", "all-namespaces"), accepted_and_resolved());
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            WEB,
+            "cross-namespace",
+            json!([{"name":"all-namespaces","namespace":INFRA}]),
+            json!([]),
+            json!([{"backendRefs":[backend("web-backend")]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), "gw_81", "*"),
+        pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))])
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "cross-namespace", "all-namespaces"),
+        accepted_and_resolved()
+    );
 }
 
 #[test]
 fn httproute_invalid_cross_namespace_parent_ref() {
-    let p = pipeline(with(base(), [http_route(WEB, "invalid-cross-namespace-parent-ref", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[backend("web-backend")]}]))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-cross-namespace-parent-ref", "same-namespace")[0],
-        t("Accepted", "False", "NotAllowedByListeners"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            WEB,
+            "invalid-cross-namespace-parent-ref",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[backend("web-backend")]}]),
+        )],
+    ));
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "invalid-cross-namespace-parent-ref",
+            "same-namespace"
+        )[0],
+        t("Accepted", "False", "NotAllowedByListeners")
+    );
     assert!(domains_of(p.snapshot(), GW).is_empty());
 }
 
 #[test]
 fn httproute_exact_path_matching() {
-    let p = pipeline(with(base(), [http_route(INFRA, "exact-matching", parent("same-namespace"), json!([]), json!([
-        rule(("Exact", "/one"), &["infra-backend-v1"]), rule(("Exact", "/two"), &["infra-backend-v2"])]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[
-        ("path=/one", &cluster_of(INFRA, "infra-backend-v1")),
-        ("path=/two", &cluster_of(INFRA, "infra-backend-v2"))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "exact-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                rule(("Exact", "/one"), &["infra-backend-v1"]),
+                rule(("Exact", "/two"), &["infra-backend-v2"])
+            ]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[
+            ("path=/one", &cluster_of(INFRA, "infra-backend-v1")),
+            ("path=/two", &cluster_of(INFRA, "infra-backend-v2"))
+        ])
+    );
 }
 
 #[test]
 fn httproute_matching() {
-    let p = pipeline(with(base(), [http_route(INFRA, "matching", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"path":{"type":"PathPrefix","value":"/"}},{"headers":[{"name":"version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
-        {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+        {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
     let summary: Vec<(String, usize, String)> = routes(p.snapshot(), GW, "*")
         .into_iter()
@@ -432,61 +731,169 @@ fn httproute_matching() {
         .map(|((m, a), r)| (m, r.r#match.as_ref().unwrap().headers.len(), a))
         .collect();
     // /v2 before /; a header match before none at the same path.
-    assert_eq!(summary, [
-        ("path=/v2".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
-        ("prefix=/v2/".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
-        ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v1")),
-        ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v2")),
-        ("prefix=/".into(), 0, cluster_of(INFRA, "infra-backend-v1")),
-    ]);
+    assert_eq!(
+        summary,
+        [
+            ("path=/v2".into(), 0, cluster_of(INFRA, "infra-backend-v2")),
+            (
+                "prefix=/v2/".into(),
+                0,
+                cluster_of(INFRA, "infra-backend-v2")
+            ),
+            ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v1")),
+            ("prefix=/".into(), 1, cluster_of(INFRA, "infra-backend-v2")),
+            ("prefix=/".into(), 0, cluster_of(INFRA, "infra-backend-v1")),
+        ]
+    );
 }
 
 #[test]
 fn httproute_matching_across_routes() {
-    let p = pipeline(with(base(), [
-        http_route(INFRA, "matching-part1", parent("same-namespace"), json!(["example.com", "example.net"]), json!([
+    let p = pipeline(with(
+        base(),
+        [
+            http_route(
+                INFRA,
+                "matching-part1",
+                parent("same-namespace"),
+                json!(["example.com", "example.net"]),
+                json!([
             rule(("PathPrefix", "/"), &["infra-backend-v1"]),
-            {"matches":[{"path":{"type":"Exact","value":"/example"}}],"backendRefs":[backend("infra-backend-v1")]}])),
-        http_route(INFRA, "matching-part2", parent("same-namespace"), json!(["example.com"]), json!([
-            {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}])),
-    ]));
+            {"matches":[{"path":{"type":"Exact","value":"/example"}}],"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+            http_route(
+                INFRA,
+                "matching-part2",
+                parent("same-namespace"),
+                json!(["example.com"]),
+                json!([
+            {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}},{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]),
+            ),
+        ],
+    ));
     let got = routes(p.snapshot(), GW, "example.com");
-    assert_eq!(got[0], ("path=/example".to_string(), cluster_of(INFRA, "infra-backend-v1")));
-    assert_eq!(got[1], ("path=/v2".to_string(), cluster_of(INFRA, "infra-backend-v2")));
-    assert_eq!(got[2], ("prefix=/v2/".to_string(), cluster_of(INFRA, "infra-backend-v2")));
-    assert_eq!(got.last().unwrap(), &("prefix=/".to_string(), cluster_of(INFRA, "infra-backend-v1")));
-    assert_eq!(routes(p.snapshot(), GW, "example.net").len(), 2, "the exact path and the prefix");
+    assert_eq!(
+        got[0],
+        (
+            "path=/example".to_string(),
+            cluster_of(INFRA, "infra-backend-v1")
+        )
+    );
+    assert_eq!(
+        got[1],
+        (
+            "path=/v2".to_string(),
+            cluster_of(INFRA, "infra-backend-v2")
+        )
+    );
+    assert_eq!(
+        got[2],
+        (
+            "prefix=/v2/".to_string(),
+            cluster_of(INFRA, "infra-backend-v2")
+        )
+    );
+    assert_eq!(
+        got.last().unwrap(),
+        &(
+            "prefix=/".to_string(),
+            cluster_of(INFRA, "infra-backend-v1")
+        )
+    );
+    assert_eq!(
+        routes(p.snapshot(), GW, "example.net").len(),
+        2,
+        "the exact path and the prefix"
+    );
 }
 
 #[test]
 fn httproute_path_match_order() {
-    let p = pipeline(with(base(), [http_route(INFRA, "path-matching-order", parent("same-namespace"), json!([]), json!([
-        rule(("PathPrefix", "/match"), &["infra-backend-v1"]),
-        rule(("Exact", "/match/exact"), &["infra-backend-v2"]),
-        rule(("PathPrefix", "/match/prefix"), &["infra-backend-v3"]),
-        rule(("PathPrefix", "/match/prefix/one"), &["infra-backend-v1"]),
-    ]))]));
-    let got: Vec<String> = routes(p.snapshot(), GW, "*").into_iter().map(|(m, _)| m).collect();
-    assert_eq!(got, ["path=/match/exact", "path=/match/prefix/one", "prefix=/match/prefix/one/", "path=/match/prefix", "prefix=/match/prefix/", "path=/match", "prefix=/match/"]);
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "path-matching-order",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                rule(("PathPrefix", "/match"), &["infra-backend-v1"]),
+                rule(("Exact", "/match/exact"), &["infra-backend-v2"]),
+                rule(("PathPrefix", "/match/prefix"), &["infra-backend-v3"]),
+                rule(("PathPrefix", "/match/prefix/one"), &["infra-backend-v1"]),
+            ]),
+        )],
+    ));
+    let got: Vec<String> = routes(p.snapshot(), GW, "*")
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "path=/match/exact",
+            "path=/match/prefix/one",
+            "prefix=/match/prefix/one/",
+            "path=/match/prefix",
+            "prefix=/match/prefix/",
+            "path=/match",
+            "prefix=/match/"
+        ]
+    );
 }
 
 #[test]
 fn httproute_header_matching() {
-    let p = pipeline(with(base(), [http_route(INFRA, "header-matching", parent("same-namespace"), json!([]), json!([
-        {"matches":[{"headers":[{"name":"Version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
-        {"matches":[{"headers":[{"name":"Version","value":"two"},{"name":"Color","value":"orange"}]}],"backendRefs":[backend("infra-backend-v2")]},
-    ]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "header-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                {"matches":[{"headers":[{"name":"Version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
+                {"matches":[{"headers":[{"name":"Version","value":"two"},{"name":"Color","value":"orange"}]}],"backendRefs":[backend("infra-backend-v2")]},
+            ]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
-    let names: Vec<Vec<String>> = rs.iter().map(|r| r.r#match.as_ref().unwrap().headers.iter().map(|h| h.name.clone()).collect()).collect();
+    let names: Vec<Vec<String>> = rs
+        .iter()
+        .map(|r| {
+            r.r#match
+                .as_ref()
+                .unwrap()
+                .headers
+                .iter()
+                .map(|h| h.name.clone())
+                .collect()
+        })
+        .collect();
     // More header matches first.
-    assert_eq!(names, [vec!["version".to_string(), "color".into()], vec!["version".to_string()]]);
+    assert_eq!(
+        names,
+        [
+            vec!["version".to_string(), "color".into()],
+            vec!["version".to_string()]
+        ]
+    );
 }
 
 #[test]
 fn httproute_query_param_matching() {
-    let p = pipeline(with(base(), [http_route(INFRA, "query-param-matching", parent("same-namespace"), json!([]), json!([
-        {"matches":[{"queryParams":[{"name":"animal","value":"whale"}]}],"backendRefs":[backend("infra-backend-v1")]},
-    ]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "query-param-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                {"matches":[{"queryParams":[{"name":"animal","value":"whale"}]}],"backendRefs":[backend("infra-backend-v1")]},
+            ]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
     let q = &rs[0].r#match.as_ref().unwrap().query_parameters;
     assert_eq!(q.len(), 1);
@@ -495,194 +902,561 @@ fn httproute_query_param_matching() {
 
 #[test]
 fn httproute_method_matching() {
-    let p = pipeline(with(base(), [http_route(INFRA, "method-matching", parent("same-namespace"), json!([]), json!([
-        {"matches":[{"method":"POST"}],"backendRefs":[backend("infra-backend-v1")]},
-        {"matches":[{"method":"GET"}],"backendRefs":[backend("infra-backend-v2")]},
-    ]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "method-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                {"matches":[{"method":"POST"}],"backendRefs":[backend("infra-backend-v1")]},
+                {"matches":[{"method":"GET"}],"backendRefs":[backend("infra-backend-v2")]},
+            ]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
-    let methods: Vec<String> = rs.iter().map(|r| format!("{:?}", r.r#match.as_ref().unwrap().headers)).collect();
+    let methods: Vec<String> = rs
+        .iter()
+        .map(|r| format!("{:?}", r.r#match.as_ref().unwrap().headers))
+        .collect();
     assert_eq!(methods.len(), 2);
-    assert!(methods.iter().any(|m| m.contains(":method") && m.contains("POST")), "{methods:?}");
-    assert!(methods.iter().any(|m| m.contains(":method") && m.contains("GET")), "{methods:?}");
+    assert!(
+        methods
+            .iter()
+            .any(|m| m.contains(":method") && m.contains("POST")),
+        "{methods:?}"
+    );
+    assert!(
+        methods
+            .iter()
+            .any(|m| m.contains(":method") && m.contains("GET")),
+        "{methods:?}"
+    );
 }
 
 #[test]
 fn httproute_hostname_intersection() {
-    let p = pipeline(with(base(), [
-        gateway("httproute-hostname-intersection", json!([
-            with_host(http("listener-1", 86, "All"), "very.specific.com"),
-            with_host(http("listener-2", 86, "All"), "*.wildcard.io"),
-            with_host(http("listener-3", 86, "All"), "*.anotherwildcard.io")])),
-        http_route(INFRA, "specific-host-matches-listener-specific-host", parent("httproute-hostname-intersection"),
-            json!(["non.matching.com", "*.nonmatchingwildcard.io", "very.specific.com"]), json!([rule(("PathPrefix", "/s1"), &["infra-backend-v1"])])),
-        http_route(INFRA, "specific-host-matches-listener-wildcard-host", parent("httproute-hostname-intersection"),
-            json!(["non.matching.com", "wildcard.io", "foo.wildcard.io", "bar.wildcard.io", "foo.bar.wildcard.io"]), json!([rule(("PathPrefix", "/s2"), &["infra-backend-v2"])])),
-        http_route(INFRA, "wildcard-host-matches-listener-specific-host", parent("httproute-hostname-intersection"),
-            json!(["non.matching.com", "*.specific.com"]), json!([rule(("PathPrefix", "/s3"), &["infra-backend-v3"])])),
-        http_route(INFRA, "wildcard-host-matches-listener-wildcard-host", parent("httproute-hostname-intersection"),
-            json!(["*.anotherwildcard.io"]), json!([rule(("PathPrefix", "/s4"), &["infra-backend-v1"])])),
-        http_route(INFRA, "no-intersecting-hosts", parent("httproute-hostname-intersection"),
-            json!(["specific.but.wrong.com", "wildcard.io"]), json!([rule(("PathPrefix", "/s5"), &["infra-backend-v2"])])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "httproute-hostname-intersection",
+                json!([
+                    with_host(http("listener-1", 86, "All"), "very.specific.com"),
+                    with_host(http("listener-2", 86, "All"), "*.wildcard.io"),
+                    with_host(http("listener-3", 86, "All"), "*.anotherwildcard.io")
+                ]),
+            ),
+            http_route(
+                INFRA,
+                "specific-host-matches-listener-specific-host",
+                parent("httproute-hostname-intersection"),
+                json!([
+                    "non.matching.com",
+                    "*.nonmatchingwildcard.io",
+                    "very.specific.com"
+                ]),
+                json!([rule(("PathPrefix", "/s1"), &["infra-backend-v1"])]),
+            ),
+            http_route(
+                INFRA,
+                "specific-host-matches-listener-wildcard-host",
+                parent("httproute-hostname-intersection"),
+                json!([
+                    "non.matching.com",
+                    "wildcard.io",
+                    "foo.wildcard.io",
+                    "bar.wildcard.io",
+                    "foo.bar.wildcard.io"
+                ]),
+                json!([rule(("PathPrefix", "/s2"), &["infra-backend-v2"])]),
+            ),
+            http_route(
+                INFRA,
+                "wildcard-host-matches-listener-specific-host",
+                parent("httproute-hostname-intersection"),
+                json!(["non.matching.com", "*.specific.com"]),
+                json!([rule(("PathPrefix", "/s3"), &["infra-backend-v3"])]),
+            ),
+            http_route(
+                INFRA,
+                "wildcard-host-matches-listener-wildcard-host",
+                parent("httproute-hostname-intersection"),
+                json!(["*.anotherwildcard.io"]),
+                json!([rule(("PathPrefix", "/s4"), &["infra-backend-v1"])]),
+            ),
+            http_route(
+                INFRA,
+                "no-intersecting-hosts",
+                parent("httproute-hostname-intersection"),
+                json!(["specific.but.wrong.com", "wildcard.io"]),
+                json!([rule(("PathPrefix", "/s5"), &["infra-backend-v2"])]),
+            ),
+        ],
+    ));
     let domains = domains_of(p.snapshot(), "gw_86");
-    for d in ["very.specific.com", "foo.wildcard.io", "bar.wildcard.io", "foo.bar.wildcard.io", "*.anotherwildcard.io"] {
+    for d in [
+        "very.specific.com",
+        "foo.wildcard.io",
+        "bar.wildcard.io",
+        "foo.bar.wildcard.io",
+        "*.anotherwildcard.io",
+    ] {
         assert!(domains.contains(d), "{d}: {domains:?}");
     }
-    for d in ["non.matching.com", "wildcard.io", "*.specific.com", "specific.but.wrong.com", "*.nonmatchingwildcard.io"] {
+    for d in [
+        "non.matching.com",
+        "wildcard.io",
+        "*.specific.com",
+        "specific.but.wrong.com",
+        "*.nonmatchingwildcard.io",
+    ] {
         assert!(!domains.contains(d), "{d}: {domains:?}");
     }
     // The listener's own name for the route's wider wildcard.
-    let very: Vec<String> = routes(p.snapshot(), "gw_86", "very.specific.com").into_iter().map(|(m, _)| m).collect();
+    let very: Vec<String> = routes(p.snapshot(), "gw_86", "very.specific.com")
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
     // A segment prefix is compiled to an exact path and a "/"-ended prefix.
     assert_eq!(very, ["path=/s1", "prefix=/s1/", "path=/s3", "prefix=/s3/"]);
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "no-intersecting-hosts", "httproute-hostname-intersection")[0],
-        t("Accepted", "False", "NoMatchingListenerHostname"));
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "no-intersecting-hosts",
+            "httproute-hostname-intersection"
+        )[0],
+        t("Accepted", "False", "NoMatchingListenerHostname")
+    );
 }
 
 #[test]
 fn httproute_listener_hostname_matching() {
-    let p = pipeline(with(base(), [
-        gateway("httproute-listener-hostname-matching", json!([
-            with_host(http("listener-1", 87, "All"), "bar.com"),
-            with_host(http("listener-2", 87, "All"), "foo.bar.com"),
-            with_host(http("listener-3", 87, "All"), "*.bar.com"),
-            with_host(http("listener-4", 87, "All"), "*.foo.com")])),
-        http_route(INFRA, "backend-v1", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
-        http_route(INFRA, "backend-v2", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v2")]}])),
-        http_route(INFRA, "backend-v3", json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-3"},
-            {"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-4"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v3")]}])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "httproute-listener-hostname-matching",
+                json!([
+                    with_host(http("listener-1", 87, "All"), "bar.com"),
+                    with_host(http("listener-2", 87, "All"), "foo.bar.com"),
+                    with_host(http("listener-3", 87, "All"), "*.bar.com"),
+                    with_host(http("listener-4", 87, "All"), "*.foo.com")
+                ]),
+            ),
+            http_route(
+                INFRA,
+                "backend-v1",
+                json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+            http_route(
+                INFRA,
+                "backend-v2",
+                json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v2")]}]),
+            ),
+            http_route(
+                INFRA,
+                "backend-v3",
+                json!([{"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-3"},
+            {"name":"httproute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-4"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v3")]}]),
+            ),
+        ],
+    ));
     let rc = "gw_87";
-    assert_eq!(routes(p.snapshot(), rc, "bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert_eq!(routes(p.snapshot(), rc, "foo.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
-    assert_eq!(routes(p.snapshot(), rc, "*.bar.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))]));
-    assert_eq!(routes(p.snapshot(), rc, "*.foo.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "backend-v3", "httproute-listener-hostname-matching"), accepted_and_resolved());
+    assert_eq!(
+        routes(p.snapshot(), rc, "bar.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
+    assert_eq!(
+        routes(p.snapshot(), rc, "foo.bar.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))])
+    );
+    assert_eq!(
+        routes(p.snapshot(), rc, "*.bar.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))])
+    );
+    assert_eq!(
+        routes(p.snapshot(), rc, "*.foo.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v3"))])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "backend-v3",
+            "httproute-listener-hostname-matching"
+        ),
+        accepted_and_resolved()
+    );
 }
 
 #[test]
 fn httproute_invalid_parent_ref_not_matching_section_name() {
-    let p = pipeline(with(base(), [http_route(INFRA, "httproute-not-matching-section-name",
-        json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"unknown-section"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-not-matching-section-name", "same-namespace")[0],
-        t("Accepted", "False", "NoMatchingParent"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "httproute-not-matching-section-name",
+            json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"unknown-section"}]),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "httproute-not-matching-section-name",
+            "same-namespace"
+        )[0],
+        t("Accepted", "False", "NoMatchingParent")
+    );
     assert!(domains_of(p.snapshot(), GW).is_empty());
 }
 
 #[test]
 fn httproute_invalid_parent_ref_not_matching_listener_port() {
-    let p = pipeline(with(base(), [http_route(INFRA, "httproute-listener-not-matching-route-port",
-        json!([{"name":"same-namespace","namespace":INFRA,"port":81}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-listener-not-matching-route-port", "same-namespace")[0],
-        t("Accepted", "False", "NoMatchingParent"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "httproute-listener-not-matching-route-port",
+            json!([{"name":"same-namespace","namespace":INFRA,"port":81}]),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "httproute-listener-not-matching-route-port",
+            "same-namespace"
+        )[0],
+        t("Accepted", "False", "NoMatchingParent")
+    );
 }
 
 #[test]
 fn httproute_listener_port_matching() {
-    let p = pipeline(with(base(), [
-        gateway("httproute-listener-port-matching", json!([http("http-88", 88, "Same"), http("http-89", 89, "Same")])),
-        http_route(INFRA, "route-89", json!([{"name":"httproute-listener-port-matching","namespace":INFRA,"port":89}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "httproute-listener-port-matching",
+                json!([http("http-88", 88, "Same"), http("http-89", 89, "Same")]),
+            ),
+            http_route(
+                INFRA,
+                "route-89",
+                json!([{"name":"httproute-listener-port-matching","namespace":INFRA,"port":89}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+        ],
+    ));
     assert!(domains_of(p.snapshot(), "gw_88").is_empty());
-    assert_eq!(routes(p.snapshot(), "gw_89", "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(
+        routes(p.snapshot(), "gw_89", "*"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
 }
 
 #[test]
 fn httproute_invalid_nonexistent_backend_ref() {
-    let p = pipeline(with(base(), [http_route(INFRA, "invalid-nonexistent-backend-ref", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[backend("nonexistent")]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-nonexistent-backend-ref", "same-namespace"),
-        [t("Accepted", "True", "Accepted"), t("ResolvedRefs", "False", "BackendNotFound")]);
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "invalid-nonexistent-backend-ref",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[backend("nonexistent")]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", "direct=500")])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "invalid-nonexistent-backend-ref",
+            "same-namespace"
+        ),
+        [
+            t("Accepted", "True", "Accepted"),
+            t("ResolvedRefs", "False", "BackendNotFound")
+        ]
+    );
 }
 
 #[test]
 fn httproute_invalid_backend_ref_unknown_kind() {
-    let p = pipeline(with(base(), [http_route(INFRA, "invalid-backend-ref-unknown-kind", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[{"group":"unknownkind.example.com","kind":"NonExistent","name":"infra-backend-v1","port":8080}]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-backend-ref-unknown-kind", "same-namespace")[1],
-        t("ResolvedRefs", "False", "InvalidKind"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "invalid-backend-ref-unknown-kind",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[{"group":"unknownkind.example.com","kind":"NonExistent","name":"infra-backend-v1","port":8080}]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", "direct=500")])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "invalid-backend-ref-unknown-kind",
+            "same-namespace"
+        )[1],
+        t("ResolvedRefs", "False", "InvalidKind")
+    );
 }
 
 #[test]
 fn httproute_invalid_cross_namespace_backend_ref() {
-    let p = pipeline(with(base(), [http_route(INFRA, "invalid-cross-namespace-backend-ref", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-cross-namespace-backend-ref", "same-namespace")[1],
-        t("ResolvedRefs", "False", "RefNotPermitted"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "invalid-cross-namespace-backend-ref",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", "direct=500")])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "invalid-cross-namespace-backend-ref",
+            "same-namespace"
+        )[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
 }
 
 #[test]
 fn httproute_reference_grant() {
-    let route = http_route(INFRA, "reference-grant", parent("same-namespace"), json!([]),
-        json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]));
-    let mut p = pipeline(with(base(), [route, reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", Some("web-backend"))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace"), accepted_and_resolved());
+    let route = http_route(
+        INFRA,
+        "reference-grant",
+        parent("same-namespace"),
+        json!([]),
+        json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]),
+    );
+    let mut p = pipeline(with(
+        base(),
+        [
+            route,
+            reference_grant(
+                WEB,
+                "reference-grant",
+                "HTTPRoute",
+                INFRA,
+                "Service",
+                Some("web-backend"),
+            ),
+        ],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", &cluster_of(WEB, "web-backend"))])
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace"),
+        accepted_and_resolved()
+    );
     // The grant is withdrawn: the route read it, so it is translated again.
-    p.apply([delete(&reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", None))]);
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
+    p.apply([delete(&reference_grant(
+        WEB,
+        "reference-grant",
+        "HTTPRoute",
+        INFRA,
+        "Service",
+        None,
+    ))]);
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", "direct=500")])
+    );
 }
 
 #[test]
 fn httproute_invalid_reference_grant() {
     // The grant is for another Service.
-    let p = pipeline(with(base(), [
-        http_route(INFRA, "reference-grant", parent("same-namespace"), json!([]),
-            json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}])),
-        reference_grant(WEB, "reference-grant", "HTTPRoute", INFRA, "Service", Some("not-web-backend")),
-    ]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace")[1], t("ResolvedRefs", "False", "RefNotPermitted"));
+    let p = pipeline(with(
+        base(),
+        [
+            http_route(
+                INFRA,
+                "reference-grant",
+                parent("same-namespace"),
+                json!([]),
+                json!([{"backendRefs":[{"name":"web-backend","namespace":WEB,"port":8080}]}]),
+            ),
+            reference_grant(
+                WEB,
+                "reference-grant",
+                "HTTPRoute",
+                INFRA,
+                "Service",
+                Some("not-web-backend"),
+            ),
+        ],
+    ));
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "reference-grant", "same-namespace")[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
 }
 
 #[test]
 fn httproute_partially_invalid_via_invalid_reference_grant() {
-    let p = pipeline(with(base(), [http_route(INFRA, "invalid-reference-grant", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "invalid-reference-grant",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"path":{"type":"PathPrefix","value":"/v2"}}],"backendRefs":[{"name":"app-backend-v2","namespace":APP,"port":8080}]},
-        rule(("PathPrefix", "/"), &["infra-backend-v1"])]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("path=/v2", "direct=500"), ("prefix=/v2/", "direct=500"), ("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "invalid-reference-grant", "same-namespace"),
-        [t("Accepted", "True", "Accepted"), t("ResolvedRefs", "False", "RefNotPermitted")]);
+        rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[
+            ("path=/v2", "direct=500"),
+            ("prefix=/v2/", "direct=500"),
+            ("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))
+        ])
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "invalid-reference-grant", "same-namespace"),
+        [
+            t("Accepted", "True", "Accepted"),
+            t("ResolvedRefs", "False", "RefNotPermitted")
+        ]
+    );
 }
 
 #[test]
 fn httproute_no_backend_refs() {
-    let p = pipeline(with(base(), [http_route(INFRA, "no-backends", parent("same-namespace"), json!([]), json!([{"matches":[{"path":{"type":"PathPrefix","value":"/"}}]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", "direct=500")]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "no-backends", "same-namespace"), accepted_and_resolved());
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "no-backends",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"matches":[{"path":{"type":"PathPrefix","value":"/"}}]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", "direct=500")])
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "no-backends", "same-namespace"),
+        accepted_and_resolved()
+    );
 }
 
 #[test]
 fn httproute_weight() {
-    let p = pipeline(with(base(), [http_route(INFRA, "weighted-backends", parent("same-namespace"), json!([]), json!([{"backendRefs":[
-        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30},{"name":"infra-backend-v3","port":8080,"weight":0}]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
-        &format!("weighted={INFRA}/infra-backend-v1/8080:70,{INFRA}/infra-backend-v2/8080:30"))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "weighted-backends",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[
+        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30},{"name":"infra-backend-v3","port":8080,"weight":0}]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[(
+            "prefix=/",
+            &format!("weighted={INFRA}/infra-backend-v1/8080:70,{INFRA}/infra-backend-v2/8080:30")
+        )])
+    );
 }
 
 #[test]
 fn httproute_request_header_modifier() {
-    let p = pipeline(with(base(), [http_route(INFRA, "request-header-modifier", parent("same-namespace"), json!([]), json!([{
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "request-header-modifier",
+            parent("same-namespace"),
+            json!([]),
+            json!([{
         "filters":[{"type":"RequestHeaderModifier","requestHeaderModifier":{"set":[{"name":"X-Header-Set","value":"set-overwrites-values"}],
             "add":[{"name":"X-Header-Add","value":"add-appends-values"}],"remove":["X-Header-Remove"]}}],
-        "backendRefs":[backend("infra-backend-v1")]}]))]));
+        "backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
     let r = &envoy_routes(&p, GW, "*")[0];
     // Header names reach Envoy lower-cased (HTTP header names are case-insensitive).
-    let added: Vec<(String, String)> = r.request_headers_to_add.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
-    assert!(added.contains(&("x-header-set".into(), "set-overwrites-values".into())), "{added:?}");
-    assert!(added.contains(&("x-header-add".into(), "add-appends-values".into())), "{added:?}");
+    let added: Vec<(String, String)> = r
+        .request_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    assert!(
+        added.contains(&("x-header-set".into(), "set-overwrites-values".into())),
+        "{added:?}"
+    );
+    assert!(
+        added.contains(&("x-header-add".into(), "add-appends-values".into())),
+        "{added:?}"
+    );
     assert_eq!(r.request_headers_to_remove, ["x-header-remove"]);
 }
 
 #[test]
 fn httproute_response_header_modifier() {
-    let p = pipeline(with(base(), [http_route(INFRA, "response-header-modifier", parent("same-namespace"), json!([]), json!([{
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "response-header-modifier",
+            parent("same-namespace"),
+            json!([]),
+            json!([{
         "filters":[{"type":"ResponseHeaderModifier","responseHeaderModifier":{"set":[{"name":"X-Header-Set","value":"set-overwrites-values"}],"remove":["X-Header-Remove"]}}],
-        "backendRefs":[backend("infra-backend-v1")]}]))]));
+        "backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
     let r = &envoy_routes(&p, GW, "*")[0];
-    assert_eq!(r.response_headers_to_add[0].header.as_ref().unwrap().key, "x-header-set");
+    assert_eq!(
+        r.response_headers_to_add[0].header.as_ref().unwrap().key,
+        "x-header-set"
+    );
     assert_eq!(r.response_headers_to_remove, ["x-header-remove"]);
 }
 
@@ -695,39 +1469,90 @@ fn redirect_of(r: &route::Route) -> route::RedirectAction {
 
 #[test]
 fn httproute_redirect_host_and_status() {
-    let p = pipeline(with(base(), [http_route(INFRA, "redirect-host-and-status", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-host-and-status",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"path":{"type":"PathPrefix","value":"/hostname-redirect"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org"}}]},
-        {"matches":[{"path":{"type":"PathPrefix","value":"/host-and-status"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org","statusCode":301}}]}]))]));
+        {"matches":[{"path":{"type":"PathPrefix","value":"/host-and-status"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"example.org","statusCode":301}}]}]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
     let by = |prefix: &str| {
-        let i = routes(p.snapshot(), GW, "*").iter().position(|(m, _)| m == &format!("path={prefix}")).unwrap();
+        let i = routes(p.snapshot(), GW, "*")
+            .iter()
+            .position(|(m, _)| m == &format!("path={prefix}"))
+            .unwrap();
         redirect_of(&rs[i])
     };
     assert_eq!(by("/hostname-redirect").host_redirect, "example.org");
-    assert_eq!(by("/hostname-redirect").response_code, route::redirect_action::RedirectResponseCode::Found as i32);
-    assert_eq!(by("/host-and-status").response_code, route::redirect_action::RedirectResponseCode::MovedPermanently as i32);
+    assert_eq!(
+        by("/hostname-redirect").response_code,
+        route::redirect_action::RedirectResponseCode::Found as i32
+    );
+    assert_eq!(
+        by("/host-and-status").response_code,
+        route::redirect_action::RedirectResponseCode::MovedPermanently as i32
+    );
 }
 
 #[test]
 fn httproute_303_redirect() {
-    let p = pipeline(with(base(), [http_route(INFRA, "redirect-303", parent("same-namespace"), json!([]), json!([
-        {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":303}}]}]))]));
-    assert_eq!(redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code, route::redirect_action::RedirectResponseCode::SeeOther as i32);
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-303",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":303}}]}]),
+        )],
+    ));
+    assert_eq!(
+        redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code,
+        route::redirect_action::RedirectResponseCode::SeeOther as i32
+    );
 }
 
 #[test]
 fn httproute_redirect_path() {
-    let p = pipeline(with(base(), [http_route(INFRA, "redirect-path", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-path",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"path":{"type":"PathPrefix","value":"/original-prefix"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"path":{"type":"ReplacePrefixMatch","replacePrefixMatch":"/replacement-prefix"}}}]},
-        {"matches":[{"path":{"type":"PathPrefix","value":"/full"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"path":{"type":"ReplaceFullPath","replaceFullPath":"/full-path-replacement"}}}]}]))]));
+        {"matches":[{"path":{"type":"PathPrefix","value":"/full"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"path":{"type":"ReplaceFullPath","replaceFullPath":"/full-path-replacement"}}}]}]),
+        )],
+    ));
     let all = format!("{:?}", envoy_routes(&p, GW, "*"));
-    assert!(all.contains("/replacement-prefix") && all.contains("/full-path-replacement"), "{all}");
+    assert!(
+        all.contains("/replacement-prefix") && all.contains("/full-path-replacement"),
+        "{all}"
+    );
 }
 
 #[test]
 fn httproute_redirect_scheme_and_port() {
-    let p = pipeline(with(base(), [http_route(INFRA, "redirect-scheme", parent("same-namespace"), json!([]), json!([
-        {"filters":[{"type":"RequestRedirect","requestRedirect":{"scheme":"https","port":8443}}]}]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-scheme",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"filters":[{"type":"RequestRedirect","requestRedirect":{"scheme":"https","port":8443}}]}]),
+        )],
+    ));
     let r = redirect_of(&envoy_routes(&p, GW, "*")[0]);
     assert_eq!(r.port_redirect, 8443);
     assert!(format!("{r:?}").contains("https"), "{r:?}");
@@ -735,80 +1560,201 @@ fn httproute_redirect_scheme_and_port() {
 
 #[test]
 fn httproute_rewrite_host_and_path() {
-    let p = pipeline(with(base(), [http_route(INFRA, "rewrite", parent("same-namespace"), json!([]), json!([
-        {"matches":[{"path":{"type":"PathPrefix","value":"/prefix/one"}}],"filters":[{"type":"URLRewrite","urlRewrite":{"hostname":"one.example.org","path":{"type":"ReplacePrefixMatch","replacePrefixMatch":"/one"}}}],"backendRefs":[backend("infra-backend-v1")]}]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "rewrite",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"matches":[{"path":{"type":"PathPrefix","value":"/prefix/one"}}],"filters":[{"type":"URLRewrite","urlRewrite":{"hostname":"one.example.org","path":{"type":"ReplacePrefixMatch","replacePrefixMatch":"/one"}}}],"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
     let r = format!("{:?}", envoy_routes(&p, GW, "*")[0]);
-    assert!(r.contains("one.example.org") && r.contains("\"/one\""), "{r}");
+    assert!(
+        r.contains("one.example.org") && r.contains("\"/one\""),
+        "{r}"
+    );
 }
 
 #[test]
 fn httproute_request_mirror() {
-    let p = pipeline(with(base(), [http_route(INFRA, "request-mirror", parent("same-namespace"), json!([]), json!([
-        {"filters":[{"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v2")}}],"backendRefs":[backend("infra-backend-v1")]}]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "request-mirror",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"filters":[{"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v2")}}],"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
     let r = &envoy_routes(&p, GW, "*")[0];
-    let Some(route::route::Action::Route(ra)) = &r.action else { panic!() };
+    let Some(route::route::Action::Route(ra)) = &r.action else {
+        panic!()
+    };
     assert_eq!(ra.request_mirror_policies.len(), 1);
-    assert_eq!(ra.request_mirror_policies[0].cluster, format!("{INFRA}/infra-backend-v2/8080"));
+    assert_eq!(
+        ra.request_mirror_policies[0].cluster,
+        format!("{INFRA}/infra-backend-v2/8080")
+    );
 }
 
 #[test]
 fn httproute_timeout_request() {
-    let p = pipeline(with(base(), [http_route(INFRA, "request-timeout", parent("same-namespace"), json!([]), json!([
-        {"backendRefs":[backend("infra-backend-v1")],"timeouts":{"request":"500ms"}}]))]));
-    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else { panic!() };
-    assert_eq!(ra.timeout.as_ref().map(|d| (d.seconds, d.nanos)), Some((0, 500_000_000)));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "request-timeout",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"backendRefs":[backend("infra-backend-v1")],"timeouts":{"request":"500ms"}}]),
+        )],
+    ));
+    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        ra.timeout.as_ref().map(|d| (d.seconds, d.nanos)),
+        Some((0, 500_000_000))
+    );
 }
 
 #[test]
 fn httproute_https_listener() {
-    let p = pipeline(with(base(), [
-        gateway("same-namespace-with-https-listener", json!([{"name":"https","port":9444,"protocol":"HTTPS","hostname":"*.example.com",
-            "tls":{"certificateRefs":[{"name":"tls-validity-checks-certificate"}]}}])),
-        tls_secret(INFRA, "tls-validity-checks-certificate"),
-        http_route(INFRA, "httproute-https-test", parent("same-namespace-with-https-listener"), json!(["example.org", "second-example.example.com"]),
-            json!([{"backendRefs":[backend("infra-backend-v1")]}])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "same-namespace-with-https-listener",
+                json!([{"name":"https","port":9444,"protocol":"HTTPS","hostname":"*.example.com",
+            "tls":{"certificateRefs":[{"name":"tls-validity-checks-certificate"}]}}]),
+            ),
+            tls_secret(INFRA, "tls-validity-checks-certificate"),
+            http_route(
+                INFRA,
+                "httproute-https-test",
+                parent("same-namespace-with-https-listener"),
+                json!(["example.org", "second-example.example.com"]),
+                json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+        ],
+    ));
     let l = listener(p.snapshot(), "gw_9444").expect("https listener");
-    let sni = &l.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names;
+    let sni = &l.filter_chains[0]
+        .filter_chain_match
+        .as_ref()
+        .unwrap()
+        .server_names;
     assert_eq!(sni, &["second-example.example.com".to_string()]);
-    assert_eq!(routes(p.snapshot(), "gw_9444/second-example.example.com", "second-example.example.com"),
-        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-https-test", "same-namespace-with-https-listener"), accepted_and_resolved());
+    assert_eq!(
+        routes(
+            p.snapshot(),
+            "gw_9444/second-example.example.com",
+            "second-example.example.com"
+        ),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "httproute-https-test",
+            "same-namespace-with-https-listener"
+        ),
+        accepted_and_resolved()
+    );
 }
 
 #[test]
 fn httproute_multiple_gateways() {
-    let p = pipeline(with(base(), [http_route(INFRA, "multiple-gateways", json!([
-        {"name":"same-namespace","namespace":INFRA},{"name":"all-namespaces","namespace":INFRA}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "multiple-gateways",
+            json!([
+        {"name":"same-namespace","namespace":INFRA},{"name":"all-namespaces","namespace":INFRA}]),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
     for rc in [GW, "gw_81"] {
-        assert_eq!(routes(p.snapshot(), rc, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]), "{rc}");
+        assert_eq!(
+            routes(p.snapshot(), rc, "*"),
+            pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]),
+            "{rc}"
+        );
     }
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "multiple-gateways", "same-namespace"), accepted_and_resolved());
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "multiple-gateways", "all-namespaces"), accepted_and_resolved());
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "multiple-gateways", "same-namespace"),
+        accepted_and_resolved()
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "multiple-gateways", "all-namespaces"),
+        accepted_and_resolved()
+    );
 }
 
 #[test]
 fn httproute_observed_generation_bump() {
-    let mut route = http_route(INFRA, "observed-generation-bump", parent("same-namespace"), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]));
+    let mut route = http_route(
+        INFRA,
+        "observed-generation-bump",
+        parent("same-namespace"),
+        json!([]),
+        json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+    );
     let mut p = pipeline(with(base(), [route.clone()]));
-    let generation = |p: &Offline| status_of(p, "HTTPRoute", "observed-generation-bump").fields.unwrap()["parents"][0]["conditions"][0]["observedGeneration"].clone();
+    let generation = |p: &Offline| {
+        status_of(p, "HTTPRoute", "observed-generation-bump")
+            .fields
+            .unwrap()["parents"][0]["conditions"][0]["observedGeneration"]
+            .clone()
+    };
     assert_eq!(generation(&p), 1);
     route["metadata"]["generation"] = json!(2);
     route["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
     p.apply([apply(route)]);
     assert_eq!(generation(&p), 2);
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))]));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))])
+    );
 }
 
 #[test]
 fn a_route_conflict_across_routes_goes_to_the_oldest() {
-    let mut old = http_route(INFRA, "old", parent("same-namespace"), json!(["c.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]));
+    let mut old = http_route(
+        INFRA,
+        "old",
+        parent("same-namespace"),
+        json!(["c.example.com"]),
+        json!([rule(("PathPrefix", "/"), &["infra-backend-v1"])]),
+    );
     old["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
-    let mut new = http_route(INFRA, "new", parent("same-namespace"), json!(["c.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])]));
+    let mut new = http_route(
+        INFRA,
+        "new",
+        parent("same-namespace"),
+        json!(["c.example.com"]),
+        json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])]),
+    );
     new["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
     let p = pipeline(with(base(), [new, old]));
-    assert_eq!(routes(p.snapshot(), GW, "c.example.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    assert!(reasons(&p.diagnostics()).contains(&("new".into(), "RouteConflict".into())), "{:?}", p.diagnostics());
+    assert_eq!(
+        routes(p.snapshot(), GW, "c.example.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
+    assert!(
+        reasons(&p.diagnostics()).contains(&("new".into(), "RouteConflict".into())),
+        "{:?}",
+        p.diagnostics()
+    );
 }
 
 // ---- GRPCRoute ------------------------------------------------------------------
@@ -820,48 +1766,128 @@ fn grpc_cluster(ns: &str, name: &str) -> String {
 
 #[test]
 fn grpc_exact_method_matching() {
-    let p = pipeline(with(base(), [grpc_route(INFRA, "exact-matching", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [grpc_route(
+            INFRA,
+            "exact-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"Echo"}}],"backendRefs":[backend("infra-backend-v1")]},
-        {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"EchoTwo"}}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+        {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"EchoTwo"}}],"backendRefs":[backend("infra-backend-v2")]}]),
+        )],
+    ));
     let mut got = routes(p.snapshot(), GW, "*");
     got.sort();
-    assert_eq!(got, pairs(&[
-        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo", &grpc_cluster(INFRA, "infra-backend-v1")),
-        ("path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo", &grpc_cluster(INFRA, "infra-backend-v2"))]));
-    assert_eq!(parent_conditions(&p, "GRPCRoute", "exact-matching", "same-namespace"), accepted_and_resolved());
+    assert_eq!(
+        got,
+        pairs(&[
+            (
+                "path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo",
+                &grpc_cluster(INFRA, "infra-backend-v1")
+            ),
+            (
+                "path=/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/EchoTwo",
+                &grpc_cluster(INFRA, "infra-backend-v2")
+            )
+        ])
+    );
+    assert_eq!(
+        parent_conditions(&p, "GRPCRoute", "exact-matching", "same-namespace"),
+        accepted_and_resolved()
+    );
     // gRPC backends speak HTTP/2.
     let c = cluster(p.snapshot(), &format!("{INFRA}/infra-backend-v1/8080/grpc")).unwrap();
-    assert!(format!("{c:?}").contains("Http2ProtocolOptions") || format!("{c:?}").to_lowercase().contains("http2"), "{c:?}");
+    assert!(
+        format!("{c:?}").contains("Http2ProtocolOptions")
+            || format!("{c:?}").to_lowercase().contains("http2"),
+        "{c:?}"
+    );
 }
 
 #[test]
 fn grpc_route_header_matching() {
-    let p = pipeline(with(base(), [grpc_route(INFRA, "grpc-header-matching", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [grpc_route(
+            INFRA,
+            "grpc-header-matching",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"matches":[{"headers":[{"name":"version","value":"one"}]}],"backendRefs":[backend("infra-backend-v1")]},
-        {"matches":[{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]))]));
+        {"matches":[{"headers":[{"name":"version","value":"two"}]}],"backendRefs":[backend("infra-backend-v2")]}]),
+        )],
+    ));
     let rs = envoy_routes(&p, GW, "*");
     assert_eq!(rs.len(), 2);
-    assert!(rs.iter().all(|r| r.r#match.as_ref().unwrap().headers.len() == 1));
+    assert!(
+        rs.iter()
+            .all(|r| r.r#match.as_ref().unwrap().headers.len() == 1)
+    );
 }
 
 #[test]
 fn grpc_route_listener_hostname_matching() {
-    let p = pipeline(with(base(), [
-        gateway("grpcroute-listener-hostname-matching", json!([
-            with_host(http("listener-1", 90, "All"), "bar.com"), with_host(http("listener-2", 90, "All"), "foo.bar.com")])),
-        grpc_route(INFRA, "backend-v1", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
-        grpc_route(INFRA, "backend-v2", json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v2")]}])),
-    ]));
-    assert_eq!(routes(p.snapshot(), "gw_90", "bar.com"), pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v1"))]));
-    assert_eq!(routes(p.snapshot(), "gw_90", "foo.bar.com"), pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v2"))]));
+    let p = pipeline(with(
+        base(),
+        [
+            gateway(
+                "grpcroute-listener-hostname-matching",
+                json!([
+                    with_host(http("listener-1", 90, "All"), "bar.com"),
+                    with_host(http("listener-2", 90, "All"), "foo.bar.com")
+                ]),
+            ),
+            grpc_route(
+                INFRA,
+                "backend-v1",
+                json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-1"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+            grpc_route(
+                INFRA,
+                "backend-v2",
+                json!([{"name":"grpcroute-listener-hostname-matching","namespace":INFRA,"sectionName":"listener-2"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v2")]}]),
+            ),
+        ],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), "gw_90", "bar.com"),
+        pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v1"))])
+    );
+    assert_eq!(
+        routes(p.snapshot(), "gw_90", "foo.bar.com"),
+        pairs(&[("prefix=/", &grpc_cluster(INFRA, "infra-backend-v2"))])
+    );
 }
 
 #[test]
 fn grpc_route_weight() {
-    let p = pipeline(with(base(), [grpc_route(INFRA, "weighted-backends", parent("same-namespace"), json!([]), json!([{"backendRefs":[
-        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30}]}]))]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[("prefix=/",
-        &format!("weighted={INFRA}/infra-backend-v1/8080/grpc:70,{INFRA}/infra-backend-v2/8080/grpc:30"))]));
+    let p = pipeline(with(
+        base(),
+        [grpc_route(
+            INFRA,
+            "weighted-backends",
+            parent("same-namespace"),
+            json!([]),
+            json!([{"backendRefs":[
+        {"name":"infra-backend-v1","port":8080,"weight":70},{"name":"infra-backend-v2","port":8080,"weight":30}]}]),
+        )],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[(
+            "prefix=/",
+            &format!(
+                "weighted={INFRA}/infra-backend-v1/8080/grpc:70,{INFRA}/infra-backend-v2/8080/grpc:30"
+            )
+        )])
+    );
 }
 
 #[test]
@@ -869,16 +1895,41 @@ fn a_gateway_port_the_ingress_plugin_uses_is_unavailable() {
     // The host does not refuse two Envoy listeners on one port (Envoy would
     // fail to bind the second), so the plugin keeps off the Ingress
     // plugin's ports (configurable: reservedPorts).
-    let p = pipeline(with(base(), [
-        ingress_class("isobar", false),
-        ingress(INFRA, "ing", &[("ingress.example.com", &[("/", "Prefix", "infra-backend-v1", json!(8080))])]),
-        gateway("clash", json!([http("http", 8080, "Same")])),
-        http_route(INFRA, "r", parent("clash"), json!(["gw.example.com"]), json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            ingress_class("isobar", false),
+            ingress(
+                INFRA,
+                "ing",
+                &[(
+                    "ingress.example.com",
+                    &[("/", "Prefix", "infra-backend-v1", json!(8080))],
+                )],
+            ),
+            gateway("clash", json!([http("http", 8080, "Same")])),
+            http_route(
+                INFRA,
+                "r",
+                parent("clash"),
+                json!(["gw.example.com"]),
+                json!([rule(("PathPrefix", "/"), &["infra-backend-v2"])]),
+            ),
+        ],
+    ));
     assert!(listener(p.snapshot(), "gw_8080").is_none());
-    assert_eq!(triples(&listener_status(&p, "clash")[0]["conditions"])[0], t("Accepted", "False", "PortUnavailable"));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "r", "clash")[0], t("Accepted", "False", "NotAllowedByListeners"));
-    assert_eq!(routes(p.snapshot(), "ingress_http", "ingress.example.com"), pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))]));
+    assert_eq!(
+        triples(&listener_status(&p, "clash")[0]["conditions"])[0],
+        t("Accepted", "False", "PortUnavailable")
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "r", "clash")[0],
+        t("Accepted", "False", "NotAllowedByListeners")
+    );
+    assert_eq!(
+        routes(p.snapshot(), "ingress_http", "ingress.example.com"),
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
+    );
 }
 
 #[test]
@@ -890,53 +1941,142 @@ fn httproute_service_types() {
         s["spec"]["clusterIP"] = json!("None");
         s
     };
-    let p = pipeline(with(base(), [
-        headless("infra-backend-v1-headless"),
-        slice(INFRA, "infra-backend-v1-headless", "manual", "", 3000, &["10.0.1.1"]),
-        http_route(INFRA, "service-types", parent("same-namespace"), json!([]), json!([
-            rule(("Exact", "/"), &["infra-backend-v1"]),
-            rule(("Exact", "/headless"), &["infra-backend-v1-headless"])])),
-    ]));
-    assert_eq!(routes(p.snapshot(), GW, "*"), pairs(&[
-        ("path=/headless", &cluster_of(INFRA, "infra-backend-v1-headless")),
-        ("path=/", &cluster_of(INFRA, "infra-backend-v1"))]));
-    let la = load_assignment(p.snapshot(), &format!("{INFRA}/infra-backend-v1-headless/8080")).expect("endpoints");
-    assert_eq!(la.endpoints.iter().map(|e| e.lb_endpoints.len()).sum::<usize>(), 1);
+    let p = pipeline(with(
+        base(),
+        [
+            headless("infra-backend-v1-headless"),
+            slice(
+                INFRA,
+                "infra-backend-v1-headless",
+                "manual",
+                "",
+                3000,
+                &["10.0.1.1"],
+            ),
+            http_route(
+                INFRA,
+                "service-types",
+                parent("same-namespace"),
+                json!([]),
+                json!([
+                    rule(("Exact", "/"), &["infra-backend-v1"]),
+                    rule(("Exact", "/headless"), &["infra-backend-v1-headless"])
+                ]),
+            ),
+        ],
+    ));
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[
+            (
+                "path=/headless",
+                &cluster_of(INFRA, "infra-backend-v1-headless")
+            ),
+            ("path=/", &cluster_of(INFRA, "infra-backend-v1"))
+        ])
+    );
+    let la = load_assignment(
+        p.snapshot(),
+        &format!("{INFRA}/infra-backend-v1-headless/8080"),
+    )
+    .expect("endpoints");
+    assert_eq!(
+        la.endpoints
+            .iter()
+            .map(|e| e.lb_endpoints.len())
+            .sum::<usize>(),
+        1
+    );
 }
 
 #[test]
 fn httproute_invalid_parent_ref_section_name_not_matching_port() {
-    let p = pipeline(with(base(), [http_route(INFRA, "httproute-listener-section-name-not-matching-port",
-        json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"http","port":81}]), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]))]));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "httproute-listener-section-name-not-matching-port", "same-namespace")[0],
-        t("Accepted", "False", "NoMatchingParent"));
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "httproute-listener-section-name-not-matching-port",
+            json!([{"name":"same-namespace","namespace":INFRA,"sectionName":"http","port":81}]),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "httproute-listener-section-name-not-matching-port",
+            "same-namespace"
+        )[0],
+        t("Accepted", "False", "NoMatchingParent")
+    );
     assert!(domains_of(p.snapshot(), GW).is_empty());
 }
 
 #[test]
 fn httproute_307_and_308_redirect() {
     use route::redirect_action::RedirectResponseCode as Code;
-    for (status, code) in [(307, Code::TemporaryRedirect), (308, Code::PermanentRedirect)] {
-        let p = pipeline(with(base(), [http_route(INFRA, "redirect", parent("same-namespace"), json!([]), json!([
-            {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":status}}]}]))]));
-        assert_eq!(redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code, code as i32, "{status}");
+    for (status, code) in [
+        (307, Code::TemporaryRedirect),
+        (308, Code::PermanentRedirect),
+    ] {
+        let p = pipeline(with(
+            base(),
+            [http_route(
+                INFRA,
+                "redirect",
+                parent("same-namespace"),
+                json!([]),
+                json!([
+            {"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":status}}]}]),
+            )],
+        ));
+        assert_eq!(
+            redirect_of(&envoy_routes(&p, GW, "*")[0]).response_code,
+            code as i32,
+            "{status}"
+        );
     }
 }
 
 #[test]
 fn httproute_request_multiple_mirrors_and_percentage_mirror() {
-    let p = pipeline(with(base(), [http_route(INFRA, "request-mirror", parent("same-namespace"), json!([]), json!([
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "request-mirror",
+            parent("same-namespace"),
+            json!([]),
+            json!([
         {"filters":[
             {"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v2")}},
             {"type":"RequestMirror","requestMirror":{"backendRef":backend("infra-backend-v3"),"fraction":{"numerator":1,"denominator":4}}}],
-         "backendRefs":[backend("infra-backend-v1")]}]))]));
-    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else { panic!() };
-    let mirrors: Vec<(String, Option<u32>)> = ra.request_mirror_policies.iter()
-        .map(|m| (m.cluster.clone(), m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()).map(|v| v.numerator)))
+         "backendRefs":[backend("infra-backend-v1")]}]),
+        )],
+    ));
+    let Some(route::route::Action::Route(ra)) = &envoy_routes(&p, GW, "*")[0].action else {
+        panic!()
+    };
+    let mirrors: Vec<(String, Option<u32>)> = ra
+        .request_mirror_policies
+        .iter()
+        .map(|m| {
+            (
+                m.cluster.clone(),
+                m.runtime_fraction
+                    .as_ref()
+                    .and_then(|f| f.default_value.as_ref())
+                    .map(|v| v.numerator),
+            )
+        })
         .collect();
     assert_eq!(mirrors.len(), 2, "{mirrors:?}");
     assert_eq!(mirrors[0].0, format!("{INFRA}/infra-backend-v2/8080"));
-    assert_eq!(mirrors[1], (format!("{INFRA}/infra-backend-v3/8080"), Some(25)));
+    assert_eq!(
+        mirrors[1],
+        (format!("{INFRA}/infra-backend-v3/8080"), Some(25))
+    );
 }
 
 #[test]
@@ -944,27 +2084,79 @@ fn an_https_listener_whose_secret_is_missing_is_not_served_and_the_route_is_told
     // The plugin cannot read Secrets: it names the certificate, the host
     // finds it missing and says so on the root that placed the host (the
     // route), not on the Gateway listener.
-    let p = pipeline(with(base(), [
-        https_gateway("gw-tls", 9445, json!({"name":"missing-cert"})),
-        http_route(INFRA, "r", parent("gw-tls"), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}])),
-    ]));
+    let p = pipeline(with(
+        base(),
+        [
+            https_gateway("gw-tls", 9445, json!({"name":"missing-cert"})),
+            http_route(
+                INFRA,
+                "r",
+                parent("gw-tls"),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+        ],
+    ));
     assert!(listener(p.snapshot(), "gw_9445").is_none());
-    assert!(reasons(&p.diagnostics()).contains(&("r".into(), "SecretInvalid".into())), "{:?}", p.diagnostics());
-    assert_eq!(triples(&listener_status(&p, "gw-tls")[0]["conditions"])[1], t("ResolvedRefs", "True", "ResolvedRefs"));
+    assert!(
+        reasons(&p.diagnostics()).contains(&("r".into(), "SecretInvalid".into())),
+        "{:?}",
+        p.diagnostics()
+    );
+    assert_eq!(
+        triples(&listener_status(&p, "gw-tls")[0]["conditions"])[1],
+        t("ResolvedRefs", "True", "ResolvedRefs")
+    );
 }
 
 #[test]
 fn gateways_sharing_a_port_share_its_envoy_listener_unless_their_protocols_clash() {
-    let mut a = gateway("a", json!([with_host(http("http", 8000, "All"), "a.example.com")]));
+    let mut a = gateway(
+        "a",
+        json!([with_host(http("http", 8000, "All"), "a.example.com")]),
+    );
     a["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
-    let mut b = gateway("b", json!([with_host(http("http", 8000, "All"), "b.example.com")]));
+    let mut b = gateway(
+        "b",
+        json!([with_host(http("http", 8000, "All"), "b.example.com")]),
+    );
     b["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
-    let mut c = gateway("c", json!([{"name":"https","port":8000,"protocol":"HTTPS","tls":{"certificateRefs":[{"name":"cert"}]}}]));
+    let mut c = gateway(
+        "c",
+        json!([{"name":"https","port":8000,"protocol":"HTTPS","tls":{"certificateRefs":[{"name":"cert"}]}}]),
+    );
     c["metadata"]["creationTimestamp"] = json!("2022-01-01T00:00:00Z");
-    let route = |name: &str, gw: &str| http_route(INFRA, name, parent(gw), json!([]), json!([{"backendRefs":[backend("infra-backend-v1")]}]));
-    let p = pipeline(with(base(), [a, b, c, route("ra", "a"), route("rb", "b"), route("rc", "c")]));
-    assert_eq!(domains_of(p.snapshot(), "gw_8000"), ["a.example.com".to_string(), "b.example.com".into()].into());
+    let route = |name: &str, gw: &str| {
+        http_route(
+            INFRA,
+            name,
+            parent(gw),
+            json!([]),
+            json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+        )
+    };
+    let p = pipeline(with(
+        base(),
+        [
+            a,
+            b,
+            c,
+            route("ra", "a"),
+            route("rb", "b"),
+            route("rc", "c"),
+        ],
+    ));
+    assert_eq!(
+        domains_of(p.snapshot(), "gw_8000"),
+        ["a.example.com".to_string(), "b.example.com".into()].into()
+    );
     assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
-    assert_eq!(triples(&listener_status(&p, "c")[0]["conditions"])[2], t("Conflicted", "True", "ProtocolConflict"));
-    assert_eq!(parent_conditions(&p, "HTTPRoute", "rc", "c")[0], t("Accepted", "False", "NotAllowedByListeners"));
+    assert_eq!(
+        triples(&listener_status(&p, "c")[0]["conditions"])[2],
+        t("Conflicted", "True", "ProtocolConflict")
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "rc", "c")[0],
+        t("Accepted", "False", "NotAllowedByListeners")
+    );
 }

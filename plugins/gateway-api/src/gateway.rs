@@ -50,7 +50,10 @@ pub enum From {
 impl ListenerView {
     /// Routes may attach and the data plane can serve it.
     pub fn usable(&self) -> bool {
-        self.proto.is_some() && self.accepted.0 && self.conflicted.is_none() && !self.kinds.is_empty()
+        self.proto.is_some()
+            && self.accepted.0
+            && self.conflicted.is_none()
+            && !self.kinds.is_empty()
             && (self.proto != Some(Proto::Https) || self.tls.is_some())
     }
 
@@ -71,7 +74,12 @@ pub struct GatewayView {
 /// The Gateway's class, if it is ours. Reads the GatewayClass (recorded,
 /// so a class change re-translates).
 pub fn is_ours(gateway: &Gateway, store: &dyn Store) -> Result<bool, Error> {
-    let class = store.get(api::API_VERSION, "GatewayClass", "", &gateway.spec.gateway_class_name);
+    let class = store.get(
+        api::API_VERSION,
+        "GatewayClass",
+        "",
+        &gateway.spec.gateway_class_name,
+    );
     match class {
         None => Ok(false),
         Some(o) => Ok(o.parse::<GatewayClass>()?.spec.controller_name == CONTROLLER),
@@ -166,7 +174,11 @@ fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerVi
         name: l.name.clone(),
         port: u16::try_from(l.port).unwrap_or(0),
         proto,
-        hostname: l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
+        hostname: l
+            .hostname
+            .clone()
+            .filter(|h| !h.is_empty())
+            .map(|h| h.to_ascii_lowercase()),
         tls: None,
         from: From::Same,
         kinds: Vec::new(),
@@ -178,21 +190,36 @@ fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerVi
         view.accepted = (
             false,
             "UnsupportedProtocol",
-            format!("protocol {:?} is not supported (HTTP and HTTPS are)", l.protocol),
+            format!(
+                "protocol {:?} is not supported (HTTP and HTTPS are)",
+                l.protocol
+            ),
         );
         return view;
     }
     if view.port == 0 {
-        view.accepted = (false, "PortUnavailable", format!("port {} is not usable", l.port));
+        view.accepted = (
+            false,
+            "PortUnavailable",
+            format!("port {} is not usable", l.port),
+        );
     } else if crate::Config::get().reserved_ports.contains(&view.port) {
         view.accepted = (
             false,
             "PortUnavailable",
-            format!("port {} is reserved for another translator's listener (reservedPorts)", view.port),
+            format!(
+                "port {} is reserved for another translator's listener (reservedPorts)",
+                view.port
+            ),
         );
     }
     let allowed = l.allowed_routes.clone().unwrap_or_default();
-    view.from = match allowed.namespaces.as_ref().and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+    view.from = match allowed
+        .namespaces
+        .as_ref()
+        .and_then(|n| n.from.as_deref())
+        .unwrap_or("Same")
+    {
         "Same" => From::Same,
         "All" => From::All,
         "Selector" => match allowed.namespaces.and_then(|n| n.selector) {
@@ -227,11 +254,19 @@ fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerVi
     if proto == Some(Proto::Https) {
         let tls = l.tls.clone().unwrap_or_default();
         if tls.mode.as_deref().unwrap_or("Terminate") != "Terminate" {
-            view.accepted = (false, "UnsupportedValue", "TLS mode Passthrough is not supported on HTTPS listeners".into());
+            view.accepted = (
+                false,
+                "UnsupportedValue",
+                "TLS mode Passthrough is not supported on HTTPS listeners".into(),
+            );
         }
         match tls.certificate_refs.first() {
             None => {
-                view.resolved = (false, "InvalidCertificateRef", "an HTTPS listener needs a certificateRef".into())
+                view.resolved = (
+                    false,
+                    "InvalidCertificateRef",
+                    "an HTTPS listener needs a certificateRef".into(),
+                )
             }
             Some(r) => {
                 let group = r.group.as_deref().unwrap_or("");
@@ -241,13 +276,21 @@ fn listener(ns: &str, l: &api::GatewayListener, store: &dyn Store) -> ListenerVi
                     view.resolved = (
                         false,
                         "InvalidCertificateRef",
-                        format!("certificateRef {group}/{kind} {}: only core Secrets are supported", r.name),
+                        format!(
+                            "certificateRef {group}/{kind} {}: only core Secrets are supported",
+                            r.name
+                        ),
                     );
-                } else if target_ns != ns && !ref_granted(store, ns, "Gateway", &target_ns, "", "Secret", &r.name) {
+                } else if target_ns != ns
+                    && !ref_granted(store, ns, "Gateway", &target_ns, "", "Secret", &r.name)
+                {
                     view.resolved = (
                         false,
                         "RefNotPermitted",
-                        format!("Secret {target_ns}/{} is in another namespace and no ReferenceGrant allows it", r.name),
+                        format!(
+                            "Secret {target_ns}/{} is in another namespace and no ReferenceGrant allows it",
+                            r.name
+                        ),
                     );
                 } else {
                     // The Secret itself is the host's to resolve: plugins
@@ -283,7 +326,13 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 
 /// Does the listener let a route of `kind` in `route_ns` attach? Reads the
 /// route's Namespace for selectors.
-pub fn allows(l: &ListenerView, gateway_ns: &str, kind: &str, route_ns: &str, store: &dyn Store) -> bool {
+pub fn allows(
+    l: &ListenerView,
+    gateway_ns: &str,
+    kind: &str,
+    route_ns: &str,
+    store: &dyn Store,
+) -> bool {
     if !l.kinds.iter().any(|k| k == kind) {
         return false;
     }
@@ -295,7 +344,12 @@ pub fn allows(l: &ListenerView, gateway_ns: &str, kind: &str, route_ns: &str, st
             .get_typed::<Namespace>("", route_ns)
             .ok()
             .flatten()
-            .map(|n| selects(s, &n.metadata.labels.unwrap_or_default().into_iter().collect()))
+            .map(|n| {
+                selects(
+                    s,
+                    &n.metadata.labels.unwrap_or_default().into_iter().collect(),
+                )
+            })
             .unwrap_or(false),
     }
 }
@@ -375,7 +429,11 @@ pub fn attach(
     if candidates.is_empty() {
         return Attachment {
             placed: Vec::new(),
-            accepted: (false, "NoMatchingParent", "no listener matches the parentRef's sectionName and port".into()),
+            accepted: (
+                false,
+                "NoMatchingParent",
+                "no listener matches the parentRef's sectionName and port".into(),
+            ),
         };
     }
     let allowed: Vec<&ListenerView> = candidates
@@ -385,7 +443,11 @@ pub fn attach(
     if allowed.is_empty() {
         return Attachment {
             placed: Vec::new(),
-            accepted: (false, "NotAllowedByListeners", format!("no valid listener allows a {kind} from namespace {route_ns}")),
+            accepted: (
+                false,
+                "NotAllowedByListeners",
+                format!("no valid listener allows a {kind} from namespace {route_ns}"),
+            ),
         };
     }
     let placed: Vec<(ListenerView, Vec<String>)> = allowed
@@ -396,7 +458,11 @@ pub fn attach(
     if placed.is_empty() {
         return Attachment {
             placed,
-            accepted: (false, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames".into()),
+            accepted: (
+                false,
+                "NoMatchingListenerHostname",
+                "no listener hostname intersects the route's hostnames".into(),
+            ),
         };
     }
     Attachment {
@@ -407,7 +473,8 @@ pub fn attach(
 
 /// Is this parentRef a Gateway (the only parent kind we serve)?
 pub fn names_gateway(parent: &ParentReference) -> bool {
-    parent.group.as_deref().unwrap_or(GROUP) == GROUP && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+    parent.group.as_deref().unwrap_or(GROUP) == GROUP
+        && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
 }
 
 /// The Gateway root: its Envoy listeners and its status.
@@ -432,7 +499,9 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
         ("GRPCRoute", store.list(api::API_VERSION, "GRPCRoute", None)),
     ] {
         for o in objects {
-            let Ok(route) = o.parse::<api::Route<Value>>() else { continue };
+            let Ok(route) = o.parse::<api::Route<Value>>() else {
+                continue;
+            };
             let route_ns = &route.metadata.namespace;
             let mut counted = Vec::new();
             for p in route.spec.parent_refs.iter().filter(|p| names_gateway(p)) {
@@ -454,10 +523,26 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
     for l in &view.listeners {
         let c = |t: &str, (s, r, m): (bool, &str, String)| cond(t, s, r, m, generation);
         let conflicted = match l.conflicted {
-            Some(r) => cond("Conflicted", true, r, format!("conflicts with another listener on port {}", l.port), generation),
-            None => cond("Conflicted", false, "NoConflicts", "No conflicts".into(), generation),
+            Some(r) => cond(
+                "Conflicted",
+                true,
+                r,
+                format!("conflicts with another listener on port {}", l.port),
+                generation,
+            ),
+            None => cond(
+                "Conflicted",
+                false,
+                "NoConflicts",
+                "No conflicts".into(),
+                generation,
+            ),
         };
-        let kinds: Vec<Value> = l.kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect();
+        let kinds: Vec<Value> = l
+            .kinds
+            .iter()
+            .map(|k| json!({"group": GROUP, "kind": k}))
+            .collect();
         listeners.push(json!({
             "name": l.name,
             "supportedKinds": kinds,
@@ -465,15 +550,35 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
             "conditions": [c("Accepted", l.accepted.clone()), c("ResolvedRefs", l.resolved.clone()), conflicted],
         }));
     }
-    let parameters = view.gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref());
+    let parameters = view
+        .gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref());
     // No parameters kind is supported: any reference is invalid. The
     // listeners are still served (the parameters could only tune them).
     let accepted = if parameters.is_some() {
-        Condition::new("Accepted", false, "InvalidParameters", "infrastructure.parametersRef: no parameters kind is supported")
+        Condition::new(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            "infrastructure.parametersRef: no parameters kind is supported",
+        )
     } else if !view.gateway.spec.addresses.is_empty() {
-        Condition::new("Accepted", false, "UnsupportedAddress", "spec.addresses is not supported")
+        Condition::new(
+            "Accepted",
+            false,
+            "UnsupportedAddress",
+            "spec.addresses is not supported",
+        )
     } else if !view.listeners.is_empty() && !view.listeners.iter().any(ListenerView::usable) {
-        Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid")
+        Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+        )
     } else {
         Condition::new("Accepted", true, "Accepted", "Gateway is accepted")
     };
@@ -491,8 +596,15 @@ pub fn translate_class(root: &Object) -> Result<Fragment, Error> {
     if class.spec.controller_name != CONTROLLER {
         return Ok(Fragment::new());
     }
-    Ok(Fragment::new().with_status(ObjectStatus::new(root.object_ref()).with_condition(
-        Condition::new("Accepted", true, "Accepted", "Handled by the isobar gateway-api plugin")
+    Ok(Fragment::new().with_status(
+        ObjectStatus::new(root.object_ref()).with_condition(
+            Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "Handled by the isobar gateway-api plugin",
+            )
             .with_observed_generation(class.metadata.generation),
-    )))
+        ),
+    ))
 }

@@ -29,7 +29,13 @@ pub fn listener_name(port: u16) -> String {
 }
 
 /// A condition as it appears inside status fields (listeners, parents).
-pub(crate) fn cond(type_: &str, status: bool, reason: &str, message: String, generation: i64) -> Value {
+pub(crate) fn cond(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+) -> Value {
     json!({
         "type": type_,
         "status": if status { "True" } else { "False" },
@@ -56,7 +62,10 @@ pub(crate) fn ref_granted(
         .iter()
         .filter_map(|o| o.parse::<api::ReferenceGrant>().ok())
         .any(|g| {
-            g.spec.from.iter().any(|f| f.group == api::GROUP && f.kind == from_kind && f.namespace == from_ns)
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == api::GROUP && f.kind == from_kind && f.namespace == from_ns)
                 && g.spec.to.iter().any(|t| {
                     (t.group == to_group || (to_group.is_empty() && t.group == "core"))
                         && t.kind == to_kind
@@ -78,7 +87,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { reserved_ports: vec![8080, 8443] }
+        Config {
+            reserved_ports: vec![8080, 8443],
+        }
     }
 }
 
@@ -120,7 +131,10 @@ impl Translator for GatewayApiTranslator {
             "Gateway" => gateway::translate(root, store),
             "HTTPRoute" => route::translate(root, store, route::Kind::Http),
             "GRPCRoute" => route::translate(root, store, route::Kind::Grpc),
-            other => Err(Error::new("UnexpectedKind", format!("not a root kind: {other}"))),
+            other => Err(Error::new(
+                "UnexpectedKind",
+                format!("not a root kind: {other}"),
+            )),
         }
     }
 }

@@ -43,29 +43,50 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
     let (meta, parents, hostnames, routes, refs) = match kind {
         Kind::Http => {
             let r: api::Route<HttpRule> = root.parse()?;
-            let mut refs = Refs { problem: None, unsupported: None };
+            let mut refs = Refs {
+                problem: None,
+                unsupported: None,
+            };
             let routes = r
                 .spec
                 .rules
                 .iter()
                 .flat_map(|rule| http_rule(rule, &r.metadata.namespace, store, &mut refs))
                 .collect::<Vec<_>>();
-            (r.metadata, r.spec.parent_refs, r.spec.hostnames, routes, refs)
+            (
+                r.metadata,
+                r.spec.parent_refs,
+                r.spec.hostnames,
+                routes,
+                refs,
+            )
         }
         Kind::Grpc => {
             let r: api::Route<GrpcRule> = root.parse()?;
-            let mut refs = Refs { problem: None, unsupported: None };
+            let mut refs = Refs {
+                problem: None,
+                unsupported: None,
+            };
             let routes = r
                 .spec
                 .rules
                 .iter()
                 .flat_map(|rule| grpc_rule(rule, &r.metadata.namespace, store, &mut refs))
                 .collect::<Vec<_>>();
-            (r.metadata, r.spec.parent_refs, r.spec.hostnames, routes, refs)
+            (
+                r.metadata,
+                r.spec.parent_refs,
+                r.spec.hostnames,
+                routes,
+                refs,
+            )
         }
     };
     let me = root.object_ref();
-    let routes: Vec<Route> = routes.into_iter().map(|r| r.with_source(me.clone())).collect();
+    let routes: Vec<Route> = routes
+        .into_iter()
+        .map(|r| r.with_source(me.clone()))
+        .collect();
     let generation = meta.generation;
     let mut fragment = Fragment::new();
     let mut parent_statuses = Vec::new();
@@ -73,7 +94,10 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
         if !gateway::names_gateway(parent) {
             continue;
         }
-        let gw_ns = parent.namespace.clone().unwrap_or_else(|| meta.namespace.clone());
+        let gw_ns = parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| meta.namespace.clone());
         // Recorded read: a Gateway change re-translates its routes.
         let Some(gw_obj) = store.get(api::API_VERSION, "Gateway", &gw_ns, &parent.name) else {
             continue;
@@ -84,15 +108,24 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             continue;
         }
         let view = gateway::analyse(gw, store);
-        let attachment = gateway::attach(&view, parent, kind.name(), &meta.namespace, &hostnames, store);
+        let attachment = gateway::attach(
+            &view,
+            parent,
+            kind.name(),
+            &meta.namespace,
+            &hostnames,
+            store,
+        );
         let mut accepted = attachment.accepted.clone();
-        if accepted.0 {
-            if let Some(message) = &refs.unsupported {
-                accepted = (false, "UnsupportedValue", message.clone());
-            }
+        if accepted.0
+            && let Some(message) = &refs.unsupported
+        {
+            accepted = (false, "UnsupportedValue", message.clone());
         }
         for (l, domains) in &attachment.placed {
-            let Some(el) = l.envoy_listener() else { continue };
+            let Some(el) = l.envoy_listener() else {
+                continue;
+            };
             fragment.add_listener(el);
             for domain in domains {
                 let vh = fragment.virtual_host_mut(&listener_name(l.port), domain);
@@ -109,8 +142,16 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             }
         }
         let resolved = match &refs.problem {
-            None => cond("ResolvedRefs", true, "ResolvedRefs", "All references resolved".into(), generation),
-            Some((reason, message)) => cond("ResolvedRefs", false, reason, message.clone(), generation),
+            None => cond(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references resolved".into(),
+                generation,
+            ),
+            Some((reason, message)) => {
+                cond("ResolvedRefs", false, reason, message.clone(), generation)
+            }
         };
         parent_statuses.push(json!({
             "parentRef": parent_ref(parent, &gw_ns),
@@ -119,7 +160,8 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
         }));
     }
     if !parent_statuses.is_empty() {
-        fragment.add_status(ObjectStatus::new(me).with_fields(&json!({"parents": parent_statuses})));
+        fragment
+            .add_status(ObjectStatus::new(me).with_fields(&json!({"parents": parent_statuses})));
     }
     Ok(fragment)
 }
@@ -136,8 +178,19 @@ fn parent_ref(p: &ParentReference, gw_ns: &str) -> Value {
 /// The matches of one HTTPRoute rule, each with the rule's action.
 fn http_rule(rule: &HttpRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> Vec<Route> {
     let default = vec![api::HttpMatch::default()];
-    let matches = rule.matches.as_ref().filter(|m| !m.is_empty()).unwrap_or(&default);
-    let template = rule_template(&rule.filters, &rule.backend_refs, ns, Kind::Http, store, refs);
+    let matches = rule
+        .matches
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .unwrap_or(&default);
+    let template = rule_template(
+        &rule.filters,
+        &rule.backend_refs,
+        ns,
+        Kind::Http,
+        store,
+        refs,
+    );
     let timeout = rule
         .timeouts
         .as_ref()
@@ -145,7 +198,8 @@ fn http_rule(rule: &HttpRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> V
         .and_then(|d| match duration_ms(d) {
             Some(ms) => Some(ms),
             None => {
-                refs.unsupported.get_or_insert(format!("timeout {d:?} is not a duration"));
+                refs.unsupported
+                    .get_or_insert(format!("timeout {d:?} is not a duration"));
                 None
             }
         });
@@ -161,7 +215,8 @@ fn http_rule(rule: &HttpRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> V
                         "PathPrefix" => PathMatch::prefix(value),
                         "RegularExpression" => PathMatch::regex(value),
                         other => {
-                            refs.unsupported.get_or_insert(format!("path match type {other:?}"));
+                            refs.unsupported
+                                .get_or_insert(format!("path match type {other:?}"));
                             return None;
                         }
                     }
@@ -212,8 +267,19 @@ fn header_matches(headers: &[api::ValueMatch], _refs: &mut Refs) -> Vec<HeaderMa
 /// (`/service/method`), as gRPC sends them.
 fn grpc_rule(rule: &GrpcRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> Vec<Route> {
     let default = vec![api::GrpcMatch::default()];
-    let matches = if rule.matches.is_empty() { &default } else { &rule.matches };
-    let template = rule_template(&rule.filters, &rule.backend_refs, ns, Kind::Grpc, store, refs);
+    let matches = if rule.matches.is_empty() {
+        &default
+    } else {
+        &rule.matches
+    };
+    let template = rule_template(
+        &rule.filters,
+        &rule.backend_refs,
+        ns,
+        Kind::Grpc,
+        store,
+        refs,
+    );
     matches
         .iter()
         .map(|m| {
@@ -222,12 +288,18 @@ fn grpc_rule(rule: &GrpcRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> V
                 Some(mm) => {
                     let (s, me) = (mm.service.as_deref(), mm.method.as_deref());
                     if mm.type_.as_deref() == Some("RegularExpression") {
-                        PathMatch::regex(format!("/{}/{}", s.unwrap_or("[^/]+"), me.unwrap_or("[^/]+")))
+                        PathMatch::regex(format!(
+                            "/{}/{}",
+                            s.unwrap_or("[^/]+"),
+                            me.unwrap_or("[^/]+")
+                        ))
                     } else {
                         match (s, me) {
                             (Some(s), Some(m)) => PathMatch::exact(format!("/{s}/{m}")),
                             (Some(s), None) => PathMatch::prefix(format!("/{s}")),
-                            (None, Some(m)) => PathMatch::regex(format!("/[^/]+/{}", regex_escape(m))),
+                            (None, Some(m)) => {
+                                PathMatch::regex(format!("/[^/]+/{}", regex_escape(m)))
+                            }
                             (None, None) => PathMatch::prefix("/"),
                         }
                     }
@@ -252,17 +324,32 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// A rule's action and filters, with a placeholder match.
-fn rule_template(filters: &[Filter], backend_refs: &[BackendRef], ns: &str, kind: Kind, store: &dyn Store, refs: &mut Refs) -> Route {
+fn rule_template(
+    filters: &[Filter],
+    backend_refs: &[BackendRef],
+    ns: &str,
+    kind: Kind,
+    store: &dyn Store,
+    refs: &mut Refs,
+) -> Route {
     let mut redirect = None;
     let mut route = Route::direct_response(RouteMatch::prefix("/"), DirectResponse::new(500));
     let mut broken = false;
     for f in filters {
         match (f.type_.as_str(), kind) {
-            ("RequestHeaderModifier", _) => route.request_headers = f.request_header_modifier.as_ref().map(header_changes),
-            ("ResponseHeaderModifier", _) => route.response_headers = f.response_header_modifier.as_ref().map(header_changes),
+            ("RequestHeaderModifier", _) => {
+                route.request_headers = f.request_header_modifier.as_ref().map(header_changes)
+            }
+            ("ResponseHeaderModifier", _) => {
+                route.response_headers = f.response_header_modifier.as_ref().map(header_changes)
+            }
             ("RequestRedirect", Kind::Http) => {
                 let r = f.request_redirect.clone().unwrap_or_default();
-                let mut out = Redirect::new(r.status_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(302));
+                let mut out = Redirect::new(
+                    r.status_code
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(302),
+                );
                 out.scheme = r.scheme;
                 out.host = r.hostname;
                 out.port = r.port.and_then(|p| u16::try_from(p).ok());
@@ -281,16 +368,21 @@ fn rule_template(filters: &[Filter], backend_refs: &[BackendRef], ns: &str, kind
                         let percent = m.percent.map(|p| p.clamp(0, 100) as u32).or_else(|| {
                             m.fraction.as_ref().map(|f| {
                                 let d = f.denominator.unwrap_or(100).max(1);
-                                (i64::from(f.numerator.max(0)) * 100 / i64::from(d)).clamp(0, 100) as u32
+                                (i64::from(f.numerator.max(0)) * 100 / i64::from(d)).clamp(0, 100)
+                                    as u32
                             })
                         });
-                        route.mirrors.push(Mirror { backend: b, percent });
+                        route.mirrors.push(Mirror {
+                            backend: b,
+                            percent,
+                        });
                     }
                     Err((reason, message)) => refs.fail(reason, message),
                 }
             }
             (other, _) => {
-                refs.unsupported.get_or_insert(format!("filter {other:?} is not supported"));
+                refs.unsupported
+                    .get_or_insert(format!("filter {other:?} is not supported"));
                 broken = true;
             }
         }
@@ -305,7 +397,8 @@ fn rule_template(filters: &[Filter], backend_refs: &[BackendRef], ns: &str, kind
     let mut backends = Vec::new();
     for b in backend_refs {
         if !b.filters.is_empty() {
-            refs.unsupported.get_or_insert("backendRef filters are not supported".into());
+            refs.unsupported
+                .get_or_insert("backendRef filters are not supported".into());
         }
         match backend(b, ns, kind, store) {
             Ok(backend) => {
@@ -344,39 +437,70 @@ fn header_changes(m: &api::HeaderModifier) -> HeaderChanges {
 
 fn path_modifier(p: &api::PathModifier, refs: &mut Refs) -> Option<PathModifier> {
     match p.type_.as_str() {
-        "ReplaceFullPath" => Some(PathModifier::Full(p.replace_full_path.clone().unwrap_or_default())),
-        "ReplacePrefixMatch" => Some(PathModifier::Prefix(p.replace_prefix_match.clone().unwrap_or_default())),
+        "ReplaceFullPath" => Some(PathModifier::Full(
+            p.replace_full_path.clone().unwrap_or_default(),
+        )),
+        "ReplacePrefixMatch" => Some(PathModifier::Prefix(
+            p.replace_prefix_match.clone().unwrap_or_default(),
+        )),
         other => {
-            refs.unsupported.get_or_insert(format!("path modifier {other:?}"));
+            refs.unsupported
+                .get_or_insert(format!("path modifier {other:?}"));
             None
         }
     }
 }
 
 /// A backendRef to a Service port, or why it cannot be used.
-fn backend(b: &BackendRef, ns: &str, kind: Kind, store: &dyn Store) -> Result<Backend, (&'static str, String)> {
+fn backend(
+    b: &BackendRef,
+    ns: &str,
+    kind: Kind,
+    store: &dyn Store,
+) -> Result<Backend, (&'static str, String)> {
     let group = b.group.as_deref().unwrap_or("");
     let k = b.kind.as_deref().unwrap_or("Service");
     if !(group.is_empty() || group == "core") || k != "Service" {
-        return Err(("InvalidKind", format!("backendRef {group}/{k} {}: only Services are supported", b.name)));
+        return Err((
+            "InvalidKind",
+            format!(
+                "backendRef {group}/{k} {}: only Services are supported",
+                b.name
+            ),
+        ));
     }
     let target_ns = b.namespace.clone().unwrap_or_else(|| ns.to_owned());
     if target_ns != ns && !ref_granted(store, ns, kind.name(), &target_ns, "", "Service", &b.name) {
         return Err((
             "RefNotPermitted",
-            format!("Service {target_ns}/{} is in another namespace and no ReferenceGrant allows it", b.name),
+            format!(
+                "Service {target_ns}/{} is in another namespace and no ReferenceGrant allows it",
+                b.name
+            ),
         ));
     }
     let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) else {
-        return Err(("UnsupportedValue", format!("backendRef {}: a Service needs a port", b.name)));
+        return Err((
+            "UnsupportedValue",
+            format!("backendRef {}: a Service needs a port", b.name),
+        ));
     };
-    let service = store.get_typed::<Service>(&target_ns, &b.name).ok().flatten();
+    let service = store
+        .get_typed::<Service>(&target_ns, &b.name)
+        .ok()
+        .flatten();
     let Some(service) = service else {
-        return Err(("BackendNotFound", format!("Service {target_ns}/{} not found", b.name)));
+        return Err((
+            "BackendNotFound",
+            format!("Service {target_ns}/{} not found", b.name),
+        ));
     };
     let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
     let Some(sp) = ports.iter().find(|p| p.port == i32::from(port)) else {
-        return Err(("BackendNotFound", format!("Service {target_ns}/{} has no port {port}", b.name)));
+        return Err((
+            "BackendNotFound",
+            format!("Service {target_ns}/{} has no port {port}", b.name),
+        ));
     };
     let protocol = match (kind, sp.app_protocol.as_deref()) {
         (Kind::Grpc, _) => BackendProtocol::Grpc,

@@ -110,7 +110,10 @@ fn reason_of(f: &Fragment, type_: &str) -> (String, String) {
 
 fn forward_of(r: &Route) -> Vec<(String, u16, u32)> {
     match &r.action {
-        RouteAction::Forward(b) => b.iter().map(|w| (w.backend.name.clone(), w.backend.port, w.weight)).collect(),
+        RouteAction::Forward(b) => b
+            .iter()
+            .map(|w| (w.backend.name.clone(), w.backend.port, w.weight))
+            .collect(),
         other => panic!("not a forward: {other:?}"),
     }
 }
@@ -137,12 +140,18 @@ fn gateway_of_another_class_contributes_nothing() {
 fn gateway_declares_one_listener_per_port_and_lists_listener_status() {
     let gw = gateway(
         "gw",
-        json!([http_listener("a", 80, Some("a.example.com"), "All"),
-               http_listener("b", 80, Some("b.example.com"), "All"),
-               http_listener("c", 81, None, "Same")]),
+        json!([
+            http_listener("a", 80, Some("a.example.com"), "All"),
+            http_listener("b", 80, Some("b.example.com"), "All"),
+            http_listener("c", 81, None, "Same")
+        ]),
     );
     let f = translate(&store([gw.clone()]), gw);
-    let names: Vec<_> = f.listeners.iter().map(|l| (l.name.as_str(), l.port)).collect();
+    let names: Vec<_> = f
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.port))
+        .collect();
     assert_eq!(names, [("gw_80", 80), ("gw_81", 81)]);
     let status = &f.statuses[0];
     assert_eq!(status.conditions[0].reason, "Accepted");
@@ -179,14 +188,20 @@ fn https_certificate_refs_cross_namespace_need_a_reference_grant() {
         "tls": {"certificateRefs": [{"name": "cert", "namespace": "certs"}]}});
     let gw = gateway("gw", json!([listener]));
     let f = translate(&store([]), gw.clone());
-    assert_eq!(fields(&f)["listeners"][0]["conditions"][1]["reason"], "RefNotPermitted");
+    assert_eq!(
+        fields(&f)["listeners"][0]["conditions"][1]["reason"],
+        "RefNotPermitted"
+    );
     assert!(f.listeners.is_empty());
     let grant = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
         "metadata": {"namespace": "certs", "name": "g"},
         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS}],
                  "to": [{"group": "", "kind": "Secret"}]}});
     let f = translate(&store([grant]), gw);
-    assert_eq!(fields(&f)["listeners"][0]["conditions"][1]["reason"], "ResolvedRefs");
+    assert_eq!(
+        fields(&f)["listeners"][0]["conditions"][1]["reason"],
+        "ResolvedRefs"
+    );
     assert_eq!(f.listeners, [Listener::https("gw_443", 443)]);
 }
 
@@ -209,11 +224,23 @@ fn invalid_route_kinds_and_wrong_certificate_kinds_are_reported() {
 fn attached_routes_are_counted_per_listener() {
     let gw = gateway(
         "gw",
-        json!([http_listener("a", 80, Some("a.example.com"), "All"),
-               http_listener("b", 80, Some("b.example.com"), "All")]),
+        json!([
+            http_listener("a", 80, Some("a.example.com"), "All"),
+            http_listener("b", 80, Some("b.example.com"), "All")
+        ]),
     );
-    let r1 = http_route("r1", parent("gw"), json!(["a.example.com"]), json!([{"backendRefs": [to("web", 8080)]}]));
-    let r2 = http_route("r2", parent("gw"), json!([]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let r1 = http_route(
+        "r1",
+        parent("gw"),
+        json!(["a.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
+    let r2 = http_route(
+        "r2",
+        parent("gw"),
+        json!([]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([gw.clone(), r1, r2]), gw);
     let l = fields(&f)["listeners"].clone();
     assert_eq!(l[0]["attachedRoutes"], 2);
@@ -224,17 +251,31 @@ fn attached_routes_are_counted_per_listener() {
 
 #[test]
 fn route_forwards_on_the_gateway_listener_and_is_accepted() {
-    let r = http_route("r", parent("gw"), json!(["shop.example.com"]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!(["shop.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([]), r);
     assert_eq!(f.listeners, [Listener::http("gw_80", 80)]);
     let vh = vhost(&f, "gw_80", "shop.example.com");
     assert_eq!(vh.routes[0].matches, RouteMatch::prefix("/"));
     assert_eq!(forward_of(&vh.routes[0]), [("web".into(), 8080, 1)]);
-    assert_eq!(reason_of(&f, "Accepted"), ("True".into(), "Accepted".into()));
-    assert_eq!(reason_of(&f, "ResolvedRefs"), ("True".into(), "ResolvedRefs".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    assert_eq!(
+        reason_of(&f, "ResolvedRefs"),
+        ("True".into(), "ResolvedRefs".into())
+    );
     let p = &fields(&f)["parents"][0];
     assert_eq!(p["controllerName"], CONTROLLER);
-    assert_eq!(p["parentRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS, "name": "gw"}));
+    assert_eq!(
+        p["parentRef"],
+        json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS, "name": "gw"})
+    );
     assert_eq!(p["conditions"][0]["observedGeneration"], 3);
 }
 
@@ -242,7 +283,12 @@ fn route_forwards_on_the_gateway_listener_and_is_accepted() {
 fn route_of_another_controllers_gateway_gets_no_status() {
     let mut gw = gateway("theirs", json!([http_listener("http", 80, None, "All")]));
     gw["spec"]["gatewayClassName"] = json!("other");
-    let r = http_route("r", parent("theirs"), json!([]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let r = http_route(
+        "r",
+        parent("theirs"),
+        json!([]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     assert!(translate(&store([gw]), r).is_empty());
 }
 
@@ -252,46 +298,108 @@ fn hostname_intersection_follows_the_spec() {
     let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(intersect(None, &[]), ["*"]);
     assert_eq!(intersect(Some("*.example.com"), &[]), ["*.example.com"]);
-    assert_eq!(intersect(Some("*.example.com"), &h(&["a.example.com", "example.com", "b.other.org"])), ["a.example.com"]);
-    assert_eq!(intersect(Some("a.example.com"), &h(&["*.example.com"])), ["a.example.com"]);
-    assert_eq!(intersect(Some("*.example.com"), &h(&["*.a.example.com"])), ["*.a.example.com"]);
+    assert_eq!(
+        intersect(
+            Some("*.example.com"),
+            &h(&["a.example.com", "example.com", "b.other.org"])
+        ),
+        ["a.example.com"]
+    );
+    assert_eq!(
+        intersect(Some("a.example.com"), &h(&["*.example.com"])),
+        ["a.example.com"]
+    );
+    assert_eq!(
+        intersect(Some("*.example.com"), &h(&["*.a.example.com"])),
+        ["*.a.example.com"]
+    );
     assert!(intersect(Some("a.example.com"), &h(&["b.example.com"])).is_empty());
 }
 
 #[test]
 fn no_matching_listener_hostname() {
-    let gw = gateway("gw", json!([http_listener("a", 80, Some("a.example.com"), "All")]));
-    let r = http_route("r", parent("gw"), json!(["b.example.com"]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let gw = gateway(
+        "gw",
+        json!([http_listener("a", 80, Some("a.example.com"), "All")]),
+    );
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!(["b.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([gw]), r);
     assert!(f.virtual_hosts.is_empty());
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NoMatchingListenerHostname".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NoMatchingListenerHostname".into())
+    );
 }
 
 #[test]
 fn not_allowed_by_listeners_same_namespace_and_selector() {
     let gw = gateway("gw", json!([http_listener("a", 80, None, "Same")]));
-    let r = http_route("r", parent("gw"), json!([]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!([]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([gw]), r.clone());
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NotAllowedByListeners".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
     let selector = json!([{"name": "a", "port": 80, "protocol": "HTTP",
         "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "shop"}}}}}]);
     let f = translate(&store([gateway("gw", selector)]), r.clone());
-    assert_eq!(reason_of(&f, "Accepted"), ("True".into(), "Accepted".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
     let other = json!([{"name": "a", "port": 80, "protocol": "HTTP",
         "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["infra"]}]}}}}]);
     let f = translate(&store([gateway("gw", other)]), r);
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NotAllowedByListeners".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
 }
 
 #[test]
 fn no_matching_parent_section_name_or_port() {
-    let r = |p: Value| http_route("r", p, json!([]), json!([{"backendRefs": [to("web", 8080)]}]));
-    let f = translate(&store([]), r(json!([{"name": "gw", "namespace": GW_NS, "sectionName": "nope"}])));
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NoMatchingParent".into()));
-    let f = translate(&store([]), r(json!([{"name": "gw", "namespace": GW_NS, "port": 81}])));
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NoMatchingParent".into()));
-    let f = translate(&store([]), r(json!([{"name": "gw", "namespace": GW_NS, "sectionName": "http", "port": 80}])));
-    assert_eq!(reason_of(&f, "Accepted"), ("True".into(), "Accepted".into()));
+    let r = |p: Value| {
+        http_route(
+            "r",
+            p,
+            json!([]),
+            json!([{"backendRefs": [to("web", 8080)]}]),
+        )
+    };
+    let f = translate(
+        &store([]),
+        r(json!([{"name": "gw", "namespace": GW_NS, "sectionName": "nope"}])),
+    );
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NoMatchingParent".into())
+    );
+    let f = translate(
+        &store([]),
+        r(json!([{"name": "gw", "namespace": GW_NS, "port": 81}])),
+    );
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NoMatchingParent".into())
+    );
+    let f = translate(
+        &store([]),
+        r(json!([{"name": "gw", "namespace": GW_NS, "sectionName": "http", "port": 80}])),
+    );
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
 }
 
 #[test]
@@ -299,9 +407,18 @@ fn invalid_backends_answer_500_with_the_spec_reason() {
     for (backend, reason) in [
         (json!({"name": "missing", "port": 80}), "BackendNotFound"),
         (json!({"name": "web", "port": 1}), "BackendNotFound"),
-        (json!({"name": "web", "port": 8080, "kind": "Pod"}), "InvalidKind"),
-        (json!({"name": "web", "port": 8080, "group": "example.com", "kind": "Service"}), "InvalidKind"),
-        (json!({"name": "other", "port": 80, "namespace": "elsewhere"}), "RefNotPermitted"),
+        (
+            json!({"name": "web", "port": 8080, "kind": "Pod"}),
+            "InvalidKind",
+        ),
+        (
+            json!({"name": "web", "port": 8080, "group": "example.com", "kind": "Service"}),
+            "InvalidKind",
+        ),
+        (
+            json!({"name": "other", "port": 80, "namespace": "elsewhere"}),
+            "RefNotPermitted",
+        ),
     ] {
         let r = http_route(
             "r",
@@ -312,11 +429,25 @@ fn invalid_backends_answer_500_with_the_spec_reason() {
         );
         let f = translate(&store([service("elsewhere", "other", 80)]), r);
         let vh = vhost(&f, "gw_80", "*");
-        let bad = vh.routes.iter().find(|r| r.matches == RouteMatch::prefix("/bad")).unwrap();
-        assert!(matches!(&bad.action, RouteAction::DirectResponse(d) if d.status == 500), "{reason}");
-        let good = vh.routes.iter().find(|r| r.matches == RouteMatch::prefix("/")).unwrap();
+        let bad = vh
+            .routes
+            .iter()
+            .find(|r| r.matches == RouteMatch::prefix("/bad"))
+            .unwrap();
+        assert!(
+            matches!(&bad.action, RouteAction::DirectResponse(d) if d.status == 500),
+            "{reason}"
+        );
+        let good = vh
+            .routes
+            .iter()
+            .find(|r| r.matches == RouteMatch::prefix("/"))
+            .unwrap();
         assert_eq!(forward_of(good).len(), 1, "the other rule still forwards");
-        assert_eq!(reason_of(&f, "ResolvedRefs"), ("False".into(), reason.into()));
+        assert_eq!(
+            reason_of(&f, "ResolvedRefs"),
+            ("False".into(), reason.into())
+        );
         assert_eq!(reason_of(&f, "Accepted").0, "True");
     }
 }
@@ -327,7 +458,12 @@ fn cross_namespace_backend_with_a_reference_grant_forwards() {
         "metadata": {"namespace": "elsewhere", "name": "g"},
         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": NS}],
                  "to": [{"group": "", "kind": "Service", "name": "other"}]}});
-    let r = http_route("r", parent("gw"), json!([]), json!([{"backendRefs": [{"name": "other", "namespace": "elsewhere", "port": 80}]}]));
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!([]),
+        json!([{"backendRefs": [{"name": "other", "namespace": "elsewhere", "port": 80}]}]),
+    );
     let f = translate(&store([service("elsewhere", "other", 80), grant]), r);
     let vh = vhost(&f, "gw_80", "*");
     assert_eq!(forward_of(&vh.routes[0]), [("other".into(), 80, 1)]);
@@ -360,12 +496,32 @@ fn matches_filters_weights_and_timeouts_translate() {
     assert_eq!(vh.routes.len(), 2);
     let r0 = &vh.routes[0];
     assert_eq!(r0.matches.path, PathMatch::exact("/exact"));
-    assert_eq!(r0.matches.headers, [HeaderMatch::exact("x-env", "canary"), HeaderMatch::regex("x-re", "a.*")]);
+    assert_eq!(
+        r0.matches.headers,
+        [
+            HeaderMatch::exact("x-env", "canary"),
+            HeaderMatch::regex("x-re", "a.*")
+        ]
+    );
     assert_eq!(r0.matches.query, [QueryMatch::exact("q", "1")]);
     assert_eq!(r0.matches.method.as_deref(), Some("POST"));
-    assert_eq!(forward_of(r0), [("web".into(), 8080, 3), ("api".into(), 9090, 1)]);
-    assert_eq!(r0.request_headers, Some(HeaderChanges::new().with_set("a", "1").with_add("b", "2").with_remove("c")));
-    assert_eq!(r0.response_headers, Some(HeaderChanges::new().with_set("d", "4")));
+    assert_eq!(
+        forward_of(r0),
+        [("web".into(), 8080, 3), ("api".into(), 9090, 1)]
+    );
+    assert_eq!(
+        r0.request_headers,
+        Some(
+            HeaderChanges::new()
+                .with_set("a", "1")
+                .with_add("b", "2")
+                .with_remove("c")
+        )
+    );
+    assert_eq!(
+        r0.response_headers,
+        Some(HeaderChanges::new().with_set("d", "4"))
+    );
     assert_eq!(r0.host_rewrite.as_deref(), Some("internal"));
     assert_eq!(r0.path_rewrite, Some(PathModifier::Prefix("/v2".into())));
     assert_eq!(r0.mirrors.len(), 1);
@@ -387,8 +543,24 @@ fn redirects_translate_with_default_302() {
     );
     let f = translate(&store([]), r);
     let vh = vhost(&f, "gw_80", "*");
-    let by = |p: &str| vh.routes.iter().find(|r| r.matches == RouteMatch::prefix(p)).unwrap().action.clone();
-    assert_eq!(by("/"), RouteAction::Redirect(Redirect::new(302).with_scheme("https").with_host("x.example.com").with_port(8443).with_path("/new")));
+    let by = |p: &str| {
+        vh.routes
+            .iter()
+            .find(|r| r.matches == RouteMatch::prefix(p))
+            .unwrap()
+            .action
+            .clone()
+    };
+    assert_eq!(
+        by("/"),
+        RouteAction::Redirect(
+            Redirect::new(302)
+                .with_scheme("https")
+                .with_host("x.example.com")
+                .with_port(8443)
+                .with_path("/new")
+        )
+    );
     assert_eq!(by("/p"), RouteAction::Redirect(Redirect::new(301)));
 }
 
@@ -396,22 +568,44 @@ fn redirects_translate_with_default_302() {
 fn rule_without_backends_answers_500_and_unknown_filters_are_unsupported() {
     let r = http_route("r", parent("gw"), json!([]), json!([{}]));
     let f = translate(&store([]), r);
-    assert!(matches!(&vhost(&f, "gw_80", "*").routes[0].action, RouteAction::DirectResponse(d) if d.status == 500));
-    let r = http_route("r", parent("gw"), json!([]),
-        json!([{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}], "backendRefs": [to("web", 8080)]}]));
+    assert!(
+        matches!(&vhost(&f, "gw_80", "*").routes[0].action, RouteAction::DirectResponse(d) if d.status == 500)
+    );
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!([]),
+        json!([{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}], "backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([]), r);
-    assert!(matches!(&vhost(&f, "gw_80", "*").routes[0].action, RouteAction::DirectResponse(d) if d.status == 500));
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "UnsupportedValue".into()));
+    assert!(
+        matches!(&vhost(&f, "gw_80", "*").routes[0].action, RouteAction::DirectResponse(d) if d.status == 500)
+    );
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "UnsupportedValue".into())
+    );
 }
 
 #[test]
 fn https_listener_routes_carry_the_certificate() {
-    let gw = gateway("gw", json!([{"name": "s", "port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
-        "allowedRoutes": {"namespaces": {"from": "All"}}, "tls": {"certificateRefs": [{"name": "cert"}]}}]));
-    let r = http_route("r", parent("gw"), json!(["shop.example.com"]), json!([{"backendRefs": [to("web", 8080)]}]));
+    let gw = gateway(
+        "gw",
+        json!([{"name": "s", "port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
+        "allowedRoutes": {"namespaces": {"from": "All"}}, "tls": {"certificateRefs": [{"name": "cert"}]}}]),
+    );
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!(["shop.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
     let f = translate(&store([gw]), r);
     assert_eq!(f.listeners, [Listener::https("gw_443", 443)]);
-    assert_eq!(vhost(&f, "gw_443", "shop.example.com").tls, Some(SecretRef::new(GW_NS, "cert")));
+    assert_eq!(
+        vhost(&f, "gw_443", "shop.example.com").tls,
+        Some(SecretRef::new(GW_NS, "cert"))
+    );
 }
 
 #[test]
@@ -440,9 +634,18 @@ fn grpc_methods_become_paths_and_backends_speak_grpc() {
     let f = translate(&store([]), r);
     let vh = vhost(&f, "gw_80", "grpc.example.com");
     let paths: Vec<_> = vh.routes.iter().map(|r| r.matches.path.clone()).collect();
-    assert_eq!(paths, [PathMatch::exact("/echo.Echo/Say"), PathMatch::prefix("/echo.Other"), PathMatch::regex("/[^/]+/Ping")]);
+    assert_eq!(
+        paths,
+        [
+            PathMatch::exact("/echo.Echo/Say"),
+            PathMatch::prefix("/echo.Other"),
+            PathMatch::regex("/[^/]+/Ping")
+        ]
+    );
     assert_eq!(vh.routes[1].matches.headers, [HeaderMatch::exact("x", "y")]);
-    let RouteAction::Forward(b) = &vh.routes[0].action else { panic!() };
+    let RouteAction::Forward(b) = &vh.routes[0].action else {
+        panic!()
+    };
     assert_eq!(b[0].backend.protocol, BackendProtocol::Grpc);
     assert_eq!((b[0].weight, b[1].weight), (2, 1));
     assert_eq!(reason_of(&f, "Accepted").1, "Accepted");
@@ -450,23 +653,35 @@ fn grpc_methods_become_paths_and_backends_speak_grpc() {
 
 #[test]
 fn grpc_route_not_allowed_by_http_route_only_listener() {
-    let gw = gateway("gw", json!([{"name": "h", "port": 80, "protocol": "HTTP",
-        "allowedRoutes": {"namespaces": {"from": "All"}, "kinds": [{"kind": "HTTPRoute"}]}}]));
+    let gw = gateway(
+        "gw",
+        json!([{"name": "h", "port": 80, "protocol": "HTTP",
+        "allowedRoutes": {"namespaces": {"from": "All"}, "kinds": [{"kind": "HTTPRoute"}]}}]),
+    );
     let r = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
         "metadata": {"namespace": NS, "name": "g"},
         "spec": {"parentRefs": parent("gw"), "rules": [{"backendRefs": [{"name": "api", "port": 9090}]}]}});
     let f = translate(&store([gw]), r);
-    assert_eq!(reason_of(&f, "Accepted"), ("False".into(), "NotAllowedByListeners".into()));
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "NotAllowedByListeners".into())
+    );
 }
 
 #[test]
 fn reserved_ports_are_unavailable_and_configurable() {
     let gw = gateway("gw", json!([http_listener("a", 8080, None, "All")]));
     let f = translate(&store([]), gw.clone());
-    assert_eq!(fields(&f)["listeners"][0]["conditions"][0]["reason"], "PortUnavailable");
+    assert_eq!(
+        fields(&f)["listeners"][0]["conditions"][0]["reason"],
+        "PortUnavailable"
+    );
     assert!(f.listeners.is_empty());
     let f = isobar_guest::with_config(r#"{"reservedPorts": []}"#, || translate(&store([]), gw));
-    assert_eq!(fields(&f)["listeners"][0]["conditions"][0]["reason"], "Accepted");
+    assert_eq!(
+        fields(&f)["listeners"][0]["conditions"][0]["reason"],
+        "Accepted"
+    );
     assert!(GatewayApiTranslator::configure(r#"{"reservedPorts": "x"}"#).is_err());
     assert!(GatewayApiTranslator::configure(r#"{"nope": 1}"#).is_err());
 }
@@ -475,13 +690,22 @@ fn reserved_ports_are_unavailable_and_configurable() {
 fn a_port_an_older_gateway_uses_with_another_protocol_is_a_protocol_conflict() {
     let mut old = gateway("old", json!([http_listener("h", 443, None, "All")]));
     old["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
-    let mut new = gateway("new", json!([{"name": "s", "port": 443, "protocol": "HTTPS",
-        "tls": {"certificateRefs": [{"name": "cert"}]}}, http_listener("h", 80, None, "All")]));
+    let mut new = gateway(
+        "new",
+        json!([{"name": "s", "port": 443, "protocol": "HTTPS",
+        "tls": {"certificateRefs": [{"name": "cert"}]}}, http_listener("h", 80, None, "All")]),
+    );
     new["metadata"]["creationTimestamp"] = json!("2021-01-01T00:00:00Z");
     let s = store([old.clone(), new.clone()]);
     let f = translate(&s, new);
-    assert_eq!(fields(&f)["listeners"][0]["conditions"][2]["reason"], "ProtocolConflict");
-    assert_eq!(fields(&f)["listeners"][1]["conditions"][2]["reason"], "NoConflicts");
+    assert_eq!(
+        fields(&f)["listeners"][0]["conditions"][2]["reason"],
+        "ProtocolConflict"
+    );
+    assert_eq!(
+        fields(&f)["listeners"][1]["conditions"][2]["reason"],
+        "NoConflicts"
+    );
     assert_eq!(f.listeners, [Listener::http("gw_80", 80)]);
     // The older one keeps its listener.
     let f = translate(&s, old);
