@@ -2160,3 +2160,109 @@ fn gateways_sharing_a_port_share_its_envoy_listener_unless_their_protocols_clash
         t("Accepted", "False", "NotAllowedByListeners")
     );
 }
+
+/// Everything the host would serve and write: resources, diagnostics and
+/// statuses, comparable across pipelines.
+fn everything(
+    p: &Offline,
+) -> (
+    Vec<(String, String, Vec<u8>)>,
+    Vec<isobar::ir::Diagnostic>,
+    Vec<String>,
+) {
+    let s = p.snapshot();
+    let mut resources: Vec<(String, String, Vec<u8>)> = s
+        .resources
+        .iter()
+        .flat_map(|(t, m)| {
+            m.values()
+                .map(move |r| (t.clone(), r.name.clone(), r.body.to_vec()))
+        })
+        .collect();
+    resources.sort();
+    let mut statuses: Vec<String> = p
+        .statuses()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}/{} {}",
+                s.object.kind,
+                s.object.namespace,
+                s.object.name,
+                serde_json::to_string(&s.status).unwrap()
+            )
+        })
+        .collect();
+    statuses.sort();
+    (resources, p.diagnostics(), statuses)
+}
+
+#[test]
+fn incremental_translation_equals_a_full_rebuild_at_every_step() {
+    let selector_gw = gateway(
+        "selector",
+        json!([{"name":"http","port":91,"protocol":"HTTP",
+        "allowedRoutes":{"namespaces":{"from":"Selector","selector":{"matchLabels":{"expose":"yes"}}}}}]),
+    );
+    let web_route = http_route(
+        WEB,
+        "web",
+        json!([{"name":"selector","namespace":INFRA},{"name":"all-namespaces","namespace":INFRA}]),
+        json!(["web.example.com"]),
+        json!([{"backendRefs":[{"name":"app-backend-v1","namespace":APP,"port":8080}]}]),
+    );
+    let mut labelled = namespace(WEB);
+    labelled["metadata"]["labels"]["expose"] = json!("yes");
+    let steps: Vec<Vec<isobar::store::Event>> = vec![
+        vec![apply(selector_gw.clone()), apply(web_route.clone())],
+        // The namespace gets the label: the route may now attach.
+        vec![apply(labelled)],
+        // A grant makes the cross-namespace backend resolve.
+        vec![apply(reference_grant(
+            APP,
+            "g",
+            "HTTPRoute",
+            WEB,
+            "Service",
+            None,
+        ))],
+        // The backend Service goes, then the Gateway's class changes hands.
+        vec![delete(&service(APP, "app-backend-v1", &[]))],
+        vec![apply({
+            let mut g = selector_gw.clone();
+            g["spec"]["gatewayClassName"] = json!("someone-else");
+            g
+        })],
+        vec![
+            apply(selector_gw.clone()),
+            apply(service(APP, "app-backend-v1", &[("", 8080, json!(3000))])),
+        ],
+        vec![delete(&web_route)],
+    ];
+    let mut incremental = pipeline(base());
+    for (i, events) in steps.into_iter().enumerate() {
+        incremental.apply(events);
+        let plugins = Plugins::new(vec![ingress_plugin(), gateway_plugin()], vec![]).unwrap();
+        let mut full = Offline::with(plugins);
+        full.load(
+            incremental
+                .store()
+                .read()
+                .list_all()
+                .map(|o| isobar::store::Event::Apply(o.clone()))
+                .collect::<Vec<_>>(),
+        );
+        full.rebuild();
+        let (a, b) = (everything(&incremental), everything(&full));
+        assert!(a.0 == b.0, "resources differ after step {i}");
+        assert_eq!(a.1, b.1, "diagnostics differ after step {i}");
+        assert_eq!(a.2, b.2, "statuses differ after step {i}");
+        // And the steps do change what is served on the selector Gateway.
+        let on_selector = domains_of(incremental.snapshot(), "gw_91").contains("web.example.com");
+        assert_eq!(
+            on_selector,
+            [false, true, true, true, false, true, false][i],
+            "step {i}"
+        );
+    }
+}
