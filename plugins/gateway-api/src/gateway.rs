@@ -596,15 +596,47 @@ pub fn translate_class(root: &Object) -> Result<Fragment, Error> {
     if class.spec.controller_name != CONTROLLER {
         return Ok(Fragment::new());
     }
+    let features: Vec<Value> = SUPPORTED_FEATURES
+        .iter()
+        .map(|f| json!({"name": f}))
+        .collect();
     Ok(Fragment::new().with_status(
-        ObjectStatus::new(root.object_ref()).with_condition(
-            Condition::new(
-                "Accepted",
-                true,
-                "Accepted",
-                "Handled by the isobar gateway-api plugin",
+        ObjectStatus::new(root.object_ref())
+            .with_condition(
+                Condition::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "Handled by the isobar gateway-api plugin",
+                )
+                .with_observed_generation(class.metadata.generation),
             )
-            .with_observed_generation(class.metadata.generation),
-        ),
+            .with_fields(&json!({"supportedFeatures": features})),
     ))
 }
+
+/// `status.supportedFeatures` of our GatewayClasses: the features whose
+/// conformance tests are ported and pass (docs/conformance.md), sorted as
+/// the API requires. Scheme and port redirects are left out: the spec's
+/// implied ports are not checked.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "GRPCRoute",
+    "Gateway",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "ReferenceGrant",
+];

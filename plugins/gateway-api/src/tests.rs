@@ -711,3 +711,20 @@ fn a_port_an_older_gateway_uses_with_another_protocol_is_a_protocol_conflict() {
     let f = translate(&s, old);
     assert_eq!(f.listeners, [Listener::http("gw_443", 443)]);
 }
+
+#[test]
+fn gateway_class_lists_supported_features_sorted() {
+    let f = translate(&store([]), class("isobar", CONTROLLER));
+    let names: Vec<String> = fields(&f)["supportedFeatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(
+        names.contains(&"HTTPRoute".to_owned()) && names.contains(&"ReferenceGrant".to_owned())
+    );
+}
