@@ -2266,3 +2266,164 @@ fn incremental_translation_equals_a_full_rebuild_at_every_step() {
         );
     }
 }
+
+/// The virtual host Envoy picks for `host` in a route configuration: an
+/// exact domain, then the longest `*.suffix`, then `*` (Envoy's order).
+fn vhost_for(p: &Offline, rc: &str, host: &str) -> Option<route::VirtualHost> {
+    let vhs = route_config(p.snapshot(), rc)?.virtual_hosts;
+    let exact = vhs.iter().find(|v| v.domains.iter().any(|d| d == host));
+    let suffix = || {
+        vhs.iter()
+            .filter_map(|v| {
+                v.domains
+                    .iter()
+                    .filter_map(|d| d.strip_prefix('*'))
+                    .filter(|s| !s.is_empty() && host.ends_with(s) && host.len() > s.len())
+                    .map(|s| s.len())
+                    .max()
+                    .map(|len| (len, v))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, v)| v)
+    };
+    let any = || vhs.iter().find(|v| v.domains.iter().any(|d| d == "*"));
+    exact.or_else(suffix).or_else(any).cloned()
+}
+
+#[test]
+fn gateway_http_listener_isolation() {
+    let listeners = json!([
+        http("empty-hostname", 92, "All"),
+        with_host(http("wildcard-example-com", 92, "All"), "*.example.com"),
+        with_host(
+            http("wildcard-foo-example-com", 92, "All"),
+            "*.foo.example.com"
+        ),
+        with_host(
+            http("abc-foo-example-com", 92, "All"),
+            "abc.foo.example.com"
+        ),
+    ]);
+    let sections = [
+        "empty-hostname",
+        "wildcard-example-com",
+        "wildcard-foo-example-com",
+        "abc-foo-example-com",
+    ];
+    let routes: Vec<Value> = sections
+        .iter()
+        .map(|s| {
+            http_route(
+                INFRA,
+                &format!("attaches-to-{s}"),
+                json!([{"name":"http-listener-isolation","namespace":INFRA,"sectionName":s}]),
+                json!([]),
+                json!([rule(
+                    ("PathPrefix", &format!("/{s}")),
+                    &["infra-backend-v1"]
+                )]),
+            )
+        })
+        .collect();
+    let p = pipeline(with(
+        base(),
+        std::iter::once(gateway("http-listener-isolation", listeners)).chain(routes),
+    ));
+    // Each host reaches its own listener's route and no other (a 404).
+    for (host, expected) in [
+        ("bar.com", "empty-hostname"),
+        ("bar.example.com", "wildcard-example-com"),
+        ("bar.foo.example.com", "wildcard-foo-example-com"),
+        ("abc.foo.example.com", "abc-foo-example-com"),
+    ] {
+        let vh =
+            vhost_for(&p, "gw_92", host).unwrap_or_else(|| panic!("no virtual host for {host}"));
+        let paths: Vec<String> = vh
+            .routes
+            .iter()
+            .filter_map(|r| match r.r#match.as_ref()?.path_specifier.as_ref()? {
+                route::route_match::PathSpecifier::Path(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paths, [format!("/{expected}")], "{host}");
+    }
+    for s in sections {
+        assert_eq!(
+            parent_conditions(
+                &p,
+                "HTTPRoute",
+                &format!("attaches-to-{s}"),
+                "http-listener-isolation"
+            ),
+            accepted_and_resolved()
+        );
+    }
+}
+
+#[test]
+fn gateway_http_listener_isolation_with_hostname_intersection() {
+    let listeners = json!([
+        http("empty-hostname", 93, "All"),
+        with_host(http("wildcard-example-com", 93, "All"), "*.example.com"),
+        with_host(
+            http("wildcard-foo-example-com", 93, "All"),
+            "*.foo.example.com"
+        ),
+        with_host(
+            http("abc-foo-example-com", 93, "All"),
+            "abc.foo.example.com"
+        ),
+    ]);
+    let hostnames = json!([
+        "bar.com",
+        "*.example.com",
+        "*.foo.example.com",
+        "abc.foo.example.com"
+    ]);
+    let sections = [
+        "empty-hostname",
+        "wildcard-example-com",
+        "wildcard-foo-example-com",
+        "abc-foo-example-com",
+    ];
+    let gw = "http-listener-isolation-with-hostname-intersection";
+    let routes: Vec<Value> = sections
+        .iter()
+        .map(|s| {
+            http_route(
+                INFRA,
+                &format!("attaches-to-{s}-with-hostname-intersection"),
+                json!([{"name":gw,"namespace":INFRA,"sectionName":s}]),
+                hostnames.clone(),
+                json!([rule(
+                    ("PathPrefix", &format!("/{s}")),
+                    &["infra-backend-v1"]
+                )]),
+            )
+        })
+        .collect();
+    let p = pipeline(with(
+        base(),
+        std::iter::once(gateway(gw, listeners)).chain(routes),
+    ));
+    for (host, expected) in [
+        ("bar.com", "empty-hostname"),
+        ("bar.example.com", "wildcard-example-com"),
+        ("bar.foo.example.com", "wildcard-foo-example-com"),
+        ("abc.foo.example.com", "abc-foo-example-com"),
+    ] {
+        let vh =
+            vhost_for(&p, "gw_93", host).unwrap_or_else(|| panic!("no virtual host for {host}"));
+        let paths: Vec<String> = vh
+            .routes
+            .iter()
+            .filter_map(|r| match r.r#match.as_ref()?.path_specifier.as_ref()? {
+                route::route_match::PathSpecifier::Path(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paths, [format!("/{expected}")], "{host}");
+    }
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
+}

@@ -452,7 +452,13 @@ pub fn attach(
     }
     let placed: Vec<(ListenerView, Vec<String>)> = allowed
         .into_iter()
-        .map(|l| (l.clone(), intersect(l.hostname.as_deref(), hostnames)))
+        .map(|l| {
+            let domains: Vec<String> = intersect(l.hostname.as_deref(), hostnames)
+                .into_iter()
+                .filter(|d| !claimed_by_a_more_specific_listener(view, l, d))
+                .collect();
+            (l.clone(), domains)
+        })
         .filter(|(_, d)| !d.is_empty())
         .collect();
     if placed.is_empty() {
@@ -469,6 +475,39 @@ pub fn attach(
         placed,
         accepted: (true, "Accepted", "Route is accepted".into()),
     }
+}
+
+/// Whether `covered` names only hosts `cover` also matches (Gateway API
+/// hostnames; None is every host).
+fn within(covered: &str, cover: Option<&str>) -> bool {
+    match cover {
+        None => true,
+        Some(cover) if cover == covered => true,
+        Some(cover) => match (cover.strip_prefix('*'), covered.strip_prefix('*')) {
+            (Some(suffix), Some(inner)) => inner.len() > suffix.len() && inner.ends_with(suffix),
+            (Some(_), None) => wildcard_matches(cover, covered),
+            (None, _) => false,
+        },
+    }
+}
+
+/// Listener isolation: a request goes to the most specific listener of its
+/// port that matches its host. A domain a route gets through listener `l`
+/// that a more specific listener of the same Gateway and port covers would
+/// be that listener's (it could even be the same virtual host, merging two
+/// listeners' routes), so it is left out.
+fn claimed_by_a_more_specific_listener(view: &GatewayView, l: &ListenerView, domain: &str) -> bool {
+    view.listeners.iter().any(|other| {
+        let Some(h) = other.hostname.as_deref() else {
+            return false;
+        };
+        other.name != l.name
+            && other.port == l.port
+            && other.usable()
+            && other.hostname != l.hostname
+            && within(h, l.hostname.as_deref())
+            && within(domain, Some(h))
+    })
 }
 
 /// Is this parentRef a Gateway (the only parent kind we serve)?
@@ -622,6 +661,7 @@ pub fn translate_class(root: &Object) -> Result<Fragment, Error> {
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
     "Gateway",
+    "GatewayHTTPListenerIsolation",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",

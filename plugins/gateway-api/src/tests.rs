@@ -728,3 +728,38 @@ fn gateway_class_lists_supported_features_sorted() {
         names.contains(&"HTTPRoute".to_owned()) && names.contains(&"ReferenceGrant".to_owned())
     );
 }
+
+#[test]
+fn a_domain_a_more_specific_listener_covers_is_that_listeners() {
+    let gw = gateway(
+        "gw",
+        json!([
+            http_listener("any", 80, None, "All"),
+            http_listener("wild", 80, Some("*.example.com"), "All"),
+            http_listener("foo", 80, Some("*.foo.example.com"), "All")
+        ]),
+    );
+    let r = http_route(
+        "r",
+        json!([{"name": "gw", "namespace": GW_NS, "sectionName": "any"}]),
+        json!([
+            "bar.com",
+            "*.example.com",
+            "x.example.com",
+            "a.foo.example.com"
+        ]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
+    let f = translate(&store([gw.clone()]), r);
+    let domains: Vec<&str> = f.virtual_hosts.iter().map(|v| v.domain.as_str()).collect();
+    assert_eq!(domains, ["bar.com"]);
+    let r = http_route(
+        "r",
+        json!([{"name": "gw", "namespace": GW_NS, "sectionName": "wild"}]),
+        json!(["*.example.com", "*.foo.example.com", "x.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
+    let f = translate(&store([gw]), r);
+    let domains: Vec<&str> = f.virtual_hosts.iter().map(|v| v.domain.as_str()).collect();
+    assert_eq!(domains, ["*.example.com", "x.example.com"]);
+}
