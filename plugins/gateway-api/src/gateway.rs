@@ -404,7 +404,8 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 
 /// Where one parentRef of a route lands.
 pub struct Attachment {
-    /// (listener, domains) it attached to.
+    /// (listener, domains) it attached to; the domains may be empty when
+    /// more specific listeners take them all.
     pub placed: Vec<(ListenerView, Vec<String>)>,
     /// Accepted condition: (status, reason, message).
     pub accepted: (bool, &'static str, String),
@@ -450,15 +451,9 @@ pub fn attach(
             ),
         };
     }
-    let placed: Vec<(ListenerView, Vec<String>)> = allowed
+    let mut placed: Vec<(ListenerView, Vec<String>)> = allowed
         .into_iter()
-        .map(|l| {
-            let domains: Vec<String> = intersect(l.hostname.as_deref(), hostnames)
-                .into_iter()
-                .filter(|d| !claimed_by_a_more_specific_listener(view, l, d))
-                .collect();
-            (l.clone(), domains)
-        })
+        .map(|l| (l.clone(), intersect(l.hostname.as_deref(), hostnames)))
         .filter(|(_, d)| !d.is_empty())
         .collect();
     if placed.is_empty() {
@@ -470,6 +465,11 @@ pub fn attach(
                 "no listener hostname intersects the route's hostnames".into(),
             ),
         };
+    }
+    // Attached (and counted) wherever the hostnames intersect; served only
+    // on the domains no more specific listener takes.
+    for (l, domains) in &mut placed {
+        domains.retain(|d| !claimed_by_a_more_specific_listener(view, l, d));
     }
     Attachment {
         placed,

@@ -763,3 +763,39 @@ fn a_domain_a_more_specific_listener_covers_is_that_listeners() {
     let domains: Vec<&str> = f.virtual_hosts.iter().map(|v| v.domain.as_str()).collect();
     assert_eq!(domains, ["*.example.com", "x.example.com"]);
 }
+
+#[test]
+fn a_route_whose_domains_more_specific_listeners_take_is_still_accepted() {
+    let gw = gateway(
+        "gw",
+        json!([
+            http_listener("any", 80, None, "All"),
+            http_listener("wild", 80, Some("*.example.com"), "All")
+        ]),
+    );
+    let r = http_route(
+        "r",
+        json!([{"name": "gw", "namespace": GW_NS, "sectionName": "any"}]),
+        json!(["x.example.com"]),
+        json!([{"backendRefs": [to("web", 8080)]}]),
+    );
+    let f = translate(&store([gw.clone(), r.clone()]), r);
+    assert!(f.virtual_hosts.is_empty());
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("True".into(), "Accepted".into())
+    );
+    let f = translate(
+        &store([
+            gw.clone(),
+            http_route(
+                "r",
+                json!([{"name": "gw", "namespace": GW_NS, "sectionName": "any"}]),
+                json!(["x.example.com"]),
+                json!([]),
+            ),
+        ]),
+        gw,
+    );
+    assert_eq!(fields(&f)["listeners"][0]["attachedRoutes"], 1);
+}
