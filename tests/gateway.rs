@@ -2427,3 +2427,56 @@ fn gateway_http_listener_isolation_with_hostname_intersection() {
     }
     assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
 }
+
+#[test]
+fn httproute_named_rule() {
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "http-named-rules",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"name":"named-rule","matches":[{"path":{"type":"PathPrefix","value":"/named"}}],"backendRefs":[backend("infra-backend-v1")]},
+        rule(("PathPrefix", "/unnamed"), &["infra-backend-v2"])]),
+        )],
+    ));
+    let got = routes(p.snapshot(), GW, "*");
+    assert!(
+        got.contains(&("path=/named".into(), cluster_of(INFRA, "infra-backend-v1"))),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(
+            "path=/unnamed".into(),
+            cluster_of(INFRA, "infra-backend-v2")
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        parent_conditions(&p, "HTTPRoute", "http-named-rules", "same-namespace"),
+        accepted_and_resolved()
+    );
+}
+
+#[test]
+fn grpc_route_named_rule() {
+    let p = pipeline(with(
+        base(),
+        [grpc_route(
+            INFRA,
+            "grpc-named-rules",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+        {"name":"named-rule","matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"Echo"}}],"backendRefs":[backend("infra-backend-v1")]},
+        {"matches":[{"method":{"service":"gateway_api_conformance.echo_basic.grpcecho.GrpcEcho","method":"EchoTwo"}}],"backendRefs":[backend("infra-backend-v2")]}]),
+        )],
+    ));
+    assert_eq!(routes(p.snapshot(), GW, "*").len(), 2);
+    assert_eq!(
+        parent_conditions(&p, "GRPCRoute", "grpc-named-rules", "same-namespace"),
+        accepted_and_resolved()
+    );
+}
