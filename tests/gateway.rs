@@ -2480,3 +2480,29 @@ fn grpc_route_named_rule() {
         accepted_and_resolved()
     );
 }
+
+#[test]
+fn httproute_backend_protocol_h2c() {
+    let mut svc = service(INFRA, "infra-backend-v1-h2c", &[("", 8080, json!(3000))]);
+    svc["spec"]["ports"][0]["appProtocol"] = json!("kubernetes.io/h2c");
+    let p = pipeline(with(
+        base(),
+        [
+            svc,
+            slice(INFRA, "infra-backend-v1-h2c", "a", "", 3000, &["10.0.2.1"]),
+            http_route(
+                INFRA,
+                "backend-protocol-h2c",
+                parent("same-namespace"),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v1-h2c")]}]),
+            ),
+        ],
+    ));
+    let name = format!("{INFRA}/infra-backend-v1-h2c/8080/http2");
+    assert_eq!(
+        routes(p.snapshot(), GW, "*"),
+        pairs(&[("prefix=/", &format!("cluster={name}"))])
+    );
+    assert!(cluster(p.snapshot(), &name).is_some());
+}
