@@ -29,6 +29,8 @@ struct Refs {
     problem: Option<(&'static str, String)>,
     /// A rule or filter we do not implement.
     unsupported: Option<String>,
+    /// Ignored settings, told to people as warnings on the route.
+    ignored: Vec<String>,
 }
 
 impl Refs {
@@ -46,6 +48,7 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             let mut refs = Refs {
                 problem: None,
                 unsupported: None,
+                ignored: Vec::new(),
             };
             let routes = r
                 .spec
@@ -66,6 +69,7 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             let mut refs = Refs {
                 problem: None,
                 unsupported: None,
+                ignored: Vec::new(),
             };
             let routes = r
                 .spec
@@ -159,6 +163,9 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             "conditions": [cond("Accepted", accepted.0, accepted.1, accepted.2, generation), resolved],
         }));
     }
+    for message in refs.ignored {
+        fragment.add_diagnostic(Diagnostic::warning(me.clone(), "Ignored", message));
+    }
     if !parent_statuses.is_empty() {
         fragment
             .add_status(ObjectStatus::new(me).with_fields(&json!({"parents": parent_statuses})));
@@ -191,6 +198,15 @@ fn http_rule(rule: &HttpRule, ns: &str, store: &dyn Store, refs: &mut Refs) -> V
         store,
         refs,
     );
+    if let Some(t) = rule
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.backend_request.as_ref())
+    {
+        refs.ignored.push(format!(
+            "timeouts.backendRequest {t:?} is not supported (the contract has per-try timeouts only with retries); ignored"
+        ));
+    }
     let timeout = rule
         .timeouts
         .as_ref()
@@ -397,8 +413,11 @@ fn rule_template(
     let mut backends = Vec::new();
     for b in backend_refs {
         if !b.filters.is_empty() {
+            // As an unsupported rule filter: the rule answers 500 rather
+            // than forward without what the filter asked for.
             refs.unsupported
                 .get_or_insert("backendRef filters are not supported".into());
+            return route;
         }
         match backend(b, ns, kind, store) {
             Ok(backend) => {

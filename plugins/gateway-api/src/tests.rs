@@ -799,3 +799,26 @@ fn a_route_whose_domains_more_specific_listeners_take_is_still_accepted() {
     );
     assert_eq!(fields(&f)["listeners"][0]["attachedRoutes"], 1);
 }
+
+#[test]
+fn backend_ref_filters_answer_500_and_backend_request_timeouts_are_a_warning() {
+    let r = http_route(
+        "r",
+        parent("gw"),
+        json!([]),
+        json!([{"backendRefs": [{"name": "web", "port": 8080, "filters": [{"type": "RequestHeaderModifier",
+            "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}]}]},
+               {"matches": [{"path": {"value": "/t"}}], "backendRefs": [to("web", 8080)], "timeouts": {"backendRequest": "1s"}}]),
+    );
+    let f = translate(&store([]), r);
+    let vh = vhost(&f, "gw_80", "*");
+    assert!(matches!(&vh.routes[0].action, RouteAction::DirectResponse(d) if d.status == 500));
+    assert_eq!(forward_of(&vh.routes[1]).len(), 1);
+    assert_eq!(
+        reason_of(&f, "Accepted"),
+        ("False".into(), "UnsupportedValue".into())
+    );
+    assert_eq!(f.diagnostics.len(), 1);
+    assert_eq!(f.diagnostics[0].reason, "Ignored");
+    assert_eq!(f.diagnostics[0].severity, Severity::Warning);
+}
