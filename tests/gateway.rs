@@ -304,17 +304,49 @@ fn gateway_observed_generation_bump() {
 fn gateway_listener_unsupported_protocol() {
     let p = pipeline(with(
         base(),
-        [gateway(
-            "gateway-listener-unsupported-protocol",
-            json!([{"name":"unsupported","port":8090,"protocol":"UNSUPPORTED"}]),
-        )],
+        [
+            gateway(
+                "gateway-only-unsupported-protocols",
+                json!([{"name":"invalid","port":8090,"protocol":"INVALID"}]),
+            ),
+            gateway(
+                "gateway-supported-and-unsupported-protocols",
+                json!([http("http", 8094, "Same"), {"name":"invalid","port":8095,"protocol":"INVALID"}]),
+            ),
+        ],
     ));
-    let l = listener_status(&p, "gateway-listener-unsupported-protocol");
+    let only = status_of(&p, "Gateway", "gateway-only-unsupported-protocols");
+    assert_eq!(
+        (
+            only.conditions[0].status,
+            only.conditions[0].reason.as_str()
+        ),
+        (isobar::ir::ConditionStatus::False, "ListenersNotValid")
+    );
+    let l = listener_status(&p, "gateway-only-unsupported-protocols");
     assert_eq!(
         triples(&l[0]["conditions"])[0],
         t("Accepted", "False", "UnsupportedProtocol")
     );
     assert!(listener(p.snapshot(), "gw_8090").is_none());
+    let mixed = status_of(&p, "Gateway", "gateway-supported-and-unsupported-protocols");
+    assert_eq!(
+        (
+            mixed.conditions[0].status,
+            mixed.conditions[0].reason.as_str()
+        ),
+        (isobar::ir::ConditionStatus::True, "ListenersNotValid")
+    );
+    let l = listener_status(&p, "gateway-supported-and-unsupported-protocols");
+    assert_eq!(
+        triples(&l[0]["conditions"])[0],
+        t("Accepted", "True", "Accepted")
+    );
+    assert_eq!(
+        triples(&l[1]["conditions"])[0],
+        t("Accepted", "False", "UnsupportedProtocol")
+    );
+    assert!(listener(p.snapshot(), "gw_8094").is_some());
 }
 
 #[test]
@@ -2505,4 +2537,53 @@ fn httproute_backend_protocol_h2c() {
         pairs(&[("prefix=/", &format!("cluster={name}"))])
     );
     assert!(cluster(p.snapshot(), &name).is_some());
+}
+
+#[test]
+fn gateway_with_attached_routes_even_when_the_gateway_has_unresolved_refs() {
+    // Upstream names a Secret that does not exist, which the plugin cannot
+    // see; a certificate in another namespace without a grant is the
+    // unresolved reference it can judge.
+    let mut gw = https_gateway(
+        "unresolved-gateway-with-one-attached-unresolved-route",
+        9446,
+        json!({"group":"","kind":"Secret","name":"does-not-exist","namespace":WEB}),
+    );
+    gw["spec"]["listeners"][0]["name"] = json!("tls");
+    gw["spec"]["listeners"][0]["allowedRoutes"] = json!({"kinds":[{"kind":"HTTPRoute"}],
+        "namespaces":{"from":"Selector","selector":{"matchLabels":{"gateway-conformance":"infra"}}}});
+    let p = pipeline(with(
+        base(),
+        [
+            gw,
+            http_route(
+                INFRA,
+                "http-route-4",
+                json!([{"name":"unresolved-gateway-with-one-attached-unresolved-route","namespace":INFRA,"sectionName":"tls"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("does-not-exist")]}]),
+            ),
+        ],
+    ));
+    let l = listener_status(&p, "unresolved-gateway-with-one-attached-unresolved-route");
+    assert_eq!(l[0]["attachedRoutes"], 1);
+    assert_eq!(
+        l[0]["supportedKinds"],
+        json!([{"group":"gateway.networking.k8s.io","kind":"HTTPRoute"}])
+    );
+    assert_eq!(
+        triples(&l[0]["conditions"])[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
+    assert_eq!(
+        parent_conditions(
+            &p,
+            "HTTPRoute",
+            "http-route-4",
+            "unresolved-gateway-with-one-attached-unresolved-route"
+        )[1],
+        t("ResolvedRefs", "False", "BackendNotFound")
+    );
+    // Attached, but nothing is served without the certificate.
+    assert!(listener(p.snapshot(), "gw_9446").is_none());
 }

@@ -48,16 +48,26 @@ pub enum From {
 }
 
 impl ListenerView {
-    /// Routes may attach and the data plane can serve it.
-    pub fn usable(&self) -> bool {
+    /// Routes may attach (and are counted in attachedRoutes), even when a
+    /// certificate reference does not resolve, as the spec wants.
+    pub fn attachable(&self) -> bool {
         self.proto.is_some()
             && self.accepted.0
             && self.conflicted.is_none()
             && !self.kinds.is_empty()
-            && (self.proto != Some(Proto::Https) || self.tls.is_some())
     }
 
+    /// Attachable, and the data plane can serve it: an HTTPS listener
+    /// needs its certificate.
+    pub fn usable(&self) -> bool {
+        self.attachable() && (self.proto != Some(Proto::Https) || self.tls.is_some())
+    }
+
+    /// The Envoy listener it is part of, when it can be served.
     pub fn envoy_listener(&self) -> Option<Listener> {
+        if !self.usable() {
+            return None;
+        }
         let name = listener_name(self.port);
         match self.proto? {
             Proto::Http => Some(Listener::http(name, self.port)),
@@ -439,7 +449,7 @@ pub fn attach(
     }
     let allowed: Vec<&ListenerView> = candidates
         .into_iter()
-        .filter(|l| l.usable() && allows(l, gw_ns, kind, route_ns, store))
+        .filter(|l| l.attachable() && allows(l, gw_ns, kind, route_ns, store))
         .collect();
     if allowed.is_empty() {
         return Attachment {
@@ -611,12 +621,22 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
             "UnsupportedAddress",
             "spec.addresses is not supported",
         )
-    } else if !view.listeners.is_empty() && !view.listeners.iter().any(ListenerView::usable) {
+    } else if let Some(invalid) = view
+        .listeners
+        .iter()
+        .find(|l| l.proto.is_none() || !l.accepted.0 || l.conflicted.is_some())
+    {
+        // As upstream's GatewayListenerUnsupportedProtocol has it: still
+        // accepted while some listener is valid, with this reason.
+        let some_valid = view.listeners.iter().any(ListenerView::attachable);
         Condition::new(
             "Accepted",
-            false,
+            some_valid,
             "ListenersNotValid",
-            "no listener is valid",
+            format!(
+                "listener {:?} is not valid: {}",
+                invalid.name, invalid.accepted.2
+            ),
         )
     } else {
         Condition::new("Accepted", true, "Accepted", "Gateway is accepted")
