@@ -2587,3 +2587,138 @@ fn gateway_with_attached_routes_even_when_the_gateway_has_unresolved_refs() {
     // Attached, but nothing is served without the certificate.
     assert!(listener(p.snapshot(), "gw_9446").is_none());
 }
+
+// ---- through a real Envoy -----------------------------------------------------------
+
+/// `isobar serve` with both plugins and a real Envoy (tests/harness): a
+/// Gateway's listener, its HTTPRoute's matches and the Ingress beside it,
+/// as a data plane answers them. SKIPPED (and passes) without an Envoy
+/// binary, as tests/envoy.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_envoy_a_gateway_and_an_ingress_route_side_by_side() {
+    use isobar::serve::{Config, Server};
+    use isobar_tests::harness::backends::{Backend, Client};
+    use isobar_tests::harness::envoy::{Bootstrap, Envoy, Ports, WAIT};
+    use isobar_tests::harness::venv;
+
+    let test = "through_envoy_a_gateway_and_an_ingress_route_side_by_side";
+    if let Err(why) = tokio::task::spawn_blocking(Envoy::binary).await.unwrap() {
+        venv::skipped(test, &format!("no Envoy binary: {why}"));
+        return;
+    }
+    let ports = Ports::lock().await;
+    let (a, b, c) = (
+        Backend::http("a").await,
+        Backend::http("b").await,
+        Backend::http("c").await,
+    );
+    // A free port for the Gateway's listener (Envoy binds it).
+    let gw_port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut docs = vec![gateway_class(), ingress_class("isobar", false)];
+    for (name, backend) in [("a", &a), ("b", &b), ("c", &c)] {
+        docs.push(service("app", name, &[("http", 80, json!("backend-http"))]));
+        docs.push(slice(
+            "app",
+            name,
+            "1",
+            "http",
+            backend.addr.port(),
+            &[&backend.addr.ip().to_string()],
+        ));
+    }
+    let mut gw = gateway("gw", json!([http("http", gw_port, "All")]));
+    gw["metadata"]["namespace"] = json!("app");
+    docs.push(gw);
+    docs.push(http_route("app", "r", json!([{"name":"gw"}]), json!(["gw.example.com"]), json!([
+        {"matches":[{"path":{"type":"Exact","value":"/a"}}],"backendRefs":[{"name":"a","port":80}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/"},"headers":[{"name":"x-pick","value":"b"}]}],"backendRefs":[{"name":"b","port":80}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/missing"}}],"backendRefs":[{"name":"nope","port":80}]},
+        {"backendRefs":[{"name":"c","port":80}]}])));
+    docs.push(ingress(
+        "app",
+        "ing",
+        &[("ingress.example.com", &[("/", "Prefix", "a", json!(80))])],
+    ));
+    let manifests = tempfile::tempdir().unwrap();
+    let text = docs
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(manifests.path().join("all.yaml"), text).unwrap();
+
+    let mut config = Config::new(manifests.path(), plugin_path("isobar-plugin-ingress"));
+    config
+        .plugins
+        .push(plugin_path("isobar-plugin-gateway-api"));
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    let server = Server::start(config).await.expect("serve starts");
+    assert!(server.ready(WAIT).await, "no first snapshot");
+    let mut envoy = Envoy::start(&ports, Bootstrap::local(server.xds_addr(), "gateway")).await;
+    envoy.ready().await;
+
+    let client = Client::new();
+    let ask = async |port: u16, host: &str, path: &str| {
+        client
+            .get_at(port, host, path)
+            .await
+            .map(|r| r.summary())
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    envoy
+        .until("the Gateway's listener to route", async |_| {
+            ask(gw_port, "gw.example.com", "/a").await == "200 a"
+        })
+        .await;
+    assert_eq!(
+        ask(gw_port, "gw.example.com", "/a/b").await,
+        "200 c",
+        "Exact is not a prefix"
+    );
+    assert_eq!(ask(gw_port, "gw.example.com", "/x").await, "200 c");
+    assert!(
+        ask(gw_port, "gw.example.com", "/missing")
+            .await
+            .starts_with("500"),
+        "an invalid backendRef answers 500"
+    );
+    assert_eq!(
+        ask(gw_port, "ingress.example.com", "/")
+            .await
+            .split(' ')
+            .next(),
+        Some("404"),
+        "the Ingress is not on the Gateway's listener"
+    );
+    let picked = {
+        let req = http::Request::get(format!("http://127.0.0.1:{gw_port}/x"))
+            .header("host", "gw.example.com")
+            .header("x-pick", "b")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let resp = client.request(req).await.expect("answer");
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let backend: Value = serde_json::from_str(&picked.1).unwrap_or(Value::Null);
+    assert_eq!(
+        (picked.0, backend["backend"].as_str()),
+        (200, Some("b")),
+        "the header match picks b: {picked:?}"
+    );
+    // And the Ingress plugin's listener still serves the Ingress.
+    assert_eq!(ask(8080, "ingress.example.com", "/").await, "200 a");
+}
