@@ -2637,6 +2637,10 @@ async fn through_envoy_a_gateway_and_an_ingress_route_side_by_side() {
         {"matches":[{"path":{"type":"Exact","value":"/a"}}],"backendRefs":[{"name":"a","port":80}]},
         {"matches":[{"path":{"type":"PathPrefix","value":"/"},"headers":[{"name":"x-pick","value":"b"}]}],"backendRefs":[{"name":"b","port":80}]},
         {"matches":[{"path":{"type":"PathPrefix","value":"/missing"}}],"backendRefs":[{"name":"nope","port":80}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/scheme"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"scheme":"https"}}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/scheme443"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"scheme":"https","port":443}}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/host"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"other.example.com"}}]},
+        {"matches":[{"path":{"type":"PathPrefix","value":"/port"}}],"filters":[{"type":"RequestRedirect","requestRedirect":{"port":8443}}]},
         {"backendRefs":[{"name":"c","port":80}]}])));
     docs.push(ingress(
         "app",
@@ -2719,6 +2723,155 @@ async fn through_envoy_a_gateway_and_an_ingress_route_side_by_side() {
         (200, Some("b")),
         "the header match picks b: {picked:?}"
     );
+    let mut locations = Vec::new();
+    for path in ["/scheme", "/scheme443", "/host", "/port"] {
+        let req = http::Request::get(format!("http://127.0.0.1:{gw_port}{path}"))
+            .header("host", format!("gw.example.com:{gw_port}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let resp = client.request(req).await.expect("answer");
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned);
+        locations.push((path, location.unwrap_or_default()));
+    }
+    // The spec's ports: the scheme's well-known one left out, else the
+    // listener's when only the host changes.
+    assert_eq!(
+        locations,
+        [
+            ("/scheme", "https://gw.example.com/scheme".to_string()),
+            ("/scheme443", "https://gw.example.com/scheme443".to_string()),
+            ("/host", format!("http://other.example.com:{gw_port}/host")),
+            ("/port", "http://gw.example.com:8443/port".to_string()),
+        ]
+    );
     // And the Ingress plugin's listener still serves the Ingress.
     assert_eq!(ask(8080, "ingress.example.com", "/").await, "200 a");
+}
+
+/// The Envoy redirects of routes `/<case>` as (scheme, host, port, code).
+fn redirects(p: &Offline, cases: &[&str]) -> Vec<(String, String, u32, i32)> {
+    use route::redirect_action::SchemeRewriteSpecifier;
+    let rs = envoy_routes(p, GW, "*");
+    let table = routes(p.snapshot(), GW, "*");
+    cases
+        .iter()
+        .map(|c| {
+            let i = table
+                .iter()
+                .position(|(m, _)| m == &format!("path=/{c}"))
+                .unwrap_or_else(|| panic!("{c}"));
+            let r = redirect_of(&rs[i]);
+            let scheme = match r.scheme_rewrite_specifier {
+                Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => s,
+                Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => "https".into(),
+                _ => String::new(),
+            };
+            (scheme, r.host_redirect, r.port_redirect, r.response_code)
+        })
+        .collect()
+}
+
+fn redirect_rule(path: &str, redirect: Value) -> Value {
+    json!({"matches":[{"path":{"type":"PathPrefix","value":path}}],"filters":[{"type":"RequestRedirect","requestRedirect":redirect}]})
+}
+
+#[test]
+fn httproute_redirect_port() {
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-port",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                redirect_rule("/port", json!({"port":8083})),
+                redirect_rule(
+                    "/port-and-host",
+                    json!({"hostname":"example.org","port":8083})
+                ),
+                redirect_rule("/port-and-status", json!({"port":8083,"statusCode":301})),
+                redirect_rule(
+                    "/port-and-host-and-status",
+                    json!({"port":8083,"hostname":"example.org","statusCode":302})
+                ),
+            ]),
+        )],
+    ));
+    use route::redirect_action::RedirectResponseCode as Code;
+    let (found, moved) = (Code::Found as i32, Code::MovedPermanently as i32);
+    assert_eq!(
+        redirects(
+            &p,
+            &[
+                "port",
+                "port-and-host",
+                "port-and-status",
+                "port-and-host-and-status"
+            ]
+        ),
+        [
+            (String::new(), String::new(), 8083, found),
+            (String::new(), "example.org".into(), 8083, found),
+            (String::new(), String::new(), 8083, moved),
+            (String::new(), "example.org".into(), 8083, found),
+        ]
+    );
+}
+
+#[test]
+fn httproute_redirect_scheme() {
+    // No port given with a scheme: none in Envoy's redirect, which then
+    // leaves the port out of Location (the scheme's well-known one), as
+    // the through-Envoy test shows.
+    let p = pipeline(with(
+        base(),
+        [http_route(
+            INFRA,
+            "redirect-scheme",
+            parent("same-namespace"),
+            json!([]),
+            json!([
+                redirect_rule("/scheme", json!({"scheme":"https"})),
+                redirect_rule(
+                    "/scheme-and-host",
+                    json!({"hostname":"example.org","scheme":"https"})
+                ),
+                redirect_rule(
+                    "/scheme-and-status",
+                    json!({"scheme":"https","statusCode":301})
+                ),
+                redirect_rule(
+                    "/scheme-and-host-and-status",
+                    json!({"scheme":"https","statusCode":302,"hostname":"example.org"})
+                ),
+            ]),
+        )],
+    ));
+    use route::redirect_action::RedirectResponseCode as Code;
+    let (found, moved) = (Code::Found as i32, Code::MovedPermanently as i32);
+    assert_eq!(
+        redirects(
+            &p,
+            &[
+                "scheme",
+                "scheme-and-host",
+                "scheme-and-status",
+                "scheme-and-host-and-status"
+            ]
+        ),
+        [
+            ("https".into(), String::new(), 0, found),
+            ("https".into(), "example.org".into(), 0, found),
+            ("https".into(), String::new(), 0, moved),
+            ("https".into(), "example.org".into(), 0, found),
+        ]
+    );
 }

@@ -676,8 +676,7 @@ pub fn translate_class(root: &Object) -> Result<Fragment, Error> {
 
 /// `status.supportedFeatures` of our GatewayClasses: the features whose
 /// conformance tests are ported and pass (docs/conformance.md), sorted as
-/// the API requires. Scheme and port redirects are left out: the spec's
-/// implied ports are not checked.
+/// the API requires.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
@@ -695,11 +694,13 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestMirror",
     "HTTPRouteRequestMultipleMirrors",
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];

@@ -140,7 +140,7 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
                     // A route repeating an earlier match of this route: the
                     // first wins, as the spec's rule order says.
                     if !vh.routes.iter().any(|x| x.matches == r.matches) {
-                        vh.routes.push(r.clone());
+                        vh.routes.push(redirect_port_for(r.clone(), l));
                     }
                 }
             }
@@ -171,6 +171,38 @@ pub fn translate(root: &Object, store: &dyn Store, kind: Kind) -> Result<Fragmen
             .add_status(ObjectStatus::new(me).with_fields(&json!({"parents": parent_statuses})));
     }
     Ok(fragment)
+}
+
+/// A redirect's port as the spec derives it for listener `l`: none given
+/// and no scheme either, the listener's port; and no port in `Location`
+/// when it is the well-known one of the scheme the redirect uses (its own
+/// or the listener's). Envoy drops the port when the scheme or host
+/// changes and none is given, and keeps an explicit one as it is, so the
+/// well-known port is left unset rather than spelled out.
+fn redirect_port_for(mut route: Route, l: &gateway::ListenerView) -> Route {
+    if let RouteAction::Redirect(r) = &mut route.action {
+        let listener_scheme = if l.proto == Some(Proto::Https) {
+            "https"
+        } else {
+            "http"
+        };
+        if r.port.is_none() && r.scheme.is_none() && r.host.is_some() {
+            r.port = Some(l.port);
+        }
+        let scheme = r
+            .scheme
+            .as_deref()
+            .unwrap_or(listener_scheme)
+            .to_ascii_lowercase();
+        let well_known = match scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        };
+        if r.port == Some(well_known) {
+            r.port = None;
+        }
+    }
+    route
 }
 
 /// The parentRef as status shows it: group, kind and namespace filled in.

@@ -822,3 +822,40 @@ fn backend_ref_filters_answer_500_and_backend_request_timeouts_are_a_warning() {
     assert_eq!(f.diagnostics[0].reason, "Ignored");
     assert_eq!(f.diagnostics[0].severity, Severity::Warning);
 }
+
+#[test]
+fn redirect_ports_follow_the_spec_per_listener() {
+    let gw = gateway("gw", json!([http_listener("h", 8000, None, "All")]));
+    let redirect = |r: Value| {
+        let route = http_route(
+            "r",
+            parent("gw"),
+            json!([]),
+            json!([{"filters": [{"type": "RequestRedirect", "requestRedirect": r}]}]),
+        );
+        let f = translate(&store([gw.clone()]), route);
+        match &vhost(&f, "gw_8000", "*").routes[0].action {
+            RouteAction::Redirect(r) => r.port,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        redirect(json!({"hostname": "x.example.com"})),
+        Some(8000),
+        "the listener's port"
+    );
+    assert_eq!(
+        redirect(json!({"scheme": "https"})),
+        None,
+        "the scheme's well-known port"
+    );
+    assert_eq!(redirect(json!({"scheme": "https", "port": 443})), None);
+    assert_eq!(redirect(json!({"port": 80})), None);
+    assert_eq!(redirect(json!({"scheme": "https", "port": 80})), Some(80));
+    assert_eq!(redirect(json!({"port": 8443})), Some(8443));
+    assert_eq!(
+        redirect(json!({})),
+        None,
+        "the request's own authority is kept"
+    );
+}
