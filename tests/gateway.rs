@@ -1658,48 +1658,89 @@ fn httproute_timeout_request() {
 
 #[test]
 fn httproute_https_listener() {
+    let cert = json!({"group":"","kind":"Secret","name":"tls-validity-checks-certificate","namespace":INFRA});
+    let https = |name: &str, hostname: Option<&str>| {
+        let mut l = json!({"name":name,"port":9444,"protocol":"HTTPS","allowedRoutes":{"namespaces":{"from":"Same"}},
+            "tls":{"certificateRefs":[cert.clone()]}});
+        if let Some(h) = hostname {
+            l["hostname"] = json!(h);
+        }
+        l
+    };
     let p = pipeline(with(
         base(),
         [
             gateway(
                 "same-namespace-with-https-listener",
-                json!([{"name":"https","port":9444,"protocol":"HTTPS","hostname":"*.example.com",
-            "tls":{"certificateRefs":[{"name":"tls-validity-checks-certificate"}]}}]),
+                json!([
+                    https("https", None),
+                    https("https-with-hostname", Some("second-example.org")),
+                    https("https-with-wildcard-hostname", Some("*.wildcard.org"))
+                ]),
             ),
             tls_secret(INFRA, "tls-validity-checks-certificate"),
             http_route(
                 INFRA,
                 "httproute-https-test",
                 parent("same-namespace-with-https-listener"),
-                json!(["example.org", "second-example.example.com"]),
+                json!(["example.org"]),
                 json!([{"backendRefs":[backend("infra-backend-v1")]}]),
+            ),
+            http_route(
+                INFRA,
+                "httproute-https-test-no-hostname",
+                json!([{"name":"same-namespace-with-https-listener","namespace":INFRA,"sectionName":"https-with-hostname"}]),
+                json!([]),
+                json!([{"backendRefs":[backend("infra-backend-v2")]}]),
             ),
         ],
     ));
+    assert!(p.diagnostics().is_empty(), "{:?}", p.diagnostics());
     let l = listener(p.snapshot(), "gw_9444").expect("https listener");
-    let sni = &l.filter_chains[0]
-        .filter_chain_match
-        .as_ref()
-        .unwrap()
-        .server_names;
-    assert_eq!(sni, &["second-example.example.com".to_string()]);
+    let mut sni: Vec<Vec<String>> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    sni.sort();
+    // One chain per domain; the listener without a hostname is the
+    // catch-all (no server names), so an unknown host gets a 404 over TLS.
     assert_eq!(
-        routes(
-            p.snapshot(),
-            "gw_9444/second-example.example.com",
-            "second-example.example.com"
-        ),
+        sni,
+        [
+            vec![],
+            vec!["*.wildcard.org".to_string()],
+            vec!["example.org".into()],
+            vec!["second-example.org".into()]
+        ]
+    );
+    assert_eq!(
+        routes(p.snapshot(), "gw_9444/example.org", "example.org"),
         pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v1"))])
     );
     assert_eq!(
-        parent_conditions(
-            &p,
-            "HTTPRoute",
-            "httproute-https-test",
-            "same-namespace-with-https-listener"
+        routes(
+            p.snapshot(),
+            "gw_9444/second-example.org",
+            "second-example.org"
         ),
-        accepted_and_resolved()
+        pairs(&[("prefix=/", &cluster_of(INFRA, "infra-backend-v2"))])
     );
+    assert!(
+        routes(p.snapshot(), "gw_9444/*", "*").is_empty(),
+        "unknown-example.org: 404"
+    );
+    for r in ["httproute-https-test", "httproute-https-test-no-hostname"] {
+        assert_eq!(
+            parent_conditions(&p, "HTTPRoute", r, "same-namespace-with-https-listener"),
+            accepted_and_resolved()
+        );
+    }
 }
 
 #[test]
@@ -2114,8 +2155,9 @@ fn httproute_request_multiple_mirrors_and_percentage_mirror() {
 #[test]
 fn an_https_listener_whose_secret_is_missing_is_not_served_and_the_route_is_told() {
     // The plugin cannot read Secrets: it names the certificate, the host
-    // finds it missing and says so on the root that placed the host (the
-    // route), not on the Gateway listener.
+    // finds it missing and says so, as a diagnostic, on the roots that
+    // placed the host (the route, and the Gateway, which declares each
+    // HTTPS listener's own host), not on the Gateway listener's status.
     let p = pipeline(with(
         base(),
         [
@@ -2130,11 +2172,13 @@ fn an_https_listener_whose_secret_is_missing_is_not_served_and_the_route_is_told
         ],
     ));
     assert!(listener(p.snapshot(), "gw_9445").is_none());
-    assert!(
-        reasons(&p.diagnostics()).contains(&("r".into(), "SecretInvalid".into())),
-        "{:?}",
-        p.diagnostics()
-    );
+    for root in ["r", "gw-tls"] {
+        assert!(
+            reasons(&p.diagnostics()).contains(&(root.into(), "SecretInvalid".into())),
+            "{root}: {:?}",
+            p.diagnostics()
+        );
+    }
     assert_eq!(
         triples(&listener_status(&p, "gw-tls")[0]["conditions"])[1],
         t("ResolvedRefs", "True", "ResolvedRefs")

@@ -539,6 +539,15 @@ pub fn translate(root: &Object, store: &dyn Store) -> Result<Fragment, Error> {
         if let Some(el) = l.envoy_listener() {
             fragment.add_listener(el);
         }
+        // An HTTPS listener's own SNI chain, routes or not: a host no route
+        // names is answered (404) with the listener's certificate instead
+        // of failing the handshake. Routes add theirs to the same host.
+        if l.proto == Some(Proto::Https) {
+            let domain = l.hostname.clone().unwrap_or_else(|| "*".into());
+            fragment
+                .virtual_host_mut(&listener_name(l.port), &domain)
+                .tls = l.tls.clone();
+        }
     }
     // attachedRoutes: every route of every kind that attaches here. Listing
     // them is recorded, so a route change re-counts.
