@@ -2919,3 +2919,131 @@ fn httproute_redirect_scheme() {
         ]
     );
 }
+/// A kubernetes.io/tls Secret holding `cert` and `key` (as tests/envoy.rs).
+fn tls_secret_with(ns: &str, name: &str, cert: &str, key: &str) -> Value {
+    use std::io::Write;
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let enc = |s: &str| {
+        let mut out = Vec::new();
+        for chunk in s.as_bytes().chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.write_all(&[T[((n >> (18 - 6 * i)) & 63) as usize]])
+                        .unwrap();
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    json!({"apiVersion":"v1","kind":"Secret","type":"kubernetes.io/tls",
+        "metadata":{"name":name,"namespace":ns},
+        "data":{"tls.crt": enc(cert), "tls.key": enc(key)}})
+}
+
+/// Through a real Envoy: a Gateway's HTTPS listeners choose the
+/// certificate by SNI, route by host, and answer a host no route names
+/// with a 404 over the catch-all listener's certificate. The Gateway takes
+/// 8443 (the harness's HTTPS port), so the plugin is configured with no
+/// reserved ports and no Ingress asks for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_envoy_https_listeners_choose_certificates_by_sni() {
+    use isobar::serve::{Config, Server};
+    use isobar_tests::harness::backends::{Backend, TestCa, get_tls};
+    use isobar_tests::harness::envoy::{Bootstrap, Envoy, Ports, WAIT};
+    use isobar_tests::harness::venv;
+
+    let test = "through_envoy_https_listeners_choose_certificates_by_sni";
+    if let Err(why) = tokio::task::spawn_blocking(Envoy::binary).await.unwrap() {
+        venv::skipped(test, &format!("no Envoy binary: {why}"));
+        return;
+    }
+    let ports = Ports::lock().await;
+    let (one, two) = (Backend::http("one").await, Backend::http("two").await);
+    let ca = TestCa::new("isobar gateway test CA");
+    let (cert_one, key_one) = ca.leaf(&["one.example.com"]);
+    let (cert_any, key_any) = ca.leaf(&["two.example.net", "unknown.example.org"]);
+    let mut docs = vec![gateway_class()];
+    for (name, backend) in [("one", &one), ("two", &two)] {
+        docs.push(service("app", name, &[("http", 80, json!("backend-http"))]));
+        docs.push(slice(
+            "app",
+            name,
+            "1",
+            "http",
+            backend.addr.port(),
+            &[&backend.addr.ip().to_string()],
+        ));
+    }
+    docs.push(tls_secret_with("app", "one-cert", &cert_one, &key_one));
+    docs.push(tls_secret_with("app", "any-cert", &cert_any, &key_any));
+    let mut gw = gateway(
+        "gw",
+        json!([
+        {"name":"one","port":8443,"protocol":"HTTPS","hostname":"one.example.com","tls":{"certificateRefs":[{"name":"one-cert"}]}},
+        {"name":"any","port":8443,"protocol":"HTTPS","tls":{"certificateRefs":[{"name":"any-cert"}]}}]),
+    );
+    gw["metadata"]["namespace"] = json!("app");
+    docs.push(gw);
+    docs.push(http_route(
+        "app",
+        "one",
+        json!([{"name":"gw","sectionName":"one"}]),
+        json!([]),
+        json!([{"backendRefs":[{"name":"one","port":80}]}]),
+    ));
+    docs.push(http_route(
+        "app",
+        "two",
+        json!([{"name":"gw","sectionName":"any"}]),
+        json!(["two.example.net"]),
+        json!([{"backendRefs":[{"name":"two","port":80}]}]),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let text = docs
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(dir.path().join("all.yaml"), text).unwrap();
+    let config_file = dir.path().join("gateway-api.json");
+    std::fs::write(&config_file, r#"{"reservedPorts": []}"#).unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::rename(dir.path().join("all.yaml"), manifests.join("all.yaml")).unwrap();
+
+    let mut config = Config::new(&manifests, plugin_path("isobar-plugin-ingress"));
+    config
+        .plugins
+        .push(plugin_path("isobar-plugin-gateway-api"));
+    config
+        .plugin_configs
+        .push(("gateway-api".into(), config_file));
+    config.xds_listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.cache_dir = Some(target_dir().join("isobar-test-cache"));
+    let server = Server::start(config).await.expect("serve starts");
+    assert!(server.ready(WAIT).await, "no first snapshot");
+    let mut envoy = Envoy::start(&ports, Bootstrap::local(server.xds_addr(), "gateway-tls")).await;
+    envoy.ready().await;
+    let ask = async |host: &str| match get_tls(host, "/", &ca.cert_pem).await {
+        Ok(r) => r.reply.summary(),
+        Err(e) => format!("failed: {e}"),
+    };
+    envoy
+        .until("the HTTPS listener to route", async |_| {
+            ask("one.example.com").await == "200 one"
+        })
+        .await;
+    assert_eq!(ask("two.example.net").await, "200 two");
+    // The client checks the name: the catch-all chain's certificate names
+    // this host, and no route does.
+    assert_eq!(ask("unknown.example.org").await, "404 -");
+}
