@@ -2237,15 +2237,12 @@ fn gateways_sharing_a_port_share_its_envoy_listener_unless_their_protocols_clash
     );
 }
 
+/// (type URL, name, body) of every resource served.
+type Resources = Vec<(String, String, Vec<u8>)>;
+
 /// Everything the host would serve and write: resources, diagnostics and
 /// statuses, comparable across pipelines.
-fn everything(
-    p: &Offline,
-) -> (
-    Vec<(String, String, Vec<u8>)>,
-    Vec<isobar::ir::Diagnostic>,
-    Vec<String>,
-) {
+fn everything(p: &Offline) -> (Resources, Vec<isobar::ir::Diagnostic>, Vec<String>) {
     let s = p.snapshot();
     let mut resources: Vec<(String, String, Vec<u8>)> = s
         .resources
