@@ -27,12 +27,14 @@ plugins:
 plugins-js:
 	OUT=$(WASM_DIR)/isobar_plugin_canary_js.wasm sh plugins/canary-js/build.sh
 
-## plugins-py: build the Python example plugin (plugins/memcached/python) with
+## plugins-py: build the Python example plugins (plugins/memcached/python and
+## the plugins/headers-py policy) with
 ## componentize-py into $(WASM_DIR); needs python3 with venv and pip (the
 ## locked tooling goes into $(TARGET_DIR)/py-plugins-venv). Skipped while its
 ## sources, the WIT and requirements.txt are unchanged.
 plugins-py:
 	CARGO_TARGET_DIR=$(TARGET_DIR) OUT=$(WASM_DIR)/isobar_plugin_memcached_py.wasm sh plugins/memcached/python/build.sh
+	CARGO_TARGET_DIR=$(TARGET_DIR) OUT=$(WASM_DIR)/isobar_plugin_headers_py.wasm sh plugins/headers-py/build.sh
 
 build: plugins
 	$(CARGO) build -p isobar

@@ -184,7 +184,7 @@ fn plugin_new_makes_projects_that_pass_their_own_tests() {
             eprintln!("## SKIPPED plugin new --lang {lang}: no {} ##", test[0]);
             continue;
         }
-        for world in ["translator", "reconciler"] {
+        for world in ["translator", "reconciler", "policy"] {
             let name = format!("new-{lang}-{world}");
             let new = |name: &str| {
                 Command::new(env!("CARGO_BIN_EXE_isobar"))

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the canary-js plugin into a Wasm component with componentize-js.
+# Builds the canary-js policy (contract 0.2, world `policy`) into a Wasm component with componentize-js.
 #
 #   sh build.sh            # or: make plugins-js (from the repository root)
 #
@@ -16,7 +16,7 @@ stamp=$out.inputs
 
 command -v npm >/dev/null 2>&1 || { echo "canary-js: npm not found (Node.js 20+ is needed)" >&2; exit 1; }
 
-inputs=$( (find src ../../wit/plugin.wit -type f | LC_ALL=C sort; echo package.json package-lock.json build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
+inputs=$( (find src ../../wit/plugin-0.2.wit -type f | LC_ALL=C sort; echo package.json package-lock.json build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
     echo "canary-js: up to date: $out"
     exit 0
@@ -43,7 +43,7 @@ mkdir -p "$(dirname "$out")"
 # --disable all: no WASI imports at all (no stdio, clocks, random, http), so
 # the component needs nothing but the contract's `store` and `log`.
 npx --no-install jco componentize src/canary.js \
-    --wit ../../wit/plugin.wit --world-name translator \
+    --wit ../../wit/plugin-0.2.wit --world-name policy \
     --disable all \
     -o "$out.tmp"
 mv "$out.tmp" "$out"

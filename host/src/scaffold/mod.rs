@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// The contract, copied into Python and JavaScript projects.
 const WIT: &str = include_str!("../../../wit/plugin.wit");
+const WIT_0_2: &str = include_str!("../../../wit/plugin-0.2.wit");
 
 /// The language of the plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +37,8 @@ pub enum World {
     Translator,
     /// An operator: one object in, actions out.
     Reconciler,
+    /// A routing policy: one merged virtual host in, transformed out.
+    Policy,
 }
 
 impl fmt::Display for Lang {
@@ -53,6 +56,7 @@ impl fmt::Display for World {
         f.write_str(match self {
             World::Translator => "translator",
             World::Reconciler => "reconciler",
+            World::Policy => "policy",
         })
     }
 }
@@ -208,10 +212,19 @@ impl Project {
             ("type_name", camel_case(&self.name)),
             ("world", self.world.to_string()),
             (
+                "contract",
+                match self.world {
+                    World::Policy => "isobar:plugin@0.2.0",
+                    World::Translator | World::Reconciler => "isobar:plugin@0.1.0",
+                }
+                .to_owned(),
+            ),
+            (
                 "trait_name",
                 match self.world {
                     World::Translator => "Translator",
                     World::Reconciler => "Reconciler",
+                    World::Policy => "Policy",
                 }
                 .to_owned(),
             ),
@@ -262,11 +275,14 @@ impl Project {
             executable: true,
             ..file(path, template)
         };
-        let by_world = |translator, reconciler| match self.world {
+        let by_world = |translator, reconciler, policy| match self.world {
             World::Translator => translator,
             World::Reconciler => reconciler,
+            World::Policy => policy,
         };
-        let wit = || file("wit/plugin.wit", WIT);
+        // Policies exist from contract 0.2 on; the file keeps its name so
+        // the build scripts are the same for every world.
+        let wit = || file("wit/plugin.wit", by_world(WIT, WIT, WIT_0_2));
         Ok(match self.lang {
             Lang::Rust => vec![
                 file("Cargo.toml", include_str!("templates/rust/Cargo.toml.tmpl")),
@@ -278,6 +294,7 @@ impl Project {
                     by_world(
                         include_str!("templates/rust/translator.rs.tmpl"),
                         include_str!("templates/rust/reconciler.rs.tmpl"),
+                        include_str!("templates/rust/policy.rs.tmpl"),
                     ),
                 ),
                 file("README.md", include_str!("templates/rust/README.md.tmpl")),
@@ -289,6 +306,7 @@ impl Project {
                     by_world(
                         include_str!("templates/python/app_translator.py.tmpl"),
                         include_str!("templates/python/app_reconciler.py.tmpl"),
+                        include_str!("templates/python/app_policy.py.tmpl"),
                     ),
                 ),
                 file(
@@ -296,6 +314,7 @@ impl Project {
                     by_world(
                         include_str!("templates/python/plugin_translator.py.tmpl"),
                         include_str!("templates/python/plugin_reconciler.py.tmpl"),
+                        include_str!("templates/python/plugin_policy.py.tmpl"),
                     ),
                 ),
                 file(
@@ -303,6 +322,7 @@ impl Project {
                     by_world(
                         include_str!("templates/python/test_translator.py.tmpl"),
                         include_str!("templates/python/test_reconciler.py.tmpl"),
+                        include_str!("templates/python/test_policy.py.tmpl"),
                     ),
                 ),
                 file(
@@ -320,6 +340,7 @@ impl Project {
                     by_world(
                         include_str!("templates/js/plugin_translator.js.tmpl"),
                         include_str!("templates/js/plugin_reconciler.js.tmpl"),
+                        include_str!("templates/js/plugin_policy.js.tmpl"),
                     ),
                 ),
                 file(
@@ -327,6 +348,7 @@ impl Project {
                     by_world(
                         include_str!("templates/js/logic_translator.js.tmpl"),
                         include_str!("templates/js/logic_reconciler.js.tmpl"),
+                        include_str!("templates/js/logic_policy.js.tmpl"),
                     ),
                 ),
                 file(
@@ -334,6 +356,7 @@ impl Project {
                     by_world(
                         include_str!("templates/js/test_translator.mjs.tmpl"),
                         include_str!("templates/js/test_reconciler.mjs.tmpl"),
+                        include_str!("templates/js/test_policy.mjs.tmpl"),
                     ),
                 ),
                 file(
@@ -366,6 +389,10 @@ impl Project {
                  rule without one) on the `http` listener (port 8080), sending every\n\
                  path to the Service backend of the rule's first path."
             }
+            World::Policy => {
+                "It is a routing policy: on every route of every virtual host it is run\n\
+                 on, it sets the response header `x-<name>: on` (the plugin's name)."
+            }
             World::Reconciler => {
                 "It is an operator for a custom resource of its own (a kind named after\n\
                  the plugin): for each object it applies a ConfigMap holding\n\
@@ -385,6 +412,9 @@ impl Project {
             ),
             World::Reconciler => format!(
                 "isobar plugin inspect {wasm}    # world: reconciler, and what describe() says"
+            ),
+            World::Policy => format!(
+                "isobar plugin inspect {wasm}    # world: policy, and what describe() says"
             ),
         }
     }
@@ -521,7 +551,7 @@ mod tests {
     use serde_json::Value;
 
     const LANGS: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
-    const WORLDS: [World; 2] = [World::Translator, World::Reconciler];
+    const WORLDS: [World; 3] = [World::Translator, World::Reconciler, World::Policy];
 
     fn every_project() -> impl Iterator<Item = Project> {
         LANGS.into_iter().flat_map(|lang| {
@@ -605,7 +635,8 @@ mod tests {
         for lang in [Lang::Python, Lang::Js] {
             for world in WORLDS {
                 let files = Project::new("hello-world2", lang, world).files().unwrap();
-                assert_eq!(file(&files, "wit/plugin.wit"), WIT);
+                let wit = if world == World::Policy { WIT_0_2 } else { WIT };
+                assert_eq!(file(&files, "wit/plugin.wit"), wit);
                 let build = files.iter().find(|f| f.path == "build.sh").unwrap();
                 assert!(build.executable);
                 assert!(
