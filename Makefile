@@ -89,6 +89,7 @@ test: plugins test-venv
 	$(CARGO) test --workspace --no-fail-fast
 	@if command -v npm >/dev/null 2>&1; then CARGO_TARGET_DIR=$(TARGET_DIR) npm test --prefix plugins/canary-js; fi
 	@if command -v python3 >/dev/null 2>&1; then cd plugins/memcached/python && python3 -m unittest -q; fi
+	@if command -v python3 >/dev/null 2>&1; then cd plugins/headers-py && python3 -B -m unittest -q; fi
 	$(CARGO) test -p isobar-tests --benches --no-run
 
 ## bench: translation benchmarks (Wasm vs native side by side, incremental, per call, memory)

@@ -79,6 +79,25 @@ impl Isobar {
         Self::serve(Arc::new(dirs), "127.0.0.1:0".parse().unwrap(), None).await
     }
 
+    /// As `start`, with one routing policy in the chain (the Rust test
+    /// policy, which changes nothing unasked) for a test to swap.
+    async fn with_policy(files: &[(&str, String)]) -> Isobar {
+        let dirs = Dirs {
+            manifests: tempfile::tempdir().unwrap(),
+            plugins: tempfile::tempdir().unwrap(),
+        };
+        for (name, text) in files {
+            std::fs::write(dirs.manifests.path().join(name), text).unwrap();
+        }
+        for (file, crate_name) in [
+            ("plugin.wasm", "isobar-plugin-ingress"),
+            ("policy.wasm", "isobar-plugin-faults-policy"),
+        ] {
+            std::fs::copy(plugin_path(crate_name), dirs.plugins.path().join(file)).unwrap();
+        }
+        Self::serve(Arc::new(dirs), "127.0.0.1:0".parse().unwrap(), None).await
+    }
+
     /// Another replica over the same directories, on `xds`.
     async fn replica(&self, xds: SocketAddr) -> Isobar {
         Self::serve(self.dirs.clone(), xds, None).await
@@ -93,6 +112,10 @@ impl Isobar {
             dirs.manifests.path(),
             dirs.plugins.path().join("plugin.wasm"),
         );
+        let policy = dirs.plugins.path().join("policy.wasm");
+        if policy.exists() {
+            config.policies.push(policy);
+        }
         config.xds_listen = xds;
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(target_dir().join("isobar-test-cache"));
@@ -116,6 +139,11 @@ impl Isobar {
 
     fn install_plugin(&self, bytes: &[u8]) {
         atomic_write(&self.dirs.plugins.path().join("plugin.wasm"), bytes);
+    }
+
+    /// Replaces the policy the host was started with (see `with_policy`).
+    fn install_policy(&self, bytes: &[u8]) {
+        atomic_write(&self.dirs.plugins.path().join("policy.wasm"), bytes);
     }
 
     async fn wait(&self, what: &str, cond: impl Fn(&isobar::report::Report) -> bool) {
@@ -933,8 +961,7 @@ async fn deleting_one_ingress_keeps_the_others_serving_without_an_error() {
 /// split) runs continuously while `swap` changes the routing to that
 /// split: not one request fails, and both backends answer in proportion
 /// once Envoy holds the split. `swapped` says when the host has finished
-/// swapping. Today the swap is the JavaScript translator that adds the
-/// split; a routing policy swapped alone fits the same shape.
+/// swapping: the JavaScript canary policy replacing the running one.
 async fn split_under_load(
     ports: &Ports,
     swap: impl FnOnce(&Isobar),
@@ -955,7 +982,7 @@ async fn split_under_load(
     );
     shop["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:50"});
     docs.push(shop);
-    let isobar = Isobar::start(&[("shop.yaml", yaml(&docs))]).await;
+    let isobar = Isobar::with_policy(&[("shop.yaml", yaml(&docs))]).await;
     let mut envoy = envoy(ports, &isobar, "swap").await;
     assert_routes(&[("shop.example.com", "/", "200 web")]).await;
 
@@ -1033,25 +1060,19 @@ async fn split_under_load(
 /// LDS/RDS that name a new cluster until the client has ACKed its EDS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known failure: a route to a new (warming) cluster reaches Envoy before the cluster does (503 no_cluster)"]
-async fn a_plugin_swap_to_a_canary_split_loses_no_request_under_load() {
-    let js = target_dir().join("wasm32-wasip2/release/isobar_plugin_canary_js.wasm");
-    if !js.exists() {
-        venv::skipped(
-            "a_plugin_swap_to_a_canary_split_loses_no_request_under_load",
-            "plugins/canary-js is not built (make plugins-js needs npm)",
-        );
-        return;
-    }
-    let Some(ports) =
-        envoy_here("a_plugin_swap_to_a_canary_split_loses_no_request_under_load").await
+async fn a_policy_swap_to_a_canary_split_loses_no_request_under_load() {
+    let test = "a_policy_swap_to_a_canary_split_loses_no_request_under_load";
+    let Some(js) = optional_plugin(test, "isobar-plugin-canary-js", "make plugins-js needs npm")
     else {
         return;
     };
-    let js = std::fs::read(js).unwrap();
+    let Some(ports) = envoy_here(test).await else {
+        return;
+    };
     split_under_load(
         &ports,
-        |isobar| isobar.install_plugin(&js),
-        |s| s.plugin().is_some_and(|p| p.name == "canary-js"),
+        |isobar| isobar.install_policy(&js),
+        |s| s.plugins().iter().any(|p| p.name == "canary-js"),
         // A SpiderMonkey component compiles for tens of seconds the first
         // time (later runs hit the compile cache).
         Duration::from_secs(300),

@@ -464,6 +464,144 @@ fn nothing_survives_a_round_in_a_translator_instance() {
     );
 }
 
+// ---- policies in JavaScript, Python and Rust ------------------------------------
+
+fn other_language(test: &str) -> Option<(PolicyPlugin, PolicyPlugin)> {
+    let js = optional_plugin(test, "isobar-plugin-canary-js", "make plugins-js needs npm")?;
+    let py = optional_plugin(
+        test,
+        "isobar-plugin-headers-py",
+        "make plugins-py needs python3",
+    )?;
+    let load = |bytes: &[u8], name: &str| {
+        runtime()
+            .load_policy(bytes, name, Grants::default(), &Configs::new())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    Some((load(&js, "canary-js"), load(&py, "headers-py")))
+}
+
+fn shop_annotated(annotations: Value) -> Vec<Value> {
+    let mut shop = ingress(
+        "shop",
+        "shop",
+        &[("shop.example.com", &[("/", "Prefix", "web", json!(80))])],
+    );
+    shop["metadata"]["annotations"] = annotations;
+    let mut objects = base();
+    objects.push(service("shop", "web-canary", &[("http", 80, json!(8080))]));
+    objects.push(slice(
+        "shop",
+        "web-canary",
+        "a",
+        "http",
+        8080,
+        &["10.0.0.2"],
+    ));
+    objects.push(shop);
+    objects
+}
+
+/// The JavaScript canary, the Python response headers and the Rust test
+/// policy over one Ingress: each sees what the one before returned, so
+/// the order given is the order run (Python replaces a header of the same
+/// name set before it; the Rust policy appends).
+#[test]
+fn policies_in_three_languages_chain_in_the_order_given() {
+    let Some((canary, headers)) =
+        other_language("policies_in_three_languages_chain_in_the_order_given")
+    else {
+        return;
+    };
+    let tagged = policy_with(r#"{"tag":"rust"}"#).expect("policy loads");
+    let objects = shop_annotated(json!({
+        "isobar.dev/canary": "web-canary:20",
+        "isobar.dev/response-headers": "X-Policy-Tag: py, X-Frame-Options: DENY",
+    }));
+    let header_map = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+
+    let p = pipeline(
+        with_policies(vec![canary.clone(), tagged.clone(), headers.clone()]),
+        objects.clone(),
+    );
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "shop.example.com"),
+        pairs(&[("prefix=/", "weighted=shop/web/80:80,shop/web-canary/80:20")])
+    );
+    assert_eq!(
+        response_headers(&p, "shop.example.com"),
+        [header_map(&[
+            ("x-frame-options", "DENY"),
+            ("x-policy-tag", "py")
+        ])]
+    );
+    assert_eq!(diagnostics_of(&p, "shop"), []);
+
+    let p = pipeline(with_policies(vec![headers, tagged, canary]), objects);
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "shop.example.com"),
+        pairs(&[("prefix=/", "weighted=shop/web/80:80,shop/web-canary/80:20")])
+    );
+    // Envoy's names are lower case: the Rust policy's header comes last.
+    let rc = route_config(p.snapshot(), HTTP).expect("route config");
+    let listed: Vec<(String, String)> = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains.iter().any(|d| d == "shop.example.com"))
+        .expect("shop")
+        .routes[0]
+        .response_headers_to_add
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        pairs(&[
+            ("x-policy-tag", "py"),
+            ("x-frame-options", "DENY"),
+            ("x-policy-tag", "rust"),
+        ])
+    );
+}
+
+/// Annotations the JavaScript and Python policies cannot honour: an error
+/// (the canary) leaves the routes as the translator made them, a warning
+/// (one bad header) drops that entry only; both land on the Ingress.
+#[test]
+fn policies_in_other_languages_report_bad_annotations_on_the_ingress() {
+    let Some((canary, headers)) =
+        other_language("policies_in_other_languages_report_bad_annotations_on_the_ingress")
+    else {
+        return;
+    };
+    let objects = shop_annotated(json!({
+        "isobar.dev/canary": "web-canary:150",
+        "isobar.dev/response-headers": "X-Good: yes, Bad Name: no",
+    }));
+    let p = pipeline(with_policies(vec![canary, headers]), objects);
+    assert_eq!(
+        routes(p.snapshot(), HTTP, "shop.example.com"),
+        pairs(&[("prefix=/", "cluster=shop/web/80")])
+    );
+    let good: BTreeMap<String, String> = [("x-good".to_string(), "yes".to_string())].into();
+    assert_eq!(response_headers(&p, "shop.example.com"), [good]);
+    let reasons: Vec<String> = diagnostics_of(&p, "shop")
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["InvalidCanary", "InvalidResponseHeader"],
+        "{:?}",
+        p.diagnostics()
+    );
+}
+
 // ---- statuses from translators ------------------------------------------------
 
 fn with_status(name: &str, status: Value) -> Value {

@@ -51,6 +51,23 @@ pub fn plugin_path(crate_name: &str) -> PathBuf {
 
 /// One engine per test binary, with the on-disk compile cache so later
 /// binaries load components in milliseconds.
+/// A plugin built by another toolchain (`make plugins-js` needs npm,
+/// `make plugins-py` python3): its bytes, or None after saying loudly that
+/// `test` is SKIPPED.
+pub fn optional_plugin(test: &str, crate_name: &str, how: &str) -> Option<Vec<u8>> {
+    let file = format!("{}.wasm", crate_name.replace('-', "_"));
+    let dir = std::env::var_os("ISOBAR_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip2").join("release"));
+    match std::fs::read(dir.join(&file)) {
+        Ok(bytes) => Some(bytes),
+        Err(_) => {
+            eprintln!("## SKIPPED {test}: {file} is not built ({how}) ##");
+            None
+        }
+    }
+}
+
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {

@@ -38,6 +38,7 @@ fn us(d: Duration) -> String {
 #[derive(Clone, Copy)]
 enum World {
     Translator,
+    Policy,
     Reconciler,
 }
 
@@ -47,7 +48,7 @@ struct Subject {
     world: World,
 }
 
-const SUBJECTS: [Subject; 4] = [
+const SUBJECTS: [Subject; 5] = [
     Subject {
         label: "Rust translator (ingress)",
         file: "isobar_plugin_ingress.wasm",
@@ -64,9 +65,14 @@ const SUBJECTS: [Subject; 4] = [
         world: World::Reconciler,
     },
     Subject {
-        label: "JavaScript translator (canary-js, componentize-js)",
+        label: "JavaScript policy (canary-js, componentize-js)",
         file: "isobar_plugin_canary_js.wasm",
-        world: World::Translator,
+        world: World::Policy,
+    },
+    Subject {
+        label: "Python policy (headers-py, componentize-py)",
+        file: "isobar_plugin_headers_py.wasm",
+        world: World::Policy,
     },
 ];
 
@@ -75,6 +81,14 @@ fn load(rt: &Runtime, bytes: &[u8], world: World) -> Box<dyn Fn()> {
     match world {
         World::Translator => {
             let p = rt.load(bytes, "bench").expect("load");
+            Box::new(move || {
+                p.describe().expect("describe");
+            })
+        }
+        World::Policy => {
+            let p = rt
+                .load_policy(bytes, "bench", Default::default(), &Default::default())
+                .expect("load");
             Box::new(move || {
                 p.describe().expect("describe");
             })

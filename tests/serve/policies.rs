@@ -184,3 +184,97 @@ async fn a_policy_swap_that_fails_its_dry_run_is_refused() {
     .await;
     assert_eq!(tag(&s.held).as_deref(), Some("v1"));
 }
+
+/// A routing policy written in JavaScript (`plugins/canary-js`, built with
+/// componentize-js) swapped in for the running policy while serving: the
+/// live streams get the canary split the annotation asks for, without a
+/// restart or a new stream, and the policy follows later edits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_canary_policy_swapped_in_live() {
+    let Some(js) = optional_plugin(
+        "javascript_canary_policy_swapped_in_live",
+        "isobar-plugin-canary-js",
+        "make plugins-js needs npm",
+    ) else {
+        return;
+    };
+    let f = Plugins::start("{}").await;
+    let manifests = f._manifests.path();
+    atomic_write(
+        &manifests.join("01-canary.yaml"),
+        yaml(&[
+            service("default", "web-canary", &[("http", 80, json!(8080))]),
+            slice("default", "web-canary", "1", "http", 8080, &["10.0.0.3"]),
+        ])
+        .as_bytes(),
+    );
+    let mut canary_shop = shop();
+    canary_shop["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:20"});
+    atomic_write(
+        &manifests.join("10-shop.yaml"),
+        yaml(&[canary_shop]).as_bytes(),
+    );
+    let addr = f.server.xds_addr();
+    let mut sotw = Sotw::open_envoy(addr, "sotw").await;
+    let mut delta = Delta::open_envoy(addr, "delta").await;
+    // Neither the Ingress plugin nor the running policy knows of canaries.
+    let plain = pairs(&[
+        ("path=/api", "cluster=default/api/80"),
+        ("prefix=/api/", "cluster=default/api/80"),
+        ("prefix=/", "cluster=default/web/80"),
+    ]);
+    let is_plain = |h: &Held| {
+        super::swap::shop_routes(h) == plain
+            && h.domains("ingress_http").contains("static.example.com")
+    };
+    sotw.until("the plain routes", is_plain).await;
+    delta.until("the plain routes", is_plain).await;
+
+    f.install("policy.wasm", &js);
+    // A SpiderMonkey-based component takes tens of seconds to compile the
+    // first time (later runs hit the compile cache).
+    assert!(
+        f.server
+            .report()
+            .wait_until(Duration::from_secs(300), |r| r
+                .plugins()
+                .iter()
+                .any(|p| p.name == "canary-js" && p.world == "policy"))
+            .await,
+        "timed out waiting for the JavaScript policy to be swapped in: {:?}",
+        f.server.report().plugins()
+    );
+    let split = |w: u32| {
+        let (a, b) = (100 - w, w);
+        pairs(&[
+            (
+                "path=/api",
+                &format!("weighted=default/api/80:{a},default/web-canary/80:{b}"),
+            ),
+            (
+                "prefix=/api/",
+                &format!("weighted=default/api/80:{a},default/web-canary/80:{b}"),
+            ),
+            (
+                "prefix=/",
+                &format!("weighted=default/web/80:{a},default/web-canary/80:{b}"),
+            ),
+        ])
+    };
+    let twenty = split(20);
+    let is_split = |h: &Held| super::swap::shop_routes(h) == twenty;
+    sotw.until("the canary split", is_split).await;
+    delta.until("the canary split", is_split).await;
+    assert!(names(&sotw.held.snapshot, CDS).contains(&"default/web-canary/80".to_string()));
+    assert_eq!(f.server.active_streams(), 2, "no stream dropped");
+
+    // The policy is live: a new weight in the manifest is a new split.
+    let mut heavier = shop();
+    heavier["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:50"});
+    atomic_write(&manifests.join("10-shop.yaml"), yaml(&[heavier]).as_bytes());
+    let fifty = split(50);
+    let half = |h: &Held| super::swap::shop_routes(h) == fifty;
+    sotw.until("the 50/50 split", half).await;
+    delta.until("the 50/50 split", half).await;
+    assert_eq!(f.server.active_streams(), 2, "no stream dropped");
+}

@@ -113,116 +113,12 @@ async fn plugin_hot_swap_under_live_streams() {
 }
 
 /// The shop's routes as a client holds them (none before they arrive).
-fn shop_routes(h: &Held) -> Vec<(String, String)> {
+pub(crate) fn shop_routes(h: &Held) -> Vec<(String, String)> {
     if h.domains("ingress_http").contains("shop.example.com") {
         routes(&h.snapshot, "ingress_http", "shop.example.com")
     } else {
         Vec::new()
     }
-}
-
-/// A routing policy written in JavaScript (`plugins/canary-js`, built with
-/// componentize-js) swapped in while serving: the live streams get the
-/// canary split the annotation asks for, without a restart or a new stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn javascript_canary_policy_swapped_in_live() {
-    let js = target_dir()
-        .join("wasm32-wasip2")
-        .join("release")
-        .join("isobar_plugin_canary_js.wasm");
-    if !js.exists()
-        && std::process::Command::new("npm")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!(
-            "## SKIPPED javascript_canary_policy_swapped_in_live: no npm to build plugins/canary-js ##"
-        );
-        return;
-    }
-    let js = std::fs::read(plugin_path("isobar-plugin-canary-js")).unwrap();
-    let mut canary_shop = shop();
-    canary_shop["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:20"});
-    let f = Fixture::start(&[
-        ("00-backends.yaml", backends()),
-        (
-            "01-canary.yaml",
-            yaml(&[
-                service("default", "web-canary", &[("http", 80, json!(8080))]),
-                slice("default", "web-canary", "1", "http", 8080, &["10.0.0.3"]),
-            ]),
-        ),
-        ("10-shop.yaml", yaml(&[canary_shop])),
-    ])
-    .await;
-    let addr = f.server.xds_addr();
-    let mut sotw = Sotw::open_envoy(addr, "sotw").await;
-    let mut delta = Delta::open_envoy(addr, "delta").await;
-    // The Rust Ingress plugin knows nothing of canaries.
-    let plain = pairs(&[
-        ("path=/api", "cluster=default/api/80"),
-        ("prefix=/api/", "cluster=default/api/80"),
-        ("prefix=/", "cluster=default/web/80"),
-    ]);
-    let is_plain = |h: &Held| shop_routes(h) == plain;
-    sotw.until("the plain routes", is_plain).await;
-    delta.until("the plain routes", is_plain).await;
-
-    f.install_plugin(&js);
-    // A SpiderMonkey-based component takes tens of seconds to compile the
-    // first time (later runs hit the compile cache).
-    assert!(
-        f.server
-            .report()
-            .wait_until(Duration::from_secs(300), |s| s
-                .plugin()
-                .is_some_and(|p| p.name == "canary-js"))
-            .await,
-        "timed out waiting for the JavaScript plugin to be swapped in: {:?}",
-        f.get_json("/debug/plugins").await
-    );
-    let split = pairs(&[
-        (
-            "path=/api",
-            "weighted=default/api/80:80,default/web-canary/80:20",
-        ),
-        (
-            "prefix=/api/",
-            "weighted=default/api/80:80,default/web-canary/80:20",
-        ),
-        (
-            "prefix=/",
-            "weighted=default/web/80:80,default/web-canary/80:20",
-        ),
-    ]);
-    let is_split = |h: &Held| shop_routes(h) == split;
-    sotw.until("the canary split", is_split).await;
-    delta.until("the canary split", is_split).await;
-    assert!(names(&sotw.held.snapshot, CDS).contains(&"default/web-canary/80".to_string()));
-    assert_eq!(f.server.active_streams(), 2, "no stream dropped");
-
-    // The policy is live: a new weight in the manifest is a new split.
-    let mut heavier = shop();
-    heavier["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:50"});
-    f.write("10-shop.yaml", &yaml(&[heavier]));
-    let half = pairs(&[
-        (
-            "path=/api",
-            "weighted=default/api/80:50,default/web-canary/80:50",
-        ),
-        (
-            "prefix=/api/",
-            "weighted=default/api/80:50,default/web-canary/80:50",
-        ),
-        (
-            "prefix=/",
-            "weighted=default/web/80:50,default/web-canary/80:50",
-        ),
-    ]);
-    let half = |h: &Held| shop_routes(h) == half;
-    sotw.until("the 50/50 split", half).await;
-    delta.until("the 50/50 split", half).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

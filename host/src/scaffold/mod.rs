@@ -413,9 +413,9 @@ impl Project {
             World::Reconciler => format!(
                 "isobar plugin inspect {wasm}    # world: reconciler, and what describe() says"
             ),
-            World::Policy => format!(
-                "isobar plugin inspect {wasm}    # world: policy, and what describe() says"
-            ),
+            World::Policy => {
+                format!("isobar plugin inspect {wasm}    # world: policy, and what describe() says")
+            }
         }
     }
 

@@ -46,18 +46,22 @@ pub fn desired_status(
     diagnostics: &[&ir::Diagnostic],
     addresses: Option<&[String]>,
 ) -> Option<Desired> {
-    desired_status_except(object, claimed, diagnostics, addresses, &[])
+    desired_status_except(object, claimed, diagnostics, addresses, None)
 }
 
-/// As [`desired_status`], leaving out the condition types a translator
-/// sets on the object itself (its plugin owns them; two field managers on
-/// one condition would conflict).
+/// As [`desired_status`], for an object a translator may also give a
+/// status (`plugin_types`: the top-level condition types it sets, when it
+/// gives one). Two field managers on one condition would conflict, and the
+/// plugin knows the kind's status shape: when it judged the object the host
+/// adds only the data-plane fact (`Programmed`), and only to a kind the
+/// plugin gave top-level conditions at all (HTTPRoute, for one, has only
+/// `status.parents`).
 pub fn desired_status_except(
     object: &Object,
     claimed: bool,
     diagnostics: &[&ir::Diagnostic],
     addresses: Option<&[String]>,
-    plugin_types: &[&str],
+    plugin_types: Option<&[&str]>,
 ) -> Option<Desired> {
     if !claimed {
         return None;
@@ -80,6 +84,11 @@ pub fn desired_status_except(
             status,
         });
     }
+    let host_types: &[&str] = match plugin_types {
+        None => &["Accepted", "Programmed"],
+        Some(types) if !types.is_empty() && !types.contains(&"Programmed") => &["Programmed"],
+        Some(_) => return None,
+    };
     let value: Value = serde_json::from_str(&object.json).ok()?;
     let generation = value
         .pointer("/metadata/generation")
@@ -148,7 +157,7 @@ pub fn desired_status_except(
     };
     let conditions: Vec<Value> = [("Accepted", accepted), ("Programmed", programmed)]
         .into_iter()
-        .filter(|(t, _)| !plugin_types.contains(t))
+        .filter(|(t, _)| host_types.contains(t))
         .map(|(t, c)| condition(t, c))
         .collect();
     let status = json!({ "conditions": conditions });
@@ -422,6 +431,34 @@ mod tests {
         assert_eq!(c[0]["observedGeneration"], 3);
         assert_eq!(c[1]["type"], "Programmed");
         assert_eq!(c[1]["status"], "True");
+    }
+
+    #[test]
+    fn where_a_translator_gives_the_status_the_host_adds_only_programmed_and_only_beside_its_conditions()
+     {
+        let r = route(2, json!([]));
+        // The plugin set Accepted (a Gateway): the host adds Programmed.
+        let d = desired_status_except(&r, true, &[], None, Some(&["Accepted"])).unwrap();
+        let types: Vec<&str> = d.status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["Programmed"]);
+        // Fields only (an HTTPRoute's status.parents): the kind has no
+        // top-level conditions, the host writes none.
+        assert!(desired_status_except(&r, true, &[], None, Some(&[])).is_none());
+        // Nothing left for the host.
+        assert!(
+            desired_status_except(&r, true, &[], None, Some(&["Accepted", "Programmed"])).is_none()
+        );
+        // An Ingress keeps its addresses whatever a plugin says.
+        let addrs = vec!["10.0.0.9".to_string()];
+        assert!(
+            desired_status_except(&ingress(json!({})), true, &[], Some(&addrs), Some(&[]))
+                .is_some()
+        );
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn fingerprint(
     object: &Object,
     claimed: bool,
     diagnostics: &[&ir::Diagnostic],
-    plugin_types: &[&str],
+    plugin_types: Option<&[&str]>,
 ) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     plugin_types.hash(&mut h);
@@ -312,7 +312,7 @@ impl StatusWriter {
                     }
                 }
             }
-            let types = plugin_types.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let types = plugin_types.get(&key).map(Vec::as_slice);
             let print = fingerprint(object, *claimed, &diags, types);
             if out_of_tokens || self.evaluated.get(&key) == Some(&print) {
                 continue;
