@@ -162,14 +162,6 @@ impl Translations {
         self.roots.get(root).map(|s| &s.output)
     }
 
-    /// The outputs of `roots` (those that have one), in the order given.
-    pub fn contributors<'a>(
-        &'a self,
-        roots: impl Iterator<Item = &'a ObjectKey> + 'a,
-    ) -> impl Iterator<Item = (&'a ObjectKey, &'a RootOutput)> + 'a {
-        roots.filter_map(|k| self.output(k).map(|o| (k, o)))
-    }
-
     pub fn len(&self) -> usize {
         self.roots.len()
     }
