@@ -137,10 +137,6 @@ impl Isobar {
         std::fs::remove_file(self.dirs.manifests.path().join(name)).unwrap();
     }
 
-    fn install_plugin(&self, bytes: &[u8]) {
-        atomic_write(&self.dirs.plugins.path().join("plugin.wasm"), bytes);
-    }
-
     /// Replaces the policy the host was started with (see `with_policy`).
     fn install_policy(&self, bytes: &[u8]) {
         atomic_write(&self.dirs.plugins.path().join("policy.wasm"), bytes);
