@@ -16,12 +16,6 @@ stamp=$out.inputs
 
 command -v npm >/dev/null 2>&1 || { echo "canary-js: npm not found (Node.js 20+ is needed)" >&2; exit 1; }
 
-inputs=$( (find src ../../wit/plugin-0.2.wit -type f | LC_ALL=C sort; echo package.json package-lock.json build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
-if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
-    echo "canary-js: up to date: $out"
-    exit 0
-fi
-
 # Exactly the locked versions. Not `npm ci`: the registry these machines
 # reach lacks some other platforms' optional binaries (rolldown, jco-node-fs,
 # componentize-qjs bindings for darwin/win32/musl), so the lockfile cannot
@@ -37,6 +31,14 @@ if ! cmp -s package-lock.json node_modules/.isobar-package-lock.json; then
     fi
     rm package-lock.json.orig
     cp package-lock.json node_modules/.isobar-package-lock.json
+fi
+
+# node_modules first, even when the component is up to date: `npm test`
+# transpiles it with the same jco (a fresh clone reuses a cached component).
+inputs=$( (find src ../../wit/plugin-0.2.wit -type f | LC_ALL=C sort; echo package.json package-lock.json build.sh) | xargs sha256sum | sha256sum | cut -d' ' -f1)
+if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
+    echo "canary-js: up to date: $out"
+    exit 0
 fi
 
 mkdir -p "$(dirname "$out")"
