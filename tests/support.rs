@@ -582,6 +582,7 @@ pub mod cluster {
             ("discovery.k8s.io", _) => "discovery.k8s.io/v1",
             ("apps", _) => "apps/v1",
             ("cache.example.com", _) => "cache.example.com/v1alpha1",
+            ("isobar.dev", _) => "isobar.dev/v1alpha1",
             ("", _) => "v1",
             other => panic!("no version for {other:?}"),
         }

@@ -2,6 +2,7 @@
 //! components. The library is the product; `main` only wires it up.
 
 pub mod admin;
+pub mod catalog;
 pub mod certgen;
 pub mod controller;
 pub mod dump;
@@ -9,6 +10,7 @@ pub mod envoy;
 pub mod ir;
 pub mod latency;
 pub mod leader;
+pub mod oci;
 pub mod pipeline;
 pub mod plugin;
 pub mod policy;

@@ -260,6 +260,10 @@ enum Command {
         /// Where compiled plugins are cached (default: ~/.cache/isobar/components).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// In a cluster: also load the translators and policies that Plugin
+        /// objects (isobar.dev/v1alpha1) name, pulled from OCI by digest.
+        #[arg(long)]
+        follow_plugins: bool,
         /// Plugins, each file watched and hot-swapped alone.
         #[command(flatten)]
         plugins: PluginArgs,
@@ -335,6 +339,25 @@ enum PluginCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: Format,
     },
+    /// Push a plugin to an OCI registry in the Wasm OCI artifact layout;
+    /// prints the manifest digest (what a Plugin object pins).
+    Push {
+        path: PathBuf,
+        /// REGISTRY/REPO:TAG (or @sha256:...).
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
+    /// Pull a plugin from an OCI registry (digests checked) into a file;
+    /// prints the manifest digest.
+    Pull {
+        /// REGISTRY/REPO@sha256:... (or :TAG).
+        reference: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
     /// Create a plugin project that builds into a component and passes its
     /// own tests.
     New {
@@ -353,6 +376,32 @@ enum PluginCommand {
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
+}
+
+/// How `plugin push` and `plugin pull` reach a registry.
+#[derive(clap::Args)]
+struct RegistryFlags {
+    /// Plain HTTP (a registry on loopback); HTTPS is verified otherwise.
+    #[arg(long)]
+    insecure: bool,
+    /// Registry user (the password from ISOBAR_REGISTRY_PASSWORD).
+    #[arg(long, env = "ISOBAR_REGISTRY_USERNAME")]
+    username: Option<String>,
+}
+
+impl RegistryFlags {
+    fn access(self) -> isobar::oci::Access {
+        isobar::oci::Access {
+            insecure: self.insecure,
+            basic: self.username.map(|u| {
+                (
+                    u,
+                    std::env::var("ISOBAR_REGISTRY_PASSWORD").unwrap_or_default(),
+                )
+            }),
+            timeout: None,
+        }
+    }
 }
 
 fn print(value: &impl serde::Serialize, format: Format) -> anyhow::Result<()> {
@@ -461,6 +510,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             manifests,
             cluster,
             cache_dir,
+            follow_plugins,
             plugins,
             reconcilers,
             xds_listen,
@@ -489,6 +539,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if cache_dir.is_some() {
                 config.cache_dir = cache_dir;
             }
+            if follow_plugins && config.source.is_manifests() {
+                anyhow::bail!(
+                    "--follow-plugins follows Plugin objects in a cluster; serving manifests, pass --plugin and --policy"
+                );
+            }
+            config.follow_plugins = follow_plugins;
             config.xds_listen = xds_listen;
             config.admin_listen = admin_listen;
             config.xds_allow_insecure = xds_allow_insecure;
@@ -505,6 +561,44 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let runtime = load::runtime(Limits::default())?;
             print(&load::inspect_file(&runtime, &path)?, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Push {
+                    path,
+                    reference,
+                    registry,
+                },
+        } => {
+            let runtime = load::runtime(Limits::default())?;
+            let tokio = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let digest = tokio.block_on(load::push_file(
+                &runtime,
+                &path,
+                &reference,
+                &registry.access(),
+            ))?;
+            println!("{digest}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Pull {
+                    reference,
+                    output,
+                    registry,
+                },
+        } => {
+            let runtime = load::runtime(Limits::default())?;
+            let tokio = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let digest = tokio.block_on(load::pull_file(
+                &runtime,
+                &reference,
+                &registry.access(),
+                &output,
+            ))?;
+            println!("{digest}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin {

@@ -3,4 +3,5 @@
 
 pub mod backends;
 pub mod envoy;
+pub mod registry;
 pub mod venv;

@@ -13,7 +13,10 @@
 //! In the cluster the first snapshot waits until every watch has listed
 //! once, so `/readyz` means "serving what the cluster holds".
 
+mod catalog;
 mod swap;
+
+pub use catalog::CatalogState;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -45,6 +48,8 @@ pub enum Input {
     Objects(SourceUpdate),
     /// Writes of the in-memory API server (reconcilers serving manifests).
     Written(Vec<Event>),
+    /// A Plugin object's artifact, fetched (or not).
+    Fetched(crate::catalog::Fetched),
     /// Shut down.
     Stop,
 }
@@ -81,6 +86,8 @@ struct Batch {
     configs: BTreeSet<String>,
     /// Reconciler files that may have changed, by index.
     reconcilers: BTreeSet<usize>,
+    /// Plugin objects' artifacts.
+    fetched: Vec<crate::catalog::Fetched>,
     rescan: bool,
     stop: bool,
 }
@@ -118,6 +125,10 @@ impl Batch {
             Input::Written(events) => {
                 self.first_at.get_or_insert_with(Instant::now);
                 self.objects.extend(events);
+            }
+            Input::Fetched(f) => {
+                self.first_at.get_or_insert_with(Instant::now);
+                self.fetched.push(f);
             }
             Input::Stop => self.stop = true,
         }
@@ -208,6 +219,8 @@ pub struct Controller {
     roots_published: Option<(Vec<String>, u64)>,
     /// The plugin a configuration swap under way concerns.
     swapping: Option<String>,
+    /// Plugin objects, when the host follows them.
+    catalog: Option<CatalogState>,
 }
 
 /// What a [`Controller`] is built from.
@@ -222,6 +235,8 @@ pub struct Parts {
     pub origin: Origin,
     pub prescanned: Option<Vec<Event>>,
     pub reconcilers: Option<Reconcilers>,
+    /// Follow Plugin objects (in a cluster).
+    pub catalog: Option<CatalogState>,
 }
 
 impl Controller {
@@ -242,6 +257,7 @@ impl Controller {
             reconcilers: parts.reconcilers,
             roots_published: None,
             swapping: None,
+            catalog: parts.catalog,
         }
     }
 
@@ -300,6 +316,9 @@ impl Controller {
         let mut needed = self.kinds.clone();
         if let Some(r) = &self.reconcilers {
             needed.extend(r.kinds.iter().cloned());
+        }
+        if self.catalog.is_some() {
+            needed.insert(crate::catalog::kind());
         }
         loop {
             let Origin::Cluster(cluster) = &mut self.origin else {
@@ -376,6 +395,7 @@ impl Controller {
             "first snapshot built"
         );
         self.log_unread_kinds();
+        self.follow_all_plugins();
     }
 
     /// Applies source events to the store, except those of the in-memory
@@ -432,6 +452,7 @@ impl Controller {
         }
         let mut changes = events.map(|e| self.ingest(e)).unwrap_or_default();
         changes.extend(self.writer.apply_all(batch.objects));
+        let mut round_done = None;
         if changes.is_empty() {
             // Nothing the store holds changed; errors may have.
             self.publish_problems();
@@ -450,8 +471,16 @@ impl Controller {
                 "objects applied"
             );
             self.after_round(at, self.trigger());
+            round_done = Some(round);
+        }
+        if let Some(round) = &round_done {
+            self.watch_probation(round, at);
         }
         self.swap_when_synced();
+        self.follow_plugins(&changes, at);
+        for f in batch.fetched {
+            self.plugin_fetched(f, at);
+        }
         self.swap_all(&batch.plugins, &batch.configs, at);
         self.swap_reconcilers(batch.reconcilers);
     }
@@ -563,7 +592,9 @@ impl Controller {
                 .set_manifest_errors(set.errors().iter().map(ManifestProblem::from).collect());
         }
         self.report.set_diagnostics(self.pipeline.diagnostic_set());
-        self.report.set_statuses(self.pipeline.statuses());
+        let mut statuses = self.pipeline.statuses();
+        statuses.extend(self.plugin_statuses());
+        self.report.set_statuses(statuses);
     }
 }
 

@@ -27,6 +27,8 @@ pub(super) struct Pending {
     source: String,
     at: Option<Instant>,
     kinds: HashSet<KindKey>,
+    /// The Plugin object's swap this is, if one.
+    catalog: Option<super::catalog::Swapping>,
 }
 
 impl Controller {
@@ -42,6 +44,9 @@ impl Controller {
             && let Some(p) = cluster.pending.take()
         {
             info!(plugin = %p.source, "the kinds the new plugins read have synced");
+            if let Some(c) = &mut self.catalog {
+                c.swapping = p.catalog;
+            }
             self.commit_swap(
                 p.plugins,
                 p.source,
@@ -172,7 +177,7 @@ impl Controller {
 
     /// In the cluster, waits for the watches of kinds the candidate adds;
     /// then (or at once) the dry run and the swap.
-    fn try_swap(
+    pub(super) fn try_swap(
         &mut self,
         plugins: Plugins,
         source: String,
@@ -198,6 +203,7 @@ impl Controller {
                     source,
                     at,
                     kinds,
+                    catalog: self.catalog.as_mut().and_then(|c| c.swapping.take()),
                 });
                 return;
             }
@@ -205,11 +211,18 @@ impl Controller {
         self.commit_swap(plugins, source, digest, at, started, compiled);
     }
 
+    /// Kinds watched beside the plugins': the reconcilers', and Plugin
+    /// objects when followed.
     fn reconciler_kinds(&self) -> HashSet<KindKey> {
-        self.reconcilers
+        let mut kinds = self
+            .reconcilers
             .as_ref()
             .map(|r| r.kinds.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.catalog.is_some() {
+            kinds.insert(crate::catalog::kind());
+        }
+        kinds
     }
 
     /// Runs the whole current store through `plugins`, off to the side
@@ -230,7 +243,9 @@ impl Controller {
         next.continue_after(old_version);
         let round = next.rebuild();
         self.observe_round(&round);
-        if round.translation.failures > 0 {
+        // A rollback goes back to the version that served before: the
+        // input it fails on now is reported as any failure is.
+        if round.translation.failures > 0 && !self.rolling_back() {
             let failed: Vec<String> = next
                 .diagnostics()
                 .into_iter()
@@ -295,6 +310,7 @@ impl Controller {
         // Once its snapshot is out: whoever sees the new plugin sees it.
         self.report.plugins_loaded(&plugins);
         self.log_unread_kinds();
+        self.plugin_swap_done(None);
     }
 
     fn reject(&mut self, source: String, digest: Option<String>, reason: &str, message: String) {
@@ -310,7 +326,8 @@ impl Controller {
             source,
             digest: digest.map(|d| format!("sha256:{d}")),
             reason: reason.to_string(),
-            message,
+            message: message.clone(),
         });
+        self.plugin_swap_done(Some((reason, &message)));
     }
 }

@@ -177,3 +177,37 @@ pub fn inspect_file(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection
         info,
     })
 }
+
+/// `isobar plugin push`: checks that the file is a plugin of this
+/// contract, then pushes it; the manifest digest.
+pub async fn push_file(
+    runtime: &Runtime,
+    path: &Path,
+    reference: &str,
+    access: &crate::oci::Access,
+) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let interface = runtime
+        .interface(&bytes)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("loading plugin {}", path.display()))?;
+    Ok(crate::oci::push(&bytes, &interface, reference, access).await?)
+}
+
+/// `isobar plugin pull`: pulls (digests checked), checks that it is a
+/// plugin of this contract, writes it to `out`; the manifest digest.
+pub async fn pull_file(
+    runtime: &Runtime,
+    reference: &str,
+    access: &crate::oci::Access,
+    out: &Path,
+) -> anyhow::Result<String> {
+    let pulled = crate::oci::pull(reference, access, None, false).await?;
+    runtime
+        .identify(&pulled.bytes)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("{reference} is not an Isobar plugin"))?;
+    std::fs::write(out, &pulled.bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(pulled.manifest_digest)
+}

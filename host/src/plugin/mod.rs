@@ -62,7 +62,7 @@ impl Version {
 }
 
 /// What a component is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum World {
     Translator,
@@ -394,6 +394,34 @@ impl Runtime {
             .get_or_compile(&self.shared.engine, &digest, bytes)?;
         identify(&self.shared.engine, &component)
     }
+
+    /// The names a component imports and exports (what the Wasm OCI
+    /// artifact's config lists), with its contract and world.
+    pub fn interface(&self, bytes: &[u8]) -> Result<Interface, PluginError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self
+            .shared
+            .cache
+            .get_or_compile(&self.shared.engine, &digest, bytes)?;
+        let (version, world) = identify(&self.shared.engine, &component)?;
+        let ty = component.component_type();
+        let engine = &self.shared.engine;
+        Ok(Interface {
+            version,
+            world,
+            imports: ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
+            exports: ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
+        })
+    }
+}
+
+/// A component's outside, as [`Runtime::interface`] reads it.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub version: Version,
+    pub world: World,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
 }
 
 fn mismatch(e: wasmtime::Error) -> PluginError {

@@ -53,6 +53,12 @@ pub enum Source {
     Cluster(ClusterConnection),
 }
 
+impl Source {
+    pub fn is_manifests(&self) -> bool {
+        matches!(self, Source::Manifests(_))
+    }
+}
+
 /// What `isobar serve` needs of a cluster.
 #[derive(Clone)]
 pub struct ClusterConnection {
@@ -114,6 +120,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where compiled components are cached (None: in memory only).
     pub cache_dir: Option<PathBuf>,
+    /// In a cluster: load the plugins Plugin objects (`isobar.dev`) name,
+    /// beside the flags'.
+    pub follow_plugins: bool,
     pub debounce: Debounce,
     /// When set, the first snapshot is not built until the gate opens: the
     /// ports answer (`/readyz` says 503) meanwhile. For tests and start-up
@@ -190,6 +199,7 @@ impl Config {
             round_stall: None,
             limits: Limits::default(),
             cache_dir: crate::plugin::load::default_cache_dir(),
+            follow_plugins: false,
             debounce: Debounce::default(),
             first_build_gate: None,
         }
@@ -560,13 +570,36 @@ impl Server {
             }
         });
         let mut writeback = None;
+        let catalog = match &config.source {
+            Source::Cluster(cluster) if config.follow_plugins => {
+                let sink = inputs.clone();
+                let (fetcher, task) = crate::catalog::Fetcher::start(
+                    cluster.client.clone(),
+                    config
+                        .cache_dir
+                        .as_ref()
+                        .map(|d| crate::oci::BlobCache::new(d.join("oci"))),
+                    None,
+                    move |f| {
+                        let _ = sink.send(Input::Fetched(f));
+                    },
+                );
+                tasks.push(task);
+                Some(controller::CatalogState::new(fetcher))
+            }
+            _ => None,
+        };
+        let mut watched_beside = reconciler_kinds.clone();
+        if catalog.is_some() {
+            watched_beside.insert(crate::catalog::kind());
+        }
         let (origin, prescanned) = origin(
             &config,
             &watched,
             prescanned,
             memory_api.clone().map(|m| (m, reconciler_kinds.clone())),
             &plugins,
-            &reconciler_kinds,
+            &watched_beside,
             &inputs,
             &report,
             stopped(&stop),
@@ -584,6 +617,7 @@ impl Server {
             origin,
             prescanned,
             reconcilers: reconciler_link,
+            catalog,
         });
         let gate = config.first_build_gate.clone();
         let wait = gate.clone();

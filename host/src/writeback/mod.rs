@@ -458,15 +458,23 @@ impl StatusWriter {
         manager: &str,
         force: bool,
     ) -> Result<(), kube::Error> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &object.namespace,
-            &crate::resource::api_resource(&object.api_version, &object.kind),
-        );
+        let resource = crate::resource::api_resource(&object.api_version, &object.kind);
+        // Cluster-scoped kinds (GatewayClass, Plugin) have no namespace.
+        let (api, metadata): (Api<DynamicObject>, _) = if object.namespace.is_empty() {
+            (
+                Api::all_with(self.client.clone(), &resource),
+                serde_json::json!({"name": object.name}),
+            )
+        } else {
+            (
+                Api::namespaced_with(self.client.clone(), &object.namespace, &resource),
+                serde_json::json!({"name": object.name, "namespace": object.namespace}),
+            )
+        };
         let body = serde_json::json!({
             "apiVersion": object.api_version,
             "kind": object.kind,
-            "metadata": {"name": object.name, "namespace": object.namespace},
+            "metadata": metadata,
             "status": desired.status,
         });
         let params = PatchParams::apply(manager);
