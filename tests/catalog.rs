@@ -15,7 +15,9 @@ use isobar::testing::fake_api::FakeApi;
 use isobar::writeback::WritebackConfig;
 use isobar_tests::ads::*;
 use isobar_tests::cluster::*;
+use isobar_tests::harness::envoy::{Bootstrap, Envoy, Ports};
 use isobar_tests::harness::registry::Registry;
+use isobar_tests::harness::venv;
 use isobar_tests::*;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -556,4 +558,70 @@ async fn failures_past_the_threshold_roll_the_plugin_back_and_say_so() {
     envoy
         .until("version 1 again", |h| tag(h).as_deref() == Some("v1"))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_output_envoy_rejects_is_rolled_back_and_envoy_serves_the_one_before() {
+    const TEST: &str = "a_version_whose_output_envoy_rejects_is_rolled_back";
+    let registry = registry_or_skip!(TEST);
+    let ports = match tokio::task::spawn_blocking(Envoy::binary).await.unwrap() {
+        Ok(_) => Ports::lock().await,
+        Err(why) => {
+            venv::skipped(TEST, &format!("no Envoy binary: {why}"));
+            return;
+        }
+    };
+    let pinned = push(&registry, "isobar-plugin-faults-policy", "team/tagger:1.0").await;
+    let f = Fixture::start(None).await;
+    f.sync(&[plugin_object(
+        "tagger",
+        1,
+        policy_spec(&pinned, json!({"tag": "v1"})),
+        20,
+    )])
+    .await;
+    f.wait("version 1", |r| has(r, "tagger", "Ready", "True", "Loaded"))
+        .await;
+    let mut envoy = Envoy::start(&ports, Bootstrap::local(f.server.xds_addr(), "envoy-nack")).await;
+    envoy.ready().await;
+    let serves = |tag: &'static str| {
+        async move |e: &Envoy| {
+            e.route_configs()
+                .await
+                .values()
+                .any(|rc| rc.to_string().contains(&format!("\"{tag}\"")))
+        }
+    };
+    envoy.until("version 1 in Envoy", serves("v1")).await;
+
+    // Version 2's output is one Envoy refuses (a header value over its
+    // 16 KiB limit, which isobar does not check): Envoy NACKs it, and the
+    // host rolls the Plugin back on its own.
+    let long = "x".repeat(17 * 1024);
+    f.script.apply(&plugin_object(
+        "tagger",
+        2,
+        policy_spec(&pinned, json!({"tag": long})),
+        21,
+    ));
+    envoy
+        .until("Envoy's rejection", async |e| e.rejected().await >= 1)
+        .await;
+    f.wait("RolledBack", |r| {
+        has(r, "tagger", "Degraded", "True", "RolledBack")
+    })
+    .await;
+    let (_, _, _, why) = conditions(f.server.report(), "tagger")
+        .into_iter()
+        .find(|c| c.0 == "Degraded")
+        .unwrap();
+    assert!(why.contains("rejected snapshot"), "{why}");
+    // What the host serves, and Envoy after it, is version 1 again.
+    let mut ads = Sotw::open_envoy(f.server.xds_addr(), "envoy-check").await;
+    ads.until("version 1 from the host", |h| {
+        tag(h).as_deref() == Some("v1")
+    })
+    .await;
+    envoy.until("version 1 in Envoy still", serves("v1")).await;
+    assert!(envoy.running(), "Envoy kept running");
 }

@@ -260,15 +260,18 @@ impl Record {
 #[derive(Clone, Debug)]
 pub struct Probation {
     pub since: Instant,
+    /// The first snapshot version with this version's output.
+    pub snapshot: u64,
     pub window: Duration,
     pub threshold: u64,
     pub failures: u64,
 }
 
 impl Probation {
-    pub fn new(rollback: &RollbackSpec) -> Self {
+    pub fn new(rollback: &RollbackSpec, snapshot: u64) -> Self {
         Probation {
             since: Instant::now(),
+            snapshot,
             window: Duration::from_secs(rollback.window_seconds),
             threshold: rollback.failures.max(1),
             failures: 0,

@@ -407,9 +407,11 @@ impl Controller {
                 record.ready = Some((true, "Loaded".into(), serving));
                 record.degraded = Some((false, "AsExpected".into(), String::new()));
                 record.loaded = Some(info);
+                let snapshot = self.pipeline.snapshot().version;
+                let Some(cat) = &mut self.catalog else { return };
                 cat.probation.insert(
                     s.object.clone(),
-                    (Probation::new(&owned.rollback), previous),
+                    (Probation::new(&owned.rollback, snapshot), previous),
                 );
                 cat.owned.insert(s.object, owned);
             }
@@ -489,9 +491,45 @@ impl Controller {
         }
     }
 
-    fn roll_back(&mut self, name: &str, at: Option<Instant>) {
+    /// A data plane rejected snapshot `version`: a version on probation
+    /// whose output it carried (swapped at or before it) is rolled back.
+    /// Other objects' changes in the same snapshot are held back by NACK
+    /// containment; a plugin swap changes every host it touches at once,
+    /// so the plugin is the suspect.
+    pub(super) fn plugin_output_rejected(
+        &mut self,
+        version: u64,
+        message: &str,
+        at: Option<Instant>,
+    ) {
         let Some(cat) = &mut self.catalog else { return };
-        let Some((probation, previous)) = cat.probation.remove(name) else {
+        cat.probation.retain(|_, (p, _)| !p.over());
+        let due: Vec<String> = cat
+            .probation
+            .iter()
+            .filter(|(_, (p, _))| p.snapshot <= version)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let why = format!("a data plane rejected snapshot {version}, built with it: {message}");
+            self.roll_back_because(&name, why, at);
+        }
+    }
+
+    fn roll_back(&mut self, name: &str, at: Option<Instant>) {
+        let why = match self.catalog.as_ref().and_then(|c| c.probation.get(name)) {
+            Some((p, _)) => format!(
+                "{} call failures within {:?} of the swap (threshold {})",
+                p.failures, p.window, p.threshold
+            ),
+            None => return,
+        };
+        self.roll_back_because(name, why, at);
+    }
+
+    fn roll_back_because(&mut self, name: &str, why: String, at: Option<Instant>) {
+        let Some(cat) = &mut self.catalog else { return };
+        let Some((_, previous)) = cat.probation.remove(name) else {
             return;
         };
         let Some(owned) = cat.owned.get(name).cloned() else {
@@ -503,10 +541,6 @@ impl Controller {
             cat.rolled_back
                 .insert(name.to_string(), (*g, l.digest.clone()));
         }
-        let why = format!(
-            "{} call failures within {:?} of the swap (threshold {})",
-            probation.failures, probation.window, probation.threshold
-        );
         warn!(plugin = %name, reason = "RolledBack", why = %why, "rolling a Plugin back");
         let mut plugins = self.pipeline.plugins();
         let Some((i, _)) = take_entry(&mut plugins, owned.world, &owned.declared) else {

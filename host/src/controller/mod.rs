@@ -50,6 +50,9 @@ pub enum Input {
     Written(Vec<Event>),
     /// A Plugin object's artifact, fetched (or not).
     Fetched(crate::catalog::Fetched),
+    /// A data plane rejected snapshot `version` (Plugin objects on
+    /// probation roll back).
+    Nacked { version: u64, message: String },
     /// Shut down.
     Stop,
 }
@@ -88,6 +91,8 @@ struct Batch {
     reconcilers: BTreeSet<usize>,
     /// Plugin objects' artifacts.
     fetched: Vec<crate::catalog::Fetched>,
+    /// Snapshot versions a data plane rejected, with why.
+    nacked: Vec<(u64, String)>,
     rescan: bool,
     stop: bool,
 }
@@ -129,6 +134,10 @@ impl Batch {
             Input::Fetched(f) => {
                 self.first_at.get_or_insert_with(Instant::now);
                 self.fetched.push(f);
+            }
+            Input::Nacked { version, message } => {
+                self.first_at.get_or_insert_with(Instant::now);
+                self.nacked.push((version, message));
             }
             Input::Stop => self.stop = true,
         }
@@ -475,6 +484,9 @@ impl Controller {
         }
         if let Some(round) = &round_done {
             self.watch_probation(round, at);
+        }
+        for (version, message) in batch.nacked {
+            self.plugin_output_rejected(version, &message, at);
         }
         self.swap_when_synced();
         self.follow_plugins(&changes, at);

@@ -213,7 +213,13 @@ pub struct Report {
     /// how long a round may run before the host calls itself stuck.
     round: Mutex<Option<Instant>>,
     stall_after: Mutex<Option<Duration>>,
+    /// Told of every NACK (the controller, which rolls back a Plugin
+    /// whose output a data plane rejects).
+    nack_listener: Mutex<Option<NackListener>>,
 }
+
+/// See [`Report::on_nack`].
+pub type NackListener = Box<dyn Fn(&NackRecord) + Send + Sync>;
 
 impl Report {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
@@ -229,7 +235,13 @@ impl Report {
             published: Mutex::new(VecDeque::new()),
             round: Mutex::new(None),
             stall_after: Mutex::new(None),
+            nack_listener: Mutex::new(None),
         }
+    }
+
+    /// Calls `listener` with every NACK recorded from now on.
+    pub fn on_nack(&self, listener: NackListener) {
+        *self.nack_listener.lock() = Some(listener);
     }
 
     /// A round running longer than `limit` makes the host unhealthy until
@@ -668,6 +680,9 @@ impl Report {
     }
 
     pub fn record_nack(&self, nack: NackRecord) {
+        if let Some(listener) = &*self.nack_listener.lock() {
+            listener(&nack);
+        }
         self.inner
             .write()
             .nacks

@@ -585,6 +585,15 @@ impl Server {
                     },
                 );
                 tasks.push(task);
+                let sink = inputs.clone();
+                report.on_nack(Box::new(move |nack| {
+                    if let Ok(version) = nack.version.parse() {
+                        let _ = sink.send(Input::Nacked {
+                            version,
+                            message: nack.message.clone(),
+                        });
+                    }
+                }));
                 Some(controller::CatalogState::new(fetcher))
             }
             _ => None,
