@@ -11,7 +11,7 @@ TEST_VENV := $(TARGET_DIR)/test-venv
 # (off loopback, xDS without mTLS is refused unless allowed: SDS carries keys).
 SERVE_FLAGS ?=
 
-.PHONY: all plugins plugins-js plugins-py build run serve translate test test-venv interop-venv bench fmt fuzz
+.PHONY: all plugins plugins-js plugins-py build run serve translate test test-venv interop-venv registry bench fmt fuzz
 
 all: build
 
@@ -78,9 +78,20 @@ test-venv:
 
 interop-venv: test-venv
 
+## registry: Debian's docker-registry (CNCF Distribution 2.8), which the OCI
+## tests (tests/catalog.rs) start on loopback; installed when missing and
+## apt-get can, otherwise those tests say SKIPPED.
+registry:
+	@if [ -n "$$ISOBAR_REGISTRY" ] || [ -x /usr/bin/docker-registry ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null \
+		|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null) \
+		|| echo "WARNING: docker-registry does not install here: the OCI registry tests will be SKIPPED"; \
+	else echo "WARNING: no docker-registry and no root apt-get: the OCI registry tests will be SKIPPED (ISOBAR_REGISTRY=/path/to/registry runs them)"; fi
+
 ## test: every test in the workspace, against the real plugin components
 ## (gRPC's own xDS client and a real Envoy, from the test venv)
-test: plugins test-venv
+test: plugins test-venv registry
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-js; \
 	else echo "WARNING: npm not found: the JavaScript plugin test will be SKIPPED"; fi
 	@if command -v python3 >/dev/null 2>&1; then $(MAKE) --no-print-directory plugins-py; \

@@ -625,3 +625,190 @@ async fn a_version_whose_output_envoy_rejects_is_rolled_back_and_envoy_serves_th
     envoy.until("version 1 in Envoy still", serves("v1")).await;
     assert!(envoy.running(), "Envoy kept running");
 }
+
+/// A "registry" on loopback that answers every request with what
+/// `answer` gives for its path (status, body), as a hostile or broken one
+/// would; with `silent`, it accepts connections and never answers.
+async fn fake_registry(
+    silent: bool,
+    answer: fn(&str) -> (u16, String),
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            if silent {
+                held.push(conn);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let (status, body) = answer(&path);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (host, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_serves_other_bytes_for_a_digest_is_refused_with_digest_mismatch() {
+    let (host, _task) = fake_registry(false, |path| {
+        if path.contains("/manifests/") {
+            // A well-formed Wasm manifest, but not the one the digest names.
+            (
+                200,
+                json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": format!("sha256:{}", "1".repeat(64)), "size": 2},
+                       "layers": [{"mediaType": "application/wasm", "digest": format!("sha256:{}", "2".repeat(64)), "size": 8}]})
+                    .to_string(),
+            )
+        } else {
+            (200, "{}".into())
+        }
+    })
+    .await;
+    let reference = format!("{host}/team/tagger@sha256:{}", "3".repeat(64));
+    let access = Access {
+        insecure: true,
+        ..Access::default()
+    };
+    let err = isobar::oci::pull(&reference, &access, None, true)
+        .await
+        .expect_err("the bytes are not the digest's");
+    assert_eq!(err.reason(), "DigestMismatch", "{err}");
+
+    // Through a Plugin object: refused with that reason, nothing loaded.
+    let f = Fixture::start(None).await;
+    f.sync(&[plugin_object(
+        "tagger",
+        1,
+        policy_spec(&reference, json!({})),
+        20,
+    )])
+    .await;
+    f.wait("DigestMismatch", |r| {
+        has(r, "tagger", "Accepted", "False", "DigestMismatch")
+    })
+    .await;
+    assert!(
+        f.server
+            .report()
+            .plugins()
+            .iter()
+            .all(|p| p.world != "policy")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_answers_garbage_or_nothing_fails_the_pull_within_its_deadline() {
+    let access = Access {
+        insecure: true,
+        timeout: Some(std::time::Duration::from_secs(2)),
+        ..Access::default()
+    };
+    let digest = format!("sha256:{}", "3".repeat(64));
+    let (garbage, _g) = fake_registry(false, |_| (200, "\u{1}not json at all".into())).await;
+    let err = isobar::oci::pull(&format!("{garbage}/team/t@{digest}"), &access, None, true)
+        .await
+        .expect_err("garbage is no manifest");
+    assert!(
+        matches!(
+            err.reason(),
+            "PullFailed" | "DigestMismatch" | "ContractMismatch"
+        ),
+        "{err}"
+    );
+    let (silent, _s) = fake_registry(true, |_| (200, String::new())).await;
+    let err = isobar::oci::pull(&format!("{silent}/team/t@{digest}"), &access, None, true)
+        .await
+        .expect_err("no answer");
+    assert_eq!(err.reason(), "PullFailed", "{err}");
+    assert!(err.to_string().contains("no answer within"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_artifacts_use_the_wasm_oci_layout_and_pull_back_identical() {
+    let registry = registry_or_skip!("pushed_artifacts_use_the_wasm_oci_layout");
+    let pinned = push(&registry, "isobar-plugin-faults-policy", "team/tagger:1.0").await;
+    // The manifest as any OCI client reads it, over plain HTTP.
+    let (_, digest) = pinned.rsplit_once('@').unwrap();
+    let manifest: Value = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(&registry.host)
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /v2/team/tagger/manifests/{digest} HTTP/1.0\r\nHost: {}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n",
+            registry.host
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0]["mediaType"], "application/wasm");
+
+    let access = Access {
+        insecure: true,
+        ..Access::default()
+    };
+    // By tag, as `isobar plugin pull` allows; the host requires the digest.
+    let tagged = registry.reference("team/tagger:1.0");
+    let pulled = isobar::oci::pull(&tagged, &access, None, false)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, digest);
+    assert_eq!(
+        pulled.bytes,
+        std::fs::read(plugin_path("isobar-plugin-faults-policy")).unwrap()
+    );
+    let err = isobar::oci::pull(&tagged, &access, None, true)
+        .await
+        .expect_err("a tag is not a pin");
+    assert_eq!(err.reason(), "InvalidReference");
+}
+
+#[test]
+fn registry_credentials_come_from_a_dockerconfigjson() {
+    let config = json!({"auths": {
+        "https://registry.example.com": {"auth": "dXNlcjpwYXNzOndvcmQ="},
+        "other.example.com:5000": {"username": "u", "password": "p"},
+    }});
+    let bytes = serde_json::to_vec(&config).unwrap();
+    assert_eq!(
+        isobar::oci::docker_config_auth(&bytes, "registry.example.com").unwrap(),
+        Some(("user".into(), "pass:word".into()))
+    );
+    assert_eq!(
+        isobar::oci::docker_config_auth(&bytes, "other.example.com:5000").unwrap(),
+        Some(("u".into(), "p".into()))
+    );
+    assert_eq!(
+        isobar::oci::docker_config_auth(&bytes, "elsewhere.example.com").unwrap(),
+        None
+    );
+    assert!(isobar::oci::docker_config_auth(b"{", "x").is_err());
+}
