@@ -99,11 +99,17 @@ struct Fixture {
 
 impl Fixture {
     async fn start(writeback: Option<Writeback>) -> Fixture {
+        Self::start_with(writeback, None).await
+    }
+
+    /// With `client`, the API the host reads pull Secrets and ConfigMaps
+    /// from.
+    async fn start_with(writeback: Option<Writeback>, client: Option<kube::Client>) -> Fixture {
         let script = Arc::new(Script::default());
         let cluster = ClusterConnection {
             watches: script.clone(),
             writeback,
-            client: None,
+            client,
         };
         let plugin_dir = tempfile::tempdir().unwrap();
         let plugin = plugin_dir.path().join("plugin.wasm");
@@ -254,6 +260,18 @@ async fn a_pushed_policy_goes_live_when_its_plugin_object_is_applied_and_the_lea
         Some(json!("isobar:plugin@0.2.0"))
     );
     assert_eq!(status_field(r, "tagger", "world"), Some(json!("policy")));
+    for stage in [
+        "pullMillis",
+        "compileMillis",
+        "swapMillis",
+        "calls",
+        "failures",
+    ] {
+        assert!(
+            status_field(r, "tagger", stage).is_some_and(|v| v.is_u64()),
+            "{stage}"
+        );
+    }
     assert!(
         r.plugins()
             .iter()
@@ -811,4 +829,90 @@ fn registry_credentials_come_from_a_dockerconfigjson() {
         None
     );
     assert!(isobar::oci::docker_config_auth(b"{", "x").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_key_with_its_digest_carries_a_plugin_without_a_registry() {
+    use base64::Engine as _;
+    let bytes = std::fs::read(plugin_path("isobar-plugin-faults-policy")).unwrap();
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let configmap = |data: &[u8]| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "plugins", "namespace": "isobar-system"},
+               "binaryData": {"tagger.wasm": base64::engine::general_purpose::STANDARD.encode(data)}})
+    };
+    let (api, client) = FakeApi::start([(
+        "/api/v1/namespaces/isobar-system/configmaps/plugins",
+        configmap(&bytes),
+    )]);
+    let f = Fixture::start_with(None, Some(client)).await;
+    let spec = |sha: &str, tag: &str| {
+        json!({"world": "policy", "order": 1, "config": {"tag": tag},
+               "source": {"configMap": {"namespace": "isobar-system", "name": "plugins", "key": "tagger.wasm"},
+                          "sha256": sha}})
+    };
+    f.sync(&[plugin_object("tagger", 1, spec(&digest, "cm"), 20)])
+        .await;
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-1").await;
+    envoy
+        .until("the policy from the ConfigMap", |h| {
+            tag(h).as_deref() == Some("cm")
+        })
+        .await;
+    assert_eq!(
+        status_field(f.server.report(), "tagger", "digest"),
+        Some(json!(format!("sha256:{digest}")))
+    );
+
+    // The key's bytes change under the same Plugin: they are not what it
+    // pins, so they are refused and the loaded version keeps serving.
+    api.insert(
+        "/api/v1/namespaces/isobar-system/configmaps/plugins",
+        configmap(b"\0asm not this"),
+    );
+    f.script
+        .apply(&plugin_object("tagger", 2, spec(&digest, "cm2"), 21));
+    f.wait("DigestMismatch", |r| {
+        has(r, "tagger", "Accepted", "False", "DigestMismatch")
+            && has(r, "tagger", "Degraded", "True", "DigestMismatch")
+    })
+    .await;
+    assert_eq!(tag(&envoy.held).as_deref(), Some("cm"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_translator_claiming_a_root_kind_already_served_is_refused() {
+    let registry = registry_or_skip!("a_translator_claiming_a_root_kind_already_served");
+    // The host serves Ingress with its --plugin; a Plugin object brings a
+    // second Ingress translator.
+    let pinned = push(&registry, "isobar-plugin-ingress", "team/ingress:1.0").await;
+    let f = Fixture::start(None).await;
+    f.sync(&[plugin_object(
+        "tagger",
+        1,
+        json!({"world": "translator", "source": {"oci": pinned, "insecure": true}}),
+        20,
+    )])
+    .await;
+    f.wait("RootKindClaimed", |r| {
+        has(r, "tagger", "Accepted", "False", "RootKindClaimed")
+    })
+    .await;
+    let (_, _, _, message) = conditions(f.server.report(), "tagger")
+        .into_iter()
+        .find(|c| c.0 == "Accepted")
+        .unwrap();
+    assert!(message.contains("Ingress"), "{message}");
+    assert_eq!(
+        f.server
+            .report()
+            .plugins()
+            .iter()
+            .filter(|p| p.world == "translator")
+            .count(),
+        1
+    );
 }

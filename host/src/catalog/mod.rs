@@ -193,7 +193,14 @@ pub struct Record {
     pub ready: Option<(bool, String, String)>,
     pub degraded: Option<(bool, String, String)>,
     pub loaded: Option<LoadedInfo>,
+    /// Calls and failed calls of the loaded version, refreshed at most
+    /// once per [`COUNTERS_EVERY`] (a status write per round would be a
+    /// write per object change).
+    pub counters: Option<(u64, u64)>,
 }
+
+/// How often the counters in Plugin statuses are refreshed.
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(60);
 
 /// The version that serves.
 #[derive(Clone, Debug, PartialEq)]
@@ -203,6 +210,11 @@ pub struct LoadedInfo {
     pub contract: String,
     pub world: World,
     pub compile_millis: u64,
+    /// Fetching the artifact (0 from the cache).
+    pub pull_millis: u64,
+    /// From compiled to published: the dry run over the whole store and
+    /// the new snapshot.
+    pub swap_millis: u64,
     pub last_swap_time: String,
 }
 
@@ -236,7 +248,13 @@ impl Record {
             fields["contract"] = json!(l.contract);
             fields["world"] = json!(l.world.as_str());
             fields["compileMillis"] = json!(l.compile_millis);
+            fields["pullMillis"] = json!(l.pull_millis);
+            fields["swapMillis"] = json!(l.swap_millis);
             fields["lastSwapTime"] = json!(l.last_swap_time);
+        }
+        if let Some((calls, failures)) = self.counters {
+            fields["calls"] = json!(calls);
+            fields["failures"] = json!(failures);
         }
         StatusOf {
             object: object.clone(),

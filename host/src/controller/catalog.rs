@@ -32,6 +32,8 @@ pub struct CatalogState {
     probation: BTreeMap<String, (Probation, Option<Entry>)>,
     /// The swap under way.
     pub(super) swapping: Option<Swapping>,
+    /// When the counters in the statuses were last refreshed.
+    counted_at: Option<Instant>,
 }
 
 impl CatalogState {
@@ -44,6 +46,7 @@ impl CatalogState {
             rolled_back: BTreeMap::new(),
             probation: BTreeMap::new(),
             swapping: None,
+            counted_at: None,
         }
     }
 }
@@ -66,6 +69,8 @@ enum Entry {
 pub(super) struct Swapping {
     object: String,
     what: Swap,
+    /// When the dry run started.
+    started: Instant,
 }
 
 enum Swap {
@@ -328,6 +333,12 @@ impl Controller {
             contract: version.contract(),
             world,
             compile_millis: compiled.as_millis() as u64,
+            pull_millis: if artifact.cached {
+                0
+            } else {
+                artifact.took.as_millis() as u64
+            },
+            swap_millis: 0,
             last_swap_time: String::new(),
         };
         let swap = Swap::Load {
@@ -373,6 +384,7 @@ impl Controller {
         cat.swapping = Some(Swapping {
             object: name.to_string(),
             what,
+            started: Instant::now(),
         });
         let source = format!("Plugin {name}");
         let digest = digest.map(|d| d.trim_start_matches("sha256:").to_string());
@@ -396,6 +408,7 @@ impl Controller {
                 previous,
             } => {
                 info.last_swap_time = catalog::now();
+                info.swap_millis = s.started.elapsed().as_millis() as u64;
                 let serving = format!(
                     "serving {} ({} {}), compiled in {} ms",
                     info.digest,
@@ -441,6 +454,7 @@ impl Controller {
                 cat.owned.remove(&s.object);
             }
         }
+        self.refresh_plugin_counters(true);
         self.publish_problems();
     }
 
@@ -586,6 +600,30 @@ impl Controller {
                 })
             )
         })
+    }
+
+    /// Copies the loaded versions' call counters into their records, at
+    /// most once per [`catalog::COUNTERS_EVERY`] (and at once after a
+    /// swap, which resets them).
+    pub(super) fn refresh_plugin_counters(&mut self, force: bool) {
+        let Some(cat) = &mut self.catalog else { return };
+        if !force
+            && cat
+                .counted_at
+                .is_some_and(|t| t.elapsed() < catalog::COUNTERS_EVERY)
+        {
+            return;
+        }
+        cat.counted_at = Some(Instant::now());
+        let loaded = self.report.plugins();
+        for (name, record) in cat.records.iter_mut() {
+            record.counters = cat.owned.get(name).and_then(|o| {
+                loaded
+                    .iter()
+                    .find(|p| p.name == o.declared && p.world == o.world.as_str())
+                    .map(|p| (p.calls, p.failures))
+            });
+        }
     }
 
     /// The statuses of the Plugin objects, for the write-back.

@@ -604,6 +604,7 @@ impl Controller {
                 .set_manifest_errors(set.errors().iter().map(ManifestProblem::from).collect());
         }
         self.report.set_diagnostics(self.pipeline.diagnostic_set());
+        self.refresh_plugin_counters(false);
         let mut statuses = self.pipeline.statuses();
         statuses.extend(self.plugin_statuses());
         self.report.set_statuses(statuses);
