@@ -395,3 +395,40 @@ metadata:
         text(&out.stderr)
     );
 }
+
+#[test]
+fn plugin_push_refuses_what_is_not_a_plugin_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    // Port 1 on loopback: nothing answers, and nothing is asked.
+    let out = isobar(&[
+        "plugin",
+        "push",
+        "--insecure",
+        junk.to_str().unwrap(),
+        "127.0.0.1:1/team/junk:1.0",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("loading plugin"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no digest printed");
+}
+
+#[test]
+fn plugin_pull_from_an_unreachable_registry_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("p.wasm");
+    let out = isobar(&[
+        "plugin",
+        "pull",
+        "--insecure",
+        &format!("127.0.0.1:1/team/p@sha256:{}", "a".repeat(64)),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("pulling 127.0.0.1:1/team/p@sha256:"), "{stderr}");
+    assert!(!out_file.exists());
+}
