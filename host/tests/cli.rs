@@ -429,6 +429,9 @@ fn plugin_pull_from_an_unreachable_registry_fails_clearly_and_writes_nothing() {
     ]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("pulling 127.0.0.1:1/team/p@sha256:"), "{stderr}");
+    assert!(
+        stderr.contains("pulling 127.0.0.1:1/team/p@sha256:"),
+        "{stderr}"
+    );
     assert!(!out_file.exists());
 }
