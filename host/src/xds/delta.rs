@@ -28,6 +28,7 @@ use tracing::debug;
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
 use super::snapshot::{Resource, Resources, Snapshot};
+use super::staging::{Answer, Client};
 use super::stream::{
     Handler, MAX_PENDING, Prepared, StreamCtx, legacy_wildcard, nack_message, nack_subjects,
     push_rank,
@@ -56,12 +57,29 @@ struct TypeState {
     /// Responses not yet ACKed or NACKed, oldest first.
     pending: VecDeque<Pending>,
     responded: bool,
+    /// Whether the latest answered response was NACKed.
+    nacked: bool,
 }
 
 struct Pending {
     nonce: String,
     version: Arc<str>,
     resources: Vec<Arc<Resource>>,
+}
+
+impl Client for Delta {
+    fn answer(&self, type_url: &str) -> Answer {
+        match self.types.get(type_url) {
+            Some(s) if !s.pending.is_empty() => Answer::Pending,
+            Some(s) if s.responded && s.nacked => Answer::Nacked,
+            Some(s) if s.responded => Answer::Acked,
+            _ => Answer::Nothing,
+        }
+    }
+
+    fn sees(&self, type_url: &str, resource: &Resource) -> bool {
+        self.types.get(type_url).is_some_and(|s| s.sees(resource))
+    }
 }
 
 impl Handler for Delta {
@@ -110,6 +128,7 @@ impl Handler for Delta {
                         .drain(..=i)
                         .next_back()
                         .expect("drained at least one");
+                    state.nacked = error_detail.is_some();
                     match error_detail {
                         Some(error) => {
                             let message = nack_message(error.message);
@@ -213,6 +232,7 @@ impl TypeState {
             synced: None,
             pending: VecDeque::new(),
             responded: false,
+            nacked: false,
         }
     }
 

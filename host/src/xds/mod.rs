@@ -9,6 +9,7 @@ mod listen;
 pub mod server;
 pub mod snapshot;
 mod sotw;
+mod staging;
 mod stream;
 mod wire;
 

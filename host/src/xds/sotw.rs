@@ -30,6 +30,7 @@ use tracing::debug;
 
 use super::event::{Ack, Nack, Protocol, Push, XdsEvent};
 use super::snapshot::{Resource, Resources};
+use super::staging::{Answer, Client};
 use super::stream::{
     Handler, Prepared, StreamCtx, full_state, legacy_wildcard, nack_message, nack_subjects,
     push_rank,
@@ -54,6 +55,9 @@ struct TypeState {
     last: Option<Sent>,
     /// The nonce last NACKed: a client repeating a NACK is heard once.
     nacked: Option<String>,
+    /// How the client answered the latest response: `None` until it does,
+    /// then whether it was a NACK.
+    answered: Option<bool>,
 }
 
 /// The latest response sent for a type.
@@ -71,6 +75,25 @@ struct Sent {
     /// sees. Diffs start here, so a type that rarely changes never diffs
     /// against an old snapshot (nor keeps one alive).
     basis: Arc<Prepared>,
+}
+
+impl Client for Sotw {
+    fn answer(&self, type_url: &str) -> Answer {
+        match self.types.get(type_url) {
+            Some(s) if s.last.is_some() => match s.answered {
+                None => Answer::Pending,
+                Some(true) => Answer::Nacked,
+                Some(false) => Answer::Acked,
+            },
+            _ => Answer::Nothing,
+        }
+    }
+
+    fn sees(&self, type_url: &str, resource: &Resource) -> bool {
+        self.types
+            .get(type_url)
+            .is_some_and(|s| s.selection().includes(resource))
+    }
 }
 
 impl Handler for Sotw {
@@ -126,6 +149,7 @@ impl Handler for Sotw {
                 return Ok(Vec::new());
             }
             let version = last.version.to_string();
+            state.answered = Some(error_detail.is_some());
             if let Some(error) = error_detail {
                 if state.nacked.as_deref() == Some(response_nonce.as_str()) {
                     // The same NACK again: reported once per nonce.
@@ -230,6 +254,7 @@ impl TypeState {
             last_names: RawNames::default(),
             last: None,
             nacked: None,
+            answered: None,
         }
     }
 
@@ -368,6 +393,7 @@ impl TypeState {
             resources,
             removed: 0,
         }));
+        self.answered = None;
         self.last = Some(Sent {
             nonce,
             version: current.version.clone(),

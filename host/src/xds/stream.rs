@@ -10,12 +10,14 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
 use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 use super::event::{Protocol, XdsEvent};
 use super::limits::{MAX_NACK_MESSAGE, MAX_NODE_ID, MAX_TYPE_URL, XdsLimits};
 use super::snapshot::{Resource, Snapshot, TypeChanges, type_url};
+use super::staging::{Client, Staging};
 use crate::store::ObjectKey;
 
 /// Responses a stream may have queued before it stops reading requests.
@@ -36,6 +38,17 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// A stage of one stream's way to a snapshot (see `staging`): its own,
+    /// so its changes are computed when asked.
+    pub fn staged(snapshot: Snapshot) -> Self {
+        Prepared {
+            version: snapshot.version.to_string().into(),
+            snapshot: Arc::new(snapshot),
+            base: None,
+            changes: BTreeMap::new(),
+        }
+    }
+
     fn new(snapshot: Arc<Snapshot>, previous: Option<&Prepared>) -> Self {
         let base = previous.map(|p| p.snapshot.clone());
         let changes = base
@@ -71,10 +84,10 @@ impl Prepared {
                 .cloned()
                 .unwrap_or_else(|| NONE.clone());
         }
-        Arc::new(TypeChanges::between(
-            from.of_type(type_url),
-            self.snapshot.of_type(type_url),
-        ))
+        match (from.of_type(type_url), self.snapshot.of_type(type_url)) {
+            (Some(a), Some(b)) if a.ptr_eq(b) => NONE.clone(),
+            (a, b) => Arc::new(TypeChanges::between(a, b)),
+        }
     }
 }
 
@@ -256,7 +269,7 @@ impl Drop for StreamCtx {
 
 /// One protocol's per-stream state machine. Synchronous: it returns the
 /// responses to write, in order; the driver writes them.
-pub(crate) trait Handler: Send + 'static {
+pub(crate) trait Handler: Client + Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
     const PROTOCOL: Protocol;
@@ -314,7 +327,10 @@ async fn drive<H, S>(
     let mut ctx = StreamCtx::new(shared.clone(), H::PROTOCOL);
     let mut snapshots = shared.snapshots.clone();
     let mut shutdown = shared.shutdown.subscribe();
-    let mut current = ready(&shared, snapshots.borrow_and_update().clone());
+    let mut staging = Staging::default();
+    if let Some(p) = ready(&shared, snapshots.borrow_and_update().clone()) {
+        staging.retarget(p, &handler, Instant::now(), ctx.id);
+    }
     let mut watching = true;
     let mut requests = std::pin::pin!(requests);
 
@@ -329,25 +345,37 @@ async fn drive<H, S>(
             request = requests.next() => match request {
                 Some(Ok(request)) => {
                     ctx.observe(H::node(&request));
-                    match handler.on_request(&mut ctx, current.as_ref(), request) {
-                        Ok(out) => out,
+                    match handler.on_request(&mut ctx, staging.delivered(), request) {
+                        Ok(mut out) => {
+                            // An answer may end a stage's hold.
+                            if let Some(next) = staging.step(&handler, Instant::now(), ctx.id) {
+                                out.extend(handler.on_snapshot(&mut ctx, &next));
+                            }
+                            out
+                        }
                         Err(status) => break End::Refused(status),
                     }
                 }
                 Some(Err(status)) => break End::RequestError(status),
                 None => break End::ClientClosed,
             },
+            _ = sleep_until(staging.deadline().unwrap_or_else(Instant::now)), if staging.deadline().is_some() => {
+                match staging.step(&handler, Instant::now(), ctx.id) {
+                    Some(next) => handler.on_snapshot(&mut ctx, &next),
+                    None => continue,
+                }
+            }
             changed = snapshots.changed(), if watching => match changed {
                 Ok(()) => {
                     let snapshot = snapshots.borrow_and_update().clone();
-                    if current.as_ref().is_some_and(|c| Arc::ptr_eq(&c.snapshot, &snapshot)) {
+                    if staging.is_target(&snapshot) {
                         continue;
                     }
-                    match ready(&shared, snapshot) {
-                        Some(p) => {
-                            current = Some(p.clone());
-                            handler.on_snapshot(&mut ctx, &p)
-                        }
+                    let Some(p) = ready(&shared, snapshot) else {
+                        continue;
+                    };
+                    match staging.retarget(p, &handler, Instant::now(), ctx.id) {
+                        Some(next) => handler.on_snapshot(&mut ctx, &next),
                         None => continue,
                     }
                 }

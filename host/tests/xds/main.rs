@@ -35,6 +35,7 @@ mod delta;
 mod hostile;
 mod named_only;
 mod sotw;
+mod staging;
 
 const WAIT: Duration = Duration::from_secs(20);
 const LDS: &str = type_url::LISTENER;
