@@ -916,3 +916,69 @@ async fn a_translator_claiming_a_root_kind_already_served_is_refused() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_held_to_tighter_limits_than_the_hosts_and_never_looser() {
+    let registry = registry_or_skip!("a_plugin_is_held_to_tighter_limits");
+    let pinned = push(&registry, "isobar-plugin-faults-policy", "team/tagger:1.0").await;
+    let f = Fixture::start(None).await;
+    let with_limits = |limits: Value| {
+        let mut spec = policy_spec(&pinned, json!({"tag": "v1"}));
+        spec["limits"] = limits;
+        spec
+    };
+    // Looser than the host's 64 MiB: refused before anything is pulled.
+    f.sync(&[plugin_object(
+        "tagger",
+        1,
+        with_limits(json!({"memoryMiB": 4096})),
+        20,
+    )])
+    .await;
+    f.wait("InvalidSpec", |r| {
+        conditions(r, "tagger")
+            .iter()
+            .any(|(t, s, reason, message)| {
+                (t.as_str(), s.as_str(), reason.as_str()) == ("Accepted", "False", "InvalidSpec")
+                    && message.contains("--plugin-memory-mib")
+            })
+    })
+    .await;
+
+    // Tighter: a 20 ms deadline instead of the host's 100 ms. A call that
+    // loops is stopped at the plugin's own deadline.
+    f.script.apply(&plugin_object(
+        "tagger",
+        2,
+        with_limits(json!({"deadlineMillis": 20})),
+        21,
+    ));
+    f.wait("loaded", |r| has(r, "tagger", "Ready", "True", "Loaded"))
+        .await;
+    f.script.apply(&shop(Some("loop"), 11));
+    f.wait("a timeout at the plugin's deadline", |r| {
+        r.diagnostics()
+            .iter()
+            .any(|d| d.reason == "PluginTimeout" && d.message.contains("20ms"))
+    })
+    .await;
+
+    // A memory cap below what the plugin needs: its dry run fails naming
+    // the cap, and the version before keeps serving.
+    f.script.apply(&plugin_object(
+        "tagger",
+        3,
+        with_limits(json!({"memoryMiB": 1})),
+        22,
+    ));
+    f.wait("DryRunFailed at 1 MiB", |r| {
+        conditions(r, "tagger")
+            .iter()
+            .any(|(t, s, reason, message)| {
+                (t.as_str(), s.as_str(), reason.as_str()) == ("Accepted", "False", "DryRunFailed")
+                    && message.contains(&(1u64 << 20).to_string())
+            })
+    })
+    .await;
+    assert!(has(f.server.report(), "tagger", "Ready", "True", "Loaded"));
+}

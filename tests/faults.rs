@@ -420,3 +420,35 @@ fn the_compile_cache_directory_is_private() {
         "nothing cached in a directory others can write"
     );
 }
+
+/// Grants may hold one plugin to less than the host's limits, never more.
+#[test]
+fn a_plugin_may_be_held_tighter_than_the_host_never_looser() {
+    let bytes = std::fs::read(plugin_path("isobar-plugin-faults")).unwrap();
+    for looser in [
+        isobar::plugin::Grants {
+            deadline: Some(std::time::Duration::from_secs(5)),
+            ..Default::default()
+        },
+        isobar::plugin::Grants {
+            memory_bytes: Some(1 << 30),
+            ..Default::default()
+        },
+    ] {
+        let err = runtime()
+            .load_with(&bytes, "faults", looser)
+            .expect_err("looser than the host");
+        assert!(matches!(err, PluginError::Limit(_)), "{err:?}");
+    }
+    let p = good_then_with(
+        faults_with(isobar::plugin::Grants {
+            deadline: Some(std::time::Duration::from_millis(10)),
+            ..Default::default()
+        }),
+        "loop",
+    );
+    assert_last_good_kept(&p);
+    let d = only_diagnostic(&p);
+    assert_eq!(d.reason, "PluginTimeout");
+    assert!(d.message.contains("10ms"), "{}", d.message);
+}

@@ -116,6 +116,7 @@ impl GrantArgs {
             read_only_dirs: self.dirs.clone(),
             clocks: self.clocks,
             random: self.random,
+            ..Default::default()
         }
     }
 }

@@ -48,8 +48,46 @@ pub struct PluginSpec {
     pub order: Option<i64>,
     #[serde(default)]
     pub grants: GrantsSpec,
+    /// Tighter limits than the host's for this plugin's calls.
+    #[serde(default)]
+    pub limits: LimitsSpec,
     #[serde(default)]
     pub rollback: RollbackSpec,
+}
+
+/// A plugin may be held to less than the host allows (`--plugin-deadline-ms`,
+/// `--plugin-memory-mib` are the ceiling), never to more: a Plugin object
+/// is applied by whoever may apply it, the host's flags by its operator.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    #[serde(default)]
+    pub deadline_millis: Option<u64>,
+    #[serde(default, rename = "memoryMiB")]
+    pub memory_mib: Option<u64>,
+}
+
+impl LimitsSpec {
+    /// Why these limits are refused under the host's `ceiling`, if they are.
+    pub fn check(&self, ceiling: &crate::plugin::Limits) -> Result<(), String> {
+        if let Some(ms) = self.deadline_millis
+            && Duration::from_millis(ms) > ceiling.deadline
+        {
+            return Err(format!(
+                "spec.limits.deadlineMillis {ms} is above this host's {} (--plugin-deadline-ms); a Plugin may only tighten it",
+                ceiling.deadline.as_millis()
+            ));
+        }
+        if let Some(mib) = self.memory_mib
+            && mib.saturating_mul(1 << 20) > ceiling.memory_bytes as u64
+        {
+            return Err(format!(
+                "spec.limits.memoryMiB {mib} is above this host's {} (--plugin-memory-mib); a Plugin may only tighten it",
+                ceiling.memory_bytes >> 20
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -91,11 +129,17 @@ pub struct GrantsSpec {
     pub random: bool,
 }
 
-impl GrantsSpec {
+impl PluginSpec {
+    /// What the plugin's calls are granted and held to.
     pub fn grants(&self) -> Grants {
         Grants {
-            clocks: self.clocks,
-            random: self.random,
+            clocks: self.grants.clocks,
+            random: self.grants.random,
+            deadline: self.limits.deadline_millis.map(Duration::from_millis),
+            memory_bytes: self
+                .limits
+                .memory_mib
+                .map(|m| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
             ..Grants::default()
         }
     }
@@ -173,6 +217,9 @@ pub fn read(object: &Object) -> Result<Wanted, String> {
                 return Err("spec.source.sha256: 64 hex digits, required with configMap".into());
             }
         }
+    }
+    if spec.limits.deadline_millis == Some(0) || spec.limits.memory_mib == Some(0) {
+        return Err("spec.limits: a limit of zero leaves the plugin nothing".into());
     }
     if spec.order.is_some() && spec.world != World::Policy {
         return Err("spec.order: only policies have a chain position".into());

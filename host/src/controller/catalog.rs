@@ -176,7 +176,8 @@ impl Controller {
         cat.requested.insert(name.clone(), generation);
         let record = cat.records.entry(name.clone()).or_default();
         record.generation = generation;
-        match catalog::read(object) {
+        let ceiling = self.runtime.limits();
+        match catalog::read(object).and_then(|w| w.spec.limits.check(ceiling).map(|()| w)) {
             Err(message) => {
                 warn!(plugin = %name, error = %message, "Plugin object refused");
                 record.accepted = Some((false, "InvalidSpec".into(), message));
@@ -249,7 +250,7 @@ impl Controller {
             .config
             .as_ref()
             .map(|c| Arc::from(c.to_string().as_str()));
-        let grants = spec.grants.grants();
+        let grants = spec.grants();
         let source = artifact.source.clone();
         let configs = crate::plugin::Configs::new();
         let entry = match world {

@@ -15,7 +15,7 @@ use wasmtime::{ResourceLimiter, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::{EngineShared, Grants, Limits, PluginError};
+use super::{EngineShared, Grants, PluginError};
 use crate::store::{KindKey, Object, ObjectKey, Store};
 
 /// Every store read a call made. Lists are keyed by kind and namespace
@@ -148,10 +148,11 @@ pub(super) fn new_store(
         Some((s, r)) => (Some(s), Some(r)),
         None => (None, None),
     };
+    let (deadline, memory_cap) = grants.effective(&shared.limits);
     let state = CallState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        clock: super::clock::CallClock::new(grants.clocks, shared.limits.deadline),
+        clock: super::clock::CallClock::new(grants.clocks, deadline),
         stderr,
         store,
         readable,
@@ -159,7 +160,7 @@ pub(super) fn new_store(
         refused_reads: 0,
         reads_made: 0,
         limit_hit: None,
-        memory_cap: shared.limits.memory_bytes,
+        memory_cap,
         memory_cap_hit: false,
         plugin: plugin.to_string(),
         logs: 0,
@@ -167,7 +168,7 @@ pub(super) fn new_store(
         last_error_log: None,
         dropped_logs: 0,
         grants_clocks: grants.clocks,
-        deadline: shared.limits.deadline,
+        deadline,
     };
     let mut wstore = wasmtime::Store::new(&shared.engine, state);
     wstore.limiter(|s| s);
@@ -303,24 +304,20 @@ impl CallState {
 }
 
 /// Turns a wasmtime error into the typed cause.
-pub(super) fn classify(
-    err: wasmtime::Error,
-    store: &wasmtime::Store<CallState>,
-    limits: &Limits,
-) -> PluginError {
+pub(super) fn classify(err: wasmtime::Error, store: &wasmtime::Store<CallState>) -> PluginError {
     let state = store.data();
     if state.memory_cap_hit {
-        return PluginError::MemoryLimit(limits.memory_bytes);
+        return PluginError::MemoryLimit(state.memory_cap);
     }
     if let Some(why) = &state.limit_hit {
         return PluginError::Limit(why.clone());
     }
     if state.clock.deadline_hit {
         // A wait past the deadline, refused in the host call.
-        return PluginError::Timeout(limits.deadline);
+        return PluginError::Timeout(state.deadline);
     }
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-        return PluginError::Timeout(limits.deadline);
+        return PluginError::Timeout(state.deadline);
     }
     let stderr = String::from_utf8_lossy(&state.stderr.contents())
         .trim()

@@ -193,6 +193,23 @@ pub struct Grants {
     pub clocks: bool,
     /// The host's random number generators.
     pub random: bool,
+    /// A tighter deadline per call than the host's: a plugin may be held
+    /// shorter, never longer (a looser one is refused at load).
+    pub deadline: Option<Duration>,
+    /// A lower memory cap than the host's, on the same terms.
+    pub memory_bytes: Option<usize>,
+}
+
+impl Grants {
+    /// The deadline and memory cap this plugin's calls run under.
+    pub fn effective(&self, host: &Limits) -> (Duration, usize) {
+        (
+            self.deadline
+                .map_or(host.deadline, |d| d.min(host.deadline)),
+            self.memory_bytes
+                .map_or(host.memory_bytes, |m| m.min(host.memory_bytes)),
+        )
+    }
 }
 
 /// What can go wrong with a plugin. Callers branch on these: a load error
@@ -359,7 +376,7 @@ impl Runtime {
         grants: Grants,
         configs: &Configs,
     ) -> Result<Plugin, PluginError> {
-        check_grants(&grants)?;
+        check_grants(&grants, &self.shared.limits)?;
         let (digest, version, pre) = self.prepare(bytes, World::Translator)?;
         let pre = match version {
             Version::V0_1 => TranslatorPre::V0_1(v0_1::TranslatorPre::new(pre).map_err(mismatch)?),
@@ -430,7 +447,23 @@ fn mismatch(e: wasmtime::Error) -> PluginError {
     }
 }
 
-fn check_grants(grants: &Grants) -> Result<(), PluginError> {
+fn check_grants(grants: &Grants, host: &Limits) -> Result<(), PluginError> {
+    if let Some(d) = grants.deadline
+        && (d > host.deadline || d.is_zero())
+    {
+        return Err(PluginError::Limit(format!(
+            "a deadline of {d:?} is outside what this host allows (above zero, at most {:?}: --plugin-deadline-ms)",
+            host.deadline
+        )));
+    }
+    if let Some(m) = grants.memory_bytes
+        && (m > host.memory_bytes || m == 0)
+    {
+        return Err(PluginError::Limit(format!(
+            "a memory cap of {m} bytes is outside what this host allows (above zero, at most {}: --plugin-memory-mib)",
+            host.memory_bytes
+        )));
+    }
     for (dir, _) in &grants.read_only_dirs {
         if !dir.is_dir() {
             return Err(PluginError::Io {
@@ -596,12 +629,11 @@ pub struct CallOutcome<T = ir::Fragment> {
 fn outcome<T>(
     result: wasmtime::Result<Result<T, PluginError>>,
     ws: &mut wasmtime::Store<CallState>,
-    limits: &Limits,
     started: Instant,
 ) -> CallOutcome<T> {
     let result = match result {
         Ok(r) => r,
-        Err(e) => Err(call::classify(e, ws, limits)),
+        Err(e) => Err(call::classify(e, ws)),
     };
     let state = ws.data_mut();
     CallOutcome {
@@ -641,7 +673,6 @@ fn no_config_for_v0_1(config: &str) -> Result<(), PluginError> {
 fn configure_result<E: Into<PluginError>>(
     result: wasmtime::Result<Result<(), E>>,
     ws: &wasmtime::Store<CallState>,
-    limits: &Limits,
 ) -> Result<(), PluginError> {
     match result {
         Ok(Ok(())) => Ok(()),
@@ -651,7 +682,7 @@ fn configure_result<E: Into<PluginError>>(
             }
             other => other,
         }),
-        Err(e) => Err(call::classify(e, ws, limits)),
+        Err(e) => Err(call::classify(e, ws)),
     }
 }
 
@@ -669,7 +700,7 @@ impl Plugin {
                 .and_then(|i| i.isobar_plugin_translation().call_describe(&mut ws))
                 .map(Into::into),
         };
-        result.map_err(|e| call::classify(e, &ws, &self.shared.limits))
+        result.map_err(|e| call::classify(e, &ws))
     }
 
     /// `isobar:plugin@0.2.0`, or 0.1.0.
@@ -697,13 +728,12 @@ impl Plugin {
                 let mut ws = call::new_store(&self.shared, None, &self.info.name, &self.grants);
                 let instance = pre
                     .instantiate(&mut ws)
-                    .map_err(|e| call::classify(e, &ws, &self.shared.limits))?;
+                    .map_err(|e| call::classify(e, &ws))?;
                 configure_result(
                     instance
                         .isobar_plugin_translation()
                         .call_configure(&mut ws, &self.config),
                     &ws,
-                    &self.shared.limits,
                 )
             }
         }
@@ -738,7 +768,6 @@ impl Plugin {
                     outcome(
                         result.map(|r| r.map(ir::Fragment::from).map_err(Into::into)),
                         &mut ws,
-                        &self.shared.limits,
                         started,
                     )
                 })
@@ -773,7 +802,7 @@ impl Plugin {
                                 continue;
                             }
                             Err(e) => {
-                                let error = call::classify(e, &ws, &self.shared.limits);
+                                let error = call::classify(e, &ws);
                                 out.push(failed(error, started));
                                 continue;
                             }
@@ -787,7 +816,6 @@ impl Plugin {
                     out.push(outcome(
                         result.map(|r| r.map(ir::Fragment::from).map_err(Into::into)),
                         ws,
-                        &self.shared.limits,
                         started,
                     ));
                     if broken {

@@ -55,7 +55,7 @@ impl Runtime {
         grants: Grants,
         configs: &super::Configs,
     ) -> Result<PolicyPlugin, PluginError> {
-        super::check_grants(&grants)?;
+        super::check_grants(&grants, &self.shared.limits)?;
         let (digest, version, pre) = self.prepare(bytes, World::Policy)?;
         debug_assert_eq!(version, Version::V0_2, "policies exist from 0.2 on");
         let pre = v0_2::policy::PolicyPre::new(pre).map_err(super::mismatch)?;
@@ -95,7 +95,7 @@ impl PolicyPlugin {
             .instantiate(&mut ws)
             .and_then(|i| i.isobar_plugin_transformation().call_describe(&mut ws))
             .map(Into::into)
-            .map_err(|e| call::classify(e, &ws, &self.shared.limits))
+            .map_err(|e| call::classify(e, &ws))
     }
 
     pub fn contract(&self) -> String {
@@ -129,13 +129,12 @@ impl PolicyPlugin {
         let instance = self
             .pre
             .instantiate(&mut ws)
-            .map_err(|e| call::classify(e, &ws, &self.shared.limits))?;
+            .map_err(|e| call::classify(e, &ws))?;
         configure_result(
             instance
                 .isobar_plugin_transformation()
                 .call_configure(&mut ws, &self.config),
             &ws,
-            &self.shared.limits,
         )
     }
 
@@ -172,7 +171,7 @@ impl PolicyPlugin {
                         continue;
                     }
                     Err(e) => {
-                        let error = call::classify(e, &ws, &self.shared.limits);
+                        let error = call::classify(e, &ws);
                         out.push(failed(error, started));
                         continue;
                     }
@@ -186,7 +185,6 @@ impl PolicyPlugin {
             out.push(outcome(
                 result.map(|r| r.map(v0_2::policy_output).map_err(Into::into)),
                 ws,
-                &self.shared.limits,
                 started,
             ));
             if broken {

@@ -102,7 +102,7 @@ impl Runtime {
         grants: Grants,
         config: Option<Arc<str>>,
     ) -> Result<ReconcilerPlugin, PluginError> {
-        super::check_grants(&grants)?;
+        super::check_grants(&grants, &self.shared.limits)?;
         let (digest, version, pre) = self.prepare(bytes, World::Reconciler)?;
         let pre = match version {
             Version::V0_1 => {
@@ -157,7 +157,7 @@ impl ReconcilerPlugin {
                 .and_then(|i| i.isobar_plugin_reconciliation().call_describe(&mut ws))
                 .map(Into::into),
         };
-        result.map_err(|e| call::classify(e, &ws, &self.shared.limits))
+        result.map_err(|e| call::classify(e, &ws))
     }
 
     fn configure(&self, ws: &mut wasmtime::Store<CallState>) -> Result<(), PluginError> {
@@ -166,12 +166,11 @@ impl ReconcilerPlugin {
         };
         let i = pre
             .instantiate(&mut *ws)
-            .map_err(|e| call::classify(e, ws, &self.shared.limits))?;
+            .map_err(|e| call::classify(e, ws))?;
         super::configure_result(
             i.isobar_plugin_reconciliation()
                 .call_configure(&mut *ws, &self.config),
             ws,
-            &self.shared.limits,
         )
     }
 
@@ -219,7 +218,7 @@ impl ReconcilerPlugin {
                 })
             }
         };
-        super::outcome(result, &mut ws, &self.shared.limits, started)
+        super::outcome(result, &mut ws, started)
     }
 
     /// The reconciled kind.

@@ -182,9 +182,13 @@ impl Staging {
         let (from, to) = (&delivered.snapshot, &target.snapshot);
         let clusters = to.of_type(type_url::CLUSTER);
         warming.retain(|c| clusters.is_some_and(|m| m.contains_key(c)));
-        let added: Vec<String> = changes(from, to, type_url::CLUSTER)
+        // From the previous snapshot (the common case) these are the change
+        // sets computed once for every stream.
+        let changes = |t: &str| target.changes_since(from, t);
+        let added: Vec<String> = changes(type_url::CLUSTER)
             .updated
-            .into_iter()
+            .iter()
+            .cloned()
             .filter(|name| from.get(type_url::CLUSTER, name).is_none())
             .filter(|name| {
                 to.get(type_url::CLUSTER, name)
@@ -207,9 +211,7 @@ impl Staging {
             self.staged_for = Some(to.clone());
             return self.deliver(Arc::new(Prepared::staged(stage)));
         }
-        let removes = LEAVES
-            .iter()
-            .any(|t| !changes(from, to, t).removed.is_empty());
+        let removes = LEAVES.iter().any(|t| !changes(t).removed.is_empty());
         let referrers: Vec<String> = from
             .resources
             .keys()
@@ -217,7 +219,7 @@ impl Staging {
             .filter(|t| !is_leaf(t))
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .filter(|t| !changes(from, to, t).is_empty())
+            .filter(|t| !changes(t).is_empty())
             .cloned()
             .collect();
         if removes && !referrers.is_empty() {
