@@ -982,3 +982,82 @@ async fn a_plugin_is_held_to_tighter_limits_than_the_hosts_and_never_looser() {
     .await;
     assert!(has(f.server.report(), "tagger", "Ready", "True", "Loaded"));
 }
+
+/// A reconciler a Plugin object carries: its kinds are watched, it acts on
+/// the cluster (the memcached operator's finalizer and Deployment, applied
+/// under its own field manager), a second one for the same kind is
+/// refused, and deleting the object stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciler_in_a_plugin_object_runs_acts_and_stops_when_the_object_goes() {
+    let registry = registry_or_skip!("a_reconciler_in_a_plugin_object");
+    let pinned = push(&registry, "isobar-plugin-memcached", "ops/memcached:1.0").await;
+    let cache = stored(
+        json!({"apiVersion": "cache.example.com/v1alpha1", "kind": "Memcached",
+               "metadata": {"namespace": "default", "name": "cache"},
+               "spec": {"size": 2}}),
+        40,
+    );
+    let (mut api, client) = FakeApi::start([(
+        "/apis/cache.example.com/v1alpha1/namespaces/default/memcacheds/cache",
+        cache.clone(),
+    )]);
+    let f = Fixture::start_with(None, Some(client)).await;
+    let spec = json!({
+        "world": "reconciler",
+        "source": {"oci": pinned, "insecure": true},
+    });
+    let operator = plugin_object("memcached", 1, spec.clone(), 20);
+    f.sync(std::slice::from_ref(&operator)).await;
+    f.wait("the reconciler loaded", |r| {
+        has(r, "memcached", "Ready", "True", "Loaded")
+    })
+    .await;
+    let s = &f.script;
+    let memcacheds = kind_of("cache.example.com/v1alpha1", "Memcached");
+    for kind in [
+        &memcacheds,
+        &kind_of("apps/v1", "Deployment"),
+        &kind_of("v1", "Pod"),
+    ] {
+        s.wait_watched(kind).await;
+        s.list(
+            kind,
+            if kind == &memcacheds {
+                std::slice::from_ref(&cache)
+            } else {
+                &[]
+            },
+        );
+    }
+    let apply = api
+        .wait_for("the Deployment applied", WAIT, |r| {
+            r.method == "PATCH"
+                && r.uri
+                    .starts_with("/apis/apps/v1/namespaces/default/deployments/cache?")
+        })
+        .await;
+    assert!(
+        apply.uri.contains("fieldManager=isobar%2Fmemcached"),
+        "{}",
+        apply.uri
+    );
+    assert_eq!(apply.body["spec"]["replicas"], 2);
+    assert_eq!(
+        status_field(f.server.report(), "memcached", "world"),
+        Some(json!("reconciler"))
+    );
+
+    // Two operators for one kind would fight over its objects.
+    s.apply(&plugin_object("memcached-2", 1, spec, 21));
+    f.wait("RootKindClaimed", |r| {
+        has(r, "memcached-2", "Accepted", "False", "RootKindClaimed")
+    })
+    .await;
+
+    s.delete(&operator);
+    f.wait("the reconciler stopped", |r| {
+        r.reconcilers().iter().all(|x| x.name != "memcached")
+    })
+    .await;
+    s.stopped(&memcacheds).await;
+}

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 use super::Controller;
 use crate::catalog::{self, Fetched, Fetcher, LoadedInfo, Probation, Records, RollbackSpec};
 use crate::pipeline::Round;
-use crate::plugin::{Plugin, PluginError, Plugins, PolicyPlugin, World};
+use crate::plugin::{Plugin, PluginError, Plugins, PolicyPlugin, ReconcilerPlugin, World};
+use crate::reconcile::runner::RunnerInput;
 use crate::store::{Change, ObjectKey};
 use crate::translate::StatusOf;
 
@@ -105,6 +106,28 @@ fn load_reason(e: &PluginError) -> &'static str {
         | PluginError::Trap(_)
         | PluginError::Limit(_)
         | PluginError::Rejected { .. } => "DryRunFailed",
+    }
+}
+
+fn loaded_info(
+    artifact: &catalog::Artifact,
+    version: crate::plugin::Version,
+    world: World,
+    compiled: Duration,
+) -> LoadedInfo {
+    LoadedInfo {
+        digest: artifact.digest.clone(),
+        source: artifact.source.clone(),
+        contract: version.contract(),
+        world,
+        compile_millis: compiled.as_millis() as u64,
+        pull_millis: if artifact.cached {
+            0
+        } else {
+            artifact.took.as_millis() as u64
+        },
+        swap_millis: 0,
+        last_swap_time: String::new(),
     }
 }
 
@@ -203,6 +226,18 @@ impl Controller {
         let Some(owned) = cat.owned.get(name).cloned() else {
             return;
         };
+        if owned.world == World::Reconciler {
+            cat.owned.remove(name);
+            info!(plugin = %name, declared = %owned.declared, "Plugin object deleted; its reconciler stops");
+            if let Some(r) = &mut self.reconcilers {
+                let _ = r.inputs.send(RunnerInput::Remove {
+                    object: name.to_string(),
+                });
+                r.set_object_kinds(name, None);
+            }
+            self.rewatch();
+            return;
+        }
         let mut plugins = self.pipeline.plugins();
         if take_entry(&mut plugins, owned.world, &owned.declared).is_none() {
             return;
@@ -246,6 +281,19 @@ impl Controller {
                 ),
             );
         }
+        if let Some(before) = cat.owned.get(&name).map(|o| o.world)
+            && before != world
+        {
+            return self.plugin_refused(
+                &name,
+                "InvalidSpec",
+                format!(
+                    "spec.world changed from {} to {}: delete the Plugin and create it again",
+                    before.as_str(),
+                    world.as_str()
+                ),
+            );
+        }
         let config: Option<Arc<str>> = spec
             .config
             .as_ref()
@@ -271,11 +319,16 @@ impl Controller {
                 })
                 .map(Entry::Policy),
             World::Reconciler => {
-                return self.plugin_refused(
-                    &name,
-                    "Unsupported",
-                    "reconcilers are loaded with --reconciler; Plugin objects carry translators and policies".into(),
-                );
+                let loaded =
+                    self.runtime
+                        .load_reconciler_with(&artifact.bytes, &source, grants, config);
+                return match loaded {
+                    Ok(plugin) => {
+                        let info = loaded_info(&artifact, version, world, started.elapsed());
+                        self.install_reconciler(&name, plugin, info, spec.rollback)
+                    }
+                    Err(e) => self.plugin_refused(&name, load_reason(&e), e.to_string()),
+                };
             }
         };
         let entry = match entry {
@@ -328,26 +381,89 @@ impl Controller {
         if let Err(e) = plugins.check() {
             return self.plugin_refused(&name, load_reason(&e), e.to_string());
         }
-        let info = LoadedInfo {
-            digest: artifact.digest.clone(),
-            source: source.clone(),
-            contract: version.contract(),
-            world,
-            compile_millis: compiled.as_millis() as u64,
-            pull_millis: if artifact.cached {
-                0
-            } else {
-                artifact.took.as_millis() as u64
-            },
-            swap_millis: 0,
-            last_swap_time: String::new(),
-        };
+        let info = loaded_info(&artifact, version, world, compiled);
         let swap = Swap::Load {
             owned,
             info,
             previous: previous.map(|(_, e)| e),
         };
         self.catalog_swap(&name, swap, plugins, Some(artifact.digest), at, compiled);
+    }
+
+    /// A reconciler a Plugin object carries: handed to the runner (which
+    /// refuses a second reconciler of one kind), its kinds watched. It acts
+    /// rather than builds, so there is no dry run and no probation.
+    fn install_reconciler(
+        &mut self,
+        name: &str,
+        plugin: ReconcilerPlugin,
+        mut info: LoadedInfo,
+        rollback: RollbackSpec,
+    ) {
+        let Some(r) = &mut self.reconcilers else {
+            return self.plugin_refused(
+                name,
+                "Unsupported",
+                "this host has no API client to run reconcilers with".into(),
+            );
+        };
+        let started = Instant::now();
+        let declared = plugin.info.name.clone();
+        let kinds: std::collections::HashSet<_> = plugin.watched_kinds().into_iter().collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = r.inputs.send(RunnerInput::Install {
+            object: name.to_string(),
+            plugin,
+            reply,
+        });
+        let outcome = match sent {
+            Ok(()) => answer
+                .blocking_recv()
+                .unwrap_or_else(|_| Err("the reconciler runner has stopped".into())),
+            Err(_) => Err("the reconciler runner has stopped".into()),
+        };
+        if let Err(why) = outcome {
+            let reason = if why.contains("already reconciles") {
+                "RootKindClaimed"
+            } else {
+                "Unsupported"
+            };
+            return self.plugin_refused(name, reason, why);
+        }
+        r.set_object_kinds(name, Some(kinds));
+        self.rewatch();
+        info.last_swap_time = catalog::now();
+        info.swap_millis = started.elapsed().as_millis() as u64;
+        let serving = format!(
+            "running {} ({} reconciler), compiled in {} ms",
+            info.digest, info.contract, info.compile_millis
+        );
+        let Some(cat) = &mut self.catalog else { return };
+        let record = cat.records.entry(name.to_string()).or_default();
+        record.accepted = Some((true, "Accepted".into(), serving.clone()));
+        record.ready = Some((true, "Loaded".into(), serving));
+        record.degraded = Some((false, "AsExpected".into(), String::new()));
+        record.loaded = Some(info);
+        cat.owned.insert(
+            name.to_string(),
+            Owned {
+                declared,
+                world: World::Reconciler,
+                order: None,
+                rollback,
+            },
+        );
+        self.refresh_plugin_counters(true);
+        self.publish_problems();
+    }
+
+    /// In the cluster: watch what the plugins and reconcilers read now.
+    fn rewatch(&mut self) {
+        let kinds = self.reconciler_kinds();
+        let plugins = self.pipeline.plugins();
+        if let super::Origin::Cluster(cluster) = &mut self.origin {
+            cluster.source.want(super::watch_specs(&plugins, &kinds));
+        }
     }
 
     /// The chain: `--policy` flags in their order, then Plugin objects'
@@ -617,12 +733,17 @@ impl Controller {
         }
         cat.counted_at = Some(Instant::now());
         let loaded = self.report.plugins();
+        let reconcilers = self.report.reconcilers();
         for (name, record) in cat.records.iter_mut() {
-            record.counters = cat.owned.get(name).and_then(|o| {
-                loaded
+            record.counters = cat.owned.get(name).and_then(|o| match o.world {
+                World::Reconciler => reconcilers
+                    .iter()
+                    .find(|r| r.name == o.declared)
+                    .map(|r| (r.calls, r.failures)),
+                _ => loaded
                     .iter()
                     .find(|p| p.name == o.declared && p.world == o.world.as_str())
-                    .map(|p| (p.calls, p.failures))
+                    .map(|p| (p.calls, p.failures)),
             });
         }
     }

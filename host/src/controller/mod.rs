@@ -205,8 +205,39 @@ pub fn watch_specs(plugins: &Plugins, extra: &HashSet<KindKey>) -> Vec<WatchSpec
 /// The reconcilers' side of the controller: the kinds they read and where
 /// changes to them go.
 pub struct Reconcilers {
+    /// Every kind a running reconciler reads.
     pub kinds: HashSet<KindKey>,
     pub inputs: tokio::sync::mpsc::UnboundedSender<RunnerInput>,
+    /// The `--reconciler` files' kinds.
+    files: HashSet<KindKey>,
+    /// The kinds of the reconcilers Plugin objects carry, by object.
+    objects: std::collections::BTreeMap<String, HashSet<KindKey>>,
+}
+
+impl Reconcilers {
+    pub fn new(
+        kinds: HashSet<KindKey>,
+        inputs: tokio::sync::mpsc::UnboundedSender<RunnerInput>,
+    ) -> Self {
+        Reconcilers {
+            files: kinds.clone(),
+            kinds,
+            inputs,
+            objects: Default::default(),
+        }
+    }
+
+    /// A Plugin object's reconciler reads `kinds` (none: it is gone).
+    fn set_object_kinds(&mut self, object: &str, kinds: Option<HashSet<KindKey>>) {
+        match kinds {
+            Some(k) => self.objects.insert(object.to_string(), k),
+            None => self.objects.remove(object),
+        };
+        self.kinds = self.files.clone();
+        for k in self.objects.values() {
+            self.kinds.extend(k.iter().cloned());
+        }
+    }
 }
 
 pub struct Controller {

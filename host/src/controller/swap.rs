@@ -213,7 +213,7 @@ impl Controller {
 
     /// Kinds watched beside the plugins': the reconcilers', and Plugin
     /// objects when followed.
-    fn reconciler_kinds(&self) -> HashSet<KindKey> {
+    pub(super) fn reconciler_kinds(&self) -> HashSet<KindKey> {
         let mut kinds = self
             .reconcilers
             .as_ref()

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -41,6 +41,16 @@ pub enum RunnerInput {
     Changes(Vec<Change>),
     /// The file of reconciler `index` may have changed.
     Swap(usize),
+    /// A reconciler a Plugin object carries: started, in place of the one
+    /// the object carried before. Refused when another reconciler already
+    /// reconciles its kind (two operators would fight over the objects).
+    Install {
+        object: String,
+        plugin: ReconcilerPlugin,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The Plugin object is gone, and its reconciler with it.
+    Remove { object: String },
 }
 
 struct Running {
@@ -50,6 +60,8 @@ struct Running {
     task: JoinHandle<()>,
     progress: watch::Receiver<Progress>,
     last_swap_error: Option<String>,
+    /// The Plugin object that carries it (none: a `--reconciler` file).
+    object: Option<String>,
 }
 
 /// The kinds a set of reconcilers needs watched.
@@ -127,6 +139,42 @@ impl Runner {
                         }
                         self.publish(&running);
                     }
+                    Some(RunnerInput::Install { object, plugin, reply }) => {
+                        let kind = plugin.kind();
+                        if let Some(other) = running
+                            .iter()
+                            .find(|r| r.object.as_deref() != Some(object.as_str()) && r.plugin.kind() == kind)
+                        {
+                            let by = other.object.as_ref().map_or_else(
+                                || format!("reconciler {} ({})", other.plugin.info.name, other.plugin.source),
+                                |o| format!("Plugin {o}"),
+                            );
+                            let _ = reply.send(Err(format!("{by} already reconciles {kind}")));
+                            continue;
+                        }
+                        let mut next = self.start(plugin, api.clone(), true, None);
+                        next.object = Some(object.clone());
+                        progress_changed.push(progress_stream(running.len(), next.progress.clone()));
+                        match running.iter().position(|r| r.object.as_deref() == Some(object.as_str())) {
+                            Some(i) => {
+                                let old = std::mem::replace(&mut running[i], next);
+                                old.stop.send_replace(true);
+                                tokio::spawn(async move { let _ = old.task.await; });
+                            }
+                            None => running.push(next),
+                        }
+                        let _ = reply.send(Ok(()));
+                        self.publish(&running);
+                    }
+                    Some(RunnerInput::Remove { object }) => {
+                        if let Some(i) = running.iter().position(|r| r.object.as_deref() == Some(object.as_str())) {
+                            let old = running.remove(i);
+                            info!(reconciler = %old.plugin.info.name, plugin_object = %object, "reconciler stopped: its Plugin object is gone");
+                            old.stop.send_replace(true);
+                            tokio::spawn(async move { let _ = old.task.await; });
+                        }
+                        self.publish(&running);
+                    }
                 },
                 Some(_) = progress_changed.next() => self.publish(&running),
             }
@@ -173,6 +221,7 @@ impl Runner {
             task,
             progress,
             last_swap_error,
+            object: None,
         }
     }
 

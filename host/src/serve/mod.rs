@@ -521,7 +521,10 @@ impl Server {
 
         let writer = Writer::new();
         let reconciler_kinds = crate::reconcile::runner::kinds_of(&reconcilers);
-        let api = if reconcilers.is_empty() {
+        // Plugin objects may carry reconcilers: following them needs the API.
+        let following = config.follow_plugins
+            && matches!(&config.source, Source::Cluster(c) if c.client.is_some());
+        let api = if reconcilers.is_empty() && !following {
             None
         } else {
             Some(reconciler_api(&config, &inputs, &mut tasks)?)
@@ -564,10 +567,7 @@ impl Server {
                 ReconcilerApi::Memory(m) => tokio::spawn(runner.run(reconcilers, m, rx)),
                 ReconcilerApi::Kube(k) => tokio::spawn(runner.run(reconcilers, k, rx)),
             });
-            controller::Reconcilers {
-                kinds: reconciler_kinds.clone(),
-                inputs: tx,
-            }
+            controller::Reconcilers::new(reconciler_kinds.clone(), tx)
         });
         let mut writeback = None;
         let catalog = match &config.source {
