@@ -1061,3 +1061,45 @@ async fn a_reconciler_in_a_plugin_object_runs_acts_and_stops_when_the_object_goe
     .await;
     s.stopped(&memcacheds).await;
 }
+
+/// A replica starting in a cluster that holds Plugin objects is not ready,
+/// and serves nothing, until they have loaded: its very first routes carry
+/// the policy (a policy may be a host's authentication). One that cannot
+/// load is refused and does not hold the replica back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_serves_nothing_before_its_plugin_objects_load() {
+    let registry = registry_or_skip!("a_starting_replica_serves_nothing_before");
+    let pinned = push(&registry, "isobar-plugin-faults-policy", "team/tagger:1.0").await;
+    let missing = format!(
+        "{}@sha256:{}",
+        registry.reference("team/gone"),
+        "0".repeat(64)
+    );
+    let f = Fixture::start(None).await;
+    f.sync(&[
+        plugin_object("tagger", 1, policy_spec(&pinned, json!({"tag": "v1"})), 20),
+        plugin_object(
+            "gone",
+            1,
+            json!({"world": "policy", "source": {"oci": missing, "insecure": true}, "order": 20}),
+            21,
+        ),
+    ])
+    .await;
+    // Ready: the first snapshot is out, with the policy in it.
+    assert!(has(f.server.report(), "tagger", "Ready", "True", "Loaded"));
+    assert!(has(
+        f.server.report(),
+        "gone",
+        "Accepted",
+        "False",
+        "PullFailed"
+    ));
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-1").await;
+    envoy.until("routes", |h| !h.names(RDS).is_empty()).await;
+    assert_eq!(
+        tag(&envoy.held).as_deref(),
+        Some("v1"),
+        "the first routes served carry the policy"
+    );
+}

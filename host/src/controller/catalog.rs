@@ -35,6 +35,8 @@ pub struct CatalogState {
     pub(super) swapping: Option<Swapping>,
     /// When the counters in the statuses were last refreshed.
     counted_at: Option<Instant>,
+    /// The objects the cluster held when the host started.
+    initial: std::collections::BTreeSet<String>,
 }
 
 impl CatalogState {
@@ -48,6 +50,7 @@ impl CatalogState {
             probation: BTreeMap::new(),
             swapping: None,
             counted_at: None,
+            initial: Default::default(),
         }
     }
 }
@@ -180,9 +183,25 @@ impl Controller {
         }
         let store = self.writer.store();
         let objects: Vec<_> = store.read().list(&catalog::kind(), None).cloned().collect();
+        if let Some(cat) = &mut self.catalog {
+            cat.initial = objects.iter().map(|o| o.name.clone()).collect();
+        }
         for o in objects {
             self.plugin_object_changed(&o);
         }
+    }
+
+    /// Whether a Plugin object the cluster held at start has neither
+    /// loaded nor been refused yet.
+    pub(super) fn catalog_outstanding(&mut self) -> bool {
+        let Some(cat) = &mut self.catalog else {
+            return false;
+        };
+        let (requested, records) = (&cat.requested, &cat.records);
+        cat.initial.retain(|name| {
+            requested.contains_key(name) && records.get(name).is_none_or(|r| r.accepted.is_none())
+        });
+        !cat.initial.is_empty()
     }
 
     fn plugin_object_changed(&mut self, object: &crate::store::Object) {

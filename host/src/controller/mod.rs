@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::pipeline::{Pipeline, Round, host_kinds};
 use crate::plugin::{Plugins, Runtime};
@@ -38,6 +38,10 @@ use crate::source::manifests::ManifestSet;
 use crate::source::watch::{FsEvent, Watched};
 use crate::store::{Change, Event, KindKey, Store, Writer};
 use crate::xds::Snapshot;
+
+/// The longest the first snapshot waits for Plugin objects (a pull has a
+/// 30 s deadline; compiling a large component takes seconds).
+const PLUGIN_OBJECTS_WAIT: Duration = Duration::from_secs(60);
 
 /// What the controller thread is told.
 #[derive(Debug)]
@@ -259,6 +263,10 @@ pub struct Controller {
     roots_published: Option<(Vec<String>, u64)>,
     /// The plugin a configuration swap under way concerns.
     swapping: Option<String>,
+    /// Until when the first snapshot waits for the Plugin objects the
+    /// cluster held at start: a replica must not serve (nor say it is
+    /// ready) without the policies the cluster asks for.
+    held: Option<Instant>,
     /// Plugin objects, when the host follows them.
     catalog: Option<CatalogState>,
 }
@@ -297,6 +305,7 @@ impl Controller {
             reconcilers: parts.reconcilers,
             roots_published: None,
             swapping: None,
+            held: None,
             catalog: parts.catalog,
         }
     }
@@ -321,7 +330,24 @@ impl Controller {
             self.swap_all(&early.plugins, &early.configs, early.first_at);
         }
         self.swap_reconcilers(std::mem::take(&mut early.reconcilers));
-        while let Ok(first) = inputs.recv() {
+        loop {
+            let first = match self.held {
+                // Held: wake at the bound even without input.
+                Some(deadline) => {
+                    match inputs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(input) => input,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.release_first();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match inputs.recv() {
+                    Ok(input) => input,
+                    Err(_) => break,
+                },
+            };
             let mut batch = Batch::default();
             batch.add(first, &self.watched);
             let started = Instant::now();
@@ -342,6 +368,7 @@ impl Controller {
             let report = self.report.clone();
             let _round = report.round_started();
             self.process(batch);
+            self.release_first();
         }
         info!("controller stopped");
     }
@@ -421,6 +448,11 @@ impl Controller {
         self.forward(&changes);
         let round = self.pipeline.rebuild();
         self.observe_round(&round);
+        self.follow_all_plugins();
+        if self.catalog_outstanding() {
+            info!("the first snapshot waits for the Plugin objects to load");
+            self.held = Some(Instant::now() + PLUGIN_OBJECTS_WAIT);
+        }
         // Published (and ready) before it is said to be built.
         self.after_round(Some(started), "initial");
         info!(
@@ -435,7 +467,16 @@ impl Controller {
             "first snapshot built"
         );
         self.log_unread_kinds();
-        self.follow_all_plugins();
+    }
+
+    /// Publishes the held first snapshot once every Plugin object the
+    /// cluster held at start has loaded or been refused, or at the bound.
+    fn release_first(&mut self) {
+        if let Some(deadline) = self.held
+            && (!self.catalog_outstanding() || Instant::now() >= deadline)
+        {
+            self.after_round(None, "initial");
+        }
     }
 
     /// Applies source events to the store, except those of the in-memory
@@ -585,6 +626,22 @@ impl Controller {
 
     /// Publishes the pipeline's snapshot if it is new, and the problems.
     fn after_round(&mut self, change_at: Option<Instant>, trigger: &str) {
+        if let Some(deadline) = self.held {
+            let outstanding = self.catalog_outstanding();
+            if outstanding && Instant::now() < deadline {
+                self.publish_problems();
+                return;
+            }
+            if outstanding {
+                warn!(
+                    waited_s = PLUGIN_OBJECTS_WAIT.as_secs(),
+                    "Plugin objects still loading; serving without them"
+                );
+            } else {
+                info!("Plugin objects loaded or refused; publishing the first snapshot");
+            }
+            self.held = None;
+        }
         let snapshot = self.pipeline.snapshot();
         let current = self.snapshots.borrow().version;
         if snapshot.version != current {
