@@ -105,6 +105,16 @@ impl Fixture {
     /// With `client`, the API the host reads pull Secrets and ConfigMaps
     /// from.
     async fn start_with(writeback: Option<Writeback>, client: Option<kube::Client>) -> Fixture {
+        Self::start_as(writeback, client, true).await
+    }
+
+    /// `flag_translator`: whether the host has `--plugin` (the Ingress
+    /// translator) or takes its translators from Plugin objects only.
+    async fn start_as(
+        writeback: Option<Writeback>,
+        client: Option<kube::Client>,
+        flag_translator: bool,
+    ) -> Fixture {
         let script = Arc::new(Script::default());
         let cluster = ClusterConnection {
             watches: script.clone(),
@@ -120,6 +130,9 @@ impl Fixture {
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(cache.path().to_path_buf());
         config.follow_plugins = true;
+        if !flag_translator {
+            config.plugins.clear();
+        }
         let server = Server::start(config).await.expect("serve starts");
         Fixture {
             script,
@@ -1102,4 +1115,60 @@ async fn a_starting_replica_serves_nothing_before_its_plugin_objects_load() {
         Some("v1"),
         "the first routes served carry the policy"
     );
+}
+
+/// `isobar serve --follow-plugins` without `--plugin`: the translator
+/// itself ships as a Plugin object. Its kinds are watched once it loads,
+/// and the replica is ready (and serves routes) only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_translator_itself_can_come_from_a_plugin_object() {
+    let registry = registry_or_skip!("the_translator_itself_can_come_from_a_plugin_object");
+    let pinned = push(&registry, "isobar-plugin-ingress", "team/ingress:1.0").await;
+    let f = Fixture::start_as(None, None, false).await;
+    let s = &f.script;
+    let [ingresses, classes, services, slices, secrets, _] = kinds();
+    for kind in [&services, &slices, &secrets, &plugins()] {
+        s.wait_watched(kind).await;
+    }
+    s.list(
+        &services,
+        &[stored(
+            service("default", "web", &[("http", 80, json!(8080))]),
+            2,
+        )],
+    );
+    s.list(
+        &slices,
+        &[stored(
+            slice("default", "web", "1", "http", 8080, &["10.0.0.1"]),
+            3,
+        )],
+    );
+    s.list(&secrets, &[]);
+    s.list(
+        &plugins(),
+        &[plugin_object(
+            "ingress",
+            1,
+            json!({"world": "translator", "source": {"oci": pinned, "insecure": true}}),
+            20,
+        )],
+    );
+    // The Plugin's translator reads Ingress and IngressClass: watched now.
+    s.wait_watched(&ingresses).await;
+    s.wait_watched(&classes).await;
+    assert!(
+        !f.server.report().is_ready(),
+        "not ready before the translator has loaded"
+    );
+    s.list(&classes, &[stored(ingress_class("isobar", true), 1)]);
+    s.list(&ingresses, &[shop(None, 10)]);
+    assert!(f.server.ready(WAIT).await);
+    assert!(has(f.server.report(), "ingress", "Ready", "True", "Loaded"));
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-1").await;
+    envoy
+        .until("the shop's routes", |h| {
+            h.domains("ingress_http").contains("shop.example.com")
+        })
+        .await;
 }

@@ -58,8 +58,10 @@ fn plugin_config(s: &str) -> Result<(String, PathBuf), String> {
 /// The plugins to run.
 #[derive(clap::Args)]
 struct PluginArgs {
-    /// A translator plugin (repeatable; default: the Ingress plugin). Each
-    /// owns the root kinds it declares; two claiming one kind are refused.
+    /// A translator plugin (repeatable; default: the Ingress plugin, but
+    /// none with --follow-plugins, whose Plugin objects may bring them).
+    /// Each owns the root kinds it declares; two claiming one kind are
+    /// refused.
     #[arg(long = "plugin")]
     plugins: Vec<PathBuf>,
     /// A policy plugin (repeatable): every merged virtual host goes through
@@ -523,7 +525,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             probe_listen,
             limits,
         } => {
-            let translators = plugins.translators()?;
+            // Following Plugin objects, the translators may all come from them.
+            let translators = if follow_plugins && plugins.plugins.is_empty() {
+                Vec::new()
+            } else {
+                plugins.translators()?
+            };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let source = match manifests {
                 Some(dir) => serve::Source::Manifests(dir),
@@ -532,7 +539,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     serve::Source::Cluster(runtime.block_on(serve::cluster::connect(options))?)
                 }
             };
-            let mut config = serve::Config::with_source(source, translators[0].clone());
+            let mut config = serve::Config::with_source(source, PathBuf::new());
             config.plugins = translators;
             config.policies = plugins.policies;
             config.plugin_configs = plugins.configs;
