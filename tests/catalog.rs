@@ -105,7 +105,7 @@ impl Fixture {
     /// With `client`, the API the host reads pull Secrets and ConfigMaps
     /// from.
     async fn start_with(writeback: Option<Writeback>, client: Option<kube::Client>) -> Fixture {
-        Self::start_as(writeback, client, true).await
+        Self::start_as(writeback, client, true, Vec::new()).await
     }
 
     /// `flag_translator`: whether the host has `--plugin` (the Ingress
@@ -114,6 +114,7 @@ impl Fixture {
         writeback: Option<Writeback>,
         client: Option<kube::Client>,
         flag_translator: bool,
+        registry_roots: Vec<Vec<u8>>,
     ) -> Fixture {
         let script = Arc::new(Script::default());
         let cluster = ClusterConnection {
@@ -133,6 +134,7 @@ impl Fixture {
         if !flag_translator {
             config.plugins.clear();
         }
+        config.registry_roots = registry_roots;
         let server = Server::start(config).await.expect("serve starts");
         Fixture {
             script,
@@ -1124,7 +1126,7 @@ async fn a_starting_replica_serves_nothing_before_its_plugin_objects_load() {
 async fn the_translator_itself_can_come_from_a_plugin_object() {
     let registry = registry_or_skip!("the_translator_itself_can_come_from_a_plugin_object");
     let pinned = push(&registry, "isobar-plugin-ingress", "team/ingress:1.0").await;
-    let f = Fixture::start_as(None, None, false).await;
+    let f = Fixture::start_as(None, None, false, Vec::new()).await;
     let s = &f.script;
     let [ingresses, classes, services, slices, secrets, _] = kinds();
     for kind in [&services, &slices, &secrets, &plugins()] {
@@ -1170,5 +1172,79 @@ async fn the_translator_itself_can_come_from_a_plugin_object() {
         .until("the shop's routes", |h| {
             h.domains("ingress_http").contains("shop.example.com")
         })
+        .await;
+}
+
+/// A registry as a platform team runs one: HTTPS under a private CA, and a
+/// login. The certificate is verified (the CA must be given: nothing else
+/// is trusted beside the system's roots), the login is required, and the
+/// host logs in with the pull Secret's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_reached_over_verified_tls_with_the_pull_secrets_login() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let test = "a_private_registry_is_reached_over_verified_tls";
+    let Some((registry, ca)) = Registry::start_secure_or_skip(test, "ci", "s3cret") else {
+        return;
+    };
+    let reference = registry.reference("team/tagger:1.0");
+    let login = |password: &str, roots: &[&str]| Access {
+        basic: Some(("ci".into(), password.into())),
+        extra_roots: roots.iter().map(|r| r.as_bytes().to_vec()).collect(),
+        ..Access::default()
+    };
+    let push = async |access: Access| {
+        isobar::plugin::load::push_file(
+            runtime(),
+            &plugin_path("isobar-plugin-faults-policy"),
+            &reference,
+            &access,
+        )
+        .await
+    };
+    push(login("s3cret", &[]))
+        .await
+        .expect_err("a certificate from an unknown CA is refused");
+    push(login("wrong", &[&ca]))
+        .await
+        .expect_err("a wrong password is refused");
+    let digest = push(login("s3cret", &[&ca])).await.expect("pushed");
+    let pinned = format!("{}@{digest}", reference.rsplit_once(':').unwrap().0);
+
+    let dockerconfig = json!({"auths": {registry.host.clone(): {"auth": b64("ci:s3cret")}}});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"namespace": "isobar-system", "name": "regcred"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": b64(&dockerconfig.to_string())}});
+    let (_api, client) =
+        FakeApi::start([("/api/v1/namespaces/isobar-system/secrets/regcred", secret)]);
+    let f = Fixture::start_as(None, Some(client), true, vec![ca.into_bytes()]).await;
+    let spec = |order: i64, secret: bool| {
+        let mut s = json!({"world": "policy", "source": {"oci": pinned},
+                           "config": {"tag": "v1"}, "order": order});
+        if secret {
+            s["source"]["pullSecret"] = json!({"namespace": "isobar-system", "name": "regcred"});
+        }
+        s
+    };
+    // Without the login the registry refuses the pull.
+    f.sync(&[plugin_object("anonymous", 1, spec(20, false), 20)])
+        .await;
+    assert!(has(
+        f.server.report(),
+        "anonymous",
+        "Accepted",
+        "False",
+        "PullFailed"
+    ));
+    f.script
+        .apply(&plugin_object("tagger", 1, spec(10, true), 21));
+    f.wait("loaded with the pull Secret's login", |r| {
+        has(r, "tagger", "Ready", "True", "Loaded")
+    })
+    .await;
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-1").await;
+    envoy
+        .until("the policy's tag", |h| tag(h).as_deref() == Some("v1"))
         .await;
 }

@@ -267,6 +267,10 @@ enum Command {
         /// objects (isobar.dev/v1alpha1) name, pulled from OCI by digest.
         #[arg(long)]
         follow_plugins: bool,
+        /// With --follow-plugins: a PEM file of CA certificates to trust
+        /// beside the system's when pulling (a registry behind a private CA).
+        #[arg(long = "registry-ca")]
+        registry_ca: Option<PathBuf>,
         /// Plugins, each file watched and hot-swapped alone.
         #[command(flatten)]
         plugins: PluginArgs,
@@ -390,11 +394,26 @@ struct RegistryFlags {
     /// Registry user (the password from ISOBAR_REGISTRY_PASSWORD).
     #[arg(long, env = "ISOBAR_REGISTRY_USERNAME")]
     username: Option<String>,
+    /// A PEM file of CA certificates to trust beside the system's (a
+    /// registry behind a private CA).
+    #[arg(long = "registry-ca")]
+    registry_ca: Option<PathBuf>,
+}
+
+/// The certificates of a PEM file, as the registry client takes them.
+fn read_ca(path: Option<&std::path::Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(p) => Ok(vec![
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        ]),
+    }
 }
 
 impl RegistryFlags {
-    fn access(self) -> isobar::oci::Access {
-        isobar::oci::Access {
+    fn access(self) -> anyhow::Result<isobar::oci::Access> {
+        Ok(isobar::oci::Access {
+            extra_roots: read_ca(self.registry_ca.as_deref())?,
             insecure: self.insecure,
             basic: self.username.map(|u| {
                 (
@@ -403,7 +422,7 @@ impl RegistryFlags {
                 )
             }),
             timeout: None,
-        }
+        })
     }
 }
 
@@ -514,6 +533,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cluster,
             cache_dir,
             follow_plugins,
+            registry_ca,
             plugins,
             reconcilers,
             xds_listen,
@@ -553,6 +573,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             config.follow_plugins = follow_plugins;
+            config.registry_roots = read_ca(registry_ca.as_deref())?;
             config.xds_listen = xds_listen;
             config.admin_listen = admin_listen;
             config.xds_allow_insecure = xds_allow_insecure;
@@ -585,7 +606,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &runtime,
                 &path,
                 &reference,
-                &registry.access(),
+                &registry.access()?,
             ))?;
             println!("{digest}");
             Ok(ExitCode::SUCCESS)
@@ -603,7 +624,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let digest = tokio.block_on(load::pull_file(
                 &runtime,
                 &reference,
-                &registry.access(),
+                &registry.access()?,
                 &output,
             ))?;
             println!("{digest}");

@@ -80,6 +80,9 @@ pub struct Access {
     pub basic: Option<(String, String)>,
     /// Overall deadline; [`DEFAULT_TIMEOUT`] when unset.
     pub timeout: Option<Duration>,
+    /// PEM certificates trusted beside the system's roots (a registry
+    /// behind a private CA).
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 impl Access {
@@ -90,11 +93,11 @@ impl Access {
         }
     }
 
-    fn client(&self) -> Client {
+    fn client(&self) -> Result<Client, OciDistributionError> {
         // reqwest is built without a bundled provider: ring, as kube and
         // tonic use. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Client::new(ClientConfig {
+        Client::try_from(ClientConfig {
             protocol: if self.insecure {
                 ClientProtocol::Http
             } else {
@@ -104,6 +107,14 @@ impl Access {
             read_timeout: Some(Duration::from_secs(10)),
             platform_resolver: None,
             user_agent: concat!("isobar/", env!("CARGO_PKG_VERSION")),
+            extra_root_certificates: self
+                .extra_roots
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -240,7 +251,9 @@ pub async fn push(
     let config = Config::new(config_bytes, CONFIG_MEDIA_TYPE.to_string(), None);
     let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
     manifest.media_type = Some(MANIFEST_MEDIA_TYPE.to_string());
-    let client = access.client();
+    let client = access
+        .client()
+        .map_err(|e| failed(format!("the registry client: {e}")))?;
     let auth = access.auth();
     let work = async {
         client
@@ -289,7 +302,10 @@ pub async fn pull(
 }
 
 async fn pull_remote(r: &Reference, reference: &str, access: &Access) -> Result<Pulled, OciError> {
-    let client = access.client();
+    let client = access.client().map_err(|e| OciError::Pull {
+        reference: reference.to_string(),
+        message: format!("the registry client: {e}"),
+    })?;
     let auth = access.auth();
     let classify = |e: OciDistributionError| match e {
         OciDistributionError::DigestError(d) => OciError::DigestMismatch {

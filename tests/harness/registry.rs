@@ -40,6 +40,33 @@ impl Registry {
     }
 
     pub fn start(bin: &PathBuf) -> Registry {
+        Self::start_with(bin, None)
+    }
+
+    /// A registry as a private one is run: HTTPS with a certificate from
+    /// its own CA (returned, PEM) and a login (`user`, `password`).
+    pub fn start_secure_or_skip(
+        test: &str,
+        user: &str,
+        password: &str,
+    ) -> Option<(Registry, String)> {
+        match Self::binary() {
+            Ok(bin) => {
+                let ca = super::backends::TestCa::new("isobar test registry CA");
+                let registry = Self::start_with(&bin, Some((&ca, user, password)));
+                Some((registry, ca.cert_pem.clone()))
+            }
+            Err(why) => {
+                eprintln!("SKIPPED {test}: {why}");
+                None
+            }
+        }
+    }
+
+    fn start_with(
+        bin: &PathBuf,
+        secure: Option<(&super::backends::TestCa, &str, &str)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().expect("a temporary directory");
         // A port the kernel just gave out; the registry takes it at once.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -48,14 +75,26 @@ impl Registry {
             .port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((ca, user, password)) = secure {
+            let (cert, key) = ca.leaf(&["127.0.0.1"]);
+            let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert_path, cert).unwrap();
+            std::fs::write(&key_path, key).unwrap();
+            let htpasswd = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 4).expect("bcrypt");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+            text.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: isobar-test\n    path: {}\n",
+                cert_path.display(),
+                key_path.display(),
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let child = Command::new(bin)
             .arg("serve")
             .arg(&config)
@@ -68,8 +107,26 @@ impl Registry {
             child,
             _dir: dir,
         };
-        registry.wait_up(Duration::from_secs(20));
+        if secure.is_some() {
+            registry.wait_listening(Duration::from_secs(20));
+        } else {
+            registry.wait_up(Duration::from_secs(20));
+        }
         registry
+    }
+
+    /// Waits until the port takes connections (bounded): a registry
+    /// behind TLS and a login answers nothing useful to a plain probe.
+    fn wait_listening(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while std::net::TcpStream::connect(&self.host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                self.host
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until `/v2/` answers (bounded).

@@ -52,17 +52,18 @@ impl Fetcher {
     pub fn start(
         client: Option<kube::Client>,
         cache: Option<BlobCache>,
-        timeout: Option<Duration>,
+        base: Access,
         sink: impl Fn(Fetched) + Send + Sync + 'static,
     ) -> (Fetcher, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<FetchRequest>();
         let sink = Arc::new(sink);
         let task = tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
-                let (client, cache, sink) = (client.clone(), cache.clone(), sink.clone());
+                let (client, cache, sink, base) =
+                    (client.clone(), cache.clone(), sink.clone(), base.clone());
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    let result = fetch(client.as_ref(), cache.as_ref(), timeout, &req.source).await;
+                    let result = fetch(client.as_ref(), cache.as_ref(), &base, &req.source).await;
                     let result = result.map(|(bytes, digest, cached)| Artifact {
                         bytes,
                         digest,
@@ -99,7 +100,7 @@ type FetchResult = Result<(Vec<u8>, String, bool), (String, String)>;
 async fn fetch(
     client: Option<&kube::Client>,
     cache: Option<&BlobCache>,
-    timeout: Option<Duration>,
+    base: &Access,
     source: &Source,
 ) -> FetchResult {
     let failed = |reason: &str, message: String| (reason.to_string(), message);
@@ -109,7 +110,7 @@ async fn fetch(
         let mut access = Access {
             insecure: source.insecure,
             basic: None,
-            timeout,
+            ..base.clone()
         };
         if let Some(secret) = &source.pull_secret {
             let client = client

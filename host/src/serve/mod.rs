@@ -123,6 +123,9 @@ pub struct Config {
     /// In a cluster: load the plugins Plugin objects (`isobar.dev`) name,
     /// beside the flags'.
     pub follow_plugins: bool,
+    /// PEM certificates trusted beside the system's roots when pulling
+    /// Plugin artifacts (a registry behind a private CA).
+    pub registry_roots: Vec<Vec<u8>>,
     pub debounce: Debounce,
     /// When set, the first snapshot is not built until the gate opens: the
     /// ports answer (`/readyz` says 503) meanwhile. For tests and start-up
@@ -200,6 +203,7 @@ impl Config {
             limits: Limits::default(),
             cache_dir: crate::plugin::load::default_cache_dir(),
             follow_plugins: false,
+            registry_roots: Vec::new(),
             debounce: Debounce::default(),
             first_build_gate: None,
         }
@@ -579,7 +583,10 @@ impl Server {
                         .cache_dir
                         .as_ref()
                         .map(|d| crate::oci::BlobCache::new(d.join("oci"))),
-                    None,
+                    crate::oci::Access {
+                        extra_roots: config.registry_roots.clone(),
+                        ..Default::default()
+                    },
                     move |f| {
                         let _ = sink.send(Input::Fetched(f));
                     },
