@@ -962,6 +962,7 @@ async fn deleting_one_ingress_keeps_the_others_serving_without_an_error() {
 /// Envoy, again without one failed request.
 async fn split_under_load(
     ports: &Ports,
+    ads: Ads,
     swap: impl FnOnce(&Isobar),
     swapped: impl Fn(&isobar::report::Report) -> bool,
     swap_limit: Duration,
@@ -981,7 +982,8 @@ async fn split_under_load(
     shop["metadata"]["annotations"] = json!({"isobar.dev/canary": "web-canary:50"});
     docs.push(shop);
     let isobar = Isobar::with_policy(&[("shop.yaml", yaml(&docs))]).await;
-    let mut envoy = envoy(ports, &isobar, "swap").await;
+    let mut envoy = Envoy::start(ports, Bootstrap::local(isobar.xds(), "swap").with_ads(ads)).await;
+    envoy.ready().await;
     assert_routes(&[("shop.example.com", "/", "200 web")]).await;
 
     let load = Load::start("shop.example.com", "/", 2, Duration::from_millis(10));
@@ -1054,7 +1056,7 @@ async fn split_under_load(
     let (w, c) = (after(&split, "web"), after(&split, "web-canary"));
     let share = c as f64 / (w + c) as f64;
     eprintln!(
-        "swap under load: {} requests, none failed; after the split web {w}, canary {c} ({:.0}%)",
+        "swap under load ({ads:?}): {} requests, none failed; after the split web {w}, canary {c} ({:.0}%)",
         tally.total,
         share * 100.0
     );
@@ -1086,15 +1088,18 @@ async fn a_policy_swap_to_a_canary_split_loses_no_request_under_load() {
     let Some(ports) = envoy_here(test).await else {
         return;
     };
-    split_under_load(
-        &ports,
-        |isobar| isobar.install_policy(&js),
-        |s| s.plugins().iter().any(|p| p.name == "canary-js"),
-        // A SpiderMonkey component compiles for tens of seconds the first
-        // time (later runs hit the compile cache).
-        Duration::from_secs(300),
-    )
-    .await;
+    for ads in [Ads::Delta, Ads::Sotw] {
+        split_under_load(
+            &ports,
+            ads,
+            |isobar| isobar.install_policy(&js),
+            |s| s.plugins().iter().any(|p| p.name == "canary-js"),
+            // A SpiderMonkey component compiles for tens of seconds the
+            // first time (later runs hit the compile cache).
+            Duration::from_secs(300),
+        )
+        .await;
+    }
 }
 
 // ---- graceful shutdown ---------------------------------------------------------------------
