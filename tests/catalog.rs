@@ -1248,3 +1248,87 @@ async fn a_private_registry_is_reached_over_verified_tls_with_the_pull_secrets_l
         .until("the policy's tag", |h| tag(h).as_deref() == Some("v1"))
         .await;
 }
+
+/// A NACK blames a plugin on probation only when the rejected resources
+/// could be its output: a policy's hosts compile into routes, so a
+/// rejected ClusterLoadAssignment (an EndpointSlice's) leaves it alone,
+/// and a rejected RouteConfiguration rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_of_what_a_policy_cannot_have_made_does_not_roll_it_back() {
+    let registry = registry_or_skip!("a_nack_of_what_a_policy_cannot_have_made");
+    let pinned = push(&registry, "isobar-plugin-faults-policy", "team/tagger:1.0").await;
+    let f = Fixture::start(None).await;
+    f.sync(&[plugin_object(
+        "tagger",
+        1,
+        policy_spec(&pinned, json!({"tag": "v1"})),
+        20,
+    )])
+    .await;
+    let mut envoy = Sotw::open_envoy(f.server.xds_addr(), "envoy-1").await;
+    envoy
+        .until("version 1", |h| tag(h).as_deref() == Some("v1"))
+        .await;
+    f.script.apply(&plugin_object(
+        "tagger",
+        2,
+        policy_spec(&pinned, json!({"tag": "v2"})),
+        21,
+    ));
+    envoy
+        .until("version 2", |h| tag(h).as_deref() == Some("v2"))
+        .await;
+
+    // The endpoints change; the client rejects them.
+    f.script.apply(&stored(
+        slice(
+            "default",
+            "web",
+            "1",
+            "http",
+            8080,
+            &["10.0.0.1", "10.0.0.2"],
+        ),
+        30,
+    ));
+    let eds = loop {
+        let r = envoy.stream.recv().await;
+        if r.type_url == EDS {
+            break r;
+        }
+        envoy.stream.ack(&r, &[]).await;
+    };
+    envoy
+        .stream
+        .nack(&eds, &["*"], "1", "rejected endpoints")
+        .await;
+    // The Ingress changes; the client rejects its routes.
+    f.script.apply(&shop(Some("header:x-edit=1"), 31));
+    let rds = loop {
+        let r = envoy.stream.recv().await;
+        if r.type_url == RDS {
+            break r;
+        }
+        envoy.stream.ack(&r, &[]).await;
+    };
+    envoy
+        .stream
+        .nack(&rds, &["*"], "1", "rejected routes")
+        .await;
+    f.wait("RolledBack", |r| {
+        has(r, "tagger", "Degraded", "True", "RolledBack")
+    })
+    .await;
+    // Inputs are handled in order: had the endpoints' NACK blamed the
+    // policy, the rollback would name their snapshot.
+    let (_, _, _, why) = conditions(f.server.report(), "tagger")
+        .into_iter()
+        .find(|c| c.0 == "Degraded")
+        .unwrap();
+    assert!(
+        why.contains(&format!("snapshot {}", rds.version_info)) && why.contains("rejected routes"),
+        "{why} (endpoints rejected at {}, routes at {})",
+        eds.version_info,
+        rds.version_info
+    );
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::Controller;
+use super::{Controller, Rejection};
 use crate::catalog::{self, Fetched, Fetcher, LoadedInfo, Probation, Records, RollbackSpec};
 use crate::pipeline::Round;
 use crate::plugin::{Plugin, PluginError, Plugins, PolicyPlugin, ReconcilerPlugin, World};
@@ -109,6 +109,26 @@ fn load_reason(e: &PluginError) -> &'static str {
         | PluginError::Trap(_)
         | PluginError::Limit(_)
         | PluginError::Rejected { .. } => "DryRunFailed",
+    }
+}
+
+/// Whether a plugin on probation may be behind a NACK: a translator when
+/// the rejected resources come from its root kinds, a policy when they are
+/// routes or listeners (what its hosts compile into). A NACK that names no
+/// object blames every plugin on probation.
+fn could_have_caused(owned: &Owned, translators: &[Plugin], nack: &Rejection) -> bool {
+    use crate::xds::type_url;
+    match owned.world {
+        World::Translator => {
+            nack.objects.is_empty()
+                || translators
+                    .iter()
+                    .filter(|p| p.info.name == owned.declared)
+                    .flat_map(|p| p.root_kinds())
+                    .any(|k| nack.objects.iter().any(|o| o.kind == k))
+        }
+        World::Policy => matches!(nack.type_url.as_str(), type_url::ROUTE | type_url::LISTENER),
+        World::Reconciler => false,
     }
 }
 
@@ -646,22 +666,26 @@ impl Controller {
     /// Other objects' changes in the same snapshot are held back by NACK
     /// containment; a plugin swap changes every host it touches at once,
     /// so the plugin is the suspect.
-    pub(super) fn plugin_output_rejected(
-        &mut self,
-        version: u64,
-        message: &str,
-        at: Option<Instant>,
-    ) {
+    pub(super) fn plugin_output_rejected(&mut self, nack: &Rejection, at: Option<Instant>) {
         let Some(cat) = &mut self.catalog else { return };
         cat.probation.retain(|_, (p, _)| !p.over());
+        let translators = self.pipeline.plugins().translators;
         let due: Vec<String> = cat
             .probation
             .iter()
-            .filter(|(_, (p, _))| p.snapshot <= version)
+            .filter(|(_, (p, _))| p.snapshot <= nack.version)
+            .filter(|(name, _)| {
+                cat.owned
+                    .get(*name)
+                    .is_some_and(|o| could_have_caused(o, &translators, nack))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            let why = format!("a data plane rejected snapshot {version}, built with it: {message}");
+            let why = format!(
+                "a data plane rejected snapshot {}, built with it: {}",
+                nack.version, nack.message
+            );
             self.roll_back_because(&name, why, at);
         }
     }

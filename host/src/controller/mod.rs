@@ -56,9 +56,20 @@ pub enum Input {
     Fetched(crate::catalog::Fetched),
     /// A data plane rejected snapshot `version` (Plugin objects on
     /// probation roll back).
-    Nacked { version: u64, message: String },
+    Nacked(Rejection),
     /// Shut down.
     Stop,
+}
+
+/// A data plane's NACK, as Plugin probation weighs it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The snapshot version rejected.
+    pub version: u64,
+    pub type_url: String,
+    /// The objects behind the rejected resources (empty: unknown).
+    pub objects: Vec<crate::store::ObjectKey>,
+    pub message: String,
 }
 
 /// How the controller batches input.
@@ -96,7 +107,7 @@ struct Batch {
     /// Plugin objects' artifacts.
     fetched: Vec<crate::catalog::Fetched>,
     /// Snapshot versions a data plane rejected, with why.
-    nacked: Vec<(u64, String)>,
+    nacked: Vec<Rejection>,
     rescan: bool,
     stop: bool,
 }
@@ -139,9 +150,9 @@ impl Batch {
                 self.first_at.get_or_insert_with(Instant::now);
                 self.fetched.push(f);
             }
-            Input::Nacked { version, message } => {
+            Input::Nacked(rejection) => {
                 self.first_at.get_or_insert_with(Instant::now);
-                self.nacked.push((version, message));
+                self.nacked.push(rejection);
             }
             Input::Stop => self.stop = true,
         }
@@ -557,8 +568,8 @@ impl Controller {
         if let Some(round) = &round_done {
             self.watch_probation(round, at);
         }
-        for (version, message) in batch.nacked {
-            self.plugin_output_rejected(version, &message, at);
+        for rejection in &batch.nacked {
+            self.plugin_output_rejected(rejection, at);
         }
         self.swap_when_synced();
         self.follow_plugins(&changes, at);

@@ -595,10 +595,12 @@ impl Server {
                 let sink = inputs.clone();
                 report.on_nack(Box::new(move |nack| {
                     if let Ok(version) = nack.version.parse() {
-                        let _ = sink.send(Input::Nacked {
+                        let _ = sink.send(Input::Nacked(controller::Rejection {
                             version,
+                            type_url: nack.type_url.clone(),
+                            objects: nack.objects.clone(),
                             message: nack.message.clone(),
-                        });
+                        }));
                     }
                 }));
                 Some(controller::CatalogState::new(fetcher))
